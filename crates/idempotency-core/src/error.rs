@@ -1,0 +1,326 @@
+//! The one error type of the kit, and how to classify it.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error from a storage driver or another layer, kept as a typed source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Shorthand for results whose error is [`IdempotencyError`].
+pub type Result<T, E = IdempotencyError> = std::result::Result<T, E>;
+
+/// One problem with one field, as reported by a validation error.
+///
+/// `field` is the field's name (`operation`, `idempotency_key`, `created_at`, …) or
+/// empty for the value as a whole; `kind` is a short machine-readable tag that follows
+/// pydantic's error types where the Python library produced them (`string_too_short`,
+/// `missing`, `string_type`, …); `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// The field the problem is about; empty for the whole value.
+    pub field: String,
+    /// Machine-readable tag of the problem.
+    pub kind: &'static str,
+    /// Human-readable description.
+    pub message: String,
+}
+
+impl FieldProblem {
+    /// Creates a problem report.
+    ///
+    /// # Examples
+    /// ```
+    /// let p = idempotency_core::FieldProblem::new("operation", "string_too_short", "must not be empty");
+    /// assert_eq!(p.to_string(), "operation: must not be empty");
+    /// ```
+    pub fn new(field: impl Into<String>, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// The problems of a validation error, displayed as `a: …; b: …`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FieldProblems(pub Vec<FieldProblem>);
+
+impl fmt::Display for FieldProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where an error comes from, for choosing what to do about it.
+///
+/// A cache miss is not an error at all: reads return `Ok(None)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The store could not be reached or failed: degrade (run unprotected) or fail closed.
+    Storage,
+    /// The caller sent something invalid (bad key, bad TTL): HTTP 400.
+    InvalidInput,
+    /// The key is taken or in flight: HTTP 409.
+    Conflict,
+    /// The key was used before for a different request: HTTP 422.
+    KeyReuse,
+    /// The stored data or the result cannot be read or written: not the caller's fault.
+    Data,
+    /// The record exists but has expired.
+    Expired,
+}
+
+/// Everything that can go wrong in the kit.
+///
+/// Match on the variants, or ask [`IdempotencyError::class`] and the `is_*` helpers.
+///
+/// # Examples
+/// ```
+/// use idempotency_core::{ErrorClass, IdempotencyError};
+/// let err = IdempotencyError::in_progress("order.create", "k1");
+/// assert_eq!(err.class(), ErrorClass::Conflict);
+/// assert_eq!(err.http_status(), 409);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// A record already exists under the key (or, from a bulk save, under each listed key).
+    #[error("idempotency key collision for operation '{operation}', keys {keys:?}")]
+    KeyCollision {
+        /// The operation.
+        operation: String,
+        /// Every key that was taken.
+        keys: Vec<String>,
+    },
+    /// The record exists but its lifetime has passed.
+    #[error("idempotency record expired for operation '{operation}', key '{key}'")]
+    RecordExpired {
+        /// The operation.
+        operation: String,
+        /// The idempotency key.
+        key: String,
+    },
+    /// The storage backend failed or could not be reached.
+    #[error("idempotency storage failure{}", operation.as_deref().map(|o| format!(" for {o}")).unwrap_or_default())]
+    Storage {
+        /// The operation, when the call had one.
+        operation: Option<String>,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// Input failed validation; every problem is listed.
+    #[error("validation failed: {problems}")]
+    Validation {
+        /// What was wrong, field by field.
+        problems: FieldProblems,
+    },
+    /// A TTL outside the configured bounds.
+    #[error("invalid TTL {}s: must be between {}s and {}s", given.as_secs_f64(), min.as_secs_f64(), max.as_secs_f64())]
+    InvalidTtl {
+        /// The TTL asked for.
+        given: Duration,
+        /// The lower bound.
+        min: Duration,
+        /// The upper bound.
+        max: Duration,
+    },
+    /// Another call with the same key is still running its action.
+    #[error("idempotency record for operation '{operation}', key '{key}' is still in flight")]
+    InProgress {
+        /// The operation.
+        operation: String,
+        /// The idempotency key.
+        key: String,
+    },
+    /// The key was used for a request with a different fingerprint.
+    #[error(
+        "idempotency key '{key}' for operation '{operation}' was used for a different request: stored fingerprint '{stored}', got '{given}'"
+    )]
+    KeyReuse {
+        /// The operation.
+        operation: String,
+        /// The idempotency key.
+        key: String,
+        /// The fingerprint stored with the record.
+        stored: String,
+        /// The fingerprint of this call.
+        given: String,
+    },
+    /// The bytes under a key are not a JSON record (invalid JSON or not UTF-8).
+    #[error("corrupted idempotency record for {operation}:{key}")]
+    CorruptedRecord {
+        /// The operation of the key read.
+        operation: String,
+        /// The idempotency key read.
+        key: String,
+        /// Why it could not be parsed.
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record is JSON of the wrong shape (missing field, wrong type, bad timestamp).
+    #[error("invalid record data for {operation}:{key}: {problems}")]
+    InvalidRecord {
+        /// The operation of the key read.
+        operation: String,
+        /// The idempotency key read.
+        key: String,
+        /// What was wrong, field by field.
+        problems: FieldProblems,
+    },
+    /// A value could not be turned into a storable result, or a stored result into a value.
+    #[error("result serialization failed")]
+    Serialization {
+        /// The serializer's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A bulk save that wrote some records and not others.
+    #[error("bulk save for operation '{operation}': {} colliding, {} invalid, {} saved{}", collisions.len(), invalid.len(), saved.len(), if *rolled_back { ", rolled back" } else { "" })]
+    BulkSave {
+        /// The operation of the batch (its first record's).
+        operation: String,
+        /// Keys that were already taken.
+        collisions: Vec<String>,
+        /// Records that could not be written, by key, with why.
+        invalid: Vec<(String, IdempotencyError)>,
+        /// Keys this call wrote (and, when `rolled_back`, deleted again).
+        saved: Vec<String>,
+        /// Whether the saved keys were deleted again.
+        rolled_back: bool,
+    },
+}
+
+impl IdempotencyError {
+    /// A validation error from a list of problems.
+    pub fn validation(problems: Vec<FieldProblem>) -> Self {
+        Self::Validation {
+            problems: FieldProblems(problems),
+        }
+    }
+
+    /// A validation error about one field.
+    pub fn invalid_field(field: &str, kind: &'static str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldProblem::new(field, kind, message)])
+    }
+
+    /// A storage error with its cause.
+    pub fn storage(operation: Option<&str>, source: impl Into<BoxError>) -> Self {
+        Self::Storage {
+            operation: operation.map(str::to_owned),
+            source: source.into(),
+        }
+    }
+
+    /// The in-progress error.
+    pub fn in_progress(operation: &str, key: &str) -> Self {
+        Self::InProgress {
+            operation: operation.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// A collision on one key.
+    pub fn collision(operation: &str, key: &str) -> Self {
+        Self::KeyCollision {
+            operation: operation.to_owned(),
+            keys: vec![key.to_owned()],
+        }
+    }
+
+    /// A serialization error with its cause.
+    pub fn serialization(source: impl Into<BoxError>) -> Self {
+        Self::Serialization {
+            source: source.into(),
+        }
+    }
+
+    /// Which kind of trouble this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Storage { .. } => ErrorClass::Storage,
+            Self::Validation { .. } | Self::InvalidTtl { .. } => ErrorClass::InvalidInput,
+            Self::KeyCollision { .. } | Self::InProgress { .. } => ErrorClass::Conflict,
+            Self::KeyReuse { .. } => ErrorClass::KeyReuse,
+            Self::RecordExpired { .. } => ErrorClass::Expired,
+            Self::CorruptedRecord { .. }
+            | Self::InvalidRecord { .. }
+            | Self::Serialization { .. } => ErrorClass::Data,
+            Self::BulkSave {
+                collisions,
+                invalid,
+                ..
+            } => {
+                if invalid.iter().any(|(_, e)| e.is_storage()) {
+                    ErrorClass::Storage
+                } else if !collisions.is_empty() {
+                    ErrorClass::Conflict
+                } else {
+                    ErrorClass::Data
+                }
+            }
+        }
+    }
+
+    /// The HTTP status a service would answer with for this error: 400 for invalid
+    /// input, 409 for a conflict, 422 for a reused key, 503 for storage trouble and
+    /// 500 for the rest.
+    pub fn http_status(&self) -> u16 {
+        match self.class() {
+            ErrorClass::InvalidInput => 400,
+            ErrorClass::Conflict => 409,
+            ErrorClass::KeyReuse => 422,
+            ErrorClass::Storage => 503,
+            ErrorClass::Data | ErrorClass::Expired => 500,
+        }
+    }
+
+    /// Whether the store failed (an outage, not a mistake).
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Self::Storage { .. })
+    }
+
+    /// Whether the caller's input was at fault (HTTP 4xx).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self.class(),
+            ErrorClass::InvalidInput | ErrorClass::Conflict | ErrorClass::KeyReuse
+        )
+    }
+
+    /// Whether this is a key collision.
+    pub fn is_collision(&self) -> bool {
+        matches!(self, Self::KeyCollision { .. })
+    }
+
+    /// Whether this is a validation error (identifiers, configuration, record shape).
+    pub fn is_validation(&self) -> bool {
+        matches!(self, Self::Validation { .. } | Self::InvalidRecord { .. })
+    }
+
+    /// The field problems of a validation error; empty for other errors.
+    pub fn problems(&self) -> &[FieldProblem] {
+        match self {
+            Self::Validation { problems } | Self::InvalidRecord { problems, .. } => &problems.0,
+            _ => &[],
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The domain core of idempotency-kit for Rust.
+//!
+//! It holds what every other crate of the kit builds on, and depends on none of them:
+//!
+//! - [`IdempotencyRecord`]: a stored result or in-flight reservation, whose JSON is
+//!   byte-compatible with the Python idempotency-kit 0.5.0;
+//! - [`Identifiers`] / [`validate_identifiers`]: operation and key validation;
+//! - [`IdempotencyError`]: the one error enum, with [`ErrorClass`] to tell an outage from
+//!   a client mistake;
+//! - [`IdempotencyDomainService`]: the record factory and TTL policy;
+//! - [`fingerprint_of`]: request fingerprints equal to the Python library's;
+//! - the traits: [`IdempotencyRepository`] (storage), [`ReservationStore`] (fenced
+//!   reservations), [`IdempotencyMetrics`], [`ResultAdapter`];
+//! - [`MemoryStore`]: the embedded in-memory store, and [`Unfenced`], the fallback that
+//!   lets any repository serve a coordinator.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+//! use idempotency_core::{IdempotencyDomainService, IdempotencyRepository, MemoryStore};
+//!
+//! let store = MemoryStore::new();
+//! let service = IdempotencyDomainService::default();
+//! let record = service.create_record("order.create", "key-1", &serde_json::json!({"order_id": 42}))?;
+//! store.save(&record).await?;
+//! let cached = store.get("order.create", "key-1").await?.expect("stored");
+//! assert_eq!(cached.result().get(), r#"{"order_id":42}"#);
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! None: the crate is small and always whole.
+
+pub mod constants;
+mod error;
+mod fingerprint;
+mod identifiers;
+mod json_text;
+mod memory;
+mod policy;
+mod record;
+mod timestamp;
+pub mod traits;
+mod unfenced;
+
+pub use error::{BoxError, ErrorClass, FieldProblem, FieldProblems, IdempotencyError, Result};
+pub use fingerprint::{canonical_json, fingerprint_of};
+pub use identifiers::{Identifiers, validate_identifiers};
+pub use json_text::to_result_json;
+pub use memory::{MemoryStore, MemoryWatch, bulk_outcome};
+pub use policy::{IdempotencyDomainService, RecordOptions};
+pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
+pub use serde_json::value::RawValue;
+pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
+pub use traits::metrics::{IdempotencyMetrics, NoopMetrics, error_type};
+pub use traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token};
+pub use traits::storage::{IdempotencyRepository, SaveManyOptions};
+pub use unfenced::{PollWatch, UNFENCED_POLL_INTERVAL, Unfenced};

@@ -1,0 +1,191 @@
+//! The fallback that lets a plain repository serve a coordinator.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::error::{IdempotencyError, Result};
+use crate::identifiers::validate_identifiers;
+use crate::record::{IdempotencyRecord, RecordStatus, null_json};
+use crate::traits::reservation::{
+    Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token,
+};
+use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
+
+/// How often a waiter on an [`Unfenced`] store re-reads the key (the Python library's
+/// interval).
+pub const UNFENCED_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Emulates [`ReservationStore`] on any [`IdempotencyRepository`], the way the Python
+/// library does: claim with `save` (insert-if-absent) and a `get` on collision, complete
+/// and renew with a `get` then `replace`, release with a `get` then `delete`, and waiters
+/// polling every [`UNFENCED_POLL_INTERVAL`].
+///
+/// The owner check and the write are two steps, so the fencing invariant of
+/// [`ReservationStore`] does **not** hold: a caller whose lease ran out can overwrite the
+/// record of the caller that took over, in the window between the two. Use a store with
+/// native reservations ([`MemoryStore`](crate::MemoryStore), the Redis store) where that
+/// matters.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use std::time::Duration;
+/// use idempotency_core::{Claim, MemoryStore, ReservationStore, Unfenced};
+/// let store = Unfenced::new(MemoryStore::new());
+/// assert!(matches!(store.claim("op", "k", Duration::from_secs(5), None).await?, Claim::Acquired(_)));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Unfenced<R> {
+    inner: R,
+}
+
+impl<R> Unfenced<R> {
+    /// Wraps a repository.
+    pub fn new(inner: R) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped repository.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R: IdempotencyRepository> IdempotencyRepository for Unfenced<R> {
+    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        self.inner.get(operation, key).await
+    }
+
+    async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
+        self.inner.save(record).await
+    }
+
+    async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
+        self.inner.replace(record).await
+    }
+
+    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
+        self.inner.delete(operation, key).await
+    }
+
+    async fn get_many<K: AsRef<str> + Sync>(
+        &self,
+        operation: &str,
+        keys: &[K],
+    ) -> Result<HashMap<String, IdempotencyRecord>> {
+        self.inner.get_many(operation, keys).await
+    }
+
+    async fn save_many(
+        &self,
+        records: &[IdempotencyRecord],
+        options: SaveManyOptions,
+    ) -> Result<()> {
+        self.inner.save_many(records, options).await
+    }
+
+    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
+        self.inner.delete_many(operation, keys).await
+    }
+}
+
+/// A watch that only sleeps: waiters on an [`Unfenced`] store poll.
+#[derive(Debug, Clone, Copy)]
+pub struct PollWatch;
+
+impl KeyWatch for PollWatch {
+    async fn changed(&mut self, timeout: Duration) -> bool {
+        tokio::time::sleep(timeout.min(UNFENCED_POLL_INTERVAL)).await;
+        false
+    }
+}
+
+impl<R: IdempotencyRepository> Unfenced<R> {
+    async fn ours(&self, lease: &Lease) -> Result<Option<IdempotencyRecord>> {
+        Ok(self
+            .inner
+            .get(lease.operation(), lease.key())
+            .await?
+            .filter(|r| r.is_pending() && r.owner() == Some(lease.token())))
+    }
+}
+
+impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
+    type Watch = PollWatch;
+
+    async fn claim(
+        &self,
+        operation: &str,
+        key: &str,
+        lease: Duration,
+        fingerprint: Option<&str>,
+    ) -> Result<Claim> {
+        let (operation, key) = validate_identifiers(operation, key)?;
+        // A key that empties between our failed save and our read is tried again; a few
+        // rounds are plenty, since each one needs another caller to finish in between.
+        for _ in 0..3 {
+            let token = new_owner_token();
+            let pending = IdempotencyRecord::new_unchecked(
+                operation,
+                key,
+                null_json(),
+                lease,
+                RecordStatus::Pending,
+                fingerprint.map(str::to_owned),
+            )
+            .with_owner(token.clone());
+            match self.inner.save(&pending).await {
+                Ok(()) => {
+                    return Ok(Claim::Acquired(Lease::new(
+                        operation,
+                        key,
+                        token,
+                        fingerprint,
+                    )));
+                }
+                Err(e) if e.is_collision() => {
+                    if let Some(found) = self.inner.get(operation, key).await? {
+                        return Ok(Claim::Found(found));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(IdempotencyError::in_progress(operation, key))
+    }
+
+    async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
+        let current = self.inner.get(lease.operation(), lease.key()).await?;
+        if current.is_some_and(|r| !(r.is_pending() && r.owner() == Some(lease.token()))) {
+            return Ok(Fence::Lost);
+        }
+        self.inner.replace(record).await?;
+        Ok(Fence::Held)
+    }
+
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
+        let Some(record) = self.ours(lease).await? else {
+            return Ok(Fence::Lost);
+        };
+        self.inner
+            .replace(&record.with_expires_at(OffsetDateTime::now_utc() + duration))
+            .await?;
+        Ok(Fence::Held)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Fence> {
+        if self.ours(lease).await?.is_none() {
+            return Ok(Fence::Lost);
+        }
+        self.inner.delete(lease.operation(), lease.key()).await?;
+        Ok(Fence::Held)
+    }
+
+    async fn watch(&self, _operation: &str, _key: &str) -> Result<PollWatch> {
+        Ok(PollWatch)
+    }
+}

@@ -1,0 +1,118 @@
+//! A throwaway Redis Cluster: three masters, one replica each.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::resp::Reply;
+use crate::server::{RedisServer, ServerOptions};
+
+/// Six `redis-server` cluster nodes joined with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts 3 masters and 3 replicas and waits until the cluster is ok on every node.
+    ///
+    /// # Panics
+    /// When `redis-server`/`redis-cli` are missing or the cluster does not form.
+    pub fn start() -> Self {
+        Self::start_with(3, 1)
+    }
+
+    /// Starts `masters` masters with `replicas` replicas each.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn start_with(masters: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters * (replicas + 1))
+            .map(|_| {
+                RedisServer::start_with(&ServerOptions {
+                    cluster: true,
+                    ..ServerOptions::default()
+                })
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect(
+                "redis-cli was not found on PATH: install it with `apt-get install redis-tools`",
+            );
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and knows all slots.
+    ///
+    /// # Panics
+    /// When the cluster is not ok by then.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                match crate::resp::command(n.port(), &["CLUSTER", "INFO"]) {
+                    Ok(Reply::Bulk(Some(info))) => {
+                        let info = String::from_utf8_lossy(&info);
+                        info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                    }
+                    _ => true, // a stopped node does not vote
+                }
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes, mutably (to stop or restart one).
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// `redis-cluster://127.0.0.1:{port}` URLs of every node, first one the seed.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port());
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            let _ = write!(url, "node=127.0.0.1:{}", n.port());
+        }
+        url
+    }
+
+    /// Ports of the nodes that are masters now.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                matches!(crate::resp::command(n.port(), &["ROLE"]), Ok(Reply::Array(items))
+                    if items.first() == Some(&Reply::Bulk(Some(b"master".to_vec()))))
+            })
+            .map(RedisServer::port)
+            .collect()
+    }
+}

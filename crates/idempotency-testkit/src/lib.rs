@@ -1,0 +1,55 @@
+//! Test support for idempotency-kit. Never published.
+//!
+//! - [`RedisServer`]: a throwaway `redis-server` on a free loopback port, stopped and its
+//!   files removed when dropped (also when the test panics). It never touches a server it
+//!   did not start: port 6379 and any port in use are skipped.
+//! - [`RedisCluster`]: three masters with one replica each, made with
+//!   `redis-cli --cluster create`.
+//! - [`resp`]: a tiny synchronous RESP client for inspecting servers from tests.
+//! - [`json_eq`]: JSON comparison by value that keeps integers of any size exact.
+//! - [`proxy`]: a loopback TCP proxy that can delay, drop or freeze traffic.
+//!
+//! Where `redis-server` is missing, starting a server panics with an install hint: a
+//! test that needs Redis fails, it never passes by skipping.
+
+// Test support panics by design: a failed set-up is a failed test.
+#![allow(clippy::missing_panics_doc)]
+
+mod cluster;
+pub mod json_eq;
+pub mod proxy;
+pub mod resp;
+mod server;
+
+pub use cluster::RedisCluster;
+pub use server::{RedisServer, ServerOptions, free_port, require_redis};
+
+/// Decodes standard base64 (with or without padding), for test vectors.
+///
+/// # Panics
+/// On a character outside the base64 alphabet.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+    {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
