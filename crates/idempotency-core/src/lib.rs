@@ -48,7 +48,7 @@ pub use error::{BoxError, ErrorClass, FieldProblem, FieldProblems, IdempotencyEr
 pub use fingerprint::{canonical_json, fingerprint_of};
 pub use identifiers::{Identifiers, validate_identifiers};
 pub use json_text::to_result_json;
-pub use memory::{MemoryStore, MemoryWatch, bulk_outcome};
+pub use memory::{MemoryStore, MemoryWatch, bulk_outcome, validate_all};
 pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;

@@ -247,8 +247,12 @@ impl IdempotencyRepository for MemoryStore {
     }
 }
 
-/// Validates every key of a bulk call before any I/O, reporting every problem.
-pub(crate) fn validate_all<'a, K: AsRef<str>>(
+/// Validates every key of a bulk call before any I/O, reporting every problem; returns
+/// the trimmed `(operation, key)` pairs.
+///
+/// # Errors
+/// [`IdempotencyError::Validation`] with the problems of every invalid key.
+pub fn validate_all<'a, K: AsRef<str>>(
     operation: &'a str,
     keys: &'a [K],
 ) -> Result<Vec<(&'a str, &'a str)>> {

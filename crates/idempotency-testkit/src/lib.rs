@@ -20,9 +20,11 @@ pub mod json_eq;
 pub mod proxy;
 pub mod resp;
 mod server;
+mod shared;
 
 pub use cluster::RedisCluster;
 pub use server::{RedisServer, ServerOptions, free_port, require_redis};
+pub use shared::{shared_cluster, shared_server};
 
 /// Decodes standard base64 (with or without padding), for test vectors.
 ///

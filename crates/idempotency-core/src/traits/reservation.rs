@@ -16,6 +16,7 @@ pub struct Lease {
     key: String,
     token: String,
     fingerprint: Option<String>,
+    created_at: Option<time::OffsetDateTime>,
 }
 
 impl Lease {
@@ -26,7 +27,20 @@ impl Lease {
             key: key.to_owned(),
             token,
             fingerprint: fingerprint.map(str::to_owned),
+            created_at: None,
         }
+    }
+
+    /// The same lease remembering when its pending record was made (kept on renewal).
+    #[must_use]
+    pub fn with_created_at(mut self, created_at: time::OffsetDateTime) -> Self {
+        self.created_at = Some(created_at);
+        self
+    }
+
+    /// When the pending record was made, if the store recorded it.
+    pub fn created_at(&self) -> Option<time::OffsetDateTime> {
+        self.created_at
     }
 
     /// The operation.

@@ -1,0 +1,156 @@
+//! Connecting: from a URL, with timeouts and a reconnect policy.
+
+use std::time::Duration;
+
+use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+use idempotency_core::{IdempotencyError, Result};
+
+use crate::store::{Connection, RedisStore};
+
+/// How to connect when the store makes its own client ([`RedisStore::connect`]).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// let opts = idempotency_redis::ConnectOptions::default().with_command_timeout(Duration::from_millis(500));
+/// assert_eq!(opts.command_timeout(), Duration::from_millis(500));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    pool_size: usize,
+    reconnect_max_delay: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            pool_size: 1,
+            reconnect_max_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Every command fails with a storage error after this long (default 2 s), so no call
+    /// hangs on a dead or black-holed server.
+    #[must_use]
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connections per node (default 1: fred multiplexes; more helps past ~50k ops/s).
+    #[must_use]
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// The longest pause between reconnection attempts (default 2 s; attempts never stop).
+    #[must_use]
+    pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay;
+        self
+    }
+
+    /// The command timeout.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// A fred builder for `url` with these options: `redis://` and `rediss://` (TLS, with
+    /// the `tls` feature), `redis-cluster://host:port?node=…`, `redis-sentinel://…`;
+    /// credentials from the URL.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Storage`] for a URL fred cannot read.
+    pub fn builder(&self, url: &str) -> Result<Builder> {
+        let config = Config::from_url(url).map_err(|e| IdempotencyError::storage(None, e))?;
+        let mut builder = Builder::from_config(config);
+        let command_timeout = self.command_timeout;
+        let connect_timeout = self.connect_timeout;
+        builder
+            .with_performance_config(|p| p.default_command_timeout = command_timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = command_timeout.max(Duration::from_secs(1));
+                c.max_command_attempts = 2;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                u32::try_from(self.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX),
+                2,
+            ));
+        Ok(builder)
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` and builds a store with the default key prefix and no metrics.
+    /// The connection is made (and authenticated) before this returns, so a wrong
+    /// address or password is an error here, not a silent failure later.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Storage`] when the URL is invalid or the server cannot be
+    /// reached or refuses the credentials.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run() -> Result<(), idempotency_core::IdempotencyError> {
+    /// use idempotency_redis::{ConnectOptions, RedisStore};
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379", &ConnectOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self> {
+        Ok(Self::builder(connect_client(url, options).await?).build())
+    }
+}
+
+/// Makes and initializes a client (or pool) for `url`.
+///
+/// # Errors
+/// As [`RedisStore::connect`].
+pub async fn connect_client(url: &str, options: &ConnectOptions) -> Result<Connection> {
+    let builder = options.builder(url)?;
+    let storage = |e| IdempotencyError::storage(None, e);
+    let connection = if options.pool_size > 1 {
+        Connection::from(builder.build_pool(options.pool_size).map_err(storage)?)
+    } else {
+        Connection::from(builder.build().map_err(storage)?)
+    };
+    let init = async {
+        match &connection {
+            Connection::Client(c) => c.init().await.map(drop),
+            Connection::Pool(p) => p.init().await.map(drop),
+        }
+    };
+    match tokio::time::timeout(options.connect_timeout + options.command_timeout, init).await {
+        Ok(Ok(())) => Ok(connection),
+        Ok(Err(e)) => {
+            connection.quit().await;
+            Err(storage(e))
+        }
+        Err(_) => {
+            connection.quit().await;
+            Err(IdempotencyError::storage(
+                None,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to redis timed out",
+                ),
+            ))
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Redis key layout: `{prefix}{operation}:{idempotency_key}`.
+
+use std::collections::BTreeMap;
+
+/// Builds the Redis key of a record.
+pub(crate) fn record_key(prefix: &str, operation: &str, key: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + operation.len() + key.len() + 1);
+    s.push_str(prefix);
+    s.push_str(operation);
+    s.push(':');
+    s.push_str(key);
+    s
+}
+
+/// Groups item indexes by the cluster hash slot of their Redis key, so each group can go
+/// to one node in one command without CROSSSLOT errors.
+pub(crate) fn group_by_slot(keys: &[String]) -> BTreeMap<u16, Vec<usize>> {
+    let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        groups
+            .entry(fred::util::redis_keyslot(k.as_bytes()))
+            .or_default()
+            .push(i);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_python_format() {
+        assert_eq!(
+            record_key("idempotency:", "user.create", "k1"),
+            "idempotency:user.create:k1"
+        );
+        assert_eq!(
+            record_key("svc:idem:", "user.create", "rec-prefix"),
+            "svc:idem:user.create:rec-prefix"
+        );
+    }
+
+    #[test]
+    fn hash_tags_group_keys_into_one_slot() {
+        let keys = vec![
+            "idempotency:op:{a}1".to_owned(),
+            "idempotency:op:{a}2".to_owned(),
+            "x".to_owned(),
+        ];
+        let groups = group_by_slot(&keys);
+        assert_eq!(groups.len(), 2);
+        assert!(groups.values().any(|g| g == &vec![0, 1]));
+    }
+}

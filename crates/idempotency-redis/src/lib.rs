@@ -1,0 +1,43 @@
+//! Redis storage for idempotency-kit, on the [`fred`] client.
+//!
+//! [`RedisStore`] implements the core's storage trait
+//! ([`IdempotencyRepository`](idempotency_core::IdempotencyRepository)) and its fenced
+//! reservations ([`ReservationStore`](idempotency_core::ReservationStore)) on a single
+//! node, Redis Cluster or sentinel, with whatever fred client (a `Client` or a `Pool`)
+//! the application already has, or from a URL ([`RedisStore::connect`]).
+//!
+//! Records are stored under `{prefix}{operation}:{idempotency_key}` (default prefix
+//! `idempotency:`) as the JSON the Python idempotency-kit 0.5.0 writes, so a Python and a
+//! Rust service sharing one Redis read each other's records.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), idempotency_core::IdempotencyError> {
+//! use idempotency_core::{IdempotencyDomainService, IdempotencyRepository};
+//! use idempotency_redis::{ConnectOptions, RedisStore};
+//!
+//! let store = RedisStore::connect("redis://127.0.0.1:6379", &ConnectOptions::default()).await?;
+//! let record = IdempotencyDomainService::default().create_record("order.create", "k1", &42)?;
+//! store.save(&record).await?;
+//! assert_eq!(store.get("order.create", "k1").await?.map(|r| r.result().get().to_owned()), Some("42".into()));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! - `tls`: `rediss://` URLs, through rustls (ring provider).
+//!
+//! See `docs/redis.md` for the key layout, the scripts and their guarantees, cluster
+//! behaviour and failure modes.
+
+mod config;
+mod errors;
+mod keys;
+mod reservation;
+mod scripts;
+mod store;
+mod wake;
+
+pub use config::{ConnectOptions, connect_client};
+pub use fred;
+pub use store::{Connection, RedisStore, RedisStoreBuilder};
+pub use wake::RedisWatch;

@@ -1,0 +1,492 @@
+//! The Redis repository: the storage trait on fred.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fred::prelude::{Client, ClientLike, Expiration, KeysInterface, Pool, SetOptions, Value};
+use idempotency_core::constants::DEFAULT_KEY_PREFIX;
+use idempotency_core::{
+    IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository, NoopMetrics,
+    Result, SaveManyOptions, bulk_outcome, error_type, validate_all, validate_identifiers,
+};
+
+use crate::errors::{label, storage};
+use crate::keys::{group_by_slot, record_key};
+use crate::scripts::Scripts;
+use crate::wake::Wakeups;
+
+/// The fred client the store sends commands through: one multiplexed client or a pool.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Connection {
+    /// One client (one multiplexed connection per node).
+    Client(Client),
+    /// A round-robin pool of clients.
+    Pool(Pool),
+}
+
+impl From<Client> for Connection {
+    fn from(c: Client) -> Self {
+        Self::Client(c)
+    }
+}
+
+impl From<Pool> for Connection {
+    fn from(p: Pool) -> Self {
+        Self::Pool(p)
+    }
+}
+
+impl Connection {
+    /// The client for the next command.
+    pub fn client(&self) -> &Client {
+        match self {
+            Self::Client(c) => c,
+            Self::Pool(p) => p.next(),
+        }
+    }
+
+    /// Closes the connections.
+    pub async fn quit(&self) {
+        let _ = match self {
+            Self::Client(c) => c.quit().await,
+            Self::Pool(p) => p.quit().await,
+        };
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug)]
+pub struct RedisStoreBuilder {
+    connection: Connection,
+    prefix: String,
+    metrics: Arc<dyn IdempotencyMetrics>,
+}
+
+impl RedisStoreBuilder {
+    /// Sets the key prefix (default `idempotency:`): keys are `{prefix}{operation}:{key}`.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the metrics collector (default: none).
+    #[must_use]
+    pub fn metrics(mut self, metrics: Arc<dyn IdempotencyMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> RedisStore {
+        let clustered = self.connection.client().is_clustered();
+        RedisStore {
+            inner: Arc::new(Inner {
+                wake: Wakeups::new(self.connection.client().clone()),
+                connection: self.connection,
+                prefix: self.prefix,
+                metrics: self.metrics,
+                scripts: Scripts::new(),
+                clustered,
+            }),
+        }
+    }
+}
+
+/// Idempotency records in Redis, readable and writable by the Python idempotency-kit
+/// 0.5.0 sharing the same server.
+///
+/// Standalone, Redis Cluster and sentinel, through whatever fred client the application
+/// has. Cheap to clone; clones share the connection.
+///
+/// Round trips: `get`, `save`, `replace`, `delete` one each; `claim` one (`SET … NX GET`),
+/// `complete`/`renew`/`release` one script call each; `get_many` and `delete_many` one
+/// per hash slot on a cluster (sent concurrently), one on a standalone server;
+/// `save_many` one pipeline.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run() -> Result<(), idempotency_core::IdempotencyError> {
+/// use fred::prelude::*;
+/// use idempotency_core::IdempotencyRepository;
+/// use idempotency_redis::RedisStore;
+///
+/// let client = Builder::from_config(Config::from_url("redis://127.0.0.1:6379").expect("url")).build().expect("client");
+/// client.init().await.expect("connect");
+/// let store = RedisStore::builder(client).key_prefix("svc:idem:").build();
+/// let cached = store.get("order.create", "key-1").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) connection: Connection,
+    pub(crate) prefix: String,
+    pub(crate) metrics: Arc<dyn IdempotencyMetrics>,
+    pub(crate) scripts: Scripts,
+    pub(crate) clustered: bool,
+    pub(crate) wake: Wakeups,
+}
+
+impl RedisStore {
+    /// A builder for a store on an initialized client or pool.
+    pub fn builder(connection: impl Into<Connection>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            connection: connection.into(),
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            metrics: Arc::new(NoopMetrics),
+        }
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The Redis key of a record.
+    pub fn redis_key(&self, operation: &str, key: &str) -> String {
+        record_key(&self.inner.prefix, operation, key)
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.inner.connection
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        self.inner.connection.client()
+    }
+
+    pub(crate) fn fail(&self, operation: &str, e: fred::error::Error) -> IdempotencyError {
+        self.inner.metrics.record_error(operation, label(&e));
+        storage(operation, e)
+    }
+
+    fn latency(&self, operation: &str, method: &str, start: Instant) {
+        self.inner
+            .metrics
+            .record_latency(operation, method, start.elapsed().as_secs_f64());
+    }
+
+    /// Decodes what a read found. An expired record is a miss, and is deleted if the key
+    /// still holds exactly those bytes.
+    pub(crate) async fn decode_found(
+        &self,
+        operation: &str,
+        key: &str,
+        redis_key: &str,
+        value: Value,
+    ) -> Result<Option<IdempotencyRecord>> {
+        let Some(bytes) = value.as_bytes() else {
+            return match value {
+                Value::Null => Ok(None),
+                // MGET/GET only answer bulk strings or nil; anything else is a broken reply.
+                _ => Err(self.fail(
+                    operation,
+                    fred::error::Error::new(
+                        fred::error::ErrorKind::Protocol,
+                        "unexpected reply type",
+                    ),
+                )),
+            };
+        };
+        let record = match IdempotencyRecord::from_json(bytes, operation, key) {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .record_error(operation, error_type::VALIDATION);
+                return Err(e);
+            }
+        };
+        if record.is_expired() {
+            self.delete_if_equal(operation, redis_key, bytes).await;
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    /// Deletes `redis_key` if it still holds `bytes`; failures are logged, not raised
+    /// (Redis expires the key within a second anyway).
+    pub(crate) async fn delete_if_equal(&self, operation: &str, redis_key: &str, bytes: &[u8]) {
+        let args = vec![Value::Bytes(bytes.to_vec().into())];
+        if let Err(e) = self
+            .inner
+            .scripts
+            .delete_if_equal
+            .run(self.client(), redis_key, args)
+            .await
+        {
+            self.inner.metrics.record_error(operation, label(&e));
+            tracing::debug!(operation, error = %e, "could not delete an expired record");
+        }
+    }
+
+    /// The seconds a record is to live in Redis: its remaining lifetime rounded up.
+    pub(crate) fn ttl_secs(record: &IdempotencyRecord) -> Result<i64> {
+        match record.remaining_ttl_secs_ceil() {
+            0 => Err(IdempotencyError::invalid_field(
+                "expires_at",
+                "expired",
+                "cannot save an already expired record",
+            )),
+            secs => Ok(i64::try_from(secs).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// Runs one command per hash-slot group concurrently (one command in all on a
+    /// standalone server) and returns each group's indexes with its reply.
+    async fn per_slot<F, Fut>(
+        &self,
+        redis_keys: &[String],
+        command: F,
+    ) -> Vec<(Vec<usize>, fred::prelude::FredResult<Value>)>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = fred::prelude::FredResult<Value>>,
+    {
+        if !self.inner.clustered {
+            let all: Vec<usize> = (0..redis_keys.len()).collect();
+            return vec![(all, command(redis_keys.to_vec()).await)];
+        }
+        let groups = group_by_slot(redis_keys);
+        let calls = groups.into_values().map(|idx| {
+            let keys = idx.iter().map(|&i| redis_keys[i].clone()).collect();
+            let fut = command(keys);
+            async move { (idx, fut.await) }
+        });
+        futures::future::join_all(calls).await
+    }
+}
+
+impl IdempotencyRepository for RedisStore {
+    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        let (operation, key) = validate_identifiers(operation, key)?;
+        let redis_key = self.redis_key(operation, key);
+        let value: Value = self
+            .client()
+            .get(redis_key.as_str())
+            .await
+            .map_err(|e| self.fail(operation, e))?;
+        self.decode_found(operation, key, &redis_key, value).await
+    }
+
+    async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
+        let operation = record.operation();
+        let ttl = Self::ttl_secs(record).inspect_err(|_| {
+            self.inner
+                .metrics
+                .record_error(operation, error_type::VALIDATION)
+        })?;
+        let redis_key = self.redis_key(operation, record.idempotency_key());
+        let reply: Value = self
+            .client()
+            .set(
+                redis_key,
+                record.to_json(),
+                Some(Expiration::EX(ttl)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|e| self.fail(operation, e))?;
+        if reply.is_null() {
+            return Err(IdempotencyError::collision(
+                operation,
+                record.idempotency_key(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
+        let operation = record.operation();
+        let ttl = Self::ttl_secs(record).inspect_err(|_| {
+            self.inner
+                .metrics
+                .record_error(operation, error_type::VALIDATION)
+        })?;
+        let redis_key = self.redis_key(operation, record.idempotency_key());
+        self.client()
+            .set::<Value, _, _>(
+                redis_key,
+                record.to_json(),
+                Some(Expiration::EX(ttl)),
+                None,
+                false,
+            )
+            .await
+            .map_err(|e| self.fail(operation, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
+        let (operation, key) = validate_identifiers(operation, key)?;
+        let start = Instant::now();
+        let deleted: i64 = self
+            .client()
+            .del(self.redis_key(operation, key))
+            .await
+            .map_err(|e| self.fail(operation, e))?;
+        self.latency(operation, "delete", start);
+        Ok(deleted > 0)
+    }
+
+    async fn get_many<K: AsRef<str> + Sync>(
+        &self,
+        operation: &str,
+        keys: &[K],
+    ) -> Result<HashMap<String, IdempotencyRecord>> {
+        let pairs = validate_all(operation, keys)?;
+        let Some(&(operation, _)) = pairs.first() else {
+            return Ok(HashMap::new());
+        };
+        let start = Instant::now();
+        let redis_keys: Vec<String> = pairs.iter().map(|(o, k)| self.redis_key(o, k)).collect();
+        let client = self.client();
+        let replies = self
+            .per_slot(&redis_keys, |keys| client.mget::<Value, _>(keys))
+            .await;
+        let mut found = HashMap::with_capacity(pairs.len());
+        let (mut hits, mut misses) = (0u64, 0u64);
+        for (idx, reply) in replies {
+            let values = match reply.map_err(|e| self.fail(operation, e))? {
+                Value::Array(values) => values,
+                single => vec![single],
+            };
+            for (i, value) in idx.into_iter().zip(values) {
+                let key = pairs[i].1;
+                match self
+                    .decode_found(operation, key, &redis_keys[i], value)
+                    .await?
+                {
+                    Some(record) => {
+                        hits += 1;
+                        found.insert(key.to_owned(), record);
+                    }
+                    None => misses += 1,
+                }
+            }
+        }
+        if hits > 0 {
+            self.inner.metrics.record_bulk_hit(operation, hits);
+        }
+        if misses > 0 {
+            self.inner.metrics.record_bulk_miss(operation, misses);
+        }
+        self.latency(operation, "get_many", start);
+        Ok(found)
+    }
+
+    async fn save_many(
+        &self,
+        records: &[IdempotencyRecord],
+        options: SaveManyOptions,
+    ) -> Result<()> {
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        let batch_op = first.operation();
+        let start = Instant::now();
+        let mut invalid = Vec::new();
+        let pipeline = self.client().pipeline();
+        let mut queued = Vec::with_capacity(records.len());
+        for record in records {
+            let ttl = match Self::ttl_secs(record) {
+                Ok(ttl) => ttl,
+                Err(e) => {
+                    self.inner
+                        .metrics
+                        .record_error(record.operation(), error_type::VALIDATION);
+                    invalid.push((record.idempotency_key().to_owned(), e));
+                    continue;
+                }
+            };
+            let redis_key = self.redis_key(record.operation(), record.idempotency_key());
+            pipeline
+                .set::<(), _, _>(
+                    redis_key.as_str(),
+                    record.to_json(),
+                    Some(Expiration::EX(ttl)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(|e| self.fail(batch_op, e))?;
+            queued.push((record, redis_key));
+        }
+        let replies = if queued.is_empty() {
+            Vec::new()
+        } else {
+            pipeline.try_all::<Value>().await
+        };
+        let mut collisions = Vec::new();
+        let mut saved = Vec::new();
+        let mut failures = 0;
+        for ((record, redis_key), reply) in queued.into_iter().zip(replies) {
+            match reply {
+                Ok(v) if v.is_null() => collisions.push(record.idempotency_key().to_owned()),
+                Ok(_) => saved.push(redis_key),
+                Err(e) => {
+                    failures += 1;
+                    invalid.push((
+                        record.idempotency_key().to_owned(),
+                        self.fail(record.operation(), e),
+                    ));
+                }
+            }
+        }
+        if options.rollback_on_error
+            && !saved.is_empty()
+            && (!collisions.is_empty() || !invalid.is_empty())
+        {
+            let client = self.client();
+            for (_, reply) in self
+                .per_slot(&saved, |keys| client.del::<Value, _>(keys))
+                .await
+            {
+                if let Err(e) = reply {
+                    // Keys we could not roll back stay; the error below says they were saved.
+                    invalid.push((String::new(), self.fail(batch_op, e)));
+                }
+            }
+        }
+        self.latency(batch_op, "save_many", start);
+        if failures > 0 && failures == records.len() {
+            // Nothing reached Redis: an outage, not a bad batch.
+            if let Some((_, e)) = invalid.pop() {
+                return Err(e);
+            }
+        }
+        bulk_outcome(batch_op, collisions, invalid, saved, options)
+    }
+
+    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
+        let pairs = validate_all(operation, keys)?;
+        let Some(&(operation, _)) = pairs.first() else {
+            return Ok(0);
+        };
+        let start = Instant::now();
+        let redis_keys: Vec<String> = pairs.iter().map(|(o, k)| self.redis_key(o, k)).collect();
+        let client = self.client();
+        let mut deleted = 0u64;
+        for (_, reply) in self
+            .per_slot(&redis_keys, |keys| client.del::<Value, _>(keys))
+            .await
+        {
+            let n = reply
+                .map_err(|e| self.fail(operation, e))?
+                .as_u64()
+                .unwrap_or(0);
+            deleted += n;
+        }
+        self.latency(operation, "delete_many", start);
+        Ok(deleted)
+    }
+}
