@@ -37,7 +37,7 @@ fn benches(c: &mut Criterion) {
         });
     });
     c.bench_function("fingerprint_of", |b| {
-        b.iter(|| fingerprint_of(black_box(&value)).expect("fingerprint"))
+        b.iter(|| fingerprint_of(black_box(&value)).expect("fingerprint"));
     });
     c.bench_function("validate_identifiers", |b| {
         b.iter(|| {

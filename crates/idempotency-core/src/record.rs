@@ -320,51 +320,11 @@ impl IdempotencyRecord {
             MAX_KEY_LENGTH,
             &mut problems,
         );
-        let result = match wire.result {
-            Some(raw) => {
-                // serde_json checks escapes only for hex digits when it captures raw text;
-                // a full parse rejects lone surrogates as pydantic does.
-                if raw.get().contains("\\u") {
-                    serde_json::from_str::<serde_json::Value>(raw.get())
-                        .map_err(|e| corrupted(e.into()))?;
-                }
-                Some(raw.to_owned())
-            }
-            None => {
-                problems.push(FieldProblem::new("result", "missing", "field required"));
-                None
-            }
-        };
+        let result = wire_result(wire.result, &mut problems).map_err(|e| corrupted(e.into()))?;
         let created_at = wire_time(wire.created_at, "created_at", &mut problems);
         let expires_at = wire_time(wire.expires_at, "expires_at", &mut problems);
-        let status = match wire.status {
-            None => Some(RecordStatus::Completed),
-            Some(raw) => match serde_json::from_str::<RecordStatus>(raw.get()) {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    problems.push(FieldProblem::new(
-                        "status",
-                        "literal_error",
-                        "must be 'pending' or 'completed'",
-                    ));
-                    None
-                }
-            },
-        };
-        let fingerprint = match wire.fingerprint {
-            None => None,
-            Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
-                Ok(f) => f,
-                Err(_) => {
-                    problems.push(FieldProblem::new(
-                        "fingerprint",
-                        "string_type",
-                        "must be a string or null",
-                    ));
-                    None
-                }
-            },
-        };
+        let status = wire_status(wire.status, &mut problems);
+        let fingerprint = wire_fingerprint(wire.fingerprint, &mut problems);
         // Our own field: anything but a string is no owner.
         let owner = wire
             .owner
@@ -412,6 +372,53 @@ fn push_json_str(out: &mut String, s: &str) {
     } else {
         // Serializing a str cannot fail.
         out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+fn wire_result(
+    raw: Option<&RawValue>,
+    problems: &mut Vec<FieldProblem>,
+) -> std::result::Result<Option<Box<RawValue>>, serde_json::Error> {
+    let Some(raw) = raw else {
+        problems.push(FieldProblem::new("result", "missing", "field required"));
+        return Ok(None);
+    };
+    // serde_json checks escapes only for hex digits when it captures raw text; a full
+    // parse rejects lone surrogates as pydantic does.
+    if raw.get().contains("\\u") {
+        serde_json::from_str::<serde_json::Value>(raw.get())?;
+    }
+    Ok(Some(raw.to_owned()))
+}
+
+fn wire_status(raw: Option<&RawValue>, problems: &mut Vec<FieldProblem>) -> Option<RecordStatus> {
+    // Records written before the field existed read as completed.
+    let Some(raw) = raw else {
+        return Some(RecordStatus::Completed);
+    };
+    let status = serde_json::from_str::<RecordStatus>(raw.get()).ok();
+    if status.is_none() {
+        problems.push(FieldProblem::new(
+            "status",
+            "literal_error",
+            "must be 'pending' or 'completed'",
+        ));
+    }
+    status
+}
+
+fn wire_fingerprint(raw: Option<&RawValue>, problems: &mut Vec<FieldProblem>) -> Option<String> {
+    let raw = raw?;
+    match serde_json::from_str::<Option<String>>(raw.get()) {
+        Ok(f) => f,
+        Err(_) => {
+            problems.push(FieldProblem::new(
+                "fingerprint",
+                "string_type",
+                "must be a string or null",
+            ));
+            None
+        }
     }
 }
 

@@ -282,7 +282,7 @@ impl IdempotencyRepository for RedisStore {
         let ttl = Self::ttl_secs(record).inspect_err(|_| {
             self.inner
                 .metrics
-                .record_error(operation, error_type::VALIDATION)
+                .record_error(operation, error_type::VALIDATION);
         })?;
         let redis_key = self.redis_key(operation, record.idempotency_key());
         let reply: Value = self
@@ -310,7 +310,7 @@ impl IdempotencyRepository for RedisStore {
         let ttl = Self::ttl_secs(record).inspect_err(|_| {
             self.inner
                 .metrics
-                .record_error(operation, error_type::VALIDATION)
+                .record_error(operation, error_type::VALIDATION);
         })?;
         let redis_key = self.redis_key(operation, record.idempotency_key());
         self.client()

@@ -81,7 +81,7 @@ impl Wakeups {
                 let subscriber = builder.build_subscriber_client()?;
                 subscriber.init().await?;
                 // Re-subscribes every tracked channel after a reconnect.
-                let _ = subscriber.manage_subscriptions();
+                drop(subscriber.manage_subscriptions());
                 let dispatcher = Arc::new(Dispatcher {
                     subscriber,
                     channels: Mutex::new(HashMap::new()),

@@ -1,0 +1,200 @@
+//! Shared set-up of the Redis tests: a store on a standalone server or on a cluster.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use idempotency_core::{IdempotencyDomainService, IdempotencyMetrics};
+use idempotency_redis::{ConnectOptions, RedisStore};
+use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
+
+/// Which deployment a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Standalone,
+    Cluster,
+}
+
+/// What a test holds: the server (kept alive), a store, and a raw way in.
+pub struct Env {
+    pub target: Target,
+    pub server: Option<Arc<RedisServer>>,
+    pub cluster: Option<Arc<RedisCluster>>,
+    pub store: RedisStore,
+    pub metrics: Arc<Recorded>,
+    pub url: String,
+}
+
+impl Env {
+    pub async fn new(target: Target) -> Self {
+        let (server, cluster, url) = match target {
+            Target::Standalone => {
+                let s = shared_server();
+                let url = s.url();
+                (Some(s), None, url)
+            }
+            Target::Cluster => {
+                let c = shared_cluster();
+                let url = c.url();
+                (None, Some(c), url)
+            }
+        };
+        let metrics = Arc::new(Recorded::default());
+        let connection = idempotency_redis::connect_client(
+            &url,
+            &ConnectOptions::default().with_command_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .expect("connect");
+        let store = RedisStore::builder(connection)
+            .metrics(metrics.clone())
+            .build();
+        Self {
+            target,
+            server,
+            cluster,
+            store,
+            metrics,
+            url,
+        }
+    }
+
+    /// Sends a raw command to the node that owns `key`.
+    pub fn raw(&self, key: &str, args: &[&[u8]]) -> idempotency_testkit::resp::Reply {
+        let port = self.port_for(key);
+        idempotency_testkit::resp::command_bytes(port, args).expect("raw command")
+    }
+
+    fn port_for(&self, key: &str) -> u16 {
+        match (&self.server, &self.cluster) {
+            (Some(s), _) => s.port(),
+            (_, Some(c)) => {
+                // Ask any node; a MOVED reply names the owner.
+                let first = c.nodes()[0].port();
+                match idempotency_testkit::resp::command(first, &["GET", key]).expect("probe") {
+                    idempotency_testkit::resp::Reply::Error(e) if e.starts_with("MOVED") => e
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .expect("moved port"),
+                    _ => first,
+                }
+            }
+            _ => unreachable!("an env has a server or a cluster"),
+        }
+    }
+}
+
+/// A key no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn svc() -> IdempotencyDomainService {
+    IdempotencyDomainService::new(
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    )
+    .expect("policy")
+}
+
+/// Metrics that remember every call except latencies.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub calls: Mutex<Vec<(String, String, String)>>,
+    pub latencies: Mutex<Vec<(String, String)>>,
+}
+
+impl Recorded {
+    pub fn calls(&self) -> Vec<(String, String, String)> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn clear(&self) {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    pub fn methods(&self) -> Vec<String> {
+        self.latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    fn push(&self, kind: &str, op: &str, detail: String) {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((kind.to_owned(), op.to_owned(), detail));
+    }
+}
+
+impl IdempotencyMetrics for Recorded {
+    fn record_hit(&self, operation: &str) {
+        self.push("hit", operation, String::new());
+    }
+    fn record_miss(&self, operation: &str) {
+        self.push("miss", operation, String::new());
+    }
+    fn record_collision(&self, operation: &str) {
+        self.push("collision", operation, String::new());
+    }
+    fn record_error(&self, operation: &str, error_type: &str) {
+        self.push("error", operation, error_type.to_owned());
+    }
+    fn record_latency(&self, operation: &str, method: &str, _seconds: f64) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((operation.to_owned(), method.to_owned()));
+    }
+    fn record_bulk_hit(&self, operation: &str, count: u64) {
+        self.push("bulk_hit", operation, count.to_string());
+    }
+    fn record_bulk_miss(&self, operation: &str, count: u64) {
+        self.push("bulk_miss", operation, count.to_string());
+    }
+}
+
+/// Defines one test per target: `mod name { standalone, cluster }`.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident, |$env:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($env: $crate::common::Env) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                body($crate::common::Env::new($crate::common::Target::Standalone).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                body($crate::common::Env::new($crate::common::Target::Cluster).await).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,236 @@
+//! Python and Rust share one Redis: the conformance vectors through a real server.
+
+mod common;
+
+use common::unique;
+use idempotency_core::{
+    IdempotencyError, IdempotencyRecord, IdempotencyRepository, RawValue, RecordParts,
+};
+use idempotency_redis::RedisStore;
+use idempotency_testkit::{base64_decode, json_eq};
+use serde_json::Value;
+
+fn load(name: &str) -> Vec<Value> {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
+}
+
+fn raw_results(name: &str) -> Vec<Option<String>> {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let cases: Vec<std::collections::HashMap<String, Box<RawValue>>> =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json");
+    cases
+        .iter()
+        .map(|c| {
+            let get: std::collections::HashMap<String, Box<RawValue>> =
+                serde_json::from_str(c["get"].get()).ok()?;
+            let record: std::collections::HashMap<String, Box<RawValue>> =
+                serde_json::from_str(get.get("record")?.get()).ok()?;
+            Some(record["result"].get().to_owned())
+        })
+        .collect()
+}
+
+/// The vector's Redis key, moved to a key of this test run (same operation, same prefix).
+fn placed(store_prefix: &str, case: &Value) -> (String, String, String) {
+    let op = case["operation"]
+        .as_str()
+        .or_else(|| case["args"]["operation"].as_str())
+        .expect("op")
+        .trim()
+        .to_owned();
+    let key = unique(case["name"].as_str().expect("name"));
+    let redis_key = format!("{store_prefix}{op}:{key}");
+    (op, key, redis_key)
+}
+
+on_both!(
+    records_written_by_python_read_back_as_python_reads_them,
+    |env| {
+        for case in load("records.json") {
+            let Some(raw) = case["raw"].as_str() else {
+                continue;
+            };
+            let prefix = case["key_prefix"].as_str().expect("prefix");
+            let store = RedisStore::builder(env.store.connection().clone())
+                .key_prefix(prefix)
+                .build();
+            let (op, key, redis_key) = placed(prefix, &case);
+            // The stored identifiers are the vector's; the key it sits under is ours.
+            env.raw(
+                &redis_key,
+                &[b"SET", redis_key.as_bytes(), raw.as_bytes(), b"EX", b"600"],
+            );
+            let found = store.get(&op, &key).await.expect("get");
+            let expired = IdempotencyRecord::from_json(raw.as_bytes(), &op, &key)
+                .expect("decodes")
+                .is_expired();
+            if expired {
+                assert_eq!(found, None, "{}", case["name"]);
+            } else {
+                let record = found.unwrap_or_else(|| panic!("{}: not found", case["name"]));
+                assert_eq!(record.to_json(), raw, "{}", case["name"]);
+            }
+        }
+    }
+);
+
+on_both!(records_written_here_are_the_python_bytes, |env| {
+    for case in load("records.json") {
+        let Some(raw) = case["raw"].as_str() else {
+            continue;
+        };
+        let prefix = case["key_prefix"].as_str().expect("prefix");
+        let store = RedisStore::builder(env.store.connection().clone())
+            .key_prefix(prefix)
+            .build();
+        let python = IdempotencyRecord::from_json(raw.as_bytes(), "op", "k").expect("decodes");
+        let (op, key, redis_key) = placed(prefix, &case);
+        // Same fields, our key, a lifetime from now on (the vectors' times are past).
+        let now = time::OffsetDateTime::now_utc();
+        let shift = now - python.created_at();
+        let record = IdempotencyRecord::from_parts(RecordParts {
+            operation: op.clone(),
+            idempotency_key: key.clone(),
+            result: python.result().to_owned(),
+            created_at: python.created_at() + shift,
+            expires_at: python.expires_at() + shift,
+            status: python.status(),
+            fingerprint: python.fingerprint().map(str::to_owned),
+            owner: None,
+        })
+        .expect("record");
+        let want_ttl = i64::try_from(record.remaining_ttl_secs_ceil()).expect("ttl");
+        store.save(&record).await.expect("save");
+        let stored = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
+        let expected = raw.replace(python.operation(), &op).replace(
+            &format!("\"idempotency_key\":\"{}\"", python.idempotency_key()),
+            &format!("\"idempotency_key\":\"{key}\""),
+        );
+        let stored = String::from_utf8(stored.as_bytes().expect("bytes").to_vec()).expect("utf8");
+        // Timestamps moved with the record; everything else is byte for byte.
+        let strip = |s: &str| {
+            let v: Value = serde_json::from_str(s).expect("json");
+            let mut v = v.as_object().expect("object").clone();
+            v.remove("created_at");
+            v.remove("expires_at");
+            serde_json::to_string(&v).expect("json")
+        };
+        assert_eq!(strip(&stored), strip(&expected), "{}", case["name"]);
+        let ttl = env
+            .raw(&redis_key, &[b"TTL", redis_key.as_bytes()])
+            .as_int()
+            .expect("ttl");
+        assert!(
+            ttl == want_ttl || ttl + 1 == want_ttl,
+            "{}: TTL {ttl}, lifetime {want_ttl}",
+            case["name"]
+        );
+        if case["constructor"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("IdempotencyDomainService"))
+        {
+            // Records made by the service live their whole TTL: the Python EX value.
+            assert_eq!(
+                want_ttl,
+                case["ttl"].as_i64().expect("ttl"),
+                "{}",
+                case["name"]
+            );
+        }
+    }
+});
+
+on_both!(
+    odd_stored_data_is_read_as_the_python_library_reads_it,
+    |env| {
+        let results = raw_results("decode_cases.json");
+        for (case, want_result) in load("decode_cases.json").into_iter().zip(results) {
+            let name = case["name"].as_str().expect("name").to_owned();
+            let (op, key, redis_key) = placed("idempotency:", &case);
+            let bytes = base64_decode(case["raw_base64"].as_str().expect("base64"));
+            for method in ["get", "get_many"] {
+                env.raw(
+                    &redis_key,
+                    &[b"SET", redis_key.as_bytes(), &bytes, b"EX", b"600"],
+                );
+                env.metrics.clear();
+                let outcome = if method == "get" {
+                    env.store.get(&op, &key).await
+                } else {
+                    env.store
+                        .get_many(&op, &[&key])
+                        .await
+                        .map(|mut m| m.remove(&key))
+                };
+                let expected = &case[method];
+                match expected["outcome"].as_str().expect("outcome") {
+                    "record" => {
+                        let record = outcome
+                            .unwrap_or_else(|e| panic!("{name}/{method}: {e}"))
+                            .expect("found");
+                        let written: Value = serde_json::from_str(&record.to_json()).expect("json");
+                        for field in [
+                            "operation",
+                            "idempotency_key",
+                            "created_at",
+                            "expires_at",
+                            "status",
+                            "fingerprint",
+                        ] {
+                            assert_eq!(
+                                written[field], expected["record"][field],
+                                "{name}/{method}: {field}"
+                            );
+                        }
+                        let want = want_result.as_deref().expect("result text");
+                        assert!(
+                            json_eq::same_value(record.result().get(), want),
+                            "{name}/{method}"
+                        );
+                    }
+                    "none" => assert_eq!(outcome.expect("no error"), None, "{name}/{method}"),
+                    "error" => {
+                        let err = outcome.expect_err(&name);
+                        let want = expected["exception"].as_str().expect("exception");
+                        let ok = match want {
+                            "IdempotencyError" => {
+                                matches!(err, IdempotencyError::CorruptedRecord { .. })
+                            }
+                            "IdempotencyValidationError" => {
+                                matches!(err, IdempotencyError::InvalidRecord { .. })
+                            }
+                            _ => false,
+                        };
+                        assert!(ok, "{name}/{method}: {err:?} for {want}");
+                    }
+                    other => panic!("{other}"),
+                }
+                let exists = env
+                    .raw(&redis_key, &[b"EXISTS", redis_key.as_bytes()])
+                    .as_int()
+                    == Some(1);
+                assert_eq!(
+                    exists,
+                    expected["key_exists_after"].as_bool().expect("bool"),
+                    "{name}/{method}: key after"
+                );
+                // The repository's metric calls, as the Python library makes them.
+                let want_calls: Vec<(String, String, String)> = expected["metrics"]
+                    .as_array()
+                    .expect("metrics")
+                    .iter()
+                    .map(|m| {
+                        let m = m.as_array().expect("call");
+                        let detail = match &m[2] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (m[0].as_str().expect("kind").to_owned(), op.clone(), detail)
+                    })
+                    .collect();
+                assert_eq!(env.metrics.calls(), want_calls, "{name}/{method}: metrics");
+            }
+        }
+    }
+);
