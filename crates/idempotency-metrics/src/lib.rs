@@ -1,0 +1,34 @@
+//! A Prometheus collector for idempotency-kit's metrics trait, with exactly the series of
+//! the Python idempotency-kit, so Python and Rust services share one dashboard.
+//!
+//! - counter `idempotency_operations_total{operation, status}`: status `hit`, `miss`,
+//!   `collision` or `error_<error_type>`; bulk hits and misses add to `hit` and `miss`;
+//! - histogram `idempotency_operation_duration_seconds{operation, method}` with buckets
+//!   0.001 … 5 s.
+//!
+//! With a prefix the names become `{prefix}_idempotency_…`. See `docs/metrics.md` for
+//! every label value and example queries.
+//!
+//! # Example
+//! ```
+//! # fn main() -> Result<(), prometheus::Error> {
+//! use idempotency_core::IdempotencyMetrics;
+//! use idempotency_metrics::PrometheusMetrics;
+//!
+//! let registry = prometheus::Registry::new();
+//! let metrics = PrometheusMetrics::register(&registry, None)?;
+//! metrics.record_hit("order.create");
+//! let again = PrometheusMetrics::register(&registry, None)?; // the same series, no error
+//! again.record_hit("order.create");
+//! let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
+//! assert!(text.contains(r#"idempotency_operations_total{operation="order.create",status="hit"} 2"#));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! None.
+
+mod collector;
+mod labels;
+
+pub use collector::{DURATION_BUCKETS, PrometheusMetrics};
