@@ -50,7 +50,7 @@ fn same_registry(a: &Registry, b: &Registry) -> bool {
         format!("idempotency_registry_probe_{n}"),
         "probe".into(),
         Vec::new(),
-        Default::default(),
+        std::collections::HashMap::default(),
     ) else {
         return false;
     };
