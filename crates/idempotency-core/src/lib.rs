@@ -53,7 +53,7 @@ pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
-pub use traits::metrics::{IdempotencyMetrics, NoopMetrics, error_type};
+pub use traits::metrics::{IdempotencyMetrics, NoopMetrics, RecordingMetrics, error_type};
 pub use traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token};
 pub use traits::storage::{IdempotencyRepository, SaveManyOptions};
 pub use unfenced::{PollWatch, UNFENCED_POLL_INTERVAL, Unfenced};

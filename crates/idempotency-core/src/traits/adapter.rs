@@ -1,7 +1,6 @@
 //! Result adapters: how an action's value becomes stored JSON and back.
 
 use std::fmt::Debug;
-use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,9 +15,10 @@ use crate::json_text::to_result_json;
 /// ```
 /// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
 /// use idempotency_core::{ResultAdapter, SerdeAdapter};
-/// let adapter = SerdeAdapter::<Vec<u32>>::new();
+/// let adapter = SerdeAdapter;
 /// let raw = adapter.encode(&vec![1, 2])?;
-/// assert_eq!(adapter.decode(&raw)?, vec![1, 2]);
+/// let back: Vec<u32> = adapter.decode(&raw)?;
+/// assert_eq!(back, vec![1, 2]);
 /// # Ok(()) }
 /// ```
 pub trait ResultAdapter<T>: Send + Sync + Debug {
@@ -36,38 +36,12 @@ pub trait ResultAdapter<T>: Send + Sync + Debug {
 }
 
 /// The adapter for any `Serialize + DeserializeOwned` type (the role of the Python
-/// library's `PydanticResultAdapter`). A stored `null` decodes only into types that
-/// accept it (`Option`, `()`).
-pub struct SerdeAdapter<T>(PhantomData<fn() -> T>);
+/// library's `PydanticResultAdapter`; the type is inferred from the action). A stored
+/// `null` decodes only into types that accept it (`Option`, `()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SerdeAdapter;
 
-impl<T> SerdeAdapter<T> {
-    /// The adapter.
-    pub const fn new() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T> Default for SerdeAdapter<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> Clone for SerdeAdapter<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for SerdeAdapter<T> {}
-
-impl<T> Debug for SerdeAdapter<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SerdeAdapter<{}>", std::any::type_name::<T>())
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> ResultAdapter<T> for SerdeAdapter<T> {
+impl<T: Serialize + DeserializeOwned> ResultAdapter<T> for SerdeAdapter {
     fn encode(&self, value: &T) -> Result<Box<RawValue>> {
         to_result_json(value)
     }

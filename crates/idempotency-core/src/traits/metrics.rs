@@ -101,3 +101,94 @@ impl IdempotencyMetrics for NoopMetrics {
     fn record_bulk_hit(&self, _: &str, _: u64) {}
     fn record_bulk_miss(&self, _: &str, _: u64) {}
 }
+
+/// Metrics that remember every call (latencies separately), for tests and debugging.
+///
+/// # Examples
+/// ```
+/// use idempotency_core::{IdempotencyMetrics, RecordingMetrics};
+/// let m = RecordingMetrics::default();
+/// m.record_error("op", "storage_get_error");
+/// assert_eq!(m.calls(), vec![("error".to_owned(), "op".to_owned(), "storage_get_error".to_owned())]);
+/// assert_eq!(m.count("error", "storage_get_error"), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct RecordingMetrics {
+    calls: std::sync::Mutex<Vec<(String, String, String)>>,
+    latencies: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl RecordingMetrics {
+    fn push(&self, kind: &str, operation: &str, detail: String) {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((kind.to_owned(), operation.to_owned(), detail));
+    }
+
+    /// Every call but latencies, as `(kind, operation, detail)`; `detail` is the error
+    /// type or the bulk count.
+    pub fn calls(&self) -> Vec<(String, String, String)> {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many calls of `kind` with `detail` were made (`""` for hit, miss, collision).
+    pub fn count(&self, kind: &str, detail: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|(k, _, d)| k == kind && d == detail)
+            .count()
+    }
+
+    /// The `method` of every latency recorded.
+    pub fn methods(&self) -> Vec<String> {
+        self.latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+impl IdempotencyMetrics for RecordingMetrics {
+    fn record_hit(&self, operation: &str) {
+        self.push("hit", operation, String::new());
+    }
+    fn record_miss(&self, operation: &str) {
+        self.push("miss", operation, String::new());
+    }
+    fn record_collision(&self, operation: &str) {
+        self.push("collision", operation, String::new());
+    }
+    fn record_error(&self, operation: &str, error_type: &str) {
+        self.push("error", operation, error_type.to_owned());
+    }
+    fn record_latency(&self, operation: &str, method: &str, _seconds: f64) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((operation.to_owned(), method.to_owned()));
+    }
+    fn record_bulk_hit(&self, operation: &str, count: u64) {
+        self.push("bulk_hit", operation, count.to_string());
+    }
+    fn record_bulk_miss(&self, operation: &str, count: u64) {
+        self.push("bulk_miss", operation, count.to_string());
+    }
+}

@@ -2,11 +2,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyDomainService, IdempotencyMetrics};
+use idempotency_core::IdempotencyDomainService;
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
 
@@ -106,75 +106,8 @@ pub fn svc() -> IdempotencyDomainService {
     .expect("policy")
 }
 
-/// Metrics that remember every call except latencies.
-#[derive(Debug, Default)]
-pub struct Recorded {
-    pub calls: Mutex<Vec<(String, String, String)>>,
-    pub latencies: Mutex<Vec<(String, String)>>,
-}
-
-impl Recorded {
-    pub fn calls(&self) -> Vec<(String, String, String)> {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn clear(&self) {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    pub fn methods(&self) -> Vec<String> {
-        self.latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(_, m)| m.clone())
-            .collect()
-    }
-
-    fn push(&self, kind: &str, op: &str, detail: String) {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((kind.to_owned(), op.to_owned(), detail));
-    }
-}
-
-impl IdempotencyMetrics for Recorded {
-    fn record_hit(&self, operation: &str) {
-        self.push("hit", operation, String::new());
-    }
-    fn record_miss(&self, operation: &str) {
-        self.push("miss", operation, String::new());
-    }
-    fn record_collision(&self, operation: &str) {
-        self.push("collision", operation, String::new());
-    }
-    fn record_error(&self, operation: &str, error_type: &str) {
-        self.push("error", operation, error_type.to_owned());
-    }
-    fn record_latency(&self, operation: &str, method: &str, _seconds: f64) {
-        self.latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((operation.to_owned(), method.to_owned()));
-    }
-    fn record_bulk_hit(&self, operation: &str, count: u64) {
-        self.push("bulk_hit", operation, count.to_string());
-    }
-    fn record_bulk_miss(&self, operation: &str, count: u64) {
-        self.push("bulk_miss", operation, count.to_string());
-    }
-}
+/// The recording metrics of the core, under the name these tests use.
+pub type Recorded = idempotency_core::RecordingMetrics;
 
 /// Defines one test per target: `mod name { standalone, cluster }`.
 #[macro_export]

@@ -1,0 +1,112 @@
+//! Holding a reservation while the action runs: renewal, and release on cancellation.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+
+use idempotency_core::{Fence, Lease, ReservationStore, error_type};
+
+use crate::coordinator::Inner;
+
+/// Drives `action` to completion while renewing the lease every third of a lease.
+///
+/// Invariant: a renewal that has started is always finished before this returns, even
+/// when the action completes meanwhile, so no renewal write is cut off mid-way and none
+/// lands after the completion that follows.
+pub(crate) async fn run_renewing<S: ReservationStore, Fut: Future>(
+    inner: &Inner<S>,
+    lease: &Lease,
+    action: Fut,
+) -> Fut::Output {
+    let period = inner.lease / 3;
+    let mut action = pin!(action);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut action => return out,
+            () = tokio::time::sleep(period) => {
+                let mut renewal = pin!(renew(inner, lease));
+                tokio::select! {
+                    biased;
+                    () = &mut renewal => {}
+                    out = &mut action => {
+                        renewal.await;
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn renew<S: ReservationStore>(inner: &Inner<S>, lease: &Lease) {
+    match inner.store.renew(lease, inner.lease).await {
+        Ok(Fence::Held) => {}
+        Ok(Fence::Lost) => {
+            inner
+                .metrics
+                .record_error(lease.operation(), error_type::LEASE_LOST);
+            tracing::warn!("reservation lost while the action runs; a duplicate may run");
+        }
+        Err(e) => {
+            inner
+                .metrics
+                .record_error(lease.operation(), error_type::STORAGE_RENEW);
+            tracing::warn!(error = %e, "could not renew the reservation");
+        }
+    }
+}
+
+/// Releases the reservation when the call's future is dropped before it finished.
+pub(crate) struct ReleaseGuard<S: ReservationStore> {
+    inner: Arc<Inner<S>>,
+    lease: Lease,
+    armed: bool,
+}
+
+impl<S: ReservationStore> ReleaseGuard<S> {
+    pub(crate) fn new(inner: Arc<Inner<S>>, lease: Lease) -> Self {
+        Self {
+            inner,
+            lease,
+            armed: true,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The call finished its own writes; nothing to do on drop.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl<S: ReservationStore> Drop for ReleaseGuard<S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Cancelled mid-call. The release only deletes our own pending record, so it is
+        // harmless if a completion already landed. Without a runtime (shutdown) the lease
+        // simply expires.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let lease = self.lease.clone();
+        handle.spawn(async move {
+            tracing::info!(
+                operation = lease.operation(),
+                "call cancelled; releasing its reservation"
+            );
+            if let Err(e) = inner.store.release(&lease).await {
+                inner
+                    .metrics
+                    .record_error(lease.operation(), error_type::STORAGE_RELEASE);
+                tracing::warn!(error = %e, "could not release a cancelled call's reservation");
+            }
+        });
+    }
+}

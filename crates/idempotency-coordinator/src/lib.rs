@@ -1,0 +1,62 @@
+//! Run an async action at most once per idempotency key, and replay its result to every
+//! retry: a client retry, a redelivered message or a double-click never charges a card
+//! twice.
+//!
+//! [`Coordinator`] combines a store (in memory, or Redis through `idempotency-redis`),
+//! the TTL policy and a metrics collector. A call reserves its key while the action runs
+//! (renewing the lease), concurrent duplicates wait for the result and are woken when it
+//! lands, a key reused for a different request is refused, and storage trouble degrades
+//! to running the action or fails closed, as configured.
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+//! use idempotency_coordinator::{Coordinator, IdempotencyError};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+//! struct Order { id: u64 }
+//!
+//! let coordinator = Coordinator::in_memory();
+//! let place = |id| async move { Ok::<_, IdempotencyError>(Order { id }) };
+//! let first = coordinator.call("order.create", Some("k-1")).run(|| place(1)).await?;
+//! let retry = coordinator.call("order.create", Some("k-1")).run(|| place(2)).await?;
+//! assert_eq!(first, retry);
+//! # Ok(()) }
+//! ```
+//!
+//! # Application errors
+//! The action returns `Result<T, E>`; the call returns `Result<T, E>` too, with the
+//! library's own errors converted by `E: From<IdempotencyError>`. Give your error type a
+//! variant that wraps [`IdempotencyError`] (for example `#[error(transparent)]
+//! Idempotency(#[from] IdempotencyError)`) and map it to a response with
+//! [`IdempotencyError::http_status`].
+//!
+//! # Features
+//! - `macros` (default): the `#[idempotent]` attribute.
+//! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
+//! - `prometheus` (default): Prometheus metrics in that wiring.
+
+mod call;
+mod coordinator;
+mod lease;
+mod modes;
+mod settings;
+#[cfg(feature = "redis")]
+mod wiring;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use call::Call;
+pub use coordinator::{CallOptions, Coordinator, CoordinatorBuilder, WAIT_SAFETY_POLL};
+pub use idempotency_core::{
+    ErrorClass, IdempotencyError, JsonAdapter, MemoryStore, ResultAdapter, SerdeAdapter,
+    VoidAdapter, fingerprint_of,
+};
+#[cfg(feature = "macros")]
+pub use idempotency_macros::idempotent;
+pub use modes::{InFlight, OnStorageError};
+pub use settings::IdempotencySettings;
+#[cfg(feature = "redis")]
+pub use wiring::redis_coordinator;

@@ -1,0 +1,125 @@
+//! Settings a service loads from its configuration (serde), with the Python library's
+//! field names so one config file serves both.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use idempotency_core::constants::{
+    DEFAULT_IN_FLIGHT_LEASE, DEFAULT_KEY_PREFIX, DEFAULT_TTL_MINUTES, MAX_TTL_SECONDS,
+    MIN_TTL_SECONDS,
+};
+use idempotency_core::{FieldProblem, IdempotencyDomainService, IdempotencyError, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::modes::{InFlight, OnStorageError};
+
+/// Configuration of the whole stack.
+///
+/// Unknown fields are refused so a typo does not silently fall back to a default.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use idempotency_coordinator::{IdempotencySettings, InFlight};
+/// let settings: IdempotencySettings = serde_json::from_str(
+///     r#"{"key_prefix": "svc:idem:", "in_flight": "raise", "operation_ttls": {"order.create": 3600}}"#,
+/// )?;
+/// settings.validate()?;
+/// assert_eq!(settings.in_flight, InFlight::Raise);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// `false` makes every call a pass-through to the action.
+    pub enabled: bool,
+    /// Redis key prefix.
+    pub key_prefix: String,
+    /// Whether the wiring registers Prometheus metrics.
+    pub metrics_enabled: bool,
+    /// Default record lifetime, in minutes.
+    pub default_ttl_minutes: u64,
+    /// Shortest allowed lifetime, in seconds.
+    pub min_ttl_seconds: u64,
+    /// Longest allowed lifetime, in seconds.
+    pub max_ttl_seconds: u64,
+    /// Per-operation lifetimes in seconds; they win over a call's TTL.
+    pub operation_ttls: HashMap<String, u64>,
+    /// What concurrent duplicates get.
+    pub in_flight: InFlight,
+    /// How long a reservation outlives its owner, in seconds (at least 1).
+    pub in_flight_lease_seconds: u64,
+    /// What a call gets when the store fails before the action.
+    pub on_storage_error: OnStorageError,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            metrics_enabled: false,
+            default_ttl_minutes: DEFAULT_TTL_MINUTES,
+            min_ttl_seconds: MIN_TTL_SECONDS,
+            max_ttl_seconds: MAX_TTL_SECONDS,
+            operation_ttls: HashMap::new(),
+            in_flight: InFlight::Wait,
+            in_flight_lease_seconds: DEFAULT_IN_FLIGHT_LEASE.as_secs(),
+            on_storage_error: OnStorageError::Run,
+        }
+    }
+}
+
+impl IdempotencySettings {
+    /// Checks every setting and reports every problem at once.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Validation`] listing each problem.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = match self.domain_service() {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().to_vec(),
+        };
+        if self.in_flight_lease_seconds < 1 {
+            problems.push(FieldProblem::new(
+                "in_flight_lease_seconds",
+                "greater_than_equal",
+                "must be at least 1",
+            ));
+        }
+        for (operation, ttl) in &self.operation_ttls {
+            if *ttl < self.min_ttl_seconds || *ttl > self.max_ttl_seconds {
+                problems.push(FieldProblem::new(
+                    format!("operation_ttls.{operation}"),
+                    "out_of_range",
+                    format!(
+                        "{ttl}s is outside [{}s, {}s]",
+                        self.min_ttl_seconds, self.max_ttl_seconds
+                    ),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(IdempotencyError::validation(problems))
+        }
+    }
+
+    /// The domain service these settings describe.
+    ///
+    /// # Errors
+    /// As [`IdempotencyDomainService::new`].
+    pub fn domain_service(&self) -> Result<IdempotencyDomainService> {
+        IdempotencyDomainService::new(
+            Duration::from_secs(self.default_ttl_minutes.saturating_mul(60)),
+            Duration::from_secs(self.min_ttl_seconds),
+            Duration::from_secs(self.max_ttl_seconds),
+        )
+    }
+
+    /// The lease as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.in_flight_lease_seconds)
+    }
+}

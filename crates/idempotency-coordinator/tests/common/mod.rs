@@ -1,0 +1,233 @@
+//! Shared set-up: the same behaviour tests on the in-memory store, a standalone Redis
+//! and a Redis Cluster, with a switchable fault injector around the store.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use idempotency_coordinator::{Coordinator, CoordinatorBuilder};
+use idempotency_core::{
+    Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease, MemoryStore,
+    RecordingMetrics, ReservationStore, Result, SaveManyOptions,
+};
+use idempotency_redis::{ConnectOptions, RedisStore};
+use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
+
+/// A key no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Which steps of the store fail (with a storage error) right now.
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub claim: AtomicBool,
+    pub get: AtomicBool,
+    pub save: AtomicBool,
+    pub complete: AtomicBool,
+    pub renew: AtomicBool,
+    pub release: AtomicBool,
+}
+
+fn injected(flag: &AtomicBool, operation: &str) -> Result<()> {
+    if flag.load(Ordering::SeqCst) {
+        return Err(IdempotencyError::storage(
+            Some(operation),
+            std::io::Error::other("injected fault"),
+        ));
+    }
+    Ok(())
+}
+
+/// A store whose steps can be made to fail.
+#[derive(Debug, Clone)]
+pub struct Faulty<S> {
+    pub inner: S,
+    pub faults: Arc<Faults>,
+}
+
+impl<S: IdempotencyRepository> IdempotencyRepository for Faulty<S> {
+    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
+        injected(&self.faults.get, operation)?;
+        self.inner.get(operation, key).await
+    }
+    async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
+        injected(&self.faults.save, record.operation())?;
+        self.inner.save(record).await
+    }
+    async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
+        injected(&self.faults.save, record.operation())?;
+        self.inner.replace(record).await
+    }
+    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
+        self.inner.delete(operation, key).await
+    }
+    async fn get_many<K: AsRef<str> + Sync>(
+        &self,
+        operation: &str,
+        keys: &[K],
+    ) -> Result<HashMap<String, IdempotencyRecord>> {
+        self.inner.get_many(operation, keys).await
+    }
+    async fn save_many(
+        &self,
+        records: &[IdempotencyRecord],
+        options: SaveManyOptions,
+    ) -> Result<()> {
+        self.inner.save_many(records, options).await
+    }
+    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
+        self.inner.delete_many(operation, keys).await
+    }
+}
+
+impl<S: ReservationStore> ReservationStore for Faulty<S> {
+    type Watch = S::Watch;
+
+    async fn claim(
+        &self,
+        operation: &str,
+        key: &str,
+        lease: Duration,
+        fingerprint: Option<&str>,
+    ) -> Result<Claim> {
+        injected(&self.faults.claim, operation)?;
+        self.inner.claim(operation, key, lease, fingerprint).await
+    }
+    async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
+        injected(&self.faults.complete, lease.operation())?;
+        self.inner.complete(lease, record).await
+    }
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
+        injected(&self.faults.renew, lease.operation())?;
+        self.inner.renew(lease, duration).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<Fence> {
+        injected(&self.faults.release, lease.operation())?;
+        self.inner.release(lease).await
+    }
+    async fn watch(&self, operation: &str, key: &str) -> Result<S::Watch> {
+        self.inner.watch(operation, key).await
+    }
+}
+
+/// What a test holds.
+pub struct Env<S> {
+    pub store: Faulty<S>,
+    pub metrics: Arc<RecordingMetrics>,
+    pub server: Option<Arc<RedisServer>>,
+    pub cluster: Option<Arc<RedisCluster>>,
+}
+
+impl<S: ReservationStore + Clone> Env<S> {
+    /// A coordinator on this env's store, configured by `configure`.
+    pub fn coordinator(
+        &self,
+        configure: impl FnOnce(CoordinatorBuilder<Faulty<S>>) -> CoordinatorBuilder<Faulty<S>>,
+    ) -> Coordinator<Faulty<S>> {
+        configure(Coordinator::builder(self.store.clone()).metrics(self.metrics.clone()))
+            .build()
+            .expect("valid settings")
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.store.faults
+    }
+}
+
+fn wrap<S>(inner: S) -> Faulty<S> {
+    Faulty {
+        inner,
+        faults: Arc::new(Faults::default()),
+    }
+}
+
+pub fn memory() -> Env<MemoryStore> {
+    Env {
+        store: wrap(MemoryStore::new()),
+        metrics: Arc::new(RecordingMetrics::default()),
+        server: None,
+        cluster: None,
+    }
+}
+
+async fn redis_store(url: &str) -> RedisStore {
+    let connection = idempotency_redis::connect_client(url, &ConnectOptions::default())
+        .await
+        .expect("connect");
+    RedisStore::builder(connection).build()
+}
+
+pub async fn standalone() -> Env<RedisStore> {
+    let server = shared_server();
+    let store = redis_store(&server.url()).await;
+    Env {
+        store: wrap(store),
+        metrics: Arc::new(RecordingMetrics::default()),
+        server: Some(server),
+        cluster: None,
+    }
+}
+
+pub async fn cluster() -> Env<RedisStore> {
+    let cluster = shared_cluster();
+    let store = redis_store(&cluster.url()).await;
+    Env {
+        store: wrap(store),
+        metrics: Arc::new(RecordingMetrics::default()),
+        server: None,
+        cluster: Some(cluster),
+    }
+}
+
+/// Counts how often an action ran.
+#[derive(Debug, Default, Clone)]
+pub struct Runs(pub Arc<AtomicUsize>);
+
+impl Runs {
+    pub fn tick(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Defines one test per backend: `mod name { memory, standalone, cluster }`.
+#[macro_export]
+macro_rules! on_all {
+    ($name:ident, |$env:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body<S>($env: $crate::common::Env<S>)
+            where
+                S: idempotency_core::ReservationStore + Clone,
+            $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                body($crate::common::memory()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                body($crate::common::standalone().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                body($crate::common::cluster().await).await;
+            }
+        }
+    };
+}
