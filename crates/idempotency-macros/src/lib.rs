@@ -34,8 +34,14 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(f) => f,
         Err(e) => return e.to_compile_error().into(),
     };
+    let original = function.clone();
     match expand::expand(&args, function) {
         Ok(tokens) => tokens.into(),
-        Err(e) => e.to_compile_error().into(),
+        // The function stays as written, so its callers get no follow-on errors.
+        Err(e) => {
+            let mut out = e.to_compile_error();
+            quote::ToTokens::to_tokens(&original, &mut out);
+            out.into()
+        }
     }
 }
