@@ -18,6 +18,7 @@
 mod cluster;
 pub mod json_eq;
 pub mod proxy;
+pub mod python;
 pub mod resp;
 mod server;
 mod shared;
