@@ -407,7 +407,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 // First sight of the reservation: subscribe, then look again at once, so a
                 // completion between our claim and the subscription is not missed.
                 None => {
-                    watch = Some(inner.store.watch(operation, key).await.ok());
+                    watch = Some(Box::pin(inner.store.watch(operation, key)).await.ok());
                 }
                 Some(Some(w)) => {
                     w.changed((deadline - now).min(inner.safety_poll)).await;
@@ -436,7 +436,7 @@ impl<S: ReservationStore> Coordinator<S> {
         // client disconnect, a timeout) releases the reservation, so a retry does not wait
         // out the lease. The guard is disarmed only after the last write of this call.
         let mut guard = ReleaseGuard::new(Arc::clone(&self.inner), lease);
-        let outcome = run_renewing(&self.inner, guard.lease(), action()).await;
+        let (outcome, lost) = run_renewing(&self.inner, guard.lease(), action()).await;
         let lease = guard.lease();
         match outcome {
             Err(e) => {
@@ -446,7 +446,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 Err(e)
             }
             Ok(value) => {
-                if !self.complete(lease, ttl, adapter, &value).await {
+                if !self.complete(lease, ttl, adapter, &value, lost).await {
                     self.release(lease).await;
                 }
                 guard.disarm();
@@ -463,6 +463,7 @@ impl<S: ReservationStore> Coordinator<S> {
         ttl: Duration,
         adapter: &A,
         value: &T,
+        lost_already: bool,
     ) -> bool {
         let inner = &self.inner;
         let operation = lease.operation();
@@ -495,9 +496,12 @@ impl<S: ReservationStore> Coordinator<S> {
         match outcome {
             Ok(Fence::Held) => true,
             Ok(Fence::Lost) => {
-                inner
-                    .metrics
-                    .record_error(operation, error_type::LEASE_LOST);
+                // One loss, counted once per call (the renewal may have seen it first).
+                if !lost_already {
+                    inner
+                        .metrics
+                        .record_error(operation, error_type::LEASE_LOST);
+                }
                 tracing::warn!(
                     "reservation was taken over before completion; the newer record stands"
                 );
@@ -514,7 +518,8 @@ impl<S: ReservationStore> Coordinator<S> {
     }
 
     async fn release(&self, lease: &Lease) {
-        if let Err(e) = self.inner.store.release(lease).await {
+        // Boxed: the failure path should not grow every call's future.
+        if let Err(e) = Box::pin(self.inner.store.release(lease)).await {
             self.inner
                 .metrics
                 .record_error(lease.operation(), error_type::STORAGE_RELEASE);

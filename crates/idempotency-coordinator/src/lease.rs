@@ -9,6 +9,8 @@ use idempotency_core::{Fence, Lease, ReservationStore, error_type};
 use crate::coordinator::Inner;
 
 /// Drives `action` to completion while renewing the lease every third of a lease.
+/// Returns the action's output and whether the lease was found lost (counted once; no
+/// renewal is tried after that).
 ///
 /// Invariant: a renewal that has started is always finished before this returns, even
 /// when the action completes meanwhile, so no renewal write is cut off mid-way and none
@@ -17,42 +19,51 @@ pub(crate) async fn run_renewing<S: ReservationStore, Fut: Future>(
     inner: &Inner<S>,
     lease: &Lease,
     action: Fut,
-) -> Fut::Output {
+) -> (Fut::Output, bool) {
     let period = inner.lease / 3;
     let mut action = pin!(action);
     loop {
         tokio::select! {
             biased;
-            out = &mut action => return out,
+            out = &mut action => return (out, false),
             () = tokio::time::sleep(period) => {
-                let mut renewal = pin!(renew(inner, lease));
-                tokio::select! {
+                // Boxed: renewals are rare (every lease/3), and inline they would grow every
+                // call's future by the size of a store round trip.
+                let mut renewal = Box::pin(renew(inner, lease));
+                let lost = tokio::select! {
                     biased;
-                    () = &mut renewal => {}
+                    lost = &mut renewal => lost,
                     out = &mut action => {
-                        renewal.await;
-                        return out;
+                        let lost = renewal.await;
+                        return (out, lost);
                     }
+                };
+                if lost {
+                    // Someone else holds the key now: renewing is futile.
+                    return (action.await, true);
                 }
             }
         }
     }
 }
 
-async fn renew<S: ReservationStore>(inner: &Inner<S>, lease: &Lease) {
+/// One renewal; `true` when the lease turned out lost.
+async fn renew<S: ReservationStore>(inner: &Inner<S>, lease: &Lease) -> bool {
     match inner.store.renew(lease, inner.lease).await {
-        Ok(Fence::Held) => {}
+        Ok(Fence::Held) => false,
         Ok(Fence::Lost) => {
             inner
                 .metrics
                 .record_error(lease.operation(), error_type::LEASE_LOST);
             tracing::warn!("reservation lost while the action runs; a duplicate may run");
+            true
         }
         Err(e) => {
             inner
                 .metrics
                 .record_error(lease.operation(), error_type::STORAGE_RENEW);
             tracing::warn!(error = %e, "could not renew the reservation");
+            false
         }
     }
 }

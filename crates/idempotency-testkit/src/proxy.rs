@@ -41,11 +41,16 @@ impl Proxy {
             .build()
             .expect("proxy runtime");
         let (tx, rx) = watch::channel(Mode::Pass);
-        let listener = runtime
-            .block_on(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .expect("bind the proxy port");
+        // Bound with std so this works from inside another runtime too.
+        let listener =
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy addr");
-        runtime.spawn(accept_loop(listener, target, rx));
+        runtime.spawn(async move {
+            if let Ok(listener) = TcpListener::from_std(listener) {
+                accept_loop(listener, target, rx).await;
+            }
+        });
         Self {
             addr,
             mode: Arc::new(Mutex::new(tx)),

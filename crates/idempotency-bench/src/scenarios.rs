@@ -1,0 +1,470 @@
+//! The scenarios, their raw-Redis yardsticks, the Python runs, and the table.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use idempotency_core::{
+    IdempotencyDomainService, IdempotencyError, IdempotencyRepository, SaveManyOptions,
+};
+use idempotency_redis::fred::prelude::{
+    Expiration, KeysInterface, LuaInterface, SetOptions, Value,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::Ctx;
+use crate::load::{Stats, drive, percentile};
+use crate::python;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    order_id: u64,
+    status: String,
+    amount: f64,
+}
+
+fn order() -> Order {
+    Order {
+        order_id: 12_345,
+        status: "created".into(),
+        amount: 99.95,
+    }
+}
+
+const COMPLETE_LUA: &str = include_str!("../../idempotency-redis/lua/complete.lua");
+
+/// One row of the throughput table.
+struct Row {
+    scenario: &'static str,
+    concurrency: usize,
+    rust: Stats,
+    rust_cmds: f64,
+    raw: Stats,
+    raw_label: &'static str,
+    python: Option<(Stats, f64)>,
+}
+
+async fn measured<F>(ctx: &Ctx, calls: u64, f: F) -> (Stats, f64)
+where
+    F: AsyncFnOnce() -> Stats,
+{
+    let before = ctx.counter.total();
+    let stats = f().await;
+    let after = ctx.counter.total();
+    (stats, (after - before) as f64 / calls.max(1) as f64)
+}
+
+async fn seed_hits(ctx: &Ctx, prefix: &str) -> Arc<Vec<String>> {
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("{prefix}-{}-{i}", ctx.run))
+        .collect();
+    for k in &keys {
+        let _: Order = ctx
+            .coordinator
+            .call("bench.order", Some(k))
+            .run(|| async { Ok::<_, IdempotencyError>(order()) })
+            .await
+            .expect("seed");
+    }
+    Arc::new(keys)
+}
+
+async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
+    let calls = ctx.options.calls;
+    let (rust, rust_cmds) = measured(ctx, calls, async || {
+        let coordinator = ctx.coordinator.clone();
+        let keys = Arc::clone(keys);
+        drive(c, calls, move |i| {
+            let coordinator = coordinator.clone();
+            let keys = Arc::clone(&keys);
+            async move {
+                let _: Order = coordinator
+                    .call("bench.order", Some(&keys[(i % 1000) as usize]))
+                    .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                    .await
+                    .expect("hit");
+            }
+        })
+        .await
+    })
+    .await;
+    // Raw: the same command the hit sends, `SET … NX GET` on a present key.
+    let client = ctx.store.connection().client().clone();
+    let redis_keys: Arc<Vec<String>> = Arc::new(
+        keys.iter()
+            .map(|k| ctx.store.redis_key("bench.order", k))
+            .collect(),
+    );
+    let raw = drive(c, calls, move |i| {
+        let client = client.clone();
+        let keys = Arc::clone(&redis_keys);
+        async move {
+            let v: Value = client
+                .set(
+                    keys[(i % 1000) as usize].as_str(),
+                    "x",
+                    Some(Expiration::PX(30_000)),
+                    Some(SetOptions::NX),
+                    true,
+                )
+                .await
+                .expect("raw");
+            assert!(!v.is_null());
+        }
+    })
+    .await;
+    let python = python_row(ctx, "hit", c, calls);
+    Row {
+        scenario: "hit",
+        concurrency: c,
+        rust,
+        rust_cmds,
+        raw,
+        raw_label: "SET NX GET",
+        python,
+    }
+}
+
+async fn miss(ctx: &Ctx, c: usize) -> Row {
+    let calls = ctx.options.calls;
+    let run = format!("{}-{c}", ctx.run);
+    let (rust, rust_cmds) = measured(ctx, calls, async || {
+        let coordinator = ctx.coordinator.clone();
+        let run = run.clone();
+        drive(c, calls, move |i| {
+            let coordinator = coordinator.clone();
+            let key = format!("miss-{run}-{i}");
+            async move {
+                let _: Order = coordinator
+                    .call("bench.order", Some(&key))
+                    .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                    .await
+                    .expect("miss");
+            }
+        })
+        .await
+    })
+    .await;
+    // Raw: the same two commands, `SET … NX GET` then `EVALSHA complete`.
+    let client = ctx.store.connection().client().clone();
+    let sha: String = client.script_load(COMPLETE_LUA).await.expect("script load");
+    let record = IdempotencyDomainService::default()
+        .create_record("bench.order", "raw", &order())
+        .expect("record")
+        .to_json();
+    let prefix = ctx.store.redis_key("bench.raw", &run);
+    let sha = Arc::new(sha);
+    let record = Arc::new(record);
+    let raw = drive(c, calls, move |i| {
+        let client = client.clone();
+        let key = format!("{prefix}-{i}");
+        let (sha, record) = (Arc::clone(&sha), Arc::clone(&record));
+        async move {
+            let _: Value = client
+                .set(
+                    key.as_str(),
+                    "{\"owner\":\"t\"}",
+                    Some(Expiration::PX(30_000)),
+                    Some(SetOptions::NX),
+                    true,
+                )
+                .await
+                .expect("claim");
+            let _: Value = client
+                .evalsha(
+                    sha.as_str(),
+                    key.as_str(),
+                    vec![
+                        Value::from("\"owner\":\"t\""),
+                        Value::from(record.as_str()),
+                        Value::from(1800),
+                    ],
+                )
+                .await
+                .expect("complete");
+        }
+    })
+    .await;
+    let python = python_row(ctx, "miss", c, calls);
+    Row {
+        scenario: "miss",
+        concurrency: c,
+        rust,
+        rust_cmds,
+        raw,
+        raw_label: "SET NX GET + EVALSHA",
+        python,
+    }
+}
+
+fn python_row(ctx: &Ctx, scenario: &str, c: usize, calls: u64) -> Option<(Stats, f64)> {
+    if !ctx.options.python {
+        return None;
+    }
+    // Python is far slower; a fifth of the calls keeps the run short with stable numbers.
+    let calls = (calls / 5).max(200);
+    let out = python::run(
+        &ctx.counter,
+        &ctx.url,
+        scenario,
+        c,
+        calls,
+        &format!("{}-{c}", ctx.run),
+    )?;
+    let stats: Stats = serde_json::from_value(out.json).ok()?;
+    Some((stats, out.commands_per_call))
+}
+
+/// 32 callers on one fresh key whose action sleeps 20 ms, over many keys.
+async fn contended(ctx: &Ctx) -> String {
+    let callers = 32;
+    let keys = ctx.options.contended_keys;
+    let before = ctx.counter.total();
+    let mut delays = Vec::new();
+    let mut max_runs = 0;
+    for k in 0..keys {
+        let key = Arc::new(format!("cont-{}-{k}", ctx.run));
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(callers));
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let coordinator = ctx.coordinator.clone();
+                let (key, runs, barrier) =
+                    (Arc::clone(&key), Arc::clone(&runs), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let mut ran = false;
+                    let _: Order = coordinator
+                        .call("bench.order", Some(&key))
+                        .run(|| async {
+                            ran = true;
+                            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok::<_, IdempotencyError>(order())
+                        })
+                        .await
+                        .expect("contended");
+                    (ran, Instant::now())
+                })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await.expect("task"));
+        }
+        let owner = done
+            .iter()
+            .find(|(ran, _)| *ran)
+            .map_or_else(Instant::now, |(_, at)| *at);
+        delays.extend(
+            done.iter()
+                .filter(|(ran, _)| !ran)
+                .map(|(_, at)| at.saturating_duration_since(owner)),
+        );
+        max_runs = max_runs.max(runs.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    let cmds = (ctx.counter.total() - before) as f64 / (keys * callers as u64) as f64;
+    delays.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Contended: {callers} callers on one fresh key, action sleeps 20 ms, {keys} keys\n"
+    );
+    let _ = writeln!(
+        out,
+        "| library | action runs per key (max) | wake delay p50 | p99 | max | commands per caller |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| Rust | {max_runs} | {:.2} ms | {:.2} ms | {:.2} ms | {cmds:.2} |",
+        ms(percentile(&delays, 0.5)),
+        ms(percentile(&delays, 0.99)),
+        ms(delays.last().copied().unwrap_or_default())
+    );
+    if ctx.options.python
+        && let Some(py) = python::run(&ctx.counter, &ctx.url, "contended", callers, keys, &ctx.run)
+    {
+        let j = &py.json;
+        let _ = writeln!(
+            out,
+            "| Python 0.5.0 | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} |",
+            j["max_runs_per_key"],
+            j["wake_p50_ms"].as_f64().unwrap_or(0.0),
+            j["wake_p99_ms"].as_f64().unwrap_or(0.0),
+            j["wake_max_ms"].as_f64().unwrap_or(0.0),
+            py.commands_per_call
+        );
+    }
+    out
+}
+
+/// `get_many` and `save_many` of 1,000 keys.
+async fn bulk(ctx: &Ctx) -> String {
+    let rounds = ctx.options.bulk_rounds;
+    let svc = IdempotencyDomainService::default();
+    let keys: Vec<String> = (0..1000).map(|i| format!("bulk-{}-{i}", ctx.run)).collect();
+    let seed: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            svc.create_record("bench.bulk", k, &order())
+                .expect("record")
+        })
+        .collect();
+    ctx.store
+        .save_many(&seed, SaveManyOptions::default())
+        .await
+        .expect("seed");
+    let mut out = String::new();
+    let _ = writeln!(out, "## Bulk: 1,000 keys per call, {rounds} calls\n");
+    let _ = writeln!(
+        out,
+        "| operation | Rust keys/s | commands per call | raw keys/s | Rust/raw | Python keys/s | Python commands per call | Rust/Python |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for op in ["get_many", "save_many"] {
+        let before = ctx.counter.total();
+        let started = Instant::now();
+        for r in 0..rounds {
+            if op == "get_many" {
+                let found = ctx
+                    .store
+                    .get_many("bench.bulk", &keys)
+                    .await
+                    .expect("get_many");
+                assert_eq!(found.len(), 1000);
+            } else {
+                let batch: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        svc.create_record("bench.bulk", &format!("{k}-{r}"), &order())
+                            .expect("r")
+                    })
+                    .collect();
+                ctx.store
+                    .save_many(&batch, SaveManyOptions::default())
+                    .await
+                    .expect("save_many");
+            }
+        }
+        let rust = (rounds * 1000) as f64 / started.elapsed().as_secs_f64();
+        let cmds = (ctx.counter.total() - before) as f64 / rounds as f64;
+        let raw = raw_bulk(ctx, op, &keys, rounds).await;
+        let py = if ctx.options.python {
+            python::run(&ctx.counter, &ctx.url, op, 1, rounds, &ctx.run)
+        } else {
+            None
+        };
+        let (py_rate, py_cmds) = py.map_or((f64::NAN, f64::NAN), |p| {
+            (
+                p.json["keys_per_sec"].as_f64().unwrap_or(f64::NAN),
+                p.commands_per_call,
+            )
+        });
+        let _ = writeln!(
+            out,
+            "| {op} | {rust:.0} | {cmds:.1} | {raw:.0} | {:.2} | {py_rate:.0} | {py_cmds:.1} | {:.1}× |",
+            rust / raw,
+            rust / py_rate
+        );
+    }
+    out
+}
+
+async fn raw_bulk(ctx: &Ctx, op: &str, keys: &[String], rounds: u64) -> f64 {
+    let client = ctx.store.connection().client();
+    let redis_keys: Vec<String> = keys
+        .iter()
+        .map(|k| ctx.store.redis_key("bench.bulk", k))
+        .collect();
+    let value = IdempotencyDomainService::default()
+        .create_record("bench.bulk", "x", &order())
+        .expect("r")
+        .to_json();
+    let started = Instant::now();
+    for r in 0..rounds {
+        if op == "get_many" {
+            // One MGET per hash slot (all in one on a standalone server), as the store does.
+            let groups = idempotency_redis::fred::util::group_by_hash_slot(
+                redis_keys.iter().map(String::as_str),
+            )
+            .expect("groups");
+            let calls = groups
+                .into_values()
+                .map(|g| client.mget::<Value, _>(Vec::from(g)));
+            for reply in futures::future::join_all(calls).await {
+                reply.expect("mget");
+            }
+        } else {
+            let pipeline = client.pipeline();
+            for k in &redis_keys {
+                let _: () = pipeline
+                    .set(
+                        format!("{k}-raw-{r}"),
+                        value.as_str(),
+                        Some(Expiration::EX(1800)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .expect("queue");
+            }
+            let _: Vec<Value> = pipeline.all().await.expect("pipeline");
+        }
+    }
+    (rounds * 1000) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn throughput_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## Throughput and latency per call\n");
+    let _ = writeln!(
+        out,
+        "| scenario | concurrency | Rust ops/s | p50 | p99 | Redis commands per call | raw fred ops/s (same commands) | Rust/raw | Python ops/s | Python p50 | Python commands per call | Rust/Python |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for r in rows {
+        let (py_ops, py_p50, py_cmds, ratio) = match r.python {
+            Some((s, cmds)) => (
+                format!("{:.0}", s.ops_per_sec),
+                format!("{:.0} µs", s.p50_us),
+                format!("{cmds:.2}"),
+                format!("{:.1}×", r.rust.ops_per_sec / s.ops_per_sec),
+            ),
+            None => ("–".into(), "–".into(), "–".into(), "–".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.0} ({}) | {:.2} | {py_ops} | {py_p50} | {py_cmds} | {ratio} |",
+            r.scenario,
+            r.concurrency,
+            r.rust.ops_per_sec,
+            r.rust.p50_us,
+            r.rust.p99_us,
+            r.rust_cmds,
+            r.raw.ops_per_sec,
+            r.raw_label,
+            r.rust.ops_per_sec / r.raw.ops_per_sec,
+        );
+    }
+    out
+}
+
+pub(crate) async fn run_all(ctx: &Ctx) -> Result<String, Box<dyn std::error::Error>> {
+    let keys = seed_hits(ctx, "hit").await;
+    let mut rows = Vec::new();
+    for c in [1, 64] {
+        rows.push(hit(ctx, c, &keys).await);
+        rows.push(miss(ctx, c).await);
+    }
+    let mut report = throughput_table(&rows);
+    report.push('\n');
+    report.push_str(&contended(ctx).await);
+    report.push('\n');
+    report.push_str(&bulk(ctx).await);
+    Ok(report)
+}
