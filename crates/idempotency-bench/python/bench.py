@@ -47,7 +47,12 @@ async def drive(concurrency, calls, call):
 
 async def main():
     url, scenario, concurrency, calls, run = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    redis = Redis.from_url(url, max_connections=max(concurrency, 1) + 4)
+    if url.startswith("redis-cluster://"):
+        from redis.asyncio.cluster import RedisCluster
+
+        redis = RedisCluster.from_url("redis://" + url.split("://", 1)[1].split("?", 1)[0])
+    else:
+        redis = Redis.from_url(url, max_connections=max(concurrency, 1) + 4)
     repo = RedisAsyncIdempotencyRepository(redis)
     svc = IdempotencyDomainService(default_ttl_minutes=30)
     coord = AsyncIdempotencyCoordinator(repo, svc)

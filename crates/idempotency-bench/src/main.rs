@@ -64,6 +64,9 @@ pub(crate) struct Ctx {
     pub(crate) url: String,
     pub(crate) run: String,
     pub(crate) options: Options,
+    /// A coordinator whose connection runs through a counting proxy (standalone only):
+    /// the commands the client sends, as opposed to what Redis runs inside scripts.
+    pub(crate) counted: Option<(Coordinator<RedisStore>, idempotency_testkit::proxy::Proxy)>,
 }
 
 #[tokio::main]
@@ -102,6 +105,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
         .to_string();
+    let counted = if options.cluster {
+        None
+    } else {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
+        let proxy = idempotency_testkit::proxy::Proxy::start(target);
+        let store = RedisStore::connect(&proxy.url(), &ConnectOptions::default()).await?;
+        Some((Coordinator::builder(store).build()?, proxy))
+    };
     let ctx = Ctx {
         coordinator,
         store,
@@ -109,6 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         url,
         run,
         options,
+        counted,
     };
     let version = idempotency_testkit::resp::command(ports[0], &["INFO", "server"])
         .ok()

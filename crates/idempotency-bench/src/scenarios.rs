@@ -39,6 +39,7 @@ struct Row {
     concurrency: usize,
     rust: Stats,
     rust_cmds: f64,
+    rust_sent: Option<f64>,
     raw: Stats,
     raw_label: &'static str,
     python: Option<(Stats, f64)>,
@@ -114,11 +115,23 @@ async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
     })
     .await;
     let python = python_row(ctx, "hit", c, calls);
+    let rust_sent = sent_per_call(ctx, |coordinator, i| {
+        let key = keys[(i % 1000) as usize].clone();
+        async move {
+            let _: Order = coordinator
+                .call("bench.order", Some(&key))
+                .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                .await
+                .expect("hit");
+        }
+    })
+    .await;
     Row {
         scenario: "hit",
         concurrency: c,
         rust,
         rust_cmds,
+        rust_sent,
         raw,
         raw_label: "SET NX GET",
         python,
@@ -186,15 +199,42 @@ async fn miss(ctx: &Ctx, c: usize) -> Row {
     })
     .await;
     let python = python_row(ctx, "miss", c, calls);
+    let counted_run = format!("counted-{}-{c}", ctx.run);
+    let rust_sent = sent_per_call(ctx, |coordinator, i| {
+        let key = format!("{counted_run}-{i}");
+        async move {
+            let _: Order = coordinator
+                .call("bench.order", Some(&key))
+                .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                .await
+                .expect("miss");
+        }
+    })
+    .await;
     Row {
         scenario: "miss",
         concurrency: c,
         rust,
         rust_cmds,
+        rust_sent,
         raw,
         raw_label: "SET NX GET + EVALSHA",
         python,
     }
+}
+
+/// Commands the client sends per call, counted at a proxy over 200 sequential calls.
+async fn sent_per_call<F, Fut>(ctx: &Ctx, call: F) -> Option<f64>
+where
+    F: Fn(idempotency_coordinator::Coordinator<idempotency_redis::RedisStore>, u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (coordinator, proxy) = ctx.counted.as_ref()?;
+    let before = proxy.commands_sent();
+    for i in 0..200 {
+        call(coordinator.clone(), i).await;
+    }
+    Some((proxy.commands_sent() - before) as f64 / 200.0)
 }
 
 fn python_row(ctx: &Ctx, scenario: &str, c: usize, calls: u64) -> Option<(Stats, f64)> {
@@ -385,16 +425,21 @@ async fn raw_bulk(ctx: &Ctx, op: &str, keys: &[String], rounds: u64) -> f64 {
     let started = Instant::now();
     for r in 0..rounds {
         if op == "get_many" {
-            // One MGET per hash slot (all in one on a standalone server), as the store does.
-            let groups = idempotency_redis::fred::util::group_by_hash_slot(
-                redis_keys.iter().map(String::as_str),
-            )
-            .expect("groups");
-            let calls = groups
-                .into_values()
-                .map(|g| client.mget::<Value, _>(Vec::from(g)));
-            for reply in futures::future::join_all(calls).await {
-                reply.expect("mget");
+            // One MGET per hash slot on a cluster, one MGET on a standalone server, as
+            // the store does.
+            if ctx.options.cluster {
+                let groups = idempotency_redis::fred::util::group_by_hash_slot(
+                    redis_keys.iter().map(String::as_str),
+                )
+                .expect("groups");
+                let calls = groups
+                    .into_values()
+                    .map(|g| client.mget::<Value, _>(Vec::from(g)));
+                for reply in futures::future::join_all(calls).await {
+                    reply.expect("mget");
+                }
+            } else {
+                let _: Value = client.mget(redis_keys.clone()).await.expect("mget");
             }
         } else {
             let pipeline = client.pipeline();
@@ -421,11 +466,11 @@ fn throughput_table(rows: &[Row]) -> String {
     let _ = writeln!(out, "## Throughput and latency per call\n");
     let _ = writeln!(
         out,
-        "| scenario | concurrency | Rust ops/s | p50 | p99 | Redis commands per call | raw fred ops/s (same commands) | Rust/raw | Python ops/s | Python p50 | Python commands per call | Rust/Python |"
+        "| scenario | concurrency | Rust ops/s | p50 | p99 | commands sent per call (round trips) | commands Redis ran per call (incl. inside scripts) | raw fred ops/s (same commands) | Rust/raw | Python ops/s | Python p50 | Python commands per call | Rust/Python |"
     );
     let _ = writeln!(
         out,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for r in rows {
         let (py_ops, py_p50, py_cmds, ratio) = match r.python {
@@ -439,12 +484,14 @@ fn throughput_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {:.0} ({}) | {:.2} | {py_ops} | {py_p50} | {py_cmds} | {ratio} |",
+            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {} | {:.2} | {:.0} ({}) | {:.2} | {py_ops} | {py_p50} | {py_cmds} | {ratio} |",
             r.scenario,
             r.concurrency,
             r.rust.ops_per_sec,
             r.rust.p50_us,
             r.rust.p99_us,
+            r.rust_sent
+                .map_or_else(|| "–".to_owned(), |s| format!("{s:.2}")),
             r.rust_cmds,
             r.raw.ops_per_sec,
             r.raw_label,

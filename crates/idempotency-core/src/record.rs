@@ -455,16 +455,21 @@ fn wire_time(
         problems.push(FieldProblem::new(field, "missing", "field required"));
         return None;
     };
-    let parsed = match serde_json::from_str::<serde_json::Value>(raw.get()) {
-        Ok(serde_json::Value::String(s)) => parse_timestamp(&s),
-        Ok(serde_json::Value::Number(n)) => n.as_f64().and_then(from_unix),
-        _ => {
-            problems.push(FieldProblem::new(
-                field,
-                "datetime_type",
-                "must be a timestamp",
-            ));
-            return None;
+    // The common case, a string without escapes, is read without allocating.
+    let parsed = if let Ok(text) = serde_json::from_str::<&str>(raw.get()) {
+        parse_timestamp(text)
+    } else {
+        match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(serde_json::Value::String(s)) => parse_timestamp(&s),
+            Ok(serde_json::Value::Number(n)) => n.as_f64().and_then(from_unix),
+            _ => {
+                problems.push(FieldProblem::new(
+                    field,
+                    "datetime_type",
+                    "must be a timestamp",
+                ));
+                return None;
+            }
         }
     };
     if parsed.is_none() {

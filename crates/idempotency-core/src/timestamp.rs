@@ -10,23 +10,49 @@ use std::fmt::Write as _;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
-/// Appends the record spelling of `t`.
+/// Appends `value` as exactly `width` decimal digits.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    let mut divisor = 10u32.pow(width - 1);
+    while divisor > 0 {
+        out.push(char::from(b'0' + ((value / divisor) % 10) as u8));
+        divisor /= 10;
+    }
+}
+
+/// Appends the record spelling of `t`. Hand-rolled digits: this runs on every write.
 pub(crate) fn write_timestamp(out: &mut String, t: OffsetDateTime) {
-    let (year, month, day) = (t.year(), u8::from(t.month()), t.day());
-    let (h, m, s, micro) = (t.hour(), t.minute(), t.second(), t.microsecond());
-    // Writing into a String cannot fail.
-    let _ = write!(out, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}");
+    let year = t.year();
+    if (0..=9999).contains(&year) {
+        push_digits(out, year as u32, 4);
+    } else {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{year:04}");
+    }
+    out.push('-');
+    push_digits(out, u32::from(u8::from(t.month())), 2);
+    out.push('-');
+    push_digits(out, u32::from(t.day()), 2);
+    out.push('T');
+    push_digits(out, u32::from(t.hour()), 2);
+    out.push(':');
+    push_digits(out, u32::from(t.minute()), 2);
+    out.push(':');
+    push_digits(out, u32::from(t.second()), 2);
+    let micro = t.microsecond();
     if micro != 0 {
-        let _ = write!(out, ".{micro:06}");
+        out.push('.');
+        push_digits(out, micro, 6);
     }
     let offset = t.offset();
     if offset.is_utc() {
         out.push('Z');
     } else {
         let total = offset.whole_seconds();
-        let sign = if total < 0 { '-' } else { '+' };
+        out.push(if total < 0 { '-' } else { '+' });
         let total = total.unsigned_abs();
-        let _ = write!(out, "{sign}{:02}:{:02}", total / 3600, (total % 3600) / 60);
+        push_digits(out, total / 3600, 2);
+        out.push(':');
+        push_digits(out, (total % 3600) / 60, 2);
     }
 }
 

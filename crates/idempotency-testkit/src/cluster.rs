@@ -84,6 +84,35 @@ impl RedisCluster {
         }
     }
 
+    /// Waits until a replica has replaced the master on `dead_port` (there are as many
+    /// masters as before among the running nodes) and the cluster is ok again.
+    ///
+    /// # Panics
+    /// When that does not happen by `timeout`.
+    pub fn wait_failover(&self, dead_port: u16, masters: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live = self
+                .master_ports()
+                .into_iter()
+                .filter(|p| *p != dead_port)
+                .count();
+            if live == masters {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over from port {dead_port} in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_ok(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        );
+    }
+
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes

@@ -1,6 +1,7 @@
 //! A loopback TCP proxy that can delay, drop or freeze traffic, for fault tests.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub enum Mode {
 pub struct Proxy {
     addr: SocketAddr,
     mode: Arc<Mutex<watch::Sender<Mode>>>,
+    commands: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -46,14 +48,17 @@ impl Proxy {
             std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the proxy port");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy addr");
+        let commands = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commands);
         runtime.spawn(async move {
             if let Ok(listener) = TcpListener::from_std(listener) {
-                accept_loop(listener, target, rx).await;
+                accept_loop(listener, target, rx, counter).await;
             }
         });
         Self {
             addr,
             mode: Arc::new(Mutex::new(tx)),
+            commands,
             runtime: Some(runtime),
         }
     }
@@ -66,6 +71,12 @@ impl Proxy {
     /// `redis://127.0.0.1:{port}` of the proxy.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// How many commands (top-level RESP arrays) clients have sent through the proxy:
+    /// the client's side of the conversation, whatever the server runs inside scripts.
+    pub fn commands_sent(&self) -> u64 {
+        self.commands.load(Ordering::SeqCst)
     }
 
     /// Switches the mode; connections follow at once.
@@ -86,13 +97,19 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, mode: watch::Receiver<Mode>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    commands: Arc<AtomicU64>,
+) {
     while let Ok((client, _)) = listener.accept().await {
         if *mode.borrow() == Mode::Drop {
             drop(client);
             continue;
         }
         let mode = mode.clone();
+        let commands = Arc::clone(&commands);
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
@@ -100,8 +117,8 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, mode: watch::Rec
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
             tokio::select! {
-                () = pump(cr, sw, mode.clone()) => {}
-                () = pump(sr, cw, mode) => {}
+                () = pump(cr, sw, mode.clone(), Some(commands)) => {}
+                () = pump(sr, cw, mode, None) => {}
             }
         });
     }
@@ -111,8 +128,10 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    commands: Option<Arc<AtomicU64>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut counter = CommandCounter::default();
     loop {
         let n = tokio::select! {
             r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
@@ -137,8 +156,73 @@ async fn pump(
                 }
             }
         }
+        if let Some(commands) = &commands {
+            commands.fetch_add(counter.feed(&buf[..n]), Ordering::SeqCst);
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Counts complete RESP commands (arrays of bulk strings) in a byte stream that may be
+/// split anywhere.
+#[derive(Debug, Default)]
+struct CommandCounter {
+    pending: Vec<u8>,
+}
+
+impl CommandCounter {
+    fn feed(&mut self, bytes: &[u8]) -> u64 {
+        self.pending.extend_from_slice(bytes);
+        let mut count = 0;
+        let mut at = 0;
+        while let Some(end) = command_end(&self.pending[at..]) {
+            at += end;
+            count += 1;
+        }
+        self.pending.drain(..at);
+        count
+    }
+}
+
+fn line(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let end = bytes.windows(2).position(|w| w == b"\r\n")?;
+    Some((&bytes[..end], end + 2))
+}
+
+/// The length of the first complete command in `bytes`, if it is all there.
+fn command_end(bytes: &[u8]) -> Option<usize> {
+    let (header, mut at) = line(bytes)?;
+    let n: usize = std::str::from_utf8(header.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    for _ in 0..n {
+        let (len, used) = line(&bytes[at..])?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        at += used + len + 2;
+        if at > bytes.len() {
+            return None;
+        }
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandCounter;
+
+    #[test]
+    fn commands_are_counted_across_chunk_boundaries() {
+        let stream = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv\n\r\n";
+        for split in 0..stream.len() {
+            let mut c = CommandCounter::default();
+            let total = c.feed(&stream[..split]) + c.feed(&stream[split..]);
+            assert_eq!(total, 2, "split at {split}");
         }
     }
 }

@@ -135,6 +135,9 @@ impl RedisServer {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                // Replicas here sync from scratch; let any of them take over.
+                "--cluster-replica-validity-factor",
+                "0",
             ]);
         }
         cmd.args(&self.options.args)
@@ -163,10 +166,13 @@ impl RedisServer {
                 if log.contains("Ready to accept connections") {
                     return true;
                 }
-            } else if resp::command(self.port, &["PING"])
-                .is_ok_and(|r| r == resp::Reply::Status("PONG".into()))
-            {
-                return true;
+            } else {
+                // A server with a password answers NOAUTH: up all the same.
+                match resp::command(self.port, &["PING"]) {
+                    Ok(resp::Reply::Status(s)) if s == "PONG" => return true,
+                    Ok(resp::Reply::Error(e)) if e.starts_with("NOAUTH") => return true,
+                    _ => {}
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }

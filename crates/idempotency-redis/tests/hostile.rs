@@ -1,0 +1,151 @@
+//! Hostile keys and bytes through real Redis: characters that matter to Redis, Lua and
+//! JSON; Unicode at the length limits; arbitrary bytes under a key.
+
+mod common;
+
+use common::{svc, unique};
+use idempotency_core::{Claim, Fence, IdempotencyError, IdempotencyRepository, ReservationStore};
+use proptest::prelude::*;
+
+const ODD_KEYS: &[&str] = &[
+    "with space",
+    "quote\"d",
+    "single'quote",
+    "back\\slash",
+    "{hash}tag",
+    "}{",
+    "line\nbreak",
+    "tab\tin",
+    "nul\u{0}byte",
+    "lua]]end--[[",
+    "%s%d",
+    "ключ-名前-🚀",
+    "\"owner\"=\"deadbeef\"",
+];
+
+on_both!(odd_keys_are_stored_and_read_back, |env| {
+    let suffix = unique("odd");
+    let mut keys: Vec<String> = ODD_KEYS.iter().map(|k| format!("{k}-{suffix}")).collect();
+    keys.push("🚀".repeat(255));
+    keys.push("é".repeat(255));
+    for key in &keys {
+        let record = svc()
+            .create_record("odd.op", key, &serde_json::json!({"key": key}))
+            .expect("valid key");
+        env.store.save(&record).await.expect("save");
+        assert_eq!(
+            env.store.get("odd.op", key).await.expect("get"),
+            Some(record),
+            "{key:?}"
+        );
+        // The fenced scripts handle the same keys.
+        env.store.delete("odd.op", key).await.expect("delete");
+        let Claim::Acquired(lease) = env
+            .store
+            .claim("odd.op", key, std::time::Duration::from_secs(5), None)
+            .await
+            .expect("claim")
+        else {
+            panic!("free key {key:?}")
+        };
+        let done = svc().create_record("odd.op", key, &1).expect("record");
+        assert_eq!(
+            env.store.complete(&lease, &done).await.expect("complete"),
+            Fence::Held,
+            "{key:?}"
+        );
+    }
+    let found = env.store.get_many("odd.op", &keys).await.expect("get_many");
+    assert_eq!(found.len(), keys.len());
+    assert_eq!(
+        env.store
+            .delete_many("odd.op", &keys)
+            .await
+            .expect("delete_many"),
+        keys.len() as u64
+    );
+});
+
+on_both!(
+    a_fingerprint_spelling_an_owner_fragment_cannot_fake_ownership,
+    |env| {
+        // Keys cannot hold ':' at all; a fingerprint can, but inside the JSON it is escaped,
+        // so the fence never matches it.
+        let key = unique("fake");
+        let fingerprint = Some("\"owner\":\"x\"");
+        let claim = env
+            .store
+            .claim("op", &key, std::time::Duration::from_secs(30), fingerprint);
+        let Claim::Acquired(_) = claim.await.expect("claim") else {
+            panic!("free key")
+        };
+        let forged = idempotency_core::Lease::new("op", &key, "x".to_owned(), None);
+        assert_eq!(
+            env.store.release(&forged).await.expect("release"),
+            Fence::Lost
+        );
+        let renewed = env
+            .store
+            .renew(&forged, std::time::Duration::from_secs(60))
+            .await;
+        assert_eq!(renewed.expect("renew"), Fence::Lost);
+        let done = svc().create_record("op", &key, &1).expect("record");
+        assert_eq!(
+            env.store.complete(&forged, &done).await.expect("complete"),
+            Fence::Lost
+        );
+        assert!(
+            env.store
+                .get("op", &key)
+                .await
+                .expect("get")
+                .is_some_and(|r| r.is_pending())
+        );
+    }
+);
+
+#[test]
+fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
+    let server = idempotency_testkit::RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = runtime
+        .block_on(idempotency_redis::RedisStore::connect(
+            &server.url(),
+            &idempotency_redis::ConnectOptions::default(),
+        ))
+        .expect("connect");
+    let redis_key = store.redis_key("op", "bytes");
+    proptest!(ProptestConfig::with_cases(200), |(bytes in prop::collection::vec(any::<u8>(), 0..256))| {
+        idempotency_testkit::resp::command_bytes(server.port(), &[b"SET", redis_key.as_bytes(), &bytes]).expect("set");
+        match runtime.block_on(store.get("op", "bytes")) {
+            Ok(_) => {}
+            Err(e) => prop_assert!(matches!(e, IdempotencyError::CorruptedRecord { .. } | IdempotencyError::InvalidRecord { .. }), "{e:?}"),
+        }
+    });
+}
+
+#[test]
+fn arbitrary_valid_identifiers_round_trip_through_redis() {
+    let server = idempotency_testkit::RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = runtime
+        .block_on(idempotency_redis::RedisStore::connect(
+            &server.url(),
+            &idempotency_redis::ConnectOptions::default(),
+        ))
+        .expect("connect");
+    proptest!(ProptestConfig::with_cases(200), |(operation in "\\PC{1,40}", key in "\\PC{1,120}")| {
+        let Ok(record) = svc().create_record(&operation, &key, &serde_json::json!([operation, key])) else {
+            return Ok(()); // validation decided: nothing to store
+        };
+        runtime.block_on(store.replace(&record)).expect("replace");
+        let back = runtime.block_on(store.get(&operation, &key)).expect("get");
+        prop_assert_eq!(back, Some(record));
+    });
+}
