@@ -51,6 +51,9 @@ struct State {
     // Keys somebody watches; removed and notified on completion or release.
     watchers: HashMap<String, Arc<Notify>>,
     writes: u64,
+    // The earliest expiry among the records at the last sweep or since: a sweep before it
+    // would find nothing, so it is skipped.
+    next_expiry: Option<OffsetDateTime>,
 }
 
 fn slot(operation: &str, key: &str) -> String {
@@ -74,8 +77,13 @@ impl State {
         self.writes += 1;
         if self.writes.is_multiple_of(SWEEP_EVERY) {
             let now = OffsetDateTime::now_utc();
-            self.records.retain(|_, r| !r.is_expired_at(now));
+            if self.next_expiry.is_some_and(|t| t <= now) {
+                self.records.retain(|_, r| !r.is_expired_at(now));
+                self.next_expiry = self.records.values().map(IdempotencyRecord::expires_at).min();
+            }
         }
+        let expires_at = record.expires_at();
+        self.next_expiry = Some(self.next_expiry.map_or(expires_at, |t| t.min(expires_at)));
         self.records.insert(slot, record);
     }
 

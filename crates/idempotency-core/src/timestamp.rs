@@ -197,7 +197,8 @@ fn parse_iso(bytes: &[u8]) -> Option<OffsetDateTime> {
     if c.pos != bytes.len() {
         return None;
     }
-    Some(PrimitiveDateTime::new(date, time).assume_offset(offset))
+    // The record format carries microseconds (as Python's datetime does): finer digits are cut.
+    Some(to_micros(PrimitiveDateTime::new(date, time).assume_offset(offset)))
 }
 
 #[cfg(test)]
