@@ -79,7 +79,11 @@ impl State {
             let now = OffsetDateTime::now_utc();
             if self.next_expiry.is_some_and(|t| t <= now) {
                 self.records.retain(|_, r| !r.is_expired_at(now));
-                self.next_expiry = self.records.values().map(IdempotencyRecord::expires_at).min();
+                self.next_expiry = self
+                    .records
+                    .values()
+                    .map(IdempotencyRecord::expires_at)
+                    .min();
             }
         }
         let expires_at = record.expires_at();

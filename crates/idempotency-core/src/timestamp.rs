@@ -198,7 +198,9 @@ fn parse_iso(bytes: &[u8]) -> Option<OffsetDateTime> {
         return None;
     }
     // The record format carries microseconds (as Python's datetime does): finer digits are cut.
-    Some(to_micros(PrimitiveDateTime::new(date, time).assume_offset(offset)))
+    Some(to_micros(
+        PrimitiveDateTime::new(date, time).assume_offset(offset),
+    ))
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub struct ConnectOptions {
     connect_timeout: Duration,
     pool_size: usize,
     reconnect_max_delay: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<fred::types::config::TlsConnector>,
 }
 
 impl Default for ConnectOptions {
@@ -30,6 +32,8 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             pool_size: 1,
             reconnect_max_delay: Duration::from_secs(2),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -64,6 +68,16 @@ impl ConnectOptions {
         self
     }
 
+    /// The TLS connector for `rediss://` URLs (feature `tls`): for example one built from a
+    /// `rustls::ClientConfig` that trusts your CA. Without it, `rediss://` uses the
+    /// system's root certificates.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn with_tls(mut self, connector: impl Into<fred::types::config::TlsConnector>) -> Self {
+        self.tls = Some(connector.into());
+        self
+    }
+
     /// The command timeout.
     pub fn command_timeout(&self) -> Duration {
         self.command_timeout
@@ -76,7 +90,12 @@ impl ConnectOptions {
     /// # Errors
     /// [`IdempotencyError::Storage`] for a URL fred cannot read.
     pub fn builder(&self, url: &str) -> Result<Builder> {
-        let config = Config::from_url(url).map_err(|e| IdempotencyError::storage(None, e))?;
+        #[allow(unused_mut)]
+        let mut config = Config::from_url(url).map_err(|e| IdempotencyError::storage(None, e))?;
+        #[cfg(feature = "tls")]
+        if let Some(connector) = &self.tls {
+            config.tls = Some(connector.clone().into());
+        }
         let mut builder = Builder::from_config(config);
         let command_timeout = self.command_timeout;
         let connect_timeout = self.connect_timeout;

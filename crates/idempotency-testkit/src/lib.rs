@@ -22,6 +22,7 @@ pub mod python;
 pub mod resp;
 mod server;
 mod shared;
+pub mod tls;
 
 pub use cluster::RedisCluster;
 pub use server::{RedisServer, ServerOptions, free_port, require_redis};
