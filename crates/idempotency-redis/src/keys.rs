@@ -53,3 +53,38 @@ mod tests {
         assert!(groups.values().any(|g| g == &vec![0, 1]));
     }
 }
+
+#[cfg(test)]
+mod hash_tag_tests {
+    use super::record_key;
+
+    #[test]
+    fn a_tag_in_the_key_decides_the_slot_for_every_operation() {
+        let a = record_key("idempotency:", "user.create", "{tenant-7}abc");
+        let b = record_key("idempotency:", "order.pay", "{tenant-7}xyz");
+        assert_eq!(
+            fred::util::redis_keyslot(a.as_bytes()),
+            fred::util::redis_keyslot(b.as_bytes())
+        );
+        assert_eq!(
+            fred::util::redis_keyslot(a.as_bytes()),
+            fred::util::redis_keyslot(b"tenant-7")
+        );
+    }
+
+    #[test]
+    fn without_a_tag_the_whole_key_is_hashed() {
+        let a = record_key("idempotency:", "user.create", "k1");
+        assert_eq!(
+            fred::util::redis_keyslot(a.as_bytes()),
+            fred::util::redis_keyslot(b"idempotency:user.create:k1")
+        );
+        // A tag in the prefix pins every record of the prefix to one slot.
+        let p1 = record_key("{svc}:idem:", "a", "k1");
+        let p2 = record_key("{svc}:idem:", "b", "k2");
+        assert_eq!(
+            fred::util::redis_keyslot(p1.as_bytes()),
+            fred::util::redis_keyslot(p2.as_bytes())
+        );
+    }
+}
