@@ -467,26 +467,15 @@ impl<S: ReservationStore> Coordinator<S> {
     ) -> bool {
         let inner = &self.inner;
         let operation = lease.operation();
-        let record = adapter.encode(value).and_then(|raw| {
-            inner.policy.create_record_raw(
-                operation,
-                lease.key(),
-                raw,
-                Some(ttl),
-                lease.fingerprint(),
-            )
-        });
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                // The action ran; raising would make the caller retry a completed
-                // operation. The value is returned, uncached, and the trouble reported.
-                inner
-                    .metrics
-                    .record_error(operation, error_type::RECORD_VALIDATION);
-                tracing::error!(error = %e, "result cannot be stored; this call is not cached");
-                return false;
-            }
+        let Some(record) = self.record_of(
+            operation,
+            lease.key(),
+            ttl,
+            lease.fingerprint(),
+            adapter,
+            value,
+        ) else {
+            return false;
         };
         let started = Instant::now();
         let outcome = inner.store.complete(lease, &record).await;
@@ -513,6 +502,36 @@ impl<S: ReservationStore> Coordinator<S> {
                     .record_error(operation, error_type::STORAGE_SAVE);
                 tracing::warn!(error = %e, "could not store the result");
                 false
+            }
+        }
+    }
+
+    /// The completed record of a result, or `None` (reported and counted) when the
+    /// adapter cannot encode it or the TTL is refused. The action has run by then:
+    /// raising would make the caller retry a completed operation, so the value is
+    /// returned uncached instead.
+    fn record_of<T, A: ResultAdapter<T>>(
+        &self,
+        operation: &str,
+        key: &str,
+        ttl: Duration,
+        fingerprint: Option<&str>,
+        adapter: &A,
+        value: &T,
+    ) -> Option<IdempotencyRecord> {
+        let record = adapter.encode(value).and_then(|raw| {
+            self.inner
+                .policy
+                .create_record_raw(operation, key, raw, Some(ttl), fingerprint)
+        });
+        match record {
+            Ok(record) => Some(record),
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .record_error(operation, error_type::RECORD_VALIDATION);
+                tracing::error!(error = %e, "result cannot be stored; this call is not cached");
+                None
             }
         }
     }
@@ -594,21 +613,7 @@ impl<S: ReservationStore> Coordinator<S> {
     ) -> Option<T> {
         let inner = &self.inner;
         let fingerprint = options.fingerprint.as_deref();
-        let record = adapter.encode(value).and_then(|raw| {
-            inner
-                .policy
-                .create_record_raw(operation, key, raw, Some(ttl), fingerprint)
-        });
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                inner
-                    .metrics
-                    .record_error(operation, error_type::RECORD_VALIDATION);
-                tracing::error!(error = %e, "result cannot be stored; this call is not cached");
-                return None;
-            }
-        };
+        let record = self.record_of(operation, key, ttl, fingerprint, adapter, value)?;
         let started = Instant::now();
         let written = if replace {
             inner.store.replace(&record).await

@@ -54,6 +54,8 @@ pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
 pub use traits::metrics::{IdempotencyMetrics, NoopMetrics, RecordingMetrics, error_type};
-pub use traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token};
+pub use traits::reservation::{
+    Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token, new_reservation,
+};
 pub use traits::storage::{IdempotencyRepository, SaveManyOptions};
 pub use unfenced::{PollWatch, UNFENCED_POLL_INTERVAL, Unfenced};

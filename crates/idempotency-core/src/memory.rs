@@ -10,9 +10,9 @@ use tokio::sync::futures::OwnedNotified;
 
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::validate_identifiers;
-use crate::record::{IdempotencyRecord, RecordStatus, null_json};
+use crate::record::IdempotencyRecord;
 use crate::traits::reservation::{
-    Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token,
+    Claim, Fence, KeyWatch, Lease, ReservationStore, new_reservation,
 };
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
@@ -375,23 +375,9 @@ impl ReservationStore for MemoryStore {
         if let Some(found) = state.live(&slot, OffsetDateTime::now_utc()) {
             return Ok(Claim::Found(found.clone()));
         }
-        let token = new_owner_token();
-        let record = IdempotencyRecord::new_unchecked(
-            operation,
-            key,
-            null_json(),
-            lease,
-            RecordStatus::Pending,
-            fingerprint.map(str::to_owned),
-        )
-        .with_owner(token.clone());
+        let (record, held) = new_reservation(operation, key, lease, fingerprint)?;
         state.insert(slot, record);
-        Ok(Claim::Acquired(Lease::new(
-            operation,
-            key,
-            token,
-            fingerprint,
-        )))
+        Ok(Claim::Acquired(held))
     }
 
     async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {

@@ -7,9 +7,9 @@ use time::OffsetDateTime;
 
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::validate_identifiers;
-use crate::record::{IdempotencyRecord, RecordStatus, null_json};
+use crate::record::IdempotencyRecord;
 use crate::traits::reservation::{
-    Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token,
+    Claim, Fence, KeyWatch, Lease, ReservationStore, new_reservation,
 };
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
@@ -128,25 +128,9 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
         // A key that empties between our failed save and our read is tried again; a few
         // rounds are plenty, since each one needs another caller to finish in between.
         for _ in 0..3 {
-            let token = new_owner_token();
-            let pending = IdempotencyRecord::new_unchecked(
-                operation,
-                key,
-                null_json(),
-                lease,
-                RecordStatus::Pending,
-                fingerprint.map(str::to_owned),
-            )
-            .with_owner(token.clone());
+            let (pending, held) = new_reservation(operation, key, lease, fingerprint)?;
             match self.inner.save(&pending).await {
-                Ok(()) => {
-                    return Ok(Claim::Acquired(Lease::new(
-                        operation,
-                        key,
-                        token,
-                        fingerprint,
-                    )));
-                }
+                Ok(()) => return Ok(Claim::Acquired(held)),
                 Err(e) if e.is_collision() => {
                     if let Some(found) = self.inner.get(operation, key).await? {
                         return Ok(Claim::Found(found));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, Fence, IdempotencyDomainService, IdempotencyError, IdempotencyRecord, Lease, RawValue,
-    RecordParts, RecordStatus, ReservationStore, Result, new_owner_token, validate_identifiers,
+    Claim, Fence, IdempotencyError, IdempotencyRecord, Lease, RawValue, RecordParts, RecordStatus,
+    ReservationStore, Result, new_reservation, validate_identifiers,
 };
 use time::OffsetDateTime;
 
@@ -47,14 +47,10 @@ impl ReservationStore for RedisStore {
     ) -> Result<Claim> {
         let (operation, key) = validate_identifiers(operation, key)?;
         let redis_key = self.redis_key(operation, key);
-        let policy = IdempotencyDomainService::default();
         // A found record that turns out expired is deleted and the claim tried again; a
         // few rounds suffice since each needs a record to expire in between.
         for _ in 0..3 {
-            let token = new_owner_token();
-            let pending = policy
-                .create_pending_record(operation, key, lease, fingerprint)?
-                .with_owner(token.clone());
+            let (pending, held) = new_reservation(operation, key, lease, fingerprint)?;
             let json = pending.to_json();
             let reply = if NATIVE_CLAIM.load(Ordering::Relaxed) {
                 let native = self
@@ -84,10 +80,7 @@ impl ReservationStore for RedisStore {
             };
             let value = reply.map_err(|e| self.fail(operation, e))?;
             if value.is_null() {
-                return Ok(Claim::Acquired(
-                    Lease::new(operation, key, token, fingerprint)
-                        .with_created_at(pending.created_at()),
-                ));
+                return Ok(Claim::Acquired(held));
             }
             if let Some(record) = self.decode_found(operation, key, &redis_key, value).await? {
                 return Ok(Claim::Found(record));
@@ -98,7 +91,7 @@ impl ReservationStore for RedisStore {
 
     async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
         let operation = lease.operation();
-        let ttl = Self::ttl_secs(record)?;
+        let ttl = self.write_ttl(record)?;
         let args = vec![
             Value::from(owner_fragment(lease.token())),
             Value::from(record.to_json()),

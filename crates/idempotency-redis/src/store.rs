@@ -228,14 +228,20 @@ impl RedisStore {
         }
     }
 
-    /// The seconds a record is to live in Redis: its remaining lifetime rounded up.
-    pub(crate) fn ttl_secs(record: &IdempotencyRecord) -> Result<i64> {
+    /// The seconds a record is to live in Redis: its remaining lifetime rounded up. An
+    /// already expired record is a validation error, counted.
+    pub(crate) fn write_ttl(&self, record: &IdempotencyRecord) -> Result<i64> {
         match record.remaining_ttl_secs_ceil() {
-            0 => Err(IdempotencyError::invalid_field(
-                "expires_at",
-                "expired",
-                "cannot save an already expired record",
-            )),
+            0 => {
+                self.inner
+                    .metrics
+                    .record_error(record.operation(), error_type::VALIDATION);
+                Err(IdempotencyError::invalid_field(
+                    "expires_at",
+                    "expired",
+                    "cannot save an already expired record",
+                ))
+            }
             secs => Ok(i64::try_from(secs).unwrap_or(i64::MAX)),
         }
     }
@@ -279,11 +285,7 @@ impl IdempotencyRepository for RedisStore {
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let operation = record.operation();
-        let ttl = Self::ttl_secs(record).inspect_err(|_| {
-            self.inner
-                .metrics
-                .record_error(operation, error_type::VALIDATION);
-        })?;
+        let ttl = self.write_ttl(record)?;
         let redis_key = self.redis_key(operation, record.idempotency_key());
         let reply: Value = self
             .client()
@@ -307,11 +309,7 @@ impl IdempotencyRepository for RedisStore {
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let operation = record.operation();
-        let ttl = Self::ttl_secs(record).inspect_err(|_| {
-            self.inner
-                .metrics
-                .record_error(operation, error_type::VALIDATION);
-        })?;
+        let ttl = self.write_ttl(record)?;
         let redis_key = self.redis_key(operation, record.idempotency_key());
         self.client()
             .set::<Value, _, _>(
@@ -398,12 +396,9 @@ impl IdempotencyRepository for RedisStore {
         let pipeline = self.client().pipeline();
         let mut queued = Vec::with_capacity(records.len());
         for record in records {
-            let ttl = match Self::ttl_secs(record) {
+            let ttl = match self.write_ttl(record) {
                 Ok(ttl) => ttl,
                 Err(e) => {
-                    self.inner
-                        .metrics
-                        .record_error(record.operation(), error_type::VALIDATION);
                     invalid.push((record.idempotency_key().to_owned(), e));
                     continue;
                 }

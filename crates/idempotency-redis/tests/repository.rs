@@ -407,3 +407,31 @@ async fn connecting_to_nothing_is_an_error_at_start_up() {
             .expect_err("nothing listens");
     assert!(err.is_storage());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_serves_the_store_like_a_client() {
+    let server = idempotency_testkit::RedisServer::start();
+    let options = idempotency_redis::ConnectOptions::default().with_pool_size(3);
+    let connection = idempotency_redis::connect_client(&server.url(), &options)
+        .await
+        .expect("pool");
+    assert!(matches!(connection, idempotency_redis::Connection::Pool(_)));
+    let store = idempotency_redis::RedisStore::builder(connection)
+        .key_prefix("pooled:")
+        .build();
+    let records: Vec<_> = (0..30)
+        .map(|i| svc().create_record("op", &format!("k{i}"), &i).expect("r"))
+        .collect();
+    for r in &records {
+        store.save(r).await.expect("save through the pool");
+    }
+    assert_eq!(
+        store
+            .get_many("op", &(0..30).map(|i| format!("k{i}")).collect::<Vec<_>>())
+            .await
+            .expect("get_many")
+            .len(),
+        30
+    );
+    assert_eq!(server.cmd(&["EXISTS", "pooled:op:k7"]), Reply::Int(1));
+}

@@ -176,3 +176,37 @@ pub fn new_owner_token() -> String {
     h.write_u64(a ^ n);
     format!("{:016x}{:016x}", h.finish() ^ b, n)
 }
+
+/// A fresh reservation for a store's `claim`: the pending record carrying a new owner
+/// token (lifetime `lease`, `result: null`), and the [`Lease`] that names it.
+///
+/// # Errors
+/// Validation of the identifiers and of the lease (at least 1 s).
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// let (record, lease) = idempotency_core::new_reservation("op", "k", std::time::Duration::from_secs(30), None)?;
+/// assert!(record.is_pending());
+/// assert_eq!(record.owner(), Some(lease.token()));
+/// # Ok(()) }
+/// ```
+pub fn new_reservation(
+    operation: &str,
+    key: &str,
+    lease: Duration,
+    fingerprint: Option<&str>,
+) -> Result<(IdempotencyRecord, Lease)> {
+    let token = new_owner_token();
+    let record = crate::IdempotencyDomainService::default()
+        .create_pending_record(operation, key, lease, fingerprint)?
+        .with_owner(token.clone());
+    let lease = Lease::new(
+        record.operation(),
+        record.idempotency_key(),
+        token,
+        fingerprint,
+    )
+    .with_created_at(record.created_at());
+    Ok((record, lease))
+}

@@ -1,0 +1,116 @@
+//! Settings: loading, validation that lists every problem, and the one-call wiring.
+
+use std::time::Duration;
+
+use idempotency_coordinator::{
+    IdempotencyError, IdempotencySettings, InFlight, OnStorageError, redis_coordinator,
+};
+
+#[test]
+fn settings_load_with_the_python_field_names() {
+    let settings: IdempotencySettings = serde_json::from_str(
+        r#"{"enabled": true, "key_prefix": "svc:", "metrics_enabled": true, "default_ttl_minutes": 60,
+            "min_ttl_seconds": 60, "max_ttl_seconds": 2592000, "operation_ttls": {"order.create": 3600},
+            "in_flight": "raise", "in_flight_lease_seconds": 10, "on_storage_error": "raise"}"#,
+    )
+    .expect("settings");
+    settings.validate().expect("valid");
+    assert_eq!(settings.in_flight, InFlight::Raise);
+    assert_eq!(settings.on_storage_error, OnStorageError::Raise);
+    assert_eq!(settings.lease(), Duration::from_secs(10));
+    assert!(
+        serde_json::from_str::<IdempotencySettings>(r#"{"in_fligth": "wait"}"#).is_err(),
+        "typos are refused"
+    );
+    assert_eq!(
+        serde_json::from_str::<IdempotencySettings>("{}").expect("defaults"),
+        IdempotencySettings::default()
+    );
+}
+
+#[test]
+fn validation_lists_every_problem() {
+    let settings = IdempotencySettings {
+        min_ttl_seconds: 0,
+        max_ttl_seconds: 30,
+        default_ttl_minutes: 60,
+        in_flight_lease_seconds: 0,
+        operation_ttls: [("op".to_owned(), 5_000)].into_iter().collect(),
+        ..IdempotencySettings::default()
+    };
+    let err = settings.validate().expect_err("invalid");
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "min_ttl",
+            "default_ttl",
+            "in_flight_lease_seconds",
+            "operation_ttls.op"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_wires_store_metrics_and_coordinator_from_settings() {
+    let server = idempotency_testkit::RedisServer::start();
+    let client = idempotency_redis::connect_client(
+        &server.url(),
+        &idempotency_redis::ConnectOptions::default(),
+    )
+    .await
+    .expect("client");
+    let settings = IdempotencySettings {
+        key_prefix: "wired:".into(),
+        metrics_enabled: true,
+        operation_ttls: [("order.create".to_owned(), 120)].into_iter().collect(),
+        ..IdempotencySettings::default()
+    };
+    let registry = prometheus::Registry::new();
+    let coordinator = redis_coordinator(&settings, client, Some(&registry)).expect("wired");
+    let first: u32 = coordinator
+        .call("order.create", Some("k"))
+        .run(|| async { Ok::<_, IdempotencyError>(1) })
+        .await
+        .expect("call");
+    let again: u32 = coordinator
+        .call("order.create", Some("k"))
+        .run(|| async { Ok::<_, IdempotencyError>(2) })
+        .await
+        .expect("replay");
+    assert_eq!((first, again), (1, 1));
+    let ttl = server
+        .cmd(&["TTL", "wired:order.create:k"])
+        .as_int()
+        .expect("ttl under the configured prefix");
+    assert!(
+        (119..=120).contains(&ttl),
+        "the operation override applied: {ttl}"
+    );
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encode");
+    assert!(
+        text.contains(r#"idempotency_operations_total{operation="order.create",status="hit"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"idempotency_operations_total{operation="order.create",status="miss"} 1"#),
+        "{text}"
+    );
+    let invalid = IdempotencySettings {
+        in_flight_lease_seconds: 0,
+        ..IdempotencySettings::default()
+    };
+    let client = idempotency_redis::connect_client(
+        &server.url(),
+        &idempotency_redis::ConnectOptions::default(),
+    )
+    .await
+    .expect("client");
+    assert!(
+        redis_coordinator(&invalid, client, None)
+            .expect_err("invalid")
+            .is_validation()
+    );
+}
