@@ -173,8 +173,13 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// [`IdempotencyError::Validation`] listing every invalid setting.
     pub fn build(self) -> Result<Coordinator<S>> {
         self.settings.validate()?;
+        Ok(self.build_unchecked())
+    }
+
+    /// Builds without validating: for settings known to be valid (the defaults).
+    fn build_unchecked(self) -> Coordinator<S> {
         let s = self.settings;
-        Ok(Coordinator {
+        Coordinator {
             inner: Arc::new(Inner {
                 store: self.store,
                 policy: self.policy,
@@ -190,7 +195,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                     .collect(),
                 safety_poll: self.safety_poll,
             }),
-        })
+        }
     }
 }
 
@@ -198,9 +203,7 @@ impl Coordinator<MemoryStore> {
     /// A coordinator on a fresh in-memory store with default settings: the embedded
     /// default for tests and single-process services.
     pub fn in_memory() -> Self {
-        let built = Coordinator::builder(MemoryStore::new()).build();
-        // The defaults always validate.
-        built.unwrap_or_else(|_| unreachable!("default settings are valid"))
+        Coordinator::builder(MemoryStore::new()).build_unchecked()
     }
 }
 
