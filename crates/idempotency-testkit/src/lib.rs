@@ -57,3 +57,14 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// A key no other test of this process (or of another test process) uses.
+pub fn unique_key(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

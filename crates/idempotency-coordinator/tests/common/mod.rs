@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency_coordinator::{Coordinator, CoordinatorBuilder};
@@ -16,15 +16,7 @@ use idempotency_core::{
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
 
-/// A key no other test uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use idempotency_testkit::unique_key as unique;
 
 /// Which steps of the store fail (with a storage error) right now.
 #[derive(Debug, Default)]

@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use idempotency_core::IdempotencyDomainService;
@@ -87,15 +86,7 @@ impl Env {
     }
 }
 
-/// A key no other test uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use idempotency_testkit::unique_key as unique;
 
 pub fn svc() -> IdempotencyDomainService {
     IdempotencyDomainService::new(
