@@ -31,6 +31,20 @@ fn order() -> Order {
     }
 }
 
+/// A pending record like the ones the coordinator claims with: the raw yardstick sends
+/// the same bytes, so "the same command" means the same payload too.
+fn pending_json() -> (Arc<String>, Arc<String>) {
+    let (record, lease) = idempotency_core::new_reservation(
+        "bench.order",
+        "2f1c6f3e-1b7e-4b8a-9d1e-0c2b3a4d5e6f",
+        Duration::from_secs(30),
+        None,
+    )
+    .expect("reservation");
+    let fragment = format!("\"owner\":\"{}\"", lease.token());
+    (Arc::new(record.to_json()), Arc::new(fragment))
+}
+
 const COMPLETE_LUA: &str = include_str!("../../idempotency-redis/lua/complete.lua");
 
 /// One row of the throughput table.
@@ -96,14 +110,16 @@ async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
             .map(|k| ctx.store.redis_key("bench.order", k))
             .collect(),
     );
+    let (pending, _) = pending_json();
     let raw = drive(c, calls, move |i| {
         let client = client.clone();
         let keys = Arc::clone(&redis_keys);
+        let pending = Arc::clone(&pending);
         async move {
             let v: Value = client
                 .set(
                     keys[(i % 1000) as usize].as_str(),
-                    "x",
+                    pending.as_str(),
                     Some(Expiration::PX(30_000)),
                     Some(SetOptions::NX),
                     true,
@@ -168,33 +184,41 @@ async fn miss(ctx: &Ctx, c: usize) -> Row {
     let prefix = ctx.store.redis_key("bench.raw", &run);
     let sha = Arc::new(sha);
     let record = Arc::new(record);
+    let (pending, fragment) = pending_json();
     let raw = drive(c, calls, move |i| {
         let client = client.clone();
         let key = format!("{prefix}-{i}");
-        let (sha, record) = (Arc::clone(&sha), Arc::clone(&record));
+        let (sha, record, pending, fragment) = (
+            Arc::clone(&sha),
+            Arc::clone(&record),
+            Arc::clone(&pending),
+            Arc::clone(&fragment),
+        );
         async move {
             let _: Value = client
                 .set(
                     key.as_str(),
-                    "{\"owner\":\"t\"}",
+                    pending.as_str(),
                     Some(Expiration::PX(30_000)),
                     Some(SetOptions::NX),
                     true,
                 )
                 .await
                 .expect("claim");
-            let _: Value = client
+            let written: i64 = client
                 .evalsha(
                     sha.as_str(),
                     key.as_str(),
                     vec![
-                        Value::from("\"owner\":\"t\""),
+                        Value::from(fragment.as_str()),
                         Value::from(record.as_str()),
                         Value::from(1800),
                     ],
                 )
                 .await
                 .expect("complete");
+            // The yardstick does the whole job: the fence matched and the record was written.
+            assert_eq!(written, 1);
         }
     })
     .await;
