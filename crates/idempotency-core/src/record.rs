@@ -292,6 +292,11 @@ impl IdempotencyRecord {
             source,
         };
         let text = std::str::from_utf8(bytes).map_err(|e| corrupted(e.into()))?;
+        // Well-formed records (nearly all reads) take the typed fast path; anything it
+        // does not accept goes the field-by-field way, which names every problem.
+        if let Some(record) = Self::from_json_fast(text) {
+            return Ok(record);
+        }
         let wire: WireIn<'_> = match serde_json::from_str(text) {
             Ok(wire) => wire,
             Err(e) if e.classify() == serde_json::error::Category::Data => {
@@ -361,6 +366,57 @@ impl IdempotencyRecord {
             }),
         }
     }
+}
+
+impl IdempotencyRecord {
+    /// Decodes a well-formed record in one typed pass; `None` sends the bytes to the
+    /// detailed decoder. Accepts exactly what that decoder accepts as valid, nothing more.
+    fn from_json_fast(text: &str) -> Option<Self> {
+        let wire: WireFast<'_> = serde_json::from_str(text).ok()?;
+        let operation = wire.operation.trim();
+        let key = wire.idempotency_key.trim();
+        let mut problems = Vec::new();
+        check_field("operation", operation, MAX_OPERATION_LENGTH, &mut problems);
+        check_field("idempotency_key", key, MAX_KEY_LENGTH, &mut problems);
+        if !problems.is_empty() || wire.result.get().contains("\\u") {
+            return None;
+        }
+        Some(Self {
+            operation: operation.to_owned(),
+            idempotency_key: key.to_owned(),
+            result: wire.result.to_owned(),
+            created_at: parse_timestamp(wire.created_at)?,
+            expires_at: parse_timestamp(wire.expires_at)?,
+            status: wire.status,
+            fingerprint: wire.fingerprint.map(std::borrow::Cow::into_owned),
+            owner: wire.owner.map(std::borrow::Cow::into_owned),
+        })
+    }
+}
+
+fn completed() -> RecordStatus {
+    RecordStatus::Completed
+}
+
+/// The typed shape of a well-formed record. Strings with escapes, numbers for
+/// timestamps, `null` where a value is required, duplicate fields: all fail here and go
+/// to the detailed decoder.
+#[derive(Deserialize)]
+struct WireFast<'a> {
+    #[serde(borrow)]
+    operation: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    idempotency_key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    result: &'a RawValue,
+    created_at: &'a str,
+    expires_at: &'a str,
+    #[serde(default = "completed")]
+    status: RecordStatus,
+    #[serde(borrow, default)]
+    fingerprint: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    owner: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Appends `s` as a JSON string with `serde_json`'s escaping (the same as orjson's).
