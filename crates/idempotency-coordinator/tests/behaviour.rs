@@ -155,22 +155,8 @@ on_all!(concurrent_duplicates_wait_and_get_the_same_result, |env| {
 on_all!(raise_mode_refuses_a_duplicate_in_flight, |env| {
     let coordinator = env.coordinator(|b| b.in_flight(InFlight::Raise));
     let key = unique("raise");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let owner = {
-        let coordinator = coordinator.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            coordinator
-                .call("op", Some(&key))
-                .run(|| async move {
-                    let _ = started_tx.send(());
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Ok::<_, IdempotencyError>(1u32)
-                })
-                .await
-        })
-    };
-    started_rx.await.expect("owner started");
+    let owner =
+        common::start_holder(&coordinator, &key, None, Duration::from_millis(300), Ok(1)).await;
     let err = coordinator
         .call("op", Some(&key))
         .run(|| async { Ok::<_, IdempotencyError>(2u32) })
@@ -239,22 +225,14 @@ on_all!(run_mode_reads_runs_and_adopts_the_winner, |env| {
 on_all!(a_waiter_takes_over_when_the_owner_fails, |env| {
     let coordinator = env.coordinator(|b| b.in_flight(InFlight::Wait));
     let key = unique("takeover");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let owner = {
-        let coordinator = coordinator.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            coordinator
-                .call("op", Some(&key))
-                .run(|| async move {
-                    let _ = started_tx.send(());
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Err::<u32, _>(IdempotencyError::in_progress("app", "boom"))
-                })
-                .await
-        })
-    };
-    started_rx.await.expect("owner started");
+    let owner = common::start_holder(
+        &coordinator,
+        &key,
+        None,
+        Duration::from_millis(200),
+        Err(IdempotencyError::in_progress("app", "boom")),
+    )
+    .await;
     let waiter: u32 = coordinator
         .call("op", Some(&key))
         .run(|| async { Ok::<_, IdempotencyError>(7) })
@@ -404,23 +382,14 @@ on_all!(
     |env| {
         let coordinator = env.coordinator(|b| b.in_flight(InFlight::Wait));
         let key = unique("reusewait");
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let owner = {
-            let coordinator = coordinator.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                coordinator
-                    .call("op", Some(&key))
-                    .fingerprint("A")
-                    .run(|| async move {
-                        let _ = started_tx.send(());
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        Ok::<_, IdempotencyError>(1u32)
-                    })
-                    .await
-            })
-        };
-        started_rx.await.expect("started");
+        let owner = common::start_holder(
+            &coordinator,
+            &key,
+            Some("A"),
+            Duration::from_millis(300),
+            Ok(1),
+        )
+        .await;
         let err = coordinator
             .call("op", Some(&key))
             .fingerprint("B")

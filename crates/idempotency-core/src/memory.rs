@@ -217,6 +217,7 @@ impl IdempotencyRepository for MemoryStore {
         let mut collisions = Vec::new();
         let mut invalid = Vec::new();
         let mut saved = Vec::new();
+        let mut saved_slots = Vec::new();
         {
             let now = OffsetDateTime::now_utc();
             let mut state = self.lock();
@@ -230,11 +231,12 @@ impl IdempotencyRepository for MemoryStore {
                     collisions.push(record.idempotency_key().to_owned());
                 } else {
                     state.insert(slot.clone(), record.clone());
-                    saved.push(slot);
+                    saved.push(record.idempotency_key().to_owned());
+                    saved_slots.push(slot);
                 }
             }
             if options.rollback_on_error && (!collisions.is_empty() || !invalid.is_empty()) {
-                for slot in &saved {
+                for slot in &saved_slots {
                     state.records.remove(slot);
                 }
             }
@@ -285,9 +287,8 @@ pub fn validate_all<'a, K: AsRef<str>>(
     }
 }
 
-/// The error (or not) of a bulk save, from what happened to each record. `saved` holds
-/// whatever names the saved records (their storage keys); only its length and, without
-/// rollback, the keys matter to callers, so the last `:`-separated part is reported.
+/// The error (or not) of a bulk save, from what happened to each record: the colliding
+/// keys, the invalid records with why, and the idempotency keys this call saved.
 pub fn bulk_outcome(
     operation: &str,
     collisions: Vec<String>,
@@ -304,10 +305,6 @@ pub fn bulk_outcome(
             keys: collisions,
         });
     }
-    let saved = saved
-        .into_iter()
-        .map(|s| s.rsplit(':').next().unwrap_or_default().to_owned())
-        .collect();
     Err(IdempotencyError::BulkSave {
         operation: operation.to_owned(),
         collisions,

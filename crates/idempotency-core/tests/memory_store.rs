@@ -305,21 +305,19 @@ async fn sixty_four_concurrent_claims_get_exactly_one_owner() {
 #[tokio::test]
 async fn a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one() {
     let store = MemoryStore::new();
-    let Claim::Acquired(stale) = store
+    let stale = store
         .claim("op", "k", Duration::from_secs(1), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let Claim::Acquired(fresh) = store
+    let fresh = store
         .claim("op", "k", Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("lease ran out")
-    };
+        .into_lease()
+        .expect("lease ran out");
     let late = svc().create_record("op", "k", &"stale").expect("r");
     assert_eq!(
         store.complete(&stale, &late).await.expect("complete"),
@@ -359,13 +357,12 @@ async fn a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one() {
 #[tokio::test]
 async fn renew_pushes_the_lease_and_release_frees_the_key() {
     let store = MemoryStore::new();
-    let Claim::Acquired(lease) = store
+    let lease = store
         .claim("op", "k", Duration::from_secs(2), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     assert_eq!(
         store
             .renew(&lease, Duration::from_secs(100))
@@ -386,13 +383,12 @@ async fn renew_pushes_the_lease_and_release_frees_the_key() {
 #[tokio::test]
 async fn complete_writes_into_an_empty_key_but_not_over_a_completed_record() {
     let store = MemoryStore::new();
-    let Claim::Acquired(lease) = store
+    let lease = store
         .claim("op", "k", Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     store.delete("op", "k").await.expect("delete");
     let record = svc().create_record("op", "k", &1).expect("r");
     assert_eq!(
@@ -410,24 +406,22 @@ async fn complete_writes_into_an_empty_key_but_not_over_a_completed_record() {
 #[tokio::test]
 async fn a_watcher_is_woken_by_completion_and_by_release() {
     let store = MemoryStore::new();
-    let Claim::Acquired(lease) = store
+    let lease = store
         .claim("op", "k", Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     let mut watch = store.watch("op", "k").await.expect("watch");
     // A change before the wait starts is not missed.
     store.release(&lease).await.expect("release");
     assert!(watch.changed(Duration::from_secs(5)).await);
-    let Claim::Acquired(lease) = store
+    let lease = store
         .claim("op", "k", Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     let completer = {
         let store = store.clone();
         tokio::spawn(async move {

@@ -423,11 +423,15 @@ impl IdempotencyRepository for RedisStore {
         };
         let mut collisions = Vec::new();
         let mut saved = Vec::new();
+        let mut saved_keys = Vec::new();
         let mut failures = 0;
         for ((record, redis_key), reply) in queued.into_iter().zip(replies) {
             match reply {
                 Ok(v) if v.is_null() => collisions.push(record.idempotency_key().to_owned()),
-                Ok(_) => saved.push(redis_key),
+                Ok(_) => {
+                    saved.push(redis_key);
+                    saved_keys.push(record.idempotency_key().to_owned());
+                }
                 Err(e) => {
                     failures += 1;
                     invalid.push((
@@ -459,7 +463,7 @@ impl IdempotencyRepository for RedisStore {
                 return Err(e);
             }
         }
-        bulk_outcome(batch_op, collisions, invalid, saved, options)
+        bulk_outcome(batch_op, collisions, invalid, saved_keys, options)
     }
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{svc, unique};
-use idempotency_core::{Claim, Fence, IdempotencyError, IdempotencyRepository, ReservationStore};
+use idempotency_core::{Fence, IdempotencyError, IdempotencyRepository, ReservationStore};
 use proptest::prelude::*;
 
 const ODD_KEYS: &[&str] = &[
@@ -40,14 +40,13 @@ on_both!(odd_keys_are_stored_and_read_back, |env| {
         );
         // The fenced scripts handle the same keys.
         env.store.delete("odd.op", key).await.expect("delete");
-        let Claim::Acquired(lease) = env
+        let lease = env
             .store
             .claim("odd.op", key, std::time::Duration::from_secs(5), None)
             .await
             .expect("claim")
-        else {
-            panic!("free key {key:?}")
-        };
+            .into_lease()
+            .expect("free key {key:?}");
         let done = svc().create_record("odd.op", key, &1).expect("record");
         assert_eq!(
             env.store.complete(&lease, &done).await.expect("complete"),
@@ -76,9 +75,7 @@ on_both!(
         let claim = env
             .store
             .claim("op", &key, std::time::Duration::from_secs(30), fingerprint);
-        let Claim::Acquired(_) = claim.await.expect("claim") else {
-            panic!("free key")
-        };
+        let _ = claim.await.expect("claim").into_lease().expect("free key");
         let forged = idempotency_core::Lease::new("op", &key, "x".to_owned(), None);
         assert_eq!(
             env.store.release(&forged).await.expect("release"),
@@ -104,8 +101,12 @@ on_both!(
     }
 );
 
-#[test]
-fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
+/// A server, a runtime to block on (proptest bodies are synchronous) and a store.
+fn blocking_store() -> (
+    idempotency_testkit::RedisServer,
+    tokio::runtime::Runtime,
+    idempotency_redis::RedisStore,
+) {
     let server = idempotency_testkit::RedisServer::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,6 +118,12 @@ fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
             &idempotency_redis::ConnectOptions::default(),
         ))
         .expect("connect");
+    (server, runtime, store)
+}
+
+#[test]
+fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
+    let (server, runtime, store) = blocking_store();
     let redis_key = store.redis_key("op", "bytes");
     proptest!(ProptestConfig::with_cases(200), |(bytes in prop::collection::vec(any::<u8>(), 0..256))| {
         idempotency_testkit::resp::command_bytes(server.port(), &[b"SET", redis_key.as_bytes(), &bytes]).expect("set");
@@ -129,17 +136,7 @@ fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
 
 #[test]
 fn arbitrary_valid_identifiers_round_trip_through_redis() {
-    let server = idempotency_testkit::RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store = runtime
-        .block_on(idempotency_redis::RedisStore::connect(
-            &server.url(),
-            &idempotency_redis::ConnectOptions::default(),
-        ))
-        .expect("connect");
+    let (_server, runtime, store) = blocking_store();
     proptest!(ProptestConfig::with_cases(200), |(operation in "\\PC{1,40}", key in "\\PC{1,120}")| {
         let Ok(record) = svc().create_record(&operation, &key, &serde_json::json!([operation, key])) else {
             return Ok(()); // validation decided: nothing to store

@@ -56,14 +56,13 @@ on_both!(
     a_pending_record_lives_its_lease_in_redis_and_carries_an_owner,
     |env| {
         let key = unique("lease");
-        let Claim::Acquired(lease) = env
+        let lease = env
             .store
             .claim("op", &key, Duration::from_secs(7), None)
             .await
             .expect("claim")
-        else {
-            panic!("free key")
-        };
+            .into_lease()
+            .expect("free key");
         let redis_key = env.store.redis_key("op", &key);
         let pttl = env
             .raw(&redis_key, &[b"PTTL", redis_key.as_bytes()])
@@ -84,14 +83,13 @@ on_both!(
 
 on_both!(complete_renew_and_release_work_for_the_owner, |env| {
     let key = unique("owner");
-    let Claim::Acquired(lease) = env
+    let lease = env
         .store
         .claim("op", &key, Duration::from_secs(5), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     let redis_key = env.store.redis_key("op", &key);
     assert_eq!(
         env.store
@@ -120,14 +118,13 @@ on_both!(complete_renew_and_release_work_for_the_owner, |env| {
         Fence::Held
     );
     assert_eq!(env.store.get("op", &key).await.expect("get"), None);
-    let Claim::Acquired(lease) = env
+    let lease = env
         .store
         .claim("op", &key, Duration::from_secs(5), None)
         .await
         .expect("claim")
-    else {
-        panic!("released key is free")
-    };
+        .into_lease()
+        .expect("released key is free");
     let done = svc().create_record("op", &key, &"done").expect("r");
     assert_eq!(
         env.store.complete(&lease, &done).await.expect("complete"),
@@ -145,23 +142,21 @@ on_both!(
     a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one,
     |env| {
         let key = unique("stale");
-        let Claim::Acquired(stale) = env
+        let stale = env
             .store
             .claim("op", &key, Duration::from_secs(1), None)
             .await
             .expect("claim")
-        else {
-            panic!("free key")
-        };
+            .into_lease()
+            .expect("free key");
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let Claim::Acquired(fresh) = env
+        let fresh = env
             .store
             .claim("op", &key, Duration::from_secs(30), None)
             .await
             .expect("claim")
-        else {
-            panic!("the lease ran out")
-        };
+            .into_lease()
+            .expect("the lease ran out");
         let late = svc().create_record("op", &key, &"stale").expect("r");
         assert_eq!(
             env.store.complete(&stale, &late).await.expect("complete"),
@@ -205,14 +200,13 @@ on_both!(
 
 on_both!(complete_writes_into_an_empty_key, |env| {
     let key = unique("vanished");
-    let Claim::Acquired(lease) = env
+    let lease = env
         .store
         .claim("op", &key, Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     env.store.delete("op", &key).await.expect("delete");
     let done = svc().create_record("op", &key, &1).expect("r");
     assert_eq!(
@@ -224,14 +218,13 @@ on_both!(complete_writes_into_an_empty_key, |env| {
 
 on_both!(scripts_survive_a_flushed_script_cache, |env| {
     let key = unique("noscript");
-    let Claim::Acquired(lease) = env
+    let lease = env
         .store
         .claim("op", &key, Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     let redis_key = env.store.redis_key("op", &key);
     env.raw(&redis_key, &[b"SCRIPT", b"FLUSH"]);
     assert_eq!(
@@ -254,14 +247,13 @@ on_both!(scripts_survive_a_flushed_script_cache, |env| {
 
 on_both!(a_waiter_is_woken_by_completion_without_polling, |env| {
     let key = unique("wake");
-    let Claim::Acquired(lease) = env
+    let lease = env
         .store
         .claim("op", &key, Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     let mut watch = env.store.watch("op", &key).await.expect("watch");
     let store = env.store.clone();
     let k = key.clone();
@@ -291,14 +283,13 @@ on_both!(a_waiter_is_woken_by_completion_without_polling, |env| {
 
 on_both!(a_waiter_is_woken_by_release, |env| {
     let key = unique("wakerel");
-    let Claim::Acquired(lease) = env
+    let lease = env
         .store
         .claim("op", &key, Duration::from_secs(30), None)
         .await
         .expect("claim")
-    else {
-        panic!("free key")
-    };
+        .into_lease()
+        .expect("free key");
     let mut first = env.store.watch("op", &key).await.expect("watch");
     let mut second = env
         .store

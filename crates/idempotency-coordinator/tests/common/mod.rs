@@ -223,3 +223,31 @@ macro_rules! on_all {
         }
     };
 }
+
+/// Starts a call on `key` whose action holds the key for `hold` and then returns
+/// `outcome`; returns once the action is running (the key is reserved).
+pub async fn start_holder<S: ReservationStore + Clone>(
+    coordinator: &Coordinator<Faulty<S>>,
+    key: &str,
+    fingerprint: Option<&str>,
+    hold: Duration,
+    outcome: std::result::Result<u32, IdempotencyError>,
+) -> tokio::task::JoinHandle<std::result::Result<u32, IdempotencyError>> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let coordinator = coordinator.clone();
+    let key = key.to_owned();
+    let fingerprint = fingerprint.map(str::to_owned);
+    let owner = tokio::spawn(async move {
+        coordinator
+            .call("op", Some(&key))
+            .maybe_fingerprint(fingerprint)
+            .run(|| async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(hold).await;
+                outcome
+            })
+            .await
+    });
+    started_rx.await.expect("owner started");
+    owner
+}

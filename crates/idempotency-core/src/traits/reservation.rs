@@ -73,6 +73,16 @@ pub enum Claim {
     Found(IdempotencyRecord),
 }
 
+impl Claim {
+    /// The lease, when the key was acquired.
+    pub fn into_lease(self) -> Option<Lease> {
+        match self {
+            Self::Acquired(lease) => Some(lease),
+            Self::Found(_) => None,
+        }
+    }
+}
+
 /// Whether a fenced write found our reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
