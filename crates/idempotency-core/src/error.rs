@@ -193,6 +193,14 @@ pub enum IdempotencyError {
         #[source]
         source: BoxError,
     },
+    /// Named values could not be turned into a request fingerprint (a value with no
+    /// JSON form, or JSON text that is not JSON).
+    #[error("request fingerprint could not be computed")]
+    Fingerprint {
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
     /// A bulk save that wrote some records and not others.
     #[error("bulk save for operation '{operation}': {} colliding, {} invalid, {} saved{}", collisions.len(), invalid.len(), saved.len(), if *rolled_back { ", rolled back" } else { "" })]
     BulkSave {
@@ -253,6 +261,29 @@ impl IdempotencyError {
         }
     }
 
+    /// A fingerprint error with its cause.
+    pub fn fingerprint(source: impl Into<BoxError>) -> Self {
+        Self::Fingerprint {
+            source: source.into(),
+        }
+    }
+
+    /// The error type a store counts for a record it could not read, as the Python
+    /// library counts it: `deserialization_error` for a record that parses but cannot be
+    /// used (an expiry without a timezone), `validation_error` for the rest; `None` for
+    /// errors that are not about a stored record.
+    pub fn record_error_type(&self) -> Option<&'static str> {
+        match self {
+            Self::CorruptedRecord { source, .. } if source.is::<crate::record::NaiveExpiry>() => {
+                Some("deserialization_error")
+            }
+            Self::CorruptedRecord { .. } | Self::InvalidRecord { .. } => {
+                Some(crate::traits::metrics::error_type::VALIDATION)
+            }
+            _ => None,
+        }
+    }
+
     /// Which kind of trouble this is.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -263,7 +294,8 @@ impl IdempotencyError {
             Self::RecordExpired { .. } => ErrorClass::Expired,
             Self::CorruptedRecord { .. }
             | Self::InvalidRecord { .. }
-            | Self::Serialization { .. } => ErrorClass::Data,
+            | Self::Serialization { .. }
+            | Self::Fingerprint { .. } => ErrorClass::Data,
             Self::BulkSave {
                 collisions,
                 invalid,

@@ -3,14 +3,18 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::constants::{MAX_KEY_LENGTH, MAX_OPERATION_LENGTH};
 use crate::error::{FieldProblem, IdempotencyError, Result};
 use crate::identifiers::{check_field, validate_identifiers};
-use crate::timestamp::{from_unix, parse_timestamp, to_micros, write_timestamp};
+use crate::json_text::{Json, PYDANTIC_MAX_DEPTH, dict_members, parse_python_json, write_replayed};
+use crate::timestamp::{
+    Stamp, StampError, from_unix_float, from_unix_int, parse_timestamp_str, to_micros,
+    write_timestamp,
+};
 
 /// Whether a record holds a result or reserves its key for an action still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -278,129 +282,372 @@ impl IdempotencyRecord {
         out
     }
 
-    /// Decodes stored bytes. `operation` and `key` name the storage key that was read
-    /// (for the error); the record keeps the identifiers stored in it.
+    /// Decodes stored bytes as the Python library 0.5.0 does (pydantic 2's
+    /// `model_validate_json`, then its expiry check). `operation` and `key` name the
+    /// storage key that was read (for the error); the record keeps the identifiers stored
+    /// in it. The decoding rules are listed in `docs/redis.md` ("Conformance").
     ///
     /// # Errors
-    /// - [`IdempotencyError::CorruptedRecord`]: not UTF-8, not JSON, or a string with a
-    ///   lone surrogate escape;
-    /// - [`IdempotencyError::InvalidRecord`]: JSON of the wrong shape, with every problem.
+    /// - [`IdempotencyError::CorruptedRecord`]: not UTF-8, not JSON to Python (a BOM,
+    ///   trailing characters, a lone surrogate escape, nesting beyond 200, an integer of
+    ///   more than 4300 digits, …), or an expiry without a timezone, which the Python
+    ///   library cannot compare with the current time
+    ///   ([`IdempotencyError::record_error_type`] tells that one apart);
+    /// - [`IdempotencyError::InvalidRecord`]: JSON of the wrong shape, with every problem
+    ///   (one `model_type` problem at the root when the JSON is not an object).
     pub fn from_json(bytes: &[u8], operation: &str, key: &str) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).map_err(|e| IdempotencyError::CorruptedRecord {
+            operation: operation.to_owned(),
+            key: key.to_owned(),
+            source: e.into(),
+        })?;
+        // Well-formed records (nearly all reads) take the typed fast path; anything it
+        // does not accept goes the detailed way, which decides as Python does.
+        if let Some(record) = Self::from_json_fast(text) {
+            return Ok(record);
+        }
+        Self::from_json_detailed(text, operation, key)
+    }
+
+    /// Decodes with a parser that reads JSON as pydantic does, field by field.
+    fn from_json_detailed(text: &str, operation: &str, key: &str) -> Result<Self> {
         let corrupted = |source: crate::error::BoxError| IdempotencyError::CorruptedRecord {
             operation: operation.to_owned(),
             key: key.to_owned(),
             source,
         };
-        let text = std::str::from_utf8(bytes).map_err(|e| corrupted(e.into()))?;
-        // Well-formed records (nearly all reads) take the typed fast path; anything it
-        // does not accept goes the field-by-field way, which names every problem.
-        if let Some(record) = Self::from_json_fast(text) {
-            return Ok(record);
-        }
-        let wire: WireIn<'_> = match serde_json::from_str(text) {
-            Ok(wire) => wire,
-            Err(e) if e.classify() == serde_json::error::Category::Data => {
-                return Err(IdempotencyError::InvalidRecord {
-                    operation: operation.to_owned(),
-                    key: key.to_owned(),
-                    problems: crate::error::FieldProblems(vec![FieldProblem::new(
-                        "",
-                        "model_type",
-                        "a record must be a JSON object",
-                    )]),
-                });
-            }
-            Err(e) => return Err(corrupted(e.into())),
+        let invalid = |problems: Vec<FieldProblem>| IdempotencyError::InvalidRecord {
+            operation: operation.to_owned(),
+            key: key.to_owned(),
+            problems: crate::error::FieldProblems(problems),
         };
+        let json = parse_python_json(text, PYDANTIC_MAX_DEPTH).map_err(|e| corrupted(e.into()))?;
+        let Json::Object(members) = &json else {
+            return Err(invalid(vec![FieldProblem::new(
+                "",
+                "model_type",
+                "a record must be a JSON object",
+            )]));
+        };
+        // Python's dict: a repeated key takes its last value.
+        let fields = dict_members(members);
+        let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
         let mut problems = Vec::new();
-        let operation_value = wire_str(
-            wire.operation,
+        let operation_value = field_str(
+            get("operation"),
             "operation",
             MAX_OPERATION_LENGTH,
             &mut problems,
         );
-        let key_value = wire_str(
-            wire.idempotency_key,
+        let key_value = field_str(
+            get("idempotency_key"),
             "idempotency_key",
             MAX_KEY_LENGTH,
             &mut problems,
         );
-        let result = wire_result(wire.result, &mut problems).map_err(|e| corrupted(e.into()))?;
-        let created_at = wire_time(wire.created_at, "created_at", &mut problems);
-        let expires_at = wire_time(wire.expires_at, "expires_at", &mut problems);
-        let status = wire_status(wire.status, &mut problems);
-        let fingerprint = wire_fingerprint(wire.fingerprint, &mut problems);
-        // Our own field: anything but a string is no owner.
-        let owner = wire
-            .owner
-            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
-        match (
+        let result = match get("result") {
+            Some(value) => {
+                let mut out = String::with_capacity(64);
+                write_replayed(value, &mut out);
+                Some(RawValue::from_string(out).map_err(|e| corrupted(e.into()))?)
+            }
+            None => {
+                problems.push(FieldProblem::new("result", "missing", "field required"));
+                None
+            }
+        };
+        let created_at = field_time(get("created_at"), "created_at", &mut problems);
+        let expires_at = field_time(get("expires_at"), "expires_at", &mut problems);
+        let status = match get("status") {
+            // Records written before the field existed read as completed.
+            None => Some(RecordStatus::Completed),
+            Some(Json::Str(s)) if s == "pending" => Some(RecordStatus::Pending),
+            Some(Json::Str(s)) if s == "completed" => Some(RecordStatus::Completed),
+            Some(_) => {
+                problems.push(FieldProblem::new(
+                    "status",
+                    "literal_error",
+                    "must be 'pending' or 'completed'",
+                ));
+                None
+            }
+        };
+        let fingerprint = match get("fingerprint") {
+            None | Some(Json::Null) => None,
+            Some(Json::Str(s)) => Some(s.clone().into_owned()),
+            Some(_) => {
+                problems.push(FieldProblem::new(
+                    "fingerprint",
+                    "string_type",
+                    "must be a string or null",
+                ));
+                None
+            }
+        };
+        // Our own field, unknown to Python: anything but a string is no owner.
+        let owner = match get("owner") {
+            Some(Json::Str(s)) => Some(s.clone().into_owned()),
+            _ => None,
+        };
+        let (
+            Some(operation_value),
+            Some(idempotency_key),
+            Some(result),
+            Some(created_at),
+            Some(expires_at),
+            Some(status),
+        ) = (
             operation_value,
             key_value,
             result,
             created_at,
             expires_at,
             status,
-        ) {
-            (
-                Some(operation),
-                Some(idempotency_key),
-                Some(result),
-                Some(created_at),
-                Some(expires_at),
-                Some(status),
-            ) if problems.is_empty() => Ok(Self {
-                operation,
-                idempotency_key,
-                result,
-                created_at,
-                expires_at,
-                status,
-                fingerprint,
-                owner,
-            }),
-            _ => Err(IdempotencyError::InvalidRecord {
-                operation: operation.to_owned(),
-                key: key.to_owned(),
-                problems: crate::error::FieldProblems(problems),
-            }),
+        )
+        else {
+            return Err(invalid(problems));
+        };
+        if !problems.is_empty() {
+            return Err(invalid(problems));
         }
+        // Python validates the record, then compares its expiry with an aware "now":
+        // an expiry without a timezone raises there, so the record is refused.
+        let Stamp::Aware(expires_at) = expires_at else {
+            return Err(corrupted(Box::new(NaiveExpiry)));
+        };
+        Ok(Self {
+            operation: operation_value,
+            idempotency_key,
+            result,
+            // A naive creation time is kept as UTC (Python keeps it naive; nothing
+            // decides on it).
+            created_at: created_at.instant(),
+            expires_at,
+            status,
+            fingerprint,
+            owner,
+        })
     }
-}
 
-impl IdempotencyRecord {
     /// Decodes a well-formed record in one typed pass; `None` sends the bytes to the
-    /// detailed decoder. Accepts exactly what that decoder accepts as valid, nothing more.
+    /// detailed decoder. Accepts only what that decoder accepts, with the same outcome.
     fn from_json_fast(text: &str) -> Option<Self> {
+        // A struct also deserializes from a JSON array; Python wants an object.
+        if text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .as_bytes()
+            .first()
+            != Some(&b'{')
+        {
+            return None;
+        }
         let wire: WireFast<'_> = serde_json::from_str(text).ok()?;
         let operation = wire.operation.trim();
         let key = wire.idempotency_key.trim();
         let mut problems = Vec::new();
         check_field("operation", operation, MAX_OPERATION_LENGTH, &mut problems);
         check_field("idempotency_key", key, MAX_KEY_LENGTH, &mut problems);
-        if !problems.is_empty() || wire.result.get().contains("\\u") {
+        if !problems.is_empty() || !result_is_plain(wire.result.get()) {
             return None;
         }
+        let status = match wire.status {
+            None | Some("completed") => RecordStatus::Completed,
+            Some("pending") => RecordStatus::Pending,
+            Some(_) => return None,
+        };
+        let Ok(Stamp::Aware(expires_at)) = parse_timestamp_str(wire.expires_at) else {
+            return None;
+        };
         Some(Self {
             operation: operation.to_owned(),
             idempotency_key: key.to_owned(),
             result: wire.result.to_owned(),
-            created_at: parse_timestamp(wire.created_at)?,
-            expires_at: parse_timestamp(wire.expires_at)?,
-            status: wire.status,
+            created_at: parse_timestamp_str(wire.created_at).ok()?.instant(),
+            expires_at,
+            status,
             fingerprint: wire.fingerprint.map(std::borrow::Cow::into_owned),
             owner: wire.owner.map(std::borrow::Cow::into_owned),
         })
     }
 }
 
-fn completed() -> RecordStatus {
-    RecordStatus::Completed
+/// An expiry without a timezone: pydantic reads it, the Python library's expiry check
+/// then fails (`can't compare offset-naive and offset-aware datetimes`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NaiveExpiry;
+
+impl fmt::Display for NaiveExpiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expires_at has no timezone and cannot be compared with the current time")
+    }
+}
+
+impl std::error::Error for NaiveExpiry {}
+
+/// Whether a result (text `serde_json` has already checked) reads the same to Python as
+/// it is written: no `\u` escape (surrogates are checked by the detailed decoder), no
+/// repeated key, no float beyond the `f64` range, no integer of more than 4300 digits,
+/// nesting well within pydantic's limit. Conservative: `false` only costs a slower decode.
+fn result_is_plain(text: &str) -> bool {
+    // Open containers: whether each is an object, and where its keys start in `keys`.
+    let mut stack: Vec<(bool, usize)> = Vec::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut expect_key = false;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let mut escaped = false;
+                while j < bytes.len() && bytes[j] != b'"' {
+                    if bytes[j] == b'\\' {
+                        if bytes.get(j + 1) == Some(&b'u') {
+                            return false;
+                        }
+                        escaped = true;
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                if expect_key {
+                    let Some(&(_, from)) = stack.last() else {
+                        return false;
+                    };
+                    let key = &text[start..j.min(text.len())];
+                    if escaped || keys.len() - from >= 32 || keys[from..].contains(&key) {
+                        return false;
+                    }
+                    keys.push(key);
+                    expect_key = false;
+                }
+                i = j + 1;
+                continue;
+            }
+            open @ (b'{' | b'[') => {
+                if stack.len() >= PYDANTIC_MAX_DEPTH - 2 {
+                    return false;
+                }
+                stack.push((open == b'{', keys.len()));
+                expect_key = open == b'{';
+            }
+            b'}' | b']' => {
+                if let Some((_, from)) = stack.pop() {
+                    keys.truncate(from);
+                }
+            }
+            b',' => expect_key = stack.last().is_some_and(|&(object, _)| object),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                let float = number.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'));
+                if (float && number.parse::<f64>().is_ok_and(f64::is_infinite))
+                    || (!float && number.len() > 4300)
+                {
+                    return false;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// An identifier field as pydantic validates it: a string, stripped, 1 to `max`
+/// characters, and (checked only when the length is right) without `:`.
+fn field_str(
+    value: Option<&Json<'_>>,
+    field: &str,
+    max: usize,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<String> {
+    match value {
+        None => {
+            problems.push(FieldProblem::new(field, "missing", "field required"));
+            None
+        }
+        Some(Json::Str(s)) => {
+            let trimmed = s.trim();
+            let mut found = Vec::new();
+            check_field(field, trimmed, max, &mut found);
+            // pydantic runs the `:` check only on a value of the right length.
+            if found.iter().any(|p| p.kind != "value_error") {
+                found.retain(|p| p.kind != "value_error");
+            }
+            let ok = found.is_empty();
+            problems.append(&mut found);
+            ok.then(|| trimmed.to_owned())
+        }
+        Some(_) => {
+            problems.push(FieldProblem::new(field, "string_type", "must be a string"));
+            None
+        }
+    }
+}
+
+/// A timestamp field as pydantic reads a `datetime` from JSON.
+fn field_time(
+    value: Option<&Json<'_>>,
+    field: &str,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<Stamp> {
+    let read = match value {
+        None => {
+            problems.push(FieldProblem::new(field, "missing", "field required"));
+            return None;
+        }
+        Some(Json::Str(s)) => parse_timestamp_str(s),
+        Some(Json::Number(text)) => {
+            if text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                text.parse::<f64>()
+                    .ok()
+                    .and_then(from_unix_float)
+                    .map(Stamp::Aware)
+                    .ok_or(StampError::Parsing)
+            } else {
+                match text.parse::<i64>() {
+                    Ok(i) => from_unix_int(i)
+                        .map(Stamp::Aware)
+                        .ok_or(StampError::Parsing),
+                    // An integer beyond 64 bits is not a number pydantic takes here.
+                    Err(_) => Err(StampError::Type),
+                }
+            }
+        }
+        Some(Json::NonFinite(_)) => Err(StampError::Parsing),
+        Some(_) => Err(StampError::Type),
+    };
+    match read {
+        Ok(stamp) => Some(stamp),
+        Err(e) => {
+            let message = match e {
+                StampError::Type => "must be a timestamp",
+                _ => "not a valid timestamp",
+            };
+            problems.push(FieldProblem::new(field, e.kind(), message));
+            None
+        }
+    }
+}
+
+/// A present `status` must be a string (`null` is refused by pydantic): no `Option` here.
+fn present_str<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<&'de str>, D::Error> {
+    <&str>::deserialize(d).map(Some)
 }
 
 /// The typed shape of a well-formed record. Strings with escapes, numbers for
-/// timestamps, `null` where a value is required, duplicate fields: all fail here and go
-/// to the detailed decoder.
+/// timestamps, `null` where a value is required, duplicate fields, `NaN`: all fail here
+/// and go to the detailed decoder.
 #[derive(Deserialize)]
 struct WireFast<'a> {
     #[serde(borrow)]
@@ -411,8 +658,8 @@ struct WireFast<'a> {
     result: &'a RawValue,
     created_at: &'a str,
     expires_at: &'a str,
-    #[serde(default = "completed")]
-    status: RecordStatus,
+    #[serde(borrow, default, deserialize_with = "present_str")]
+    status: Option<&'a str>,
     #[serde(borrow, default)]
     fingerprint: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -429,138 +676,4 @@ fn push_json_str(out: &mut String, s: &str) {
         // Serializing a str cannot fail.
         out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
-}
-
-fn wire_result(
-    raw: Option<&RawValue>,
-    problems: &mut Vec<FieldProblem>,
-) -> std::result::Result<Option<Box<RawValue>>, serde_json::Error> {
-    let Some(raw) = raw else {
-        problems.push(FieldProblem::new("result", "missing", "field required"));
-        return Ok(None);
-    };
-    // serde_json checks escapes only for hex digits when it captures raw text; a full
-    // parse rejects lone surrogates as pydantic does.
-    if raw.get().contains("\\u") {
-        serde_json::from_str::<serde_json::Value>(raw.get())?;
-    }
-    Ok(Some(raw.to_owned()))
-}
-
-fn wire_status(raw: Option<&RawValue>, problems: &mut Vec<FieldProblem>) -> Option<RecordStatus> {
-    // Records written before the field existed read as completed.
-    let Some(raw) = raw else {
-        return Some(RecordStatus::Completed);
-    };
-    let status = serde_json::from_str::<RecordStatus>(raw.get()).ok();
-    if status.is_none() {
-        problems.push(FieldProblem::new(
-            "status",
-            "literal_error",
-            "must be 'pending' or 'completed'",
-        ));
-    }
-    status
-}
-
-fn wire_fingerprint(raw: Option<&RawValue>, problems: &mut Vec<FieldProblem>) -> Option<String> {
-    let raw = raw?;
-    match serde_json::from_str::<Option<String>>(raw.get()) {
-        Ok(f) => f,
-        Err(_) => {
-            problems.push(FieldProblem::new(
-                "fingerprint",
-                "string_type",
-                "must be a string or null",
-            ));
-            None
-        }
-    }
-}
-
-fn wire_str(
-    raw: Option<&RawValue>,
-    field: &str,
-    max: usize,
-    problems: &mut Vec<FieldProblem>,
-) -> Option<String> {
-    let Some(raw) = raw else {
-        problems.push(FieldProblem::new(field, "missing", "field required"));
-        return None;
-    };
-    match serde_json::from_str::<String>(raw.get()) {
-        Ok(s) => {
-            let trimmed = s.trim();
-            let before = problems.len();
-            check_field(field, trimmed, max, problems);
-            (problems.len() == before).then(|| trimmed.to_owned())
-        }
-        Err(_) => {
-            problems.push(FieldProblem::new(field, "string_type", "must be a string"));
-            None
-        }
-    }
-}
-
-fn wire_time(
-    raw: Option<&RawValue>,
-    field: &str,
-    problems: &mut Vec<FieldProblem>,
-) -> Option<OffsetDateTime> {
-    let Some(raw) = raw else {
-        problems.push(FieldProblem::new(field, "missing", "field required"));
-        return None;
-    };
-    // The common case, a string without escapes, is read without allocating.
-    let parsed = if let Ok(text) = serde_json::from_str::<&str>(raw.get()) {
-        parse_timestamp(text)
-    } else {
-        match serde_json::from_str::<serde_json::Value>(raw.get()) {
-            Ok(serde_json::Value::String(s)) => parse_timestamp(&s),
-            Ok(serde_json::Value::Number(n)) => n.as_f64().and_then(from_unix),
-            _ => {
-                problems.push(FieldProblem::new(
-                    field,
-                    "datetime_type",
-                    "must be a timestamp",
-                ));
-                return None;
-            }
-        }
-    };
-    if parsed.is_none() {
-        problems.push(FieldProblem::new(
-            field,
-            "datetime_from_date_parsing",
-            "not a valid timestamp",
-        ));
-    }
-    parsed
-}
-
-/// Captures a present field's raw text, `null` included (absent stays `None`).
-fn present<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
-struct WireIn<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    operation: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    idempotency_key: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    result: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    created_at: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    expires_at: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    status: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    fingerprint: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    owner: Option<&'a RawValue>,
 }

@@ -1,10 +1,10 @@
 //! Timestamps in the record format: ISO 8601 as the Python library writes and reads them.
 //!
 //! Written as `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (the fraction only when the microsecond is
-//! not 0, then always six digits; a non-UTC offset as `+HH:MM`). Read in every spelling
-//! pydantic accepts that we have seen stored: `Z`/`z`/`+00:00`/other offsets, a space for
-//! `T`, 0 to 9 fraction digits, no offset (taken as UTC), and Unix seconds as a number or
-//! a numeric string (milliseconds when above 2e10, as pydantic does).
+//! not 0, then always six digits; a non-UTC offset as `+HH:MM`). Read exactly as pydantic 2
+//! reads a `datetime` from JSON (the Python library's decoder): ISO 8601 in its accepted
+//! spellings, Unix seconds as a number or a numeric string (milliseconds above 2e10), and
+//! texts without an offset or with a date alone, which are reported as naive ([`Stamp`]).
 
 use std::fmt::Write as _;
 
@@ -70,38 +70,189 @@ pub(crate) fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(nanos - nanos % 1000).unwrap_or(t)
 }
 
-/// Parses a Unix timestamp given in seconds (milliseconds above 2e10, as pydantic does).
-pub(crate) fn from_unix(value: f64) -> Option<OffsetDateTime> {
+/// A timestamp as pydantic 2 reads it into a Python `datetime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// With an offset (`Z`, `+05:30`, or a Unix timestamp, which is UTC).
+    Aware(OffsetDateTime),
+    /// Without one (`2025-06-01T12:00:00`, or a date alone at midnight). Held as if UTC;
+    /// the Python library cannot compare such an expiry with "now" and refuses the record.
+    Naive(OffsetDateTime),
+}
+
+impl Stamp {
+    /// The instant, a naive time taken as UTC.
+    pub(crate) fn instant(self) -> OffsetDateTime {
+        match self {
+            Self::Aware(t) | Self::Naive(t) => t,
+        }
+    }
+}
+
+/// Why a value is not a timestamp, as pydantic's error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StampError {
+    /// `datetime_type`: not a string or number (or an integer beyond 64 bits).
+    Type,
+    /// `datetime_parsing`: a number out of range, NaN or infinite.
+    Parsing,
+    /// `datetime_from_date_parsing`: a string that is no timestamp.
+    FromDateParsing,
+}
+
+impl StampError {
+    /// pydantic's error type.
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Self::Type => "datetime_type",
+            Self::Parsing => "datetime_parsing",
+            Self::FromDateParsing => "datetime_from_date_parsing",
+        }
+    }
+}
+
+/// Above this magnitude a Unix timestamp is in milliseconds (pydantic's watershed).
+const MS_WATERSHED: i64 = 20_000_000_000;
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: Python's `datetime` range.
+const UNIX_MIN: i64 = -62_135_596_800;
+const UNIX_MAX: i64 = 253_402_300_799;
+
+/// A UTC timestamp from whole seconds and microseconds, within Python's range.
+fn from_seconds(seconds: i64, micros: u32) -> Option<OffsetDateTime> {
+    let seconds = seconds.checked_add(i64::from(micros / 1_000_000))?;
+    let micros = micros % 1_000_000;
+    if !(UNIX_MIN..=UNIX_MAX).contains(&seconds) {
+        return None;
+    }
+    let nanos = i128::from(seconds) * 1_000_000_000 + i128::from(micros) * 1000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+/// A JSON integer as a Unix timestamp (seconds, or milliseconds above 2e10).
+pub(crate) fn from_unix_int(value: i64) -> Option<OffsetDateTime> {
+    if value.checked_abs()? <= MS_WATERSHED {
+        return from_seconds(value, 0);
+    }
+    // Floor division: -20_000_000_001 ms is 1969-05-14T12:26:39.999.
+    let seconds = value.div_euclid(1000);
+    let micros = (value.rem_euclid(1000) * 1000) as u32;
+    from_seconds(seconds, micros)
+}
+
+/// A JSON float as a Unix timestamp: the fraction rounded to the microsecond.
+pub(crate) fn from_unix_float(value: f64) -> Option<OffsetDateTime> {
     if !value.is_finite() {
         return None;
     }
-    let seconds = if value.abs() > 2e10 {
+    let value = if value.abs() > MS_WATERSHED as f64 {
         value / 1000.0
     } else {
         value
     };
-    let micros = (seconds * 1_000_000.0).round();
-    if micros.abs() > 9.0e18 {
+    let floor = value.floor();
+    if floor.abs() > 1e15 {
         return None;
     }
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros as i64) * 1000).ok()
+    let seconds = floor as i64;
+    let micros = ((value - floor) * 1_000_000.0).round() as u32;
+    from_seconds(seconds, micros)
 }
 
-/// Parses a timestamp text; `None` when it is not one.
+/// Parses a timestamp given as a JSON string, as pydantic 2 does: ISO 8601 (a `T`, `t`,
+/// space or `_` between date and time, seconds and fraction optional, `Z`/`z`/`±HH:MM`/
+/// `±HHMM`/`−HH:MM` or no offset), a Unix timestamp in digits, or a date alone.
+pub(crate) fn parse_timestamp_str(text: &str) -> Result<Stamp, StampError> {
+    let bytes = text.as_bytes();
+    match parse_iso(bytes) {
+        Iso::Stamp(stamp) => return Ok(stamp),
+        Iso::OutOfRange => return Err(StampError::Parsing),
+        Iso::No => {}
+    }
+    if let Some(number) = parse_number_text(bytes) {
+        let t = match number {
+            NumberText::Int(i) => from_unix_int(i),
+            NumberText::Float(f) => from_unix_float(f),
+        };
+        return t.map(Stamp::Aware).ok_or(StampError::FromDateParsing);
+    }
+    // A date alone is midnight without an offset.
+    if bytes.len() == 10 {
+        if let Some(date) = parse_date(bytes) {
+            return match date {
+                Some(date) => Ok(Stamp::Naive(
+                    PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc(),
+                )),
+                None => Err(StampError::Parsing),
+            };
+        }
+    }
+    Err(StampError::FromDateParsing)
+}
+
+/// Parses a timestamp text; `None` when pydantic would not read it as an aware one.
+#[cfg(test)]
 pub(crate) fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
-    let text = text.trim();
-    if let Some(t) = parse_iso(text.as_bytes()) {
-        return Some(t);
+    match parse_timestamp_str(text) {
+        Ok(Stamp::Aware(t)) => Some(t),
+        _ => None,
     }
-    // Unix seconds in a string: digits, an optional sign and fraction, nothing else.
-    if !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+')
-    {
-        return text.parse::<f64>().ok().and_then(from_unix);
+}
+
+enum NumberText {
+    Int(i64),
+    Float(f64),
+}
+
+/// pydantic's number-in-a-string grammar: `[+-]digits`, or `[+-]digits.digits[e[+-]digits]`
+/// with either digit run possibly empty (but not both); an exponent only after a point.
+fn parse_number_text(bytes: &[u8]) -> Option<NumberText> {
+    let (negative, rest) = match bytes.first()? {
+        b'-' => (true, &bytes[1..]),
+        b'+' => (false, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let int_len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (int_digits, after) = rest.split_at(int_len);
+    if after.is_empty() {
+        if int_len == 0 {
+            return None;
+        }
+        let text = std::str::from_utf8(int_digits).ok()?;
+        let magnitude: i64 = text.parse().ok()?;
+        return Some(NumberText::Int(if negative {
+            -magnitude
+        } else {
+            magnitude
+        }));
     }
-    None
+    let after = after.strip_prefix(b".")?;
+    let frac_len = after.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (frac_digits, after) = after.split_at(frac_len);
+    if int_len + frac_len == 0 {
+        return None;
+    }
+    let mut clean = String::with_capacity(bytes.len() + 4);
+    if negative {
+        clean.push('-');
+    }
+    clean.push_str(std::str::from_utf8(if int_len == 0 { b"0" } else { int_digits }).ok()?);
+    clean.push('.');
+    clean.push_str(std::str::from_utf8(if frac_len == 0 { b"0" } else { frac_digits }).ok()?);
+    if !after.is_empty() {
+        let exp = after
+            .strip_prefix(b"e")
+            .or_else(|| after.strip_prefix(b"E"))?;
+        let digits = exp
+            .strip_prefix(b"+")
+            .or_else(|| exp.strip_prefix(b"-"))
+            .unwrap_or(exp);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        clean.push('e');
+        clean.push_str(std::str::from_utf8(exp).ok()?);
+    }
+    clean.parse().ok().map(NumberText::Float)
 }
 
 struct Cursor<'a> {
@@ -137,70 +288,112 @@ impl Cursor<'_> {
     }
 }
 
-fn parse_iso(bytes: &[u8]) -> Option<OffsetDateTime> {
+/// `YYYY-MM-DD` at the start of `bytes`: `None` if it is not a date, `Some(None)` for
+/// year 0 (a date to the parser, but out of Python's range).
+fn parse_date(bytes: &[u8]) -> Option<Option<Date>> {
     let mut c = Cursor { bytes, pos: 0 };
     let year = c.digits(4)?;
     c.eat(b'-').then_some(())?;
     let month = c.digits(2)?;
     c.eat(b'-').then_some(())?;
     let day = c.digits(2)?;
-    let date = Date::from_calendar_date(year as i32, Month::try_from(month as u8).ok()?, day as u8)
-        .ok()?;
-    let time = if c.eat(b'T') || c.eat(b't') || c.eat(b' ') {
-        let hour = c.digits(2)?;
-        c.eat(b':').then_some(())?;
-        let minute = c.digits(2)?;
-        let (second, nanos) = if c.eat(b':') {
-            let second = c.digits(2)?;
-            let mut nanos = 0u32;
-            if c.eat(b'.') || c.eat(b',') {
-                let start = c.pos;
-                let mut scale = 100_000_000u32;
-                while let Some(b) = c.peek().filter(u8::is_ascii_digit) {
-                    nanos += u32::from(b - b'0') * scale;
-                    scale /= 10;
-                    c.pos += 1;
+    let month = Month::try_from(u8::try_from(month).ok()?).ok()?;
+    // Validate month and day against a leap year stand-in when the year is 0.
+    let check_year = if year == 0 { 2000 } else { year as i32 };
+    let date = Date::from_calendar_date(check_year, month, day as u8).ok()?;
+    Some((year != 0).then_some(date))
+}
+
+enum Iso {
+    Stamp(Stamp),
+    /// A well-formed text Python's `datetime` cannot hold (year 0).
+    OutOfRange,
+    No,
+}
+
+fn parse_iso(bytes: &[u8]) -> Iso {
+    parse_iso_inner(bytes).unwrap_or(Iso::No)
+}
+
+fn parse_iso_inner(bytes: &[u8]) -> Option<Iso> {
+    let date = parse_date(bytes)?;
+    if !matches!(bytes.get(10), Some(b'T' | b't' | b' ' | b'_')) {
+        return None;
+    }
+    let mut c = Cursor { bytes, pos: 11 };
+    let hour = c.digits(2)?;
+    c.eat(b':').then_some(())?;
+    let minute = c.digits(2)?;
+    let (second, micros) = if c.eat(b':') {
+        let second = c.digits(2)?;
+        let mut micros = 0u32;
+        if c.eat(b'.') || c.eat(b',') {
+            let start = c.pos;
+            while let Some(b) = c.peek().filter(u8::is_ascii_digit) {
+                // Digits past the sixth are cut, as pydantic does.
+                if c.pos - start < 6 {
+                    micros = micros * 10 + u32::from(b - b'0');
                 }
-                let count = c.pos - start;
-                if count == 0 || count > 9 {
-                    return None;
-                }
+                c.pos += 1;
             }
-            (second, nanos)
-        } else {
-            (0, 0)
-        };
-        Time::from_hms_nano(hour as u8, minute as u8, second as u8, nanos).ok()?
+            let count = c.pos - start;
+            if count == 0 {
+                return None;
+            }
+            if count < 6 {
+                micros *= 10u32.pow(6 - count as u32);
+            }
+        }
+        (second, micros)
     } else {
-        Time::MIDNIGHT
+        (0, 0)
     };
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let time = Time::from_hms_micro(hour as u8, minute as u8, second as u8, micros).ok()?;
     let offset = match c.peek() {
-        None => UtcOffset::UTC,
+        None => None,
         Some(b'Z' | b'z') => {
             c.pos += 1;
-            UtcOffset::UTC
+            Some(UtcOffset::UTC)
         }
-        Some(sign @ (b'+' | b'-')) => {
-            c.pos += 1;
-            let hours = c.digits(2)? as i8;
-            let _ = c.eat(b':');
-            let minutes = c.digits(2)? as i8;
-            let (h, m) = if sign == b'-' {
-                (-hours, -minutes)
+        Some(first) => {
+            // ASCII signs, or U+2212 MINUS SIGN.
+            let negative = if first == b'+' {
+                c.pos += 1;
+                false
+            } else if first == b'-' {
+                c.pos += 1;
+                true
+            } else if bytes[c.pos..].starts_with("\u{2212}".as_bytes()) {
+                c.pos += 3;
+                true
             } else {
-                (hours, minutes)
+                return None;
             };
-            UtcOffset::from_hms(h, m, 0).ok()?
+            let hours = c.digits(2)?;
+            let _ = c.eat(b':');
+            let minutes = c.digits(2)?;
+            if minutes > 59 || hours * 3600 + minutes * 60 >= 86_400 {
+                return None;
+            }
+            let (h, m) = (hours as i8, minutes as i8);
+            let (h, m) = if negative { (-h, -m) } else { (h, m) };
+            Some(UtcOffset::from_hms(h, m, 0).ok()?)
         }
-        Some(_) => return None,
     };
     if c.pos != bytes.len() {
         return None;
     }
-    // The record format carries microseconds (as Python's datetime does): finer digits are cut.
-    Some(to_micros(
-        PrimitiveDateTime::new(date, time).assume_offset(offset),
-    ))
+    let Some(date) = date else {
+        return Some(Iso::OutOfRange);
+    };
+    let local = PrimitiveDateTime::new(date, time);
+    Some(Iso::Stamp(match offset {
+        Some(offset) => Stamp::Aware(local.assume_offset(offset)),
+        None => Stamp::Naive(local.assume_utc()),
+    }))
 }
 
 #[cfg(test)]
@@ -245,9 +438,59 @@ mod tests {
         assert_eq!(round("1748779200"), "2025-06-01T12:00:00Z");
         assert_eq!(round("4070908800.5"), "2099-01-01T00:00:00.500000Z");
         assert_eq!(
-            format_timestamp(from_unix(1_748_779_200_000.0).expect("ms")),
+            format_timestamp(from_unix_float(1_748_779_200_000.0).expect("ms")),
             "2025-06-01T12:00:00Z"
         );
+    }
+
+    #[test]
+    fn tells_naive_timestamps_from_aware_ones() {
+        for naive in ["2025-06-01T12:00:00", "2025-06-01", "2025-06-01 12:00"] {
+            assert!(
+                matches!(parse_timestamp_str(naive), Ok(Stamp::Naive(_))),
+                "{naive}"
+            );
+        }
+        assert_eq!(
+            parse_timestamp_str("2025-06-01T12:00:00.1234567891Z")
+                .map(|s| format_timestamp(s.instant())),
+            Ok("2025-06-01T12:00:00.123456Z".to_owned())
+        );
+        assert_eq!(
+            parse_timestamp_str("2099-01-01T00:00:00\u{2212}05:00")
+                .map(|s| format_timestamp(s.instant())),
+            Ok("2099-01-01T00:00:00-05:00".to_owned())
+        );
+    }
+
+    #[test]
+    fn reads_numbers_in_strings_as_pydantic_does() {
+        let read = |t: &str| parse_timestamp_str(t).map(|s| format_timestamp(s.instant()));
+        assert_eq!(read("1.5e3"), Ok("1970-01-01T00:25:00Z".to_owned()));
+        assert_eq!(read("+.5"), Ok("1970-01-01T00:00:00.500000Z".to_owned()));
+        assert_eq!(
+            read("-20000000001"),
+            Ok("1969-05-14T12:26:39.999000Z".to_owned())
+        );
+        assert_eq!(
+            read("1748779200.9999999"),
+            Ok("2025-06-01T12:00:01Z".to_owned())
+        );
+        assert_eq!(
+            read("253402300799000"),
+            Ok("9999-12-31T23:59:59Z".to_owned())
+        );
+        for bad in [
+            "1e3",
+            "253402300800000",
+            " 1",
+            "1.5e",
+            "-62135596800001",
+            ".",
+        ] {
+            assert_eq!(read(bad), Err(StampError::FromDateParsing), "{bad}");
+        }
+        assert_eq!(read("0000-01-01T00:00:00Z"), Err(StampError::Parsing));
     }
 
     #[test]
@@ -258,6 +501,11 @@ mod tests {
             "2025-13-01T00:00:00Z",
             "2025-06-01T12:00:00Zjunk",
             "2025-06-01T25:00:00Z",
+            "2025-06-01T12:00:00+05",
+            "2025-06-01T12:00:00+24:00",
+            "2025-06-01T12:00:00.Z",
+            " 2025-06-01T12:00:00Z",
+            "2025-06-01T12:00:00",
         ] {
             assert!(parse_timestamp(bad).is_none(), "{bad}");
         }
