@@ -349,7 +349,7 @@ impl IdempotencyRecord {
             Some(value) => {
                 let mut out = String::with_capacity(64);
                 write_replayed(value, &mut out);
-                Some(RawValue::from_string(out).map_err(|e| corrupted(e.into()))?)
+                Some(raw_value(&out).map_err(|e| corrupted(e.into()))?)
             }
             None => {
                 problems.push(FieldProblem::new("result", "missing", "field required"));
@@ -358,32 +358,8 @@ impl IdempotencyRecord {
         };
         let created_at = field_time(get("created_at"), "created_at", &mut problems);
         let expires_at = field_time(get("expires_at"), "expires_at", &mut problems);
-        let status = match get("status") {
-            // Records written before the field existed read as completed.
-            None => Some(RecordStatus::Completed),
-            Some(Json::Str(s)) if s == "pending" => Some(RecordStatus::Pending),
-            Some(Json::Str(s)) if s == "completed" => Some(RecordStatus::Completed),
-            Some(_) => {
-                problems.push(FieldProblem::new(
-                    "status",
-                    "literal_error",
-                    "must be 'pending' or 'completed'",
-                ));
-                None
-            }
-        };
-        let fingerprint = match get("fingerprint") {
-            None | Some(Json::Null) => None,
-            Some(Json::Str(s)) => Some(s.clone().into_owned()),
-            Some(_) => {
-                problems.push(FieldProblem::new(
-                    "fingerprint",
-                    "string_type",
-                    "must be a string or null",
-                ));
-                None
-            }
-        };
+        let status = field_status(get("status"), &mut problems);
+        let fingerprint = field_fingerprint(get("fingerprint"), &mut problems);
         // Our own field, unknown to Python: anything but a string is no owner.
         let owner = match get("owner") {
             Some(Json::Str(s)) => Some(s.clone().into_owned()),
@@ -469,6 +445,17 @@ impl IdempotencyRecord {
             owner: wire.owner.map(std::borrow::Cow::into_owned),
         })
     }
+}
+
+/// Wraps checked JSON text; results nest up to pydantic's 200 levels, deeper than
+/// `serde_json`'s default limit, so the limit is lifted (the raw value is read without
+/// recursion).
+fn raw_value(text: &str) -> std::result::Result<Box<RawValue>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let raw = <Box<RawValue>>::deserialize(&mut de)?;
+    de.end()?;
+    Ok(raw)
 }
 
 /// An expiry without a timezone: pydantic reads it, the Python library's expiry check
@@ -588,6 +575,42 @@ fn field_str(
         }
         Some(_) => {
             problems.push(FieldProblem::new(field, "string_type", "must be a string"));
+            None
+        }
+    }
+}
+
+/// `status`: absent reads as completed (records written before the field existed).
+fn field_status(
+    value: Option<&Json<'_>>,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<RecordStatus> {
+    match value {
+        None => Some(RecordStatus::Completed),
+        Some(Json::Str(s)) if s == "pending" => Some(RecordStatus::Pending),
+        Some(Json::Str(s)) if s == "completed" => Some(RecordStatus::Completed),
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "status",
+                "literal_error",
+                "must be 'pending' or 'completed'",
+            ));
+            None
+        }
+    }
+}
+
+/// `fingerprint`: a string or `null`.
+fn field_fingerprint(value: Option<&Json<'_>>, problems: &mut Vec<FieldProblem>) -> Option<String> {
+    match value {
+        None | Some(Json::Null) => None,
+        Some(Json::Str(s)) => Some(s.clone().into_owned()),
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "fingerprint",
+                "string_type",
+                "must be a string or null",
+            ));
             None
         }
     }

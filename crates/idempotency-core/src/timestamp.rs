@@ -176,15 +176,15 @@ pub(crate) fn parse_timestamp_str(text: &str) -> Result<Stamp, StampError> {
         return t.map(Stamp::Aware).ok_or(StampError::FromDateParsing);
     }
     // A date alone is midnight without an offset.
-    if bytes.len() == 10 {
-        if let Some(date) = parse_date(bytes) {
-            return match date {
-                Some(date) => Ok(Stamp::Naive(
-                    PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc(),
-                )),
-                None => Err(StampError::Parsing),
-            };
-        }
+    if bytes.len() == 10
+        && let Some(date) = parse_date(bytes)
+    {
+        return match date {
+            DateText::Valid(date) => Ok(Stamp::Naive(
+                PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc(),
+            )),
+            DateText::YearZero => Err(StampError::Parsing),
+        };
     }
     Err(StampError::FromDateParsing)
 }
@@ -288,9 +288,15 @@ impl Cursor<'_> {
     }
 }
 
-/// `YYYY-MM-DD` at the start of `bytes`: `None` if it is not a date, `Some(None)` for
-/// year 0 (a date to the parser, but out of Python's range).
-fn parse_date(bytes: &[u8]) -> Option<Option<Date>> {
+/// A `YYYY-MM-DD` text.
+enum DateText {
+    Valid(Date),
+    /// A date to pydantic's parser, but out of Python's range.
+    YearZero,
+}
+
+/// `YYYY-MM-DD` at the start of `bytes`; `None` if it is not a date.
+fn parse_date(bytes: &[u8]) -> Option<DateText> {
     let mut c = Cursor { bytes, pos: 0 };
     let year = c.digits(4)?;
     c.eat(b'-').then_some(())?;
@@ -301,7 +307,11 @@ fn parse_date(bytes: &[u8]) -> Option<Option<Date>> {
     // Validate month and day against a leap year stand-in when the year is 0.
     let check_year = if year == 0 { 2000 } else { year as i32 };
     let date = Date::from_calendar_date(check_year, month, day as u8).ok()?;
-    Some((year != 0).then_some(date))
+    Some(if year == 0 {
+        DateText::YearZero
+    } else {
+        DateText::Valid(date)
+    })
 }
 
 enum Iso {
@@ -386,7 +396,7 @@ fn parse_iso_inner(bytes: &[u8]) -> Option<Iso> {
     if c.pos != bytes.len() {
         return None;
     }
-    let Some(date) = date else {
+    let DateText::Valid(date) = date else {
         return Some(Iso::OutOfRange);
     };
     let local = PrimitiveDateTime::new(date, time);
