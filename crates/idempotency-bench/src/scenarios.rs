@@ -34,15 +34,16 @@ fn order() -> Order {
 /// A pending record like the ones the coordinator claims with: the raw yardstick sends
 /// the same bytes, so "the same command" means the same payload too.
 fn pending_json() -> (Arc<String>, Arc<String>) {
-    let (record, lease) = idempotency_core::new_reservation(
-        "bench.order",
-        "2f1c6f3e-1b7e-4b8a-9d1e-0c2b3a4d5e6f",
-        Duration::from_secs(30),
-        None,
+    let id = idempotency_core::RecordId::new("bench.order", "2f1c6f3e-1b7e-4b8a-9d1e-0c2b3a4d5e6f")
+        .expect("valid identifiers");
+    let lease = idempotency_core::Lease::new(id, None, idempotency_core::Clock::system());
+    let record = lease
+        .pending_record(Duration::from_secs(30))
+        .expect("reservation");
+    (
+        Arc::new(record.to_json()),
+        Arc::new(lease.token().to_owned()),
     )
-    .expect("reservation");
-    let fragment = format!("\"owner\":\"{}\"", lease.token());
-    (Arc::new(record.to_json()), Arc::new(fragment))
 }
 
 const COMPLETE_LUA: &str = include_str!("../../idempotency-redis/lua/complete.lua");
@@ -106,7 +107,11 @@ async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
     // present key.
     let redis_keys: Arc<Vec<String>> = Arc::new(
         keys.iter()
-            .map(|k| ctx.store.redis_key("bench.order", k))
+            .map(|k| {
+                ctx.store.redis_key(
+                    &idempotency_core::RecordId::new("bench.order", k).expect("valid identifiers"),
+                )
+            })
             .collect(),
     );
     let (pending, _) = pending_json();
@@ -196,7 +201,10 @@ async fn miss(ctx: &Ctx, c: usize) -> Row {
     let raw_rounds = std::sync::atomic::AtomicU64::new(0);
     let raw_run = async |n: u64| {
         let round = raw_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = ctx.store.redis_key("bench.raw", &format!("{run}-r{round}"));
+        let prefix = ctx.store.redis_key(
+            &idempotency_core::RecordId::new("bench.raw", &format!("{run}-r{round}"))
+                .expect("valid identifiers"),
+        );
         let client = client.clone();
         let (sha, record, pending, fragment) = (
             Arc::clone(&sha),
@@ -231,7 +239,7 @@ async fn miss(ctx: &Ctx, c: usize) -> Row {
                         vec![
                             Value::from(fragment.as_str()),
                             Value::from(record.as_str()),
-                            Value::from(1800),
+                            Value::from(1_800_000),
                         ],
                     )
                     .await
@@ -490,7 +498,11 @@ async fn raw_bulk(ctx: &Ctx, op: &str, keys: &[String], rounds: u64) -> f64 {
     let client = ctx.store.connection().client();
     let redis_keys: Vec<String> = keys
         .iter()
-        .map(|k| ctx.store.redis_key("bench.bulk", k))
+        .map(|k| {
+            ctx.store.redis_key(
+                &idempotency_core::RecordId::new("bench.bulk", k).expect("valid identifiers"),
+            )
+        })
         .collect();
     let value = IdempotencyDomainService::default()
         .create_record("bench.bulk", "x", &order())

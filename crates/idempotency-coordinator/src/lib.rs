@@ -37,19 +37,24 @@
 //! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
 //! - `prometheus` (default): Prometheus metrics in that wiring.
 
+mod builder;
 mod call;
 mod coordinator;
 mod lease;
 mod modes;
+mod reserved;
 mod settings;
+mod unreserved;
+mod wait;
 #[cfg(feature = "redis")]
 mod wiring;
 
 #[doc(hidden)]
 pub mod __private;
 
+pub use builder::CoordinatorBuilder;
 pub use call::Call;
-pub use coordinator::{CallOptions, Coordinator, CoordinatorBuilder, WAIT_SAFETY_POLL};
+pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
 pub use idempotency_core::{
     ErrorClass, IdempotencyError, JsonAdapter, MemoryStore, ResultAdapter, SerdeAdapter,
     VoidAdapter, fingerprint_of,

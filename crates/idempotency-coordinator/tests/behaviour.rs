@@ -490,29 +490,42 @@ on_all!(
     }
 );
 
-on_all!(an_undecodable_stored_result_is_replaced, |env| {
-    let coordinator = env.coordinator(|b| b);
-    let key = unique("undecodable");
-    let text: String = coordinator
-        .call("op", Some(&key))
-        .run(|| async { Ok::<_, IdempotencyError>("text".to_owned()) })
-        .await
-        .expect("seed");
-    assert_eq!(text, "text");
-    let number: u32 = coordinator
-        .call("op", Some(&key))
-        .run(|| async { Ok::<_, IdempotencyError>(42) })
-        .await
-        .expect("runs");
-    assert_eq!(number, 42);
-    assert_eq!(env.metrics.count("error", error_type::DECODE), 1);
-    let again: u32 = coordinator
-        .call("op", Some(&key))
-        .run(|| async { Ok::<_, IdempotencyError>(43) })
-        .await
-        .expect("replay");
-    assert_eq!(again, 42, "the new result replaced the old");
-});
+on_all!(
+    an_undecodable_stored_result_is_an_error_and_never_a_second_run,
+    |env| {
+        // The action ran once and stored a result this caller's type cannot hold: running it
+        // again would be the double execution the library exists to prevent.
+        let coordinator = env.coordinator(|b| b);
+        let key = unique("undecodable");
+        let text: String = coordinator
+            .call("op", Some(&key))
+            .run(|| async { Ok::<_, IdempotencyError>("text".to_owned()) })
+            .await
+            .expect("seed");
+        assert_eq!(text, "text");
+        let runs = Runs::default();
+        let number: Result<u32, IdempotencyError> = coordinator
+            .call("op", Some(&key))
+            .run(|| {
+                let runs = runs.clone();
+                async move {
+                    runs.tick();
+                    Ok(42)
+                }
+            })
+            .await;
+        let err = number.expect_err("cannot replay a string as a number");
+        assert_eq!(err.class(), idempotency_core::ErrorClass::Data, "{err}");
+        assert_eq!(runs.get(), 0, "the action did not run again");
+        assert_eq!(env.metrics.count("error", error_type::DECODE), 1);
+        let again: String = coordinator
+            .call("op", Some(&key))
+            .run(|| async { Ok::<_, IdempotencyError>("other".to_owned()) })
+            .await
+            .expect("replay");
+        assert_eq!(again, "text", "the stored result stands");
+    }
+);
 
 on_all!(an_unencodable_result_is_returned_but_not_cached, |env| {
     let coordinator = env.coordinator(|b| b);
@@ -676,7 +689,10 @@ async fn a_stored_null_is_unusable_for_a_non_option_type() {
         .call("op", Some("k"))
         .run(|| async { Ok(5) })
         .await;
-    assert_eq!(v.expect("runs"), 5);
+    assert!(
+        v.is_err(),
+        "a stored null is no u32, and the action does not run again"
+    );
     let opt: Option<u32> = coordinator
         .call("op", Some("k2"))
         .run(|| async { Ok::<_, IdempotencyError>(None) })

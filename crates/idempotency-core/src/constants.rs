@@ -34,3 +34,10 @@ pub const DEFAULT_KEY_PREFIX: &str = "idempotency:";
 
 /// The character that separates operation and key in a storage key; forbidden in both.
 pub const KEY_SEPARATOR: char = ':';
+
+/// How far past its `expires_at` (by the store's clock) a pending record must be before a
+/// store treats it as abandoned: taken over by a claim and deleted by a read, as the
+/// Python library does with any expired record. Within this margin a reservation the store
+/// still holds is alive, whatever the timestamps say, so an owner whose clock runs behind
+/// by less than this never loses a live reservation to a reader's judgement.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);

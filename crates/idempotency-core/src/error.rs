@@ -193,6 +193,15 @@ pub enum IdempotencyError {
         #[source]
         source: BoxError,
     },
+    /// The task running a detached call was cancelled before it finished (the runtime
+    /// shut down); whether the action ran is unknown, and a retry replays or runs it.
+    #[error("idempotent call for operation '{operation}' was cancelled before it finished")]
+    Cancelled {
+        /// The operation.
+        operation: String,
+        /// The idempotency key, when the call had one.
+        key: Option<String>,
+    },
     /// Named values could not be turned into a request fingerprint (a value with no
     /// JSON form, or JSON text that is not JSON).
     #[error("request fingerprint could not be computed")]
@@ -287,7 +296,8 @@ impl IdempotencyError {
     /// Which kind of trouble this is.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Storage { .. } => ErrorClass::Storage,
+            // A shutdown, like an outage, is the service's trouble: retry later (503).
+            Self::Storage { .. } | Self::Cancelled { .. } => ErrorClass::Storage,
             Self::Validation { .. } | Self::InvalidTtl { .. } => ErrorClass::InvalidInput,
             Self::KeyCollision { .. } | Self::InProgress { .. } => ErrorClass::Conflict,
             Self::KeyReuse { .. } => ErrorClass::KeyReuse,

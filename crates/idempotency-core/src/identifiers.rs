@@ -1,52 +1,93 @@
-//! Validation of operation names and idempotency keys.
+//! Validation of operation names and idempotency keys, and the validated identity every
+//! layer carries.
+
+use std::fmt;
+use std::sync::Arc;
 
 use crate::constants::{KEY_SEPARATOR, MAX_KEY_LENGTH, MAX_OPERATION_LENGTH};
 use crate::error::{FieldProblem, IdempotencyError, Result};
 
-/// A validated `(operation, idempotency_key)` pair: trimmed, within length, free of `:`.
+/// The identity of one record: a validated `(operation, idempotency_key)` pair, trimmed,
+/// within length, free of `:`.
+///
+/// Built once at the edge (the coordinator parses the caller's strings into it) and carried
+/// by every layer below, so nothing re-validates and an unvalidated pair cannot reach a
+/// store. Cheap to clone (one shared allocation holding `operation:key`, which is also the
+/// storage key's tail: see [`RecordId::as_str`]).
 ///
 /// # Examples
 /// ```
 /// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
-/// let ids = idempotency_core::Identifiers::new("  user.create ", " k-1 ")?;
-/// assert_eq!(ids.operation(), "user.create");
-/// assert_eq!(ids.key(), "k-1");
+/// let id = idempotency_core::RecordId::new("  user.create ", " k-1 ")?;
+/// assert_eq!(id.operation(), "user.create");
+/// assert_eq!(id.key(), "k-1");
+/// assert_eq!(id.as_str(), "user.create:k-1");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Identifiers {
-    operation: String,
-    key: String,
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId {
+    // `operation:key`; `split` is the byte index of the separator. Invariant: both halves
+    // passed `validate_identifiers`, so neither contains the separator and the split is
+    // unambiguous.
+    text: Arc<str>,
+    split: usize,
 }
 
-impl Identifiers {
+impl RecordId {
     /// Validates both identifiers, reporting every problem at once.
     ///
     /// # Errors
     /// [`IdempotencyError::Validation`] listing each problem of each field.
     pub fn new(operation: &str, key: &str) -> Result<Self> {
         let (operation, key) = validate_identifiers(operation, key)?;
+        let mut text = String::with_capacity(operation.len() + key.len() + 1);
+        text.push_str(operation);
+        text.push(KEY_SEPARATOR);
+        text.push_str(key);
         Ok(Self {
-            operation: operation.to_owned(),
-            key: key.to_owned(),
+            text: text.into(),
+            split: operation.len(),
         })
     }
 
     /// The trimmed operation name.
     pub fn operation(&self) -> &str {
-        &self.operation
+        &self.text[..self.split]
     }
 
     /// The trimmed idempotency key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.text[self.split + KEY_SEPARATOR.len_utf8()..]
+    }
+
+    /// `operation:key`, the tail of every storage key of the record.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// Splits into `(operation, key)`.
     pub fn into_parts(self) -> (String, String) {
-        (self.operation, self.key)
+        (self.operation().to_owned(), self.key().to_owned())
     }
 }
+
+impl fmt::Debug for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordId")
+            .field("operation", &self.operation())
+            .field("key", &self.key())
+            .finish()
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The former name of [`RecordId`].
+pub type Identifiers = RecordId;
 
 /// Validates and trims an operation and a key without allocating; returns the trimmed
 /// slices.

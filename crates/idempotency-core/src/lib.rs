@@ -4,7 +4,9 @@
 //!
 //! - [`IdempotencyRecord`]: a stored result or in-flight reservation, whose JSON is
 //!   byte-compatible with the Python idempotency-kit 0.5.0;
-//! - [`Identifiers`] / [`validate_identifiers`]: operation and key validation;
+//! - [`RecordId`]: the validated `(operation, key)` identity every layer carries;
+//!   [`validate_identifiers`] for the bare check;
+//! - [`Clock`]: the wall clock records are stamped with;
 //! - [`IdempotencyError`]: the one error enum, with [`ErrorClass`] to tell an outage from
 //!   a client mistake;
 //! - [`IdempotencyDomainService`]: the record factory and TTL policy;
@@ -32,6 +34,7 @@
 //! # Features
 //! None: the crate is small and always whole.
 
+mod clock;
 pub mod constants;
 mod error;
 mod fingerprint;
@@ -44,18 +47,20 @@ mod timestamp;
 pub mod traits;
 mod unfenced;
 
+pub use clock::Clock;
 pub use error::{BoxError, ErrorClass, FieldProblem, FieldProblems, IdempotencyError, Result};
 pub use fingerprint::{canonical_json, fingerprint_of};
-pub use identifiers::{Identifiers, validate_identifiers};
+pub use identifiers::{Identifiers, RecordId, validate_identifiers};
 pub use json_text::to_result_json;
-pub use memory::{MemoryStore, MemoryWatch, bulk_outcome, validate_all};
+pub use memory::{MemoryStore, MemoryWatch};
 pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
+pub use traits::bulk::{bulk_outcome, validate_all};
 pub use traits::metrics::{IdempotencyMetrics, NoopMetrics, RecordingMetrics, error_type};
 pub use traits::reservation::{
-    Claim, Fence, KeyWatch, Lease, ReservationStore, new_owner_token, new_reservation,
+    Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease, is_abandoned, new_owner_token,
 };
 pub use traits::storage::{IdempotencyRepository, SaveManyOptions};
 pub use unfenced::{PollWatch, UNFENCED_POLL_INTERVAL, Unfenced};

@@ -2,26 +2,29 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
 use crate::error::{IdempotencyError, Result};
-use crate::identifiers::validate_identifiers;
+use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
-use crate::traits::reservation::{
-    Claim, Fence, KeyWatch, Lease, ReservationStore, new_reservation,
-};
+use crate::traits::bulk::{bulk_outcome, validate_all};
+use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
 /// Writes between two sweeps of expired records.
 const SWEEP_EVERY: u64 = 1024;
 
-/// A process-local store with the same semantics as the Redis one: expiry honoured on
-/// read, insert-if-absent atomic, fenced reservations, prompt wake-ups of waiters.
+/// A process-local store with the same semantics as the Redis one: a TTL per key kept
+/// apart from the record (as Redis keeps it), insert-if-absent atomic, fenced
+/// reservations, prompt wake-ups of waiters.
 ///
+/// Liveness is the store's own: each key lives until its deadline on the monotonic
+/// clock, set from the TTL of the write, whatever the timestamps inside the record say.
 /// Cheap to clone; clones share the data.
 ///
 /// # Examples
@@ -29,10 +32,13 @@ const SWEEP_EVERY: u64 = 1024;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
 /// use std::time::Duration;
-/// use idempotency_core::{Claim, MemoryStore, ReservationStore};
+/// use idempotency_core::{Claim, Clock, Lease, MemoryStore, RecordId, ReservationStore};
 /// let store = MemoryStore::new();
-/// let Claim::Acquired(lease) = store.claim("op", "k", Duration::from_secs(30), None).await? else { panic!() };
-/// assert!(matches!(store.claim("op", "k", Duration::from_secs(30), None).await?, Claim::Found(r) if r.is_pending()));
+/// let id = RecordId::new("op", "k")?;
+/// let lease = Lease::new(id.clone(), None, Clock::system());
+/// assert_eq!(store.claim(&lease, Duration::from_secs(30)).await?, Claim::Acquired);
+/// let other = Lease::new(id, None, Clock::system());
+/// assert!(matches!(store.claim(&other, Duration::from_secs(30)).await?, Claim::Found(r) if r.is_pending()));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -45,57 +51,50 @@ struct Inner {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    records: HashMap<String, IdempotencyRecord>,
-    // Keys somebody watches; removed and notified on completion or release.
-    watchers: HashMap<String, Arc<Notify>>,
-    writes: u64,
-    // The earliest expiry among the records at the last sweep or since: a sweep before it
-    // would find nothing, so it is skipped.
-    next_expiry: Option<OffsetDateTime>,
+#[derive(Debug)]
+struct Entry {
+    record: IdempotencyRecord,
+    // When the store forgets the key: its TTL, the store's notion of liveness.
+    deadline: Instant,
 }
 
-fn slot(operation: &str, key: &str) -> String {
-    let mut s = String::with_capacity(operation.len() + key.len() + 1);
-    s.push_str(operation);
-    s.push(':');
-    s.push_str(key);
-    s
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<RecordId, Entry>,
+    // Keys somebody watches; notified on completion or release.
+    watchers: HashMap<RecordId, Arc<Notify>>,
+    writes: u64,
+    // The earliest deadline among the entries at the last sweep or since: a sweep before
+    // it would find nothing, so it is skipped.
+    next_deadline: Option<Instant>,
 }
 
 impl State {
-    /// The live record under `slot`; an expired one is removed.
-    fn live(&mut self, slot: &str, now: OffsetDateTime) -> Option<&IdempotencyRecord> {
-        if self.records.get(slot).is_some_and(|r| r.is_expired_at(now)) {
-            self.records.remove(slot);
+    /// The live entry under `id`; one past its deadline is removed.
+    fn live(&mut self, id: &RecordId, now: Instant) -> Option<&mut Entry> {
+        if self.records.get(id).is_some_and(|e| e.deadline <= now) {
+            self.records.remove(id);
         }
-        self.records.get(slot)
+        self.records.get_mut(id)
     }
 
-    fn insert(&mut self, slot: String, record: IdempotencyRecord) {
+    fn insert(&mut self, id: RecordId, record: IdempotencyRecord, ttl: Duration) {
+        let now = Instant::now();
         self.writes += 1;
-        if self.writes.is_multiple_of(SWEEP_EVERY) {
-            let now = OffsetDateTime::now_utc();
-            if self.next_expiry.is_some_and(|t| t <= now) {
-                self.records.retain(|_, r| !r.is_expired_at(now));
-                self.next_expiry = self
-                    .records
-                    .values()
-                    .map(IdempotencyRecord::expires_at)
-                    .min();
-            }
+        if self.writes.is_multiple_of(SWEEP_EVERY) && self.next_deadline.is_some_and(|t| t <= now) {
+            self.records.retain(|_, e| e.deadline > now);
+            self.next_deadline = self.records.values().map(|e| e.deadline).min();
         }
-        let expires_at = record.expires_at();
-        self.next_expiry = Some(self.next_expiry.map_or(expires_at, |t| t.min(expires_at)));
-        self.records.insert(slot, record);
+        let deadline = now + ttl;
+        self.next_deadline = Some(self.next_deadline.map_or(deadline, |t| t.min(deadline)));
+        self.records.insert(id, Entry { record, deadline });
     }
 
-    fn wake(&mut self, slot: &str) {
-        if let Some(notify) = self.watchers.get(slot) {
+    fn wake(&mut self, id: &RecordId) {
+        if let Some(notify) = self.watchers.get(id) {
             notify.notify_waiters();
             if Arc::strong_count(notify) == 1 {
-                self.watchers.remove(slot);
+                self.watchers.remove(id);
             }
         }
     }
@@ -127,65 +126,79 @@ impl MemoryStore {
 
     /// Removes expired records now.
     pub fn purge_expired(&self) {
-        let now = OffsetDateTime::now_utc();
-        self.lock().records.retain(|_, r| !r.is_expired_at(now));
+        let now = Instant::now();
+        self.lock().records.retain(|_, e| e.deadline > now);
     }
 
-    fn check_writable(record: &IdempotencyRecord) -> Result<()> {
-        if record.is_expired() {
-            return Err(IdempotencyError::invalid_field(
+    /// The TTL of a record written through the repository API: its remaining lifetime
+    /// rounded up to whole seconds, as the Redis store (and the Python library) set it.
+    fn write_ttl(record: &IdempotencyRecord) -> Result<Duration> {
+        match record.remaining_ttl_secs_ceil() {
+            0 => Err(IdempotencyError::invalid_field(
                 "expires_at",
                 "expired",
                 "cannot save an already expired record",
-            ));
+            )),
+            secs => Ok(Duration::from_secs(secs)),
         }
-        Ok(())
+    }
+
+    fn id_of(record: &IdempotencyRecord) -> Result<RecordId> {
+        RecordId::new(record.operation(), record.idempotency_key())
+    }
+
+    /// What a repository read makes of a live entry (the Python library's `get`): a
+    /// record past its `expires_at` by this store's clock is no record; a completed one is
+    /// removed, a pending one is left to its deadline (only its owner or its TTL removes
+    /// a reservation).
+    fn read(state: &mut State, id: &RecordId, now: Instant) -> Option<IdempotencyRecord> {
+        let entry = state.live(id, now)?;
+        if !entry.record.is_expired_at(OffsetDateTime::now_utc()) {
+            return Some(entry.record.clone());
+        }
+        if !entry.record.is_pending() {
+            state.records.remove(id);
+        }
+        None
     }
 }
 
 impl IdempotencyRepository for MemoryStore {
     async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        let (operation, key) = validate_identifiers(operation, key)?;
-        Ok(self
-            .lock()
-            .live(&slot(operation, key), OffsetDateTime::now_utc())
-            .cloned())
+        let id = RecordId::new(operation, key)?;
+        Ok(Self::read(&mut self.lock(), &id, Instant::now()))
     }
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
-        Self::check_writable(record)?;
-        let slot = slot(record.operation(), record.idempotency_key());
+        let ttl = Self::write_ttl(record)?;
+        let id = Self::id_of(record)?;
         let mut state = self.lock();
         // Invariant: the check and the insert happen under one lock, so of any number of
         // concurrent saves of one key exactly one succeeds.
-        if state.live(&slot, OffsetDateTime::now_utc()).is_some() {
-            return Err(IdempotencyError::collision(
-                record.operation(),
-                record.idempotency_key(),
-            ));
+        if state.live(&id, Instant::now()).is_some() {
+            return Err(IdempotencyError::collision(id.operation(), id.key()));
         }
-        state.insert(slot, record.clone());
+        state.insert(id, record.clone(), ttl);
         Ok(())
     }
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
-        Self::check_writable(record)?;
-        let slot = slot(record.operation(), record.idempotency_key());
+        let ttl = Self::write_ttl(record)?;
+        let id = Self::id_of(record)?;
         let mut state = self.lock();
-        state.insert(slot.clone(), record.clone());
+        state.insert(id.clone(), record.clone(), ttl);
         if !record.is_pending() {
-            state.wake(&slot);
+            state.wake(&id);
         }
         Ok(())
     }
 
     async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
-        let (operation, key) = validate_identifiers(operation, key)?;
-        let slot = slot(operation, key);
+        let id = RecordId::new(operation, key)?;
         let mut state = self.lock();
-        let live = state.live(&slot, OffsetDateTime::now_utc()).is_some();
-        state.records.remove(&slot);
-        state.wake(&slot);
+        let live = state.live(&id, Instant::now()).is_some();
+        state.records.remove(&id);
+        state.wake(&id);
         Ok(live)
     }
 
@@ -194,13 +207,13 @@ impl IdempotencyRepository for MemoryStore {
         operation: &str,
         keys: &[K],
     ) -> Result<HashMap<String, IdempotencyRecord>> {
-        let validated = validate_all(operation, keys)?;
-        let now = OffsetDateTime::now_utc();
+        let ids = validate_all(operation, keys)?;
+        let now = Instant::now();
         let mut state = self.lock();
-        let mut found = HashMap::with_capacity(validated.len());
-        for (operation, key) in validated {
-            if let Some(r) = state.live(&slot(operation, key), now) {
-                found.insert(key.to_owned(), r.clone());
+        let mut found = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = Self::read(&mut state, &id, now) {
+                found.insert(id.key().to_owned(), r);
             }
         }
         Ok(found)
@@ -217,27 +230,33 @@ impl IdempotencyRepository for MemoryStore {
         let mut collisions = Vec::new();
         let mut invalid = Vec::new();
         let mut saved = Vec::new();
-        let mut saved_slots = Vec::new();
+        let mut saved_ids = Vec::new();
         {
-            let now = OffsetDateTime::now_utc();
+            let now = Instant::now();
             let mut state = self.lock();
             for record in records {
-                if let Err(e) = Self::check_writable(record) {
-                    invalid.push((record.idempotency_key().to_owned(), e));
-                    continue;
-                }
-                let slot = slot(record.operation(), record.idempotency_key());
-                if state.live(&slot, now).is_some() {
+                let checked =
+                    Self::write_ttl(record).and_then(|ttl| Ok((ttl, Self::id_of(record)?)));
+                let (ttl, id) = match checked {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        invalid.push((record.idempotency_key().to_owned(), e));
+                        continue;
+                    }
+                };
+                if state.live(&id, now).is_some() {
                     collisions.push(record.idempotency_key().to_owned());
                 } else {
-                    state.insert(slot.clone(), record.clone());
+                    state.insert(id.clone(), record.clone(), ttl);
                     saved.push(record.idempotency_key().to_owned());
-                    saved_slots.push(slot);
+                    saved_ids.push(id);
                 }
             }
+            // Invariant: the rollback runs under the same lock as the writes, so it
+            // removes exactly what this call wrote.
             if options.rollback_on_error && (!collisions.is_empty() || !invalid.is_empty()) {
-                for slot in &saved_slots {
-                    state.records.remove(slot);
+                for id in &saved_ids {
+                    state.records.remove(id);
                 }
             }
         }
@@ -245,80 +264,26 @@ impl IdempotencyRepository for MemoryStore {
     }
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        let validated = validate_all(operation, keys)?;
-        let now = OffsetDateTime::now_utc();
+        let ids = validate_all(operation, keys)?;
+        let now = Instant::now();
         let mut state = self.lock();
         let mut deleted = 0;
-        for (operation, key) in validated {
-            let slot = slot(operation, key);
-            if state.live(&slot, now).is_some() {
+        for id in ids {
+            if state.live(&id, now).is_some() {
                 deleted += 1;
             }
-            state.records.remove(&slot);
-            state.wake(&slot);
+            state.records.remove(&id);
+            state.wake(&id);
         }
         Ok(deleted)
     }
-}
-
-/// Validates every key of a bulk call before any I/O, reporting every problem; returns
-/// the trimmed `(operation, key)` pairs.
-///
-/// # Errors
-/// [`IdempotencyError::Validation`] with the problems of every invalid key.
-pub fn validate_all<'a, K: AsRef<str>>(
-    operation: &'a str,
-    keys: &'a [K],
-) -> Result<Vec<(&'a str, &'a str)>> {
-    let mut out = Vec::with_capacity(keys.len());
-    let mut problems = Vec::new();
-    for key in keys {
-        match validate_identifiers(operation, key.as_ref()) {
-            Ok(pair) => out.push(pair),
-            Err(IdempotencyError::Validation { problems: p }) => problems.extend(p.0),
-            Err(e) => return Err(e),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        problems.dedup();
-        Err(IdempotencyError::validation(problems))
-    }
-}
-
-/// The error (or not) of a bulk save, from what happened to each record: the colliding
-/// keys, the invalid records with why, and the idempotency keys this call saved.
-pub fn bulk_outcome(
-    operation: &str,
-    collisions: Vec<String>,
-    invalid: Vec<(String, IdempotencyError)>,
-    saved: Vec<String>,
-    options: SaveManyOptions,
-) -> Result<()> {
-    if collisions.is_empty() && invalid.is_empty() {
-        return Ok(());
-    }
-    if invalid.is_empty() && (options.rollback_on_error || saved.is_empty()) {
-        return Err(IdempotencyError::KeyCollision {
-            operation: operation.to_owned(),
-            keys: collisions,
-        });
-    }
-    Err(IdempotencyError::BulkSave {
-        operation: operation.to_owned(),
-        collisions,
-        invalid,
-        saved,
-        rolled_back: options.rollback_on_error,
-    })
 }
 
 /// A watch on a memory store key.
 #[derive(Debug)]
 pub struct MemoryWatch {
     store: MemoryStore,
-    slot: String,
+    id: RecordId,
     notify: Arc<Notify>,
     notified: Option<std::pin::Pin<Box<OwnedNotified>>>,
 }
@@ -347,10 +312,10 @@ impl Drop for MemoryWatch {
         // Only the map and this watch hold the Notify: nobody else waits on the key.
         if state
             .watchers
-            .get(&self.slot)
+            .get(&self.id)
             .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
         {
-            state.watchers.remove(&self.slot);
+            state.watchers.remove(&self.id);
         }
     }
 }
@@ -358,50 +323,46 @@ impl Drop for MemoryWatch {
 impl ReservationStore for MemoryStore {
     type Watch = MemoryWatch;
 
-    async fn claim(
-        &self,
-        operation: &str,
-        key: &str,
-        lease: Duration,
-        fingerprint: Option<&str>,
-    ) -> Result<Claim> {
-        let (operation, key) = validate_identifiers(operation, key)?;
-        let slot = slot(operation, key);
+    async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
+        let pending = lease.pending_record(duration)?;
         let mut state = self.lock();
         // Invariant: read and insert under one lock, so exactly one claimer acquires.
-        if let Some(found) = state.live(&slot, OffsetDateTime::now_utc()) {
-            return Ok(Claim::Found(found.clone()));
+        if let Some(found) = state.live(lease.id(), Instant::now()) {
+            // Our own pending record (a repeated claim) is ours; anything else holds the
+            // key, whatever its timestamps say: liveness is the deadline's.
+            return Ok(if holds_lease(&found.record, lease.token()) {
+                Claim::Acquired
+            } else {
+                Claim::Found(found.record.clone())
+            });
         }
-        let (record, held) = new_reservation(operation, key, lease, fingerprint)?;
-        state.insert(slot, record);
-        Ok(Claim::Acquired(held))
+        state.insert(lease.id().clone(), pending, duration);
+        Ok(Claim::Acquired)
     }
 
-    async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
-        let slot = slot(lease.operation(), lease.key());
+    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+        let record = lease.completed_record(result, ttl)?;
         let mut state = self.lock();
         // Invariant: the owner check and the write happen under one lock (the fence).
-        let ours = match state.live(&slot, OffsetDateTime::now_utc()) {
+        let ours = match state.live(lease.id(), Instant::now()) {
             None => true,
-            Some(r) => r.is_pending() && r.owner() == Some(lease.token()),
+            Some(e) => holds_lease(&e.record, lease.token()),
         };
         if !ours {
             return Ok(Fence::Lost);
         }
-        state.insert(slot.clone(), record.clone());
-        state.wake(&slot);
+        state.insert(lease.id().clone(), record, ttl);
+        state.wake(lease.id());
         Ok(Fence::Held)
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
-        let slot = slot(lease.operation(), lease.key());
+        let renewed = lease.pending_record(duration)?;
         let mut state = self.lock();
-        let now = OffsetDateTime::now_utc();
-        match state.records.get_mut(&slot) {
-            Some(r)
-                if !r.is_expired_at(now) && r.is_pending() && r.owner() == Some(lease.token()) =>
-            {
-                *r = r.clone().with_expires_at(now + duration);
+        match state.live(lease.id(), Instant::now()) {
+            Some(e) if holds_lease(&e.record, lease.token()) => {
+                e.record = renewed;
+                e.deadline = Instant::now() + duration;
                 Ok(Fence::Held)
             }
             _ => Ok(Fence::Lost),
@@ -409,28 +370,25 @@ impl ReservationStore for MemoryStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<Fence> {
-        let slot = slot(lease.operation(), lease.key());
         let mut state = self.lock();
         let ours = state
-            .live(&slot, OffsetDateTime::now_utc())
-            .is_some_and(|r| r.is_pending() && r.owner() == Some(lease.token()));
+            .live(lease.id(), Instant::now())
+            .is_some_and(|e| holds_lease(&e.record, lease.token()));
         if !ours {
             return Ok(Fence::Lost);
         }
-        state.records.remove(&slot);
-        state.wake(&slot);
+        state.records.remove(lease.id());
+        state.wake(lease.id());
         Ok(Fence::Held)
     }
 
-    async fn watch(&self, operation: &str, key: &str) -> Result<MemoryWatch> {
-        let (operation, key) = validate_identifiers(operation, key)?;
-        let slot = slot(operation, key);
-        let notify = Arc::clone(self.lock().watchers.entry(slot.clone()).or_default());
+    async fn watch(&self, id: &RecordId) -> Result<MemoryWatch> {
+        let notify = Arc::clone(self.lock().watchers.entry(id.clone()).or_default());
         // Created before returning, so a wake-up after this point is never missed.
         let notified = Some(Box::pin(Arc::clone(&notify).notified_owned()));
         Ok(MemoryWatch {
             store: self.clone(),
-            slot,
+            id: id.clone(),
             notify,
             notified,
         })

@@ -3,14 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use time::OffsetDateTime;
+use serde_json::value::RawValue;
 
 use crate::error::{IdempotencyError, Result};
-use crate::identifiers::validate_identifiers;
+use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
-use crate::traits::reservation::{
-    Claim, Fence, KeyWatch, Lease, ReservationStore, new_reservation,
-};
+use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
 /// How often a waiter on an [`Unfenced`] store re-reads the key (the Python library's
@@ -33,9 +31,10 @@ pub const UNFENCED_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
 /// use std::time::Duration;
-/// use idempotency_core::{Claim, MemoryStore, ReservationStore, Unfenced};
+/// use idempotency_core::{Claim, Clock, Lease, MemoryStore, RecordId, ReservationStore, Unfenced};
 /// let store = Unfenced::new(MemoryStore::new());
-/// assert!(matches!(store.claim("op", "k", Duration::from_secs(5), None).await?, Claim::Acquired(_)));
+/// let lease = Lease::new(RecordId::new("op", "k")?, None, Clock::system());
+/// assert_eq!(store.claim(&lease, Duration::from_secs(5)).await?, Claim::Acquired);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -110,54 +109,53 @@ impl<R: IdempotencyRepository> Unfenced<R> {
             .inner
             .get(lease.operation(), lease.key())
             .await?
-            .filter(|r| r.is_pending() && r.owner() == Some(lease.token())))
+            .filter(|r| holds_lease(r, lease.token())))
     }
 }
 
 impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
     type Watch = PollWatch;
 
-    async fn claim(
-        &self,
-        operation: &str,
-        key: &str,
-        lease: Duration,
-        fingerprint: Option<&str>,
-    ) -> Result<Claim> {
-        let (operation, key) = validate_identifiers(operation, key)?;
+    async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
+        let pending = lease.pending_record(duration)?;
         // A key that empties between our failed save and our read is tried again; a few
         // rounds are plenty, since each one needs another caller to finish in between.
         for _ in 0..3 {
-            let (pending, held) = new_reservation(operation, key, lease, fingerprint)?;
             match self.inner.save(&pending).await {
-                Ok(()) => return Ok(Claim::Acquired(held)),
+                Ok(()) => return Ok(Claim::Acquired),
                 Err(e) if e.is_collision() => {
-                    if let Some(found) = self.inner.get(operation, key).await? {
-                        return Ok(Claim::Found(found));
+                    if let Some(found) = self.inner.get(lease.operation(), lease.key()).await? {
+                        return Ok(if holds_lease(&found, lease.token()) {
+                            Claim::Acquired
+                        } else {
+                            Claim::Found(found)
+                        });
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(IdempotencyError::in_progress(operation, key))
+        Err(IdempotencyError::in_progress(
+            lease.operation(),
+            lease.key(),
+        ))
     }
 
-    async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
+    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+        let record = lease.completed_record(result, ttl)?;
         let current = self.inner.get(lease.operation(), lease.key()).await?;
-        if current.is_some_and(|r| !(r.is_pending() && r.owner() == Some(lease.token()))) {
+        if current.is_some_and(|r| !holds_lease(&r, lease.token())) {
             return Ok(Fence::Lost);
         }
-        self.inner.replace(record).await?;
+        self.inner.replace(&record).await?;
         Ok(Fence::Held)
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
-        let Some(record) = self.ours(lease).await? else {
+        if self.ours(lease).await?.is_none() {
             return Ok(Fence::Lost);
-        };
-        self.inner
-            .replace(&record.with_expires_at(OffsetDateTime::now_utc() + duration))
-            .await?;
+        }
+        self.inner.replace(&lease.pending_record(duration)?).await?;
         Ok(Fence::Held)
     }
 
@@ -169,7 +167,7 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
         Ok(Fence::Held)
     }
 
-    async fn watch(&self, _operation: &str, _key: &str) -> Result<PollWatch> {
+    async fn watch(&self, _id: &RecordId) -> Result<PollWatch> {
         Ok(PollWatch)
     }
 }

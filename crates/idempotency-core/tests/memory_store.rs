@@ -1,11 +1,10 @@
 //! The in-memory store's semantics: the same contract as the Redis store.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Fence, IdempotencyDomainService, IdempotencyError, IdempotencyRepository, KeyWatch,
-    MemoryStore, RecordOptions, ReservationStore, SaveManyOptions, Unfenced,
+    Claim, Clock, Fence, IdempotencyDomainService, IdempotencyError, IdempotencyRepository, Lease,
+    MemoryStore, RecordId, RecordOptions, ReservationStore, SaveManyOptions, Unfenced,
 };
 
 fn svc() -> IdempotencyDomainService {
@@ -283,193 +282,54 @@ async fn delete_many_counts_what_it_deleted() {
     assert_eq!(store.len(), 1);
 }
 
+// The reservation contract, the same body the Redis stores run (see the testkit).
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_concurrent_claims_get_exactly_one_owner() {
-    let store = MemoryStore::new();
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.claim("op", "k", Duration::from_secs(30), None).await })
-        })
-        .collect();
-    let mut owners = 0;
-    for t in tasks {
-        match t.await.expect("task").expect("claim") {
-            Claim::Acquired(_) => owners += 1,
-            Claim::Found(r) => assert!(r.is_pending()),
-        }
-    }
-    assert_eq!(owners, 1);
+async fn the_memory_store_keeps_the_reservation_contract() {
+    idempotency_testkit::contract::all(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unfenced_fallback_keeps_what_it_can_of_the_contract() {
+    // Its owner check and its write are two steps, so it cannot fence concurrent
+    // writers; what holds one step at a time, it keeps. (Its TTLs come from the records'
+    // timestamps, through `save`, so a skewed clock does change its TTLs.)
+    let store = Unfenced::new(MemoryStore::new());
+    idempotency_testkit::contract::concurrent_claims_get_exactly_one_owner(&store).await;
+    idempotency_testkit::contract::a_repeated_claim_is_acquired_by_its_own_lease(&store).await;
+    idempotency_testkit::contract::a_claim_on_a_completed_key_returns_the_record(&store).await;
+    idempotency_testkit::contract::a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one(
+        &store,
+    )
+    .await;
+    idempotency_testkit::contract::the_owner_check_ignores_look_alike_text_in_the_result(&store)
+        .await;
+    idempotency_testkit::contract::complete_writes_into_an_empty_key(&store).await;
 }
 
 #[tokio::test]
-async fn a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one() {
+async fn a_renewed_reservation_outlives_its_first_lease() {
     let store = MemoryStore::new();
-    let stale = store
-        .claim("op", "k", Duration::from_secs(1), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let fresh = store
-        .claim("op", "k", Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("lease ran out");
-    let late = svc().create_record("op", "k", &"stale").expect("r");
-    assert_eq!(
-        store.complete(&stale, &late).await.expect("complete"),
-        Fence::Lost
-    );
+    let id = RecordId::new("op", "renewed").expect("valid");
+    let lease = Lease::new(id.clone(), None, Clock::system());
     assert_eq!(
         store
-            .renew(&stale, Duration::from_secs(30))
+            .claim(&lease, Duration::from_secs(1))
             .await
-            .expect("renew"),
-        Fence::Lost
-    );
-    assert_eq!(store.release(&stale).await.expect("release"), Fence::Lost);
-    let current = store.get("op", "k").await.expect("get").expect("pending");
-    assert_eq!(current.owner(), Some(fresh.token()));
-    let done = svc().create_record("op", "k", &"fresh").expect("r");
-    assert_eq!(
-        store.complete(&fresh, &done).await.expect("complete"),
-        Fence::Held
-    );
-    assert_eq!(
-        store.complete(&stale, &late).await.expect("complete"),
-        Fence::Lost
+            .expect("claim"),
+        Claim::Acquired
     );
     assert_eq!(
         store
-            .get("op", "k")
-            .await
-            .expect("get")
-            .expect("done")
-            .result()
-            .get(),
-        "\"fresh\""
-    );
-}
-
-#[tokio::test]
-async fn renew_pushes_the_lease_and_release_frees_the_key() {
-    let store = MemoryStore::new();
-    let lease = store
-        .claim("op", "k", Duration::from_secs(2), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    assert_eq!(
-        store
-            .renew(&lease, Duration::from_secs(100))
+            .renew(&lease, Duration::from_secs(60))
             .await
             .expect("renew"),
         Fence::Held
     );
-    let pending = store.get("op", "k").await.expect("get").expect("pending");
-    assert!(pending.remaining_ttl() > Duration::from_secs(90));
-    assert_eq!(store.release(&lease).await.expect("release"), Fence::Held);
-    assert_eq!(store.get("op", "k").await.expect("get"), None);
-    assert_eq!(
-        store.release(&lease).await.expect("release twice"),
-        Fence::Lost
-    );
-}
-
-#[tokio::test]
-async fn complete_writes_into_an_empty_key_but_not_over_a_completed_record() {
-    let store = MemoryStore::new();
-    let lease = store
-        .claim("op", "k", Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    store.delete("op", "k").await.expect("delete");
-    let record = svc().create_record("op", "k", &1).expect("r");
-    assert_eq!(
-        store.complete(&lease, &record).await.expect("complete"),
-        Fence::Held
-    );
-    let other = svc().create_record("op", "k", &2).expect("r");
-    assert_eq!(
-        store.complete(&lease, &other).await.expect("complete"),
-        Fence::Lost
-    );
-    assert_eq!(store.get("op", "k").await.expect("get"), Some(record));
-}
-
-#[tokio::test]
-async fn a_watcher_is_woken_by_completion_and_by_release() {
-    let store = MemoryStore::new();
-    let lease = store
-        .claim("op", "k", Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    let mut watch = store.watch("op", "k").await.expect("watch");
-    // A change before the wait starts is not missed.
-    store.release(&lease).await.expect("release");
-    assert!(watch.changed(Duration::from_secs(5)).await);
-    let lease = store
-        .claim("op", "k", Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    let completer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let record = svc().create_record("op", "k", &1).expect("r");
-            store.complete(&lease, &record).await
-        })
-    };
-    assert!(watch.changed(Duration::from_secs(5)).await);
-    assert_eq!(
-        completer.await.expect("task").expect("complete"),
-        Fence::Held
-    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let other = Lease::new(id, None, Clock::system());
     assert!(
-        !watch.changed(Duration::from_millis(20)).await,
-        "no change, no wake-up"
+        matches!(store.claim(&other, Duration::from_secs(1)).await.expect("claim"), Claim::Found(r) if r.is_pending())
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_unfenced_fallback_claims_once_and_fences_what_it_can() {
-    let store = Arc::new(Unfenced::new(MemoryStore::new()));
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { store.claim("op", "k", Duration::from_secs(30), None).await })
-        })
-        .collect();
-    let mut leases = Vec::new();
-    for t in tasks {
-        if let Claim::Acquired(l) = t.await.expect("task").expect("claim") {
-            leases.push(l);
-        }
-    }
-    assert_eq!(leases.len(), 1);
-    let lease = &leases[0];
-    assert_eq!(
-        store
-            .renew(lease, Duration::from_secs(60))
-            .await
-            .expect("renew"),
-        Fence::Held
-    );
-    let record = svc().create_record("op", "k", &1).expect("r");
-    assert_eq!(
-        store.complete(lease, &record).await.expect("complete"),
-        Fence::Held
-    );
-    assert_eq!(store.release(lease).await.expect("release"), Fence::Lost);
-    assert_eq!(store.get("op", "k").await.expect("get"), Some(record));
+    assert_eq!(store.release(&lease).await.expect("release"), Fence::Held);
 }

@@ -1,12 +1,23 @@
 -- Completes a reservation: writes the completed record only while the key holds our
--- pending record (its JSON carries our owner fragment) or holds nothing.
--- KEYS[1] record key; ARGV[1] `"owner":"<token>"`; ARGV[2] record JSON; ARGV[3] TTL seconds.
--- Returns 1 when written, 0 when another owner's record is there.
+-- pending record, or holds nothing. A re-sent call that finds exactly the record it
+-- writes has already succeeded.
+-- KEYS[1] record key; ARGV[1] owner token; ARGV[2] completed JSON; ARGV[3] TTL ms.
+-- Returns 1 when written (or already written by this very call), 0 when the key holds
+-- something else (another owner's reservation, a completed record, an unreadable value).
 local current = redis.call('GET', KEYS[1])
-if current and not string.find(current, ARGV[1], 1, true) then
-  return 0
+if current then
+  if current == ARGV[2] then
+    return 1
+  end
+  -- The owner check is exact: the stored value must decode to a pending record whose
+  -- owner field is our token; text inside the result never counts.
+  local ok, record = pcall(cjson.decode, current)
+  if not ok or type(record) ~= 'table' or record['status'] ~= 'pending'
+      or record['owner'] ~= ARGV[1] then
+    return 0
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 -- Wake waiters; a server without sharded pub/sub falls back to PUBLISH.
 if type(redis.pcall('SPUBLISH', KEYS[1], 'c')) == 'table' then
   redis.pcall('PUBLISH', KEYS[1], 'c')

@@ -1,7 +1,7 @@
 //! fred errors as kit errors, and their metric labels.
 
 use fred::error::{Error, ErrorKind};
-use idempotency_core::{IdempotencyError, error_type};
+use idempotency_core::{IdempotencyError, RecordId, error_type};
 
 /// The metric label of a driver error (a fixed set).
 pub(crate) fn label(e: &Error) -> &'static str {
@@ -12,6 +12,27 @@ pub(crate) fn label(e: &Error) -> &'static str {
         ErrorKind::Timeout => error_type::TIMEOUT,
         ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url => error_type::STORAGE,
         _ => error_type::RESPONSE,
+    }
+}
+
+/// Whether the server refused the command because the key holds another Redis type: a
+/// permanent fault of the data under that key, not an outage.
+pub(crate) fn is_wrong_type(e: &Error) -> bool {
+    e.details().contains("WRONGTYPE")
+}
+
+/// The kit error of a driver error on one key: a data error naming the key when the key
+/// holds a value of another type (so fail-open never runs the action over it), a storage
+/// error otherwise.
+pub(crate) fn classify(id: &RecordId, e: Error) -> IdempotencyError {
+    if is_wrong_type(&e) {
+        IdempotencyError::CorruptedRecord {
+            operation: id.operation().to_owned(),
+            key: id.key().to_owned(),
+            source: Box::new(e),
+        }
+    } else {
+        storage(id.operation(), e)
     }
 }
 

@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 
-/// Builds the Redis key of a record.
-pub(crate) fn record_key(prefix: &str, operation: &str, key: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + operation.len() + key.len() + 1);
+use idempotency_core::RecordId;
+
+/// Builds the Redis key of a record: the prefix, then `operation:key` (the identity's
+/// text, joined by [`KEY_SEPARATOR`](idempotency_core::constants::KEY_SEPARATOR), which
+/// neither part may contain, so two identities never share a key).
+pub(crate) fn record_key(prefix: &str, id: &RecordId) -> String {
+    let mut s = String::with_capacity(prefix.len() + id.as_str().len());
     s.push_str(prefix);
-    s.push_str(operation);
-    s.push(':');
-    s.push_str(key);
+    s.push_str(id.as_str());
     s
 }
 
@@ -26,17 +28,22 @@ pub(crate) fn group_by_slot(keys: &[String]) -> BTreeMap<u16, Vec<usize>> {
 }
 
 #[cfg(test)]
+fn id(operation: &str, key: &str) -> RecordId {
+    RecordId::new(operation, key).expect("valid identifiers")
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn keys_follow_the_python_format() {
         assert_eq!(
-            record_key("idempotency:", "user.create", "k1"),
+            record_key("idempotency:", &id("user.create", "k1")),
             "idempotency:user.create:k1"
         );
         assert_eq!(
-            record_key("svc:idem:", "user.create", "rec-prefix"),
+            record_key("svc:idem:", &id("user.create", "rec-prefix")),
             "svc:idem:user.create:rec-prefix"
         );
     }
@@ -56,12 +63,12 @@ mod tests {
 
 #[cfg(test)]
 mod hash_tag_tests {
-    use super::record_key;
+    use super::{id, record_key};
 
     #[test]
     fn a_tag_in_the_key_decides_the_slot_for_every_operation() {
-        let a = record_key("idempotency:", "user.create", "{tenant-7}abc");
-        let b = record_key("idempotency:", "order.pay", "{tenant-7}xyz");
+        let a = record_key("idempotency:", &id("user.create", "{tenant-7}abc"));
+        let b = record_key("idempotency:", &id("order.pay", "{tenant-7}xyz"));
         assert_eq!(
             fred::util::redis_keyslot(a.as_bytes()),
             fred::util::redis_keyslot(b.as_bytes())
@@ -74,14 +81,14 @@ mod hash_tag_tests {
 
     #[test]
     fn without_a_tag_the_whole_key_is_hashed() {
-        let a = record_key("idempotency:", "user.create", "k1");
+        let a = record_key("idempotency:", &id("user.create", "k1"));
         assert_eq!(
             fred::util::redis_keyslot(a.as_bytes()),
             fred::util::redis_keyslot(b"idempotency:user.create:k1")
         );
         // A tag in the prefix pins every record of the prefix to one slot.
-        let p1 = record_key("{svc}:idem:", "a", "k1");
-        let p2 = record_key("{svc}:idem:", "b", "k2");
+        let p1 = record_key("{svc}:idem:", &id("a", "k1"));
+        let p2 = record_key("{svc}:idem:", &id("b", "k2"));
         assert_eq!(
             fred::util::redis_keyslot(p1.as_bytes()),
             fred::util::redis_keyslot(p2.as_bytes())

@@ -34,6 +34,7 @@ mod errors;
 mod keys;
 mod reservation;
 mod scripts;
+mod server_clock;
 mod store;
 mod wake;
 

@@ -1,27 +1,29 @@
-//! Fenced reservations on Redis: one round trip per step, one key per script.
+//! Fenced reservations on Redis (protocol v2): one round trip per step, one key per
+//! script.
+//!
+//! - `claim`: `SET key pending NX GET PX lease` (the Lua `claim` script on servers before
+//!   7.0). Nil: ours. A value: decoded here; our own pending record (a re-sent claim whose
+//!   first reply was lost) is ours; an unreadable value is taken over by the `takeover`
+//!   script, which replaces it only if it still holds exactly those bytes.
+//! - `complete`/`renew`/`release`: scripts that decode the stored value with `cjson` and
+//!   act only when it is a pending record whose `owner` is our token (`complete` also on
+//!   an empty key, and reports success when it finds exactly the record it writes).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, Fence, IdempotencyError, IdempotencyRecord, Lease, RawValue, RecordParts, RecordStatus,
-    ReservationStore, Result, new_reservation, validate_identifiers,
+    Claim, Fence, IdempotencyError, Lease, RawValue, RecordId, ReservationStore, Result,
+    error_type, holds_lease, is_abandoned,
 };
-use time::OffsetDateTime;
 
 use crate::store::RedisStore;
 use crate::wake::RedisWatch;
 
-/// Whether the servers take `SET … NX GET` (Redis 7.0+). Cleared on the first syntax
-/// error, after which claims go through the Lua script.
-static NATIVE_CLAIM: AtomicBool = AtomicBool::new(true);
-
-/// The JSON fragment that marks a pending record as ours. A JSON string never holds an
-/// unescaped `"`, so this byte sequence can only be the `owner` field itself.
-fn owner_fragment(token: &str) -> String {
-    format!("\"owner\":\"{token}\"")
-}
+/// How many unreadable values one claim takes over before giving up: each round needs
+/// another writer to plant a new unreadable value between our read and our script.
+const TAKEOVER_ROUNDS: usize = 3;
 
 fn fence(value: &Value) -> Fence {
     if value.as_i64() == Some(1) {
@@ -31,129 +33,148 @@ fn fence(value: &Value) -> Fence {
     }
 }
 
-fn lease_ms(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1)
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// One claim command: `SET … NX GET`, or the script where the server lacks it.
+    async fn send_claim(
+        &self,
+        redis_key: &str,
+        json: &str,
+        lease_ms: i64,
+    ) -> fred::prelude::FredResult<Value> {
+        if self.inner.native_claim.load(Ordering::Relaxed) {
+            let native = self
+                .client()
+                .set::<Value, _, _>(
+                    redis_key,
+                    json,
+                    Some(Expiration::PX(lease_ms)),
+                    Some(SetOptions::NX),
+                    true,
+                )
+                .await;
+            match native {
+                Err(e) if e.details().to_ascii_lowercase().contains("syntax error") => {
+                    self.inner.native_claim.store(false, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        let args = vec![Value::from(json), Value::from(lease_ms)];
+        self.inner
+            .scripts
+            .claim
+            .run(self.client(), redis_key, args)
+            .await
+    }
+
+    /// Runs a fenced script on the lease's key and reads its 1/0 answer.
+    async fn fenced(
+        &self,
+        script: &crate::scripts::Script,
+        lease: &Lease,
+        args: Vec<Value>,
+    ) -> Result<Fence> {
+        let redis_key = self.redis_key(lease.id());
+        let reply = script.run(self.client(), &redis_key, args).await;
+        Ok(fence(&reply.map_err(|e| self.fail_on(lease.id(), e))?))
+    }
 }
 
 impl ReservationStore for RedisStore {
     type Watch = RedisWatch;
 
-    async fn claim(
-        &self,
-        operation: &str,
-        key: &str,
-        lease: Duration,
-        fingerprint: Option<&str>,
-    ) -> Result<Claim> {
-        let (operation, key) = validate_identifiers(operation, key)?;
-        let redis_key = self.redis_key(operation, key);
-        // A found record that turns out expired is deleted and the claim tried again; a
-        // few rounds suffice since each needs a record to expire in between.
-        for _ in 0..3 {
-            let (pending, held) = new_reservation(operation, key, lease, fingerprint)?;
-            let json = pending.to_json();
-            let reply = if NATIVE_CLAIM.load(Ordering::Relaxed) {
-                let native = self
-                    .client()
-                    .set::<Value, _, _>(
-                        redis_key.as_str(),
-                        json.as_str(),
-                        Some(Expiration::PX(lease_ms(lease))),
-                        Some(SetOptions::NX),
-                        true,
-                    )
-                    .await;
-                match native {
-                    Err(e) if e.details().to_ascii_lowercase().contains("syntax error") => {
-                        NATIVE_CLAIM.store(false, Ordering::Relaxed);
-                        continue;
-                    }
-                    other => other,
+    async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
+        let id = lease.id();
+        let json = lease.pending_record(duration)?.to_json();
+        let redis_key = self.redis_key(id);
+        let lease_ms = millis(duration);
+        let mut reply = self.send_claim(&redis_key, &json, lease_ms).await;
+        for _ in 0..TAKEOVER_ROUNDS {
+            let value = reply.map_err(|e| self.fail_on(id, e))?;
+            let Some(bytes) = value.as_bytes() else {
+                if value.is_null() {
+                    return Ok(Claim::Acquired);
                 }
-            } else {
-                let args = vec![Value::from(json), Value::from(lease_ms(lease))];
-                self.inner
-                    .scripts
-                    .claim
-                    .run(self.client(), &redis_key, args)
-                    .await
+                return Err(self.fail(
+                    id.operation(),
+                    fred::error::Error::new(
+                        fred::error::ErrorKind::Protocol,
+                        "unexpected reply type",
+                    ),
+                ));
             };
-            let value = reply.map_err(|e| self.fail(operation, e))?;
-            if value.is_null() {
-                return Ok(Claim::Acquired(held));
-            }
-            if let Some(record) = self.decode_found(operation, key, &redis_key, value).await? {
-                return Ok(Claim::Found(record));
-            }
+            let unusable = match self.decode(id, bytes) {
+                // Held by Redis, so alive: no client clock judges it. Our own pending
+                // record is a re-sent claim finding its first write.
+                Ok(record) if holds_lease(&record, lease.token()) => return Ok(Claim::Acquired),
+                Ok(record)
+                    if record.is_pending() && is_abandoned(&record, self.server_now(id).await?) =>
+                {
+                    "an abandoned reservation".to_owned()
+                }
+                Ok(record) => return Ok(Claim::Found(record)),
+                Err(e) => e.to_string(),
+            };
+            // Replaced only if it still holds exactly these bytes: exactly one claimer
+            // wins, and it holds the key fenced before its action runs.
+            tracing::warn!(
+                operation = id.operation(),
+                key = id.key(),
+                found = %unusable,
+                "taking the key over"
+            );
+            let args = vec![
+                Value::Bytes(bytes.to_vec().into()),
+                Value::from(json.as_str()),
+                Value::from(lease_ms),
+            ];
+            reply = self
+                .inner
+                .scripts
+                .takeover
+                .run(self.client(), &redis_key, args)
+                .await;
         }
-        Err(IdempotencyError::in_progress(operation, key))
+        self.inner
+            .metrics
+            .record_error(id.operation(), error_type::VALIDATION);
+        Err(IdempotencyError::in_progress(id.operation(), id.key()))
     }
 
-    async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
-        let operation = lease.operation();
-        let ttl = self.write_ttl(record)?;
+    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+        let record = lease.completed_record(result, ttl)?;
         let args = vec![
-            Value::from(owner_fragment(lease.token())),
+            Value::from(lease.token()),
             Value::from(record.to_json()),
-            Value::from(ttl),
+            Value::from(millis(ttl)),
         ];
-        let redis_key = self.redis_key(operation, lease.key());
-        let reply = self
-            .inner
-            .scripts
-            .complete
-            .run(self.client(), &redis_key, args)
-            .await;
-        Ok(fence(&reply.map_err(|e| self.fail(operation, e))?))
+        self.fenced(&self.inner.scripts.complete, lease, args).await
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
-        let operation = lease.operation();
-        let now = OffsetDateTime::now_utc();
-        let renewed = IdempotencyRecord::from_parts(RecordParts {
-            operation: operation.to_owned(),
-            idempotency_key: lease.key().to_owned(),
-            result: RawValue::NULL.to_owned(),
-            created_at: lease.created_at().unwrap_or(now),
-            expires_at: now + duration,
-            status: RecordStatus::Pending,
-            fingerprint: lease.fingerprint().map(str::to_owned),
-            owner: Some(lease.token().to_owned()),
-        })?;
+        let renewed = lease.pending_record(duration)?;
         let args = vec![
-            Value::from(owner_fragment(lease.token())),
+            Value::from(lease.token()),
             Value::from(renewed.to_json()),
-            Value::from(lease_ms(duration)),
+            Value::from(millis(duration)),
         ];
-        let redis_key = self.redis_key(operation, lease.key());
-        let reply = self
-            .inner
-            .scripts
-            .renew
-            .run(self.client(), &redis_key, args)
-            .await;
-        Ok(fence(&reply.map_err(|e| self.fail(operation, e))?))
+        self.fenced(&self.inner.scripts.renew, lease, args).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<Fence> {
-        let operation = lease.operation();
-        let redis_key = self.redis_key(operation, lease.key());
-        let args = vec![Value::from(owner_fragment(lease.token()))];
-        let reply = self
-            .inner
-            .scripts
-            .release
-            .run(self.client(), &redis_key, args)
-            .await;
-        Ok(fence(&reply.map_err(|e| self.fail(operation, e))?))
+        let args = vec![Value::from(lease.token())];
+        self.fenced(&self.inner.scripts.release, lease, args).await
     }
 
-    async fn watch(&self, operation: &str, key: &str) -> Result<RedisWatch> {
-        let (operation, key) = validate_identifiers(operation, key)?;
+    async fn watch(&self, id: &RecordId) -> Result<RedisWatch> {
         self.inner
             .wake
-            .watch(self.redis_key(operation, key))
+            .watch(self.redis_key(id))
             .await
-            .map_err(|e| self.fail(operation, e))
+            .map_err(|e| self.fail(id.operation(), e))
     }
 }

@@ -45,6 +45,7 @@ pub(crate) struct Scripts {
     pub(crate) complete: Script,
     pub(crate) renew: Script,
     pub(crate) release: Script,
+    pub(crate) takeover: Script,
     pub(crate) delete_if_equal: Script,
 }
 
@@ -55,6 +56,7 @@ impl Scripts {
             complete: Script::new(include_str!("../lua/complete.lua")),
             renew: Script::new(include_str!("../lua/renew.lua")),
             release: Script::new(include_str!("../lua/release.lua")),
+            takeover: Script::new(include_str!("../lua/takeover.lua")),
             delete_if_equal: Script::new(include_str!("../lua/delete_if_equal.lua")),
         }
     }

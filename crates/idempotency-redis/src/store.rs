@@ -2,18 +2,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use fred::prelude::{Client, ClientLike, Expiration, KeysInterface, Pool, SetOptions, Value};
 use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
     IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository, NoopMetrics,
-    Result, SaveManyOptions, bulk_outcome, error_type, validate_all, validate_identifiers,
+    RecordId, Result, SaveManyOptions, bulk_outcome, error_type, is_abandoned, validate_all,
 };
 
-use crate::errors::{label, storage};
+use crate::errors::{classify, label, storage};
 use crate::keys::{group_by_slot, record_key};
 use crate::scripts::Scripts;
+use crate::server_clock::ServerClock;
 use crate::wake::Wakeups;
 
 /// The fred client the store sends commands through: one multiplexed client or a pool.
@@ -90,6 +92,8 @@ impl RedisStoreBuilder {
                 metrics: self.metrics,
                 scripts: Scripts::new(),
                 clustered,
+                native_claim: AtomicBool::new(true),
+                server_clock: ServerClock::default(),
             }),
         }
     }
@@ -132,6 +136,10 @@ pub(crate) struct Inner {
     pub(crate) scripts: Scripts,
     pub(crate) clustered: bool,
     pub(crate) wake: Wakeups,
+    /// Whether these servers take `SET … NX GET` (Redis 7.0+); cleared on the first
+    /// syntax error, after which this store claims through the Lua script.
+    pub(crate) native_claim: AtomicBool,
+    pub(crate) server_clock: ServerClock,
 }
 
 impl RedisStore {
@@ -149,9 +157,9 @@ impl RedisStore {
         &self.inner.prefix
     }
 
-    /// The Redis key of a record.
-    pub fn redis_key(&self, operation: &str, key: &str) -> String {
-        record_key(&self.inner.prefix, operation, key)
+    /// The Redis key of a record: `{prefix}{operation}:{key}`.
+    pub fn redis_key(&self, id: &RecordId) -> String {
+        record_key(&self.inner.prefix, id)
     }
 
     /// The connection.
@@ -168,18 +176,49 @@ impl RedisStore {
         storage(operation, e)
     }
 
+    /// A failed command on one key: counted, and a data error when the key holds a value
+    /// of another type (see [`classify`]).
+    pub(crate) fn fail_on(&self, id: &RecordId, e: fred::error::Error) -> IdempotencyError {
+        self.inner.metrics.record_error(id.operation(), label(&e));
+        classify(id, e)
+    }
+
+    /// Decodes bytes found under `id`, counting a validation error when they are not a
+    /// record.
+    pub(crate) fn decode(&self, id: &RecordId, bytes: &[u8]) -> Result<IdempotencyRecord> {
+        IdempotencyRecord::from_json(bytes, id.operation(), id.key()).inspect_err(|e| {
+            // The Python library's label: a naive expiry is a deserialization error,
+            // anything else a validation error.
+            let label = e.record_error_type().unwrap_or(error_type::VALIDATION);
+            self.inner.metrics.record_error(id.operation(), label);
+        })
+    }
+
     fn latency(&self, operation: &str, method: &str, start: Instant) {
         self.inner
             .metrics
             .record_latency(operation, method, start.elapsed().as_secs_f64());
     }
 
-    /// Decodes what a read found. An expired record is a miss, and is deleted if the key
-    /// still holds exactly those bytes.
+    /// What a repository read (`get`, `get_many`) makes of a found value, as the Python
+    /// library's repository does: a record whose `expires_at` has passed **by the server's
+    /// clock** is a miss (a completed one is deleted if the key still holds exactly those
+    /// bytes; a pending one is left to its TTL, since only its owner or Redis may remove a
+    /// live reservation, unless it is abandoned: past its `expires_at` by more than
+    /// [`ABANDONED_AFTER`](idempotency_core::constants::ABANDONED_AFTER)). The claim path
+    /// never comes here: there, a held key is alive unless abandoned.
+    /// The server's time now (sampled, see [`ServerClock`]).
+    pub(crate) async fn server_now(&self, id: &RecordId) -> Result<time::OffsetDateTime> {
+        self.inner
+            .server_clock
+            .now(self.client())
+            .await
+            .map_err(|e| self.fail(id.operation(), e))
+    }
+
     pub(crate) async fn decode_found(
         &self,
-        operation: &str,
-        key: &str,
+        id: &RecordId,
         redis_key: &str,
         value: Value,
     ) -> Result<Option<IdempotencyRecord>> {
@@ -188,7 +227,7 @@ impl RedisStore {
                 Value::Null => Ok(None),
                 // MGET/GET only answer bulk strings or nil; anything else is a broken reply.
                 _ => Err(self.fail(
-                    operation,
+                    id.operation(),
                     fred::error::Error::new(
                         fred::error::ErrorKind::Protocol,
                         "unexpected reply type",
@@ -196,17 +235,14 @@ impl RedisStore {
                 )),
             };
         };
-        let record = match IdempotencyRecord::from_json(bytes, operation, key) {
-            Ok(r) => r,
-            Err(e) => {
-                self.inner
-                    .metrics
-                    .record_error(operation, error_type::VALIDATION);
-                return Err(e);
+        let record = self.decode(id, bytes)?;
+        let now = self.server_now(id).await?;
+        if record.is_expired_at(now) {
+            // A live-looking reservation is left alone; a completed record or an abandoned
+            // reservation is deleted (if unchanged), as Python's `get` deletes it.
+            if !record.is_pending() || is_abandoned(&record, now) {
+                self.delete_if_equal(id.operation(), redis_key, bytes).await;
             }
-        };
-        if record.is_expired() {
-            self.delete_if_equal(operation, redis_key, bytes).await;
             return Ok(None);
         }
         Ok(Some(record))
@@ -273,20 +309,26 @@ impl RedisStore {
 
 impl IdempotencyRepository for RedisStore {
     async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        let (operation, key) = validate_identifiers(operation, key)?;
-        let redis_key = self.redis_key(operation, key);
+        let id = RecordId::new(operation, key)?;
+        let redis_key = self.redis_key(&id);
         let value: Value = self
             .client()
             .get(redis_key.as_str())
             .await
-            .map_err(|e| self.fail(operation, e))?;
-        self.decode_found(operation, key, &redis_key, value).await
+            .map_err(|e| self.fail_on(&id, e))?;
+        // An empty value is no record for `get` (the Python library's `if not data`);
+        // `get_many` calls it corrupted, as Python's does.
+        if value.as_bytes().is_some_and(<[u8]>::is_empty) {
+            return Ok(None);
+        }
+        self.decode_found(&id, &redis_key, value).await
     }
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let operation = record.operation();
         let ttl = self.write_ttl(record)?;
-        let redis_key = self.redis_key(operation, record.idempotency_key());
+        let id = RecordId::new(operation, record.idempotency_key())?;
+        let redis_key = self.redis_key(&id);
         let reply: Value = self
             .client()
             .set(
@@ -297,7 +339,7 @@ impl IdempotencyRepository for RedisStore {
                 false,
             )
             .await
-            .map_err(|e| self.fail(operation, e))?;
+            .map_err(|e| self.fail_on(&id, e))?;
         if reply.is_null() {
             return Err(IdempotencyError::collision(
                 operation,
@@ -310,7 +352,8 @@ impl IdempotencyRepository for RedisStore {
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let operation = record.operation();
         let ttl = self.write_ttl(record)?;
-        let redis_key = self.redis_key(operation, record.idempotency_key());
+        let id = RecordId::new(operation, record.idempotency_key())?;
+        let redis_key = self.redis_key(&id);
         self.client()
             .set::<Value, _, _>(
                 redis_key,
@@ -320,19 +363,19 @@ impl IdempotencyRepository for RedisStore {
                 false,
             )
             .await
-            .map_err(|e| self.fail(operation, e))?;
+            .map_err(|e| self.fail_on(&id, e))?;
         Ok(())
     }
 
     async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
-        let (operation, key) = validate_identifiers(operation, key)?;
+        let id = RecordId::new(operation, key)?;
         let start = Instant::now();
         let deleted: i64 = self
             .client()
-            .del(self.redis_key(operation, key))
+            .del(self.redis_key(&id))
             .await
-            .map_err(|e| self.fail(operation, e))?;
-        self.latency(operation, "delete", start);
+            .map_err(|e| self.fail(id.operation(), e))?;
+        self.latency(id.operation(), "delete", start);
         Ok(deleted > 0)
     }
 
@@ -341,17 +384,17 @@ impl IdempotencyRepository for RedisStore {
         operation: &str,
         keys: &[K],
     ) -> Result<HashMap<String, IdempotencyRecord>> {
-        let pairs = validate_all(operation, keys)?;
-        let Some(&(operation, _)) = pairs.first() else {
+        let ids = validate_all(operation, keys)?;
+        let Some(operation) = ids.first().map(RecordId::operation) else {
             return Ok(HashMap::new());
         };
         let start = Instant::now();
-        let redis_keys: Vec<String> = pairs.iter().map(|(o, k)| self.redis_key(o, k)).collect();
+        let redis_keys: Vec<String> = ids.iter().map(|id| self.redis_key(id)).collect();
         let client = self.client();
         let replies = self
             .per_slot(&redis_keys, |keys| client.mget::<Value, _>(keys))
             .await;
-        let mut found = HashMap::with_capacity(pairs.len());
+        let mut found = HashMap::with_capacity(ids.len());
         let (mut hits, mut misses) = (0u64, 0u64);
         for (idx, reply) in replies {
             let values = match reply.map_err(|e| self.fail(operation, e))? {
@@ -359,14 +402,11 @@ impl IdempotencyRepository for RedisStore {
                 single => vec![single],
             };
             for (i, value) in idx.into_iter().zip(values) {
-                let key = pairs[i].1;
-                match self
-                    .decode_found(operation, key, &redis_keys[i], value)
-                    .await?
-                {
+                let id = &ids[i];
+                match self.decode_found(id, &redis_keys[i], value).await? {
                     Some(record) => {
                         hits += 1;
-                        found.insert(key.to_owned(), record);
+                        found.insert(id.key().to_owned(), record);
                     }
                     None => misses += 1,
                 }
@@ -403,18 +443,26 @@ impl IdempotencyRepository for RedisStore {
                     continue;
                 }
             };
-            let redis_key = self.redis_key(record.operation(), record.idempotency_key());
+            let id = match RecordId::new(record.operation(), record.idempotency_key()) {
+                Ok(id) => id,
+                Err(e) => {
+                    invalid.push((record.idempotency_key().to_owned(), e));
+                    continue;
+                }
+            };
+            let redis_key = self.redis_key(&id);
+            let json = record.to_json();
             pipeline
                 .set::<(), _, _>(
                     redis_key.as_str(),
-                    record.to_json(),
+                    json.as_str(),
                     Some(Expiration::EX(ttl)),
                     Some(SetOptions::NX),
                     false,
                 )
                 .await
                 .map_err(|e| self.fail(batch_op, e))?;
-            queued.push((record, redis_key));
+            queued.push((record, redis_key, json));
         }
         let replies = if queued.is_empty() {
             Vec::new()
@@ -425,11 +473,11 @@ impl IdempotencyRepository for RedisStore {
         let mut saved = Vec::new();
         let mut saved_keys = Vec::new();
         let mut failures = 0;
-        for ((record, redis_key), reply) in queued.into_iter().zip(replies) {
+        for ((record, redis_key, json), reply) in queued.into_iter().zip(replies) {
             match reply {
                 Ok(v) if v.is_null() => collisions.push(record.idempotency_key().to_owned()),
                 Ok(_) => {
-                    saved.push(redis_key);
+                    saved.push((redis_key, json));
                     saved_keys.push(record.idempotency_key().to_owned());
                 }
                 Err(e) => {
@@ -445,14 +493,24 @@ impl IdempotencyRepository for RedisStore {
             && !saved.is_empty()
             && (!collisions.is_empty() || !invalid.is_empty())
         {
-            let client = self.client();
-            for (_, reply) in self
-                .per_slot(&saved, |keys| client.del::<Value, _>(keys))
+            // Each key is deleted only if it still holds the bytes this call wrote, so a
+            // record written over ours meanwhile (a completion, another writer after our
+            // record expired) is never rolled back with it.
+            let undo = saved.iter().map(|(redis_key, json)| {
+                self.inner.scripts.delete_if_equal.run(
+                    self.client(),
+                    redis_key,
+                    vec![Value::from(json.as_str())],
+                )
+            });
+            for (reply, (redis_key, _)) in futures::future::join_all(undo)
                 .await
+                .into_iter()
+                .zip(&saved)
             {
                 if let Err(e) = reply {
-                    // Keys we could not roll back stay; the error below says they were saved.
-                    invalid.push((String::new(), self.fail(batch_op, e)));
+                    // Keys we could not roll back stay; the error says which one.
+                    invalid.push((redis_key.clone(), self.fail(batch_op, e)));
                 }
             }
         }
@@ -467,12 +525,12 @@ impl IdempotencyRepository for RedisStore {
     }
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        let pairs = validate_all(operation, keys)?;
-        let Some(&(operation, _)) = pairs.first() else {
+        let ids = validate_all(operation, keys)?;
+        let Some(operation) = ids.first().map(RecordId::operation) else {
             return Ok(0);
         };
         let start = Instant::now();
-        let redis_keys: Vec<String> = pairs.iter().map(|(o, k)| self.redis_key(o, k)).collect();
+        let redis_keys: Vec<String> = ids.iter().map(|id| self.redis_key(id)).collect();
         let client = self.client();
         let mut deleted = 0u64;
         for (_, reply) in self

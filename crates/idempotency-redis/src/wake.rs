@@ -29,9 +29,10 @@ pub(crate) struct Wakeups {
 #[derive(Debug)]
 struct Dispatcher {
     subscriber: SubscriberClient,
-    // Invariant: a channel is in the map exactly while at least one watch holds it, and
-    // it was subscribed when it was inserted (or the subscription failed and its watchers
-    // fall back to polling).
+    // Invariant: a channel is in the map while a watch holds it or while its unsubscribe
+    // is being decided; every SUBSCRIBE/UNSUBSCRIBE of a channel is sent under that
+    // channel's `subscription` lock, so they reach the server in the order decided, and a
+    // new watch never returns before the subscription it relies on was confirmed.
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -39,6 +40,9 @@ struct Dispatcher {
 struct Channel {
     notify: Arc<Notify>,
     watchers: usize,
+    // Whether the server confirmed our subscription; guarded by an async lock held across
+    // the command, so subscribe and unsubscribe of one channel never overlap.
+    subscription: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl Dispatcher {
@@ -117,18 +121,20 @@ impl Wakeups {
             .await
     }
 
-    /// Subscribes to `channel` (the record's Redis key). When this returns, a message
-    /// published afterwards wakes the watch.
+    /// Subscribes to `channel` (the record's Redis key). When this returns, the
+    /// subscription is confirmed (or failed, and the watch relies on polling), so a
+    /// message published afterwards wakes the watch.
     pub(crate) async fn watch(&self, channel: String) -> fred::prelude::FredResult<RedisWatch> {
         let dispatcher = Arc::clone(self.dispatcher().await?);
-        let (notify, first) = {
+        let (notify, subscription) = {
             let mut channels = dispatcher.lock();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
                 notify: Arc::new(Notify::new()),
                 watchers: 0,
+                subscription: Arc::new(tokio::sync::Mutex::new(false)),
             });
             entry.watchers += 1;
-            (Arc::clone(&entry.notify), entry.watchers == 1)
+            (Arc::clone(&entry.notify), Arc::clone(&entry.subscription))
         };
         // Armed before subscribing, so no message after the subscription is missed.
         let notified = Box::pin(Arc::clone(&notify).notified_owned());
@@ -138,22 +144,28 @@ impl Wakeups {
             notify,
             notified,
         };
-        if first
-            && let Err(e) = dispatcher
-                .subscriber
-                .ssubscribe(watch.channel.as_str())
-                .await
-        {
-            // Servers without sharded pub/sub take the classic kind.
-            if let Err(e2) = dispatcher
-                .subscriber
-                .subscribe(watch.channel.as_str())
-                .await
-            {
-                tracing::debug!(error = %e, fallback_error = %e2, "subscribing for wake-ups failed; waiters poll");
-            }
+        // A second watcher of the channel waits here for the first one's confirmation.
+        let mut subscribed = subscription.lock().await;
+        if !*subscribed {
+            *subscribed = subscribe(&dispatcher.subscriber, &watch.channel).await;
         }
         Ok(watch)
+    }
+}
+
+/// Subscribes to a channel, sharded first; `false` when neither kind worked (the
+/// watchers then poll).
+async fn subscribe(subscriber: &SubscriberClient, channel: &str) -> bool {
+    let Err(e) = subscriber.ssubscribe(channel).await else {
+        return true;
+    };
+    // Servers without sharded pub/sub take the classic kind.
+    match subscriber.subscribe(channel).await {
+        Ok(()) => true,
+        Err(e2) => {
+            tracing::debug!(error = %e, fallback_error = %e2, "subscribing for wake-ups failed; waiters poll");
+            false
+        }
     }
 }
 
@@ -181,31 +193,46 @@ impl KeyWatch for RedisWatch {
 
 impl Drop for RedisWatch {
     fn drop(&mut self) {
-        let last = {
+        let subscription = {
             let mut channels = self.dispatcher.lock();
             match channels.get_mut(&self.channel) {
-                Some(c) if c.watchers <= 1 => {
-                    channels.remove(&self.channel);
-                    true
-                }
                 Some(c) => {
-                    c.watchers -= 1;
-                    false
+                    c.watchers = c.watchers.saturating_sub(1);
+                    (c.watchers == 0).then(|| Arc::clone(&c.subscription))
                 }
-                None => false,
+                None => None,
             }
         };
-        if last && let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let dispatcher = Arc::clone(&self.dispatcher);
-            let channel = std::mem::take(&mut self.channel);
-            handle.spawn(async move {
-                // A new watch may have taken the channel again meanwhile: keep it then.
-                if dispatcher.lock().contains_key(&channel) {
-                    return;
-                }
+        let Some(subscription) = subscription else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let dispatcher = Arc::clone(&self.dispatcher);
+        let channel = std::mem::take(&mut self.channel);
+        handle.spawn(async move {
+            // Invariant: decided and sent under the channel's subscription lock, so a watch
+            // that joins meanwhile waits for this unsubscribe and then subscribes again
+            // (it finds `false`); one that comes after the entry is gone makes a new
+            // entry, whose subscribe is sent after this unsubscribe was answered.
+            let mut subscribed = subscription.lock().await;
+            if dispatcher
+                .lock()
+                .get(&channel)
+                .is_some_and(|c| c.watchers > 0)
+            {
+                return;
+            }
+            if *subscribed {
                 let _ = dispatcher.subscriber.sunsubscribe(channel.as_str()).await;
                 let _ = dispatcher.subscriber.unsubscribe(channel.as_str()).await;
-            });
-        }
+                *subscribed = false;
+            }
+            let mut channels = dispatcher.lock();
+            if channels.get(&channel).is_some_and(|c| c.watchers == 0) {
+                channels.remove(&channel);
+            }
+        });
     }
 }

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{svc, unique};
-use idempotency_core::{Fence, IdempotencyError, IdempotencyRepository, ReservationStore};
+use idempotency_core::{
+    Claim, Clock, Fence, IdempotencyError, IdempotencyRepository, Lease, RawValue, RecordId,
+    ReservationStore,
+};
 use proptest::prelude::*;
 
 const ODD_KEYS: &[&str] = &[
@@ -40,16 +43,25 @@ on_both!(odd_keys_are_stored_and_read_back, |env| {
         );
         // The fenced scripts handle the same keys.
         env.store.delete("odd.op", key).await.expect("delete");
-        let lease = env
-            .store
-            .claim("odd.op", key, std::time::Duration::from_secs(5), None)
-            .await
-            .expect("claim")
-            .into_lease()
-            .expect("free key {key:?}");
-        let done = svc().create_record("odd.op", key, &1).expect("record");
+        let lease = Lease::new(
+            RecordId::new("odd.op", key).expect("valid key"),
+            None,
+            Clock::system(),
+        );
         assert_eq!(
-            env.store.complete(&lease, &done).await.expect("complete"),
+            env.store
+                .claim(&lease, std::time::Duration::from_secs(5))
+                .await
+                .expect("claim"),
+            Claim::Acquired,
+            "free key {key:?}"
+        );
+        let done = RawValue::from_string("1".into()).expect("json");
+        assert_eq!(
+            env.store
+                .complete(&lease, &done, std::time::Duration::from_secs(60))
+                .await
+                .expect("complete"),
             Fence::Held,
             "{key:?}"
         );
@@ -68,32 +80,36 @@ on_both!(odd_keys_are_stored_and_read_back, |env| {
 on_both!(
     a_fingerprint_spelling_an_owner_fragment_cannot_fake_ownership,
     |env| {
-        // Keys cannot hold ':' at all; a fingerprint can, but inside the JSON it is escaped,
-        // so the fence never matches it.
-        let key = unique("fake");
-        let fingerprint = Some("\"owner\":\"x\"");
-        let claim = env
-            .store
-            .claim("op", &key, std::time::Duration::from_secs(30), fingerprint);
-        let _ = claim.await.expect("claim").into_lease().expect("free key");
-        let forged = idempotency_core::Lease::new("op", &key, "x".to_owned(), None);
+        // The stored JSON spells the stranger's owner fragment inside the fingerprint;
+        // the scripts decode the record and compare the owner field exactly.
+        let rid = RecordId::new("op", &unique("fake")).expect("valid key");
+        let stranger = Lease::new(rid.clone(), None, Clock::system());
+        let fingerprint = format!("\"owner\":\"{}\"", stranger.token());
+        let owner = Lease::new(rid.clone(), Some(&fingerprint), Clock::system());
+        let lease = std::time::Duration::from_secs(30);
         assert_eq!(
-            env.store.release(&forged).await.expect("release"),
+            env.store.claim(&owner, lease).await.expect("claim"),
+            Claim::Acquired
+        );
+        assert_eq!(
+            env.store.release(&stranger).await.expect("release"),
             Fence::Lost
         );
-        let renewed = env
-            .store
-            .renew(&forged, std::time::Duration::from_secs(60))
-            .await;
-        assert_eq!(renewed.expect("renew"), Fence::Lost);
-        let done = svc().create_record("op", &key, &1).expect("record");
         assert_eq!(
-            env.store.complete(&forged, &done).await.expect("complete"),
+            env.store.renew(&stranger, lease).await.expect("renew"),
+            Fence::Lost
+        );
+        let done = RawValue::from_string("1".into()).expect("json");
+        assert_eq!(
+            env.store
+                .complete(&stranger, &done, lease)
+                .await
+                .expect("complete"),
             Fence::Lost
         );
         assert!(
             env.store
-                .get("op", &key)
+                .get("op", rid.key())
                 .await
                 .expect("get")
                 .is_some_and(|r| r.is_pending())
@@ -124,7 +140,7 @@ fn blocking_store() -> (
 #[test]
 fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
     let (server, runtime, store) = blocking_store();
-    let redis_key = store.redis_key("op", "bytes");
+    let redis_key = store.redis_key(&RecordId::new("op", "bytes").expect("valid key"));
     proptest!(ProptestConfig::with_cases(200), |(bytes in prop::collection::vec(any::<u8>(), 0..256))| {
         idempotency_testkit::resp::command_bytes(server.port(), &[b"SET", redis_key.as_bytes(), &bytes]).expect("set");
         match runtime.block_on(store.get("op", "bytes")) {

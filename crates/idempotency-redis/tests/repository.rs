@@ -86,7 +86,9 @@ on_both!(redis_ttl_is_the_remaining_lifetime_rounded_up, |env| {
         .create_record_with("op", &key, &1, &RecordOptions::new().ttl_minutes(2))
         .expect("record");
     env.store.save(&record).await.expect("save");
-    let redis_key = env.store.redis_key("op", &key);
+    let redis_key = env
+        .store
+        .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
     let ttl = env
         .raw(&redis_key, &[b"TTL", redis_key.as_bytes()])
         .as_int()
@@ -119,7 +121,9 @@ on_both!(
     a_record_expired_by_its_own_clock_is_a_miss_and_is_deleted,
     |env| {
         let key = unique("stale");
-        let redis_key = env.store.redis_key("op", &key);
+        let redis_key = env
+            .store
+            .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
         let raw = format!(
             r#"{{"operation":"op","idempotency_key":"{key}","result":1,"created_at":"2020-01-01T00:00:00Z","expires_at":"2020-01-01T00:00:30Z","status":"completed","fingerprint":null}}"#
         );
@@ -138,7 +142,9 @@ on_both!(
 
 on_both!(corrupted_bytes_give_a_typed_error_and_stay, |env| {
     let key = unique("corrupt");
-    let redis_key = env.store.redis_key("op", &key);
+    let redis_key = env
+        .store
+        .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
     for bytes in [
         &b"not json"[..],
         b"\xff\xfe\x00",
@@ -177,12 +183,18 @@ on_both!(corrupted_bytes_give_a_typed_error_and_stay, |env| {
     );
 });
 
-on_both!(a_key_of_the_wrong_redis_type_is_a_storage_error, |env| {
+on_both!(a_key_of_the_wrong_redis_type_is_a_data_error, |env| {
     let key = unique("wrongtype");
-    let redis_key = env.store.redis_key("op", &key);
+    let redis_key = env
+        .store
+        .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
     env.raw(&redis_key, &[b"HSET", redis_key.as_bytes(), b"f", b"v"]);
     let err = env.store.get("op", &key).await.expect_err("wrongtype");
-    assert!(err.is_storage(), "{err:?}");
+    // A permanent fault of the data under the key, never an outage that fail-open mode
+    // would run the action over.
+    assert!(!err.is_storage(), "{err:?}");
+    assert_eq!(err.class(), idempotency_core::ErrorClass::Data, "{err:?}");
+    assert!(err.to_string().contains(&key), "names the key: {err}");
     let source = std::error::Error::source(&err).expect("cause").to_string();
     assert!(source.contains("WRONGTYPE"), "{source}");
     assert!(
@@ -390,7 +402,12 @@ async fn a_stopped_server_gives_a_storage_error_within_the_timeout_and_the_store
         .await
         .expect("save after restart");
     assert_eq!(
-        server.cmd(&["EXISTS", &store.redis_key("op", &key)]),
+        server.cmd(&[
+            "EXISTS",
+            &store.redis_key(
+                &idempotency_core::RecordId::new("op", &key).expect("valid identifiers")
+            )
+        ]),
         Reply::Int(1)
     );
 }

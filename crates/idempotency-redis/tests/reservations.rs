@@ -1,4 +1,6 @@
-//! Fenced reservations and wake-ups against real servers, standalone and cluster.
+//! Fenced reservations (protocol v2) against real servers, standalone and cluster: the
+//! store contract every store keeps, then what only Redis can have under a key
+//! (unreadable bytes, other types) and what only its scripts do (re-sent commands).
 
 mod common;
 
@@ -6,91 +8,63 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{svc, unique};
-use idempotency_core::{Claim, Fence, IdempotencyRepository, KeyWatch, ReservationStore};
+use idempotency_core::{
+    Claim, Clock, ErrorClass, Fence, IdempotencyRepository, Lease, RawValue, RecordId,
+    ReservationStore, SaveManyOptions,
+};
+use idempotency_testkit::contract;
+use idempotency_testkit::resp::Reply;
 
-on_both!(sixty_four_concurrent_claims_get_exactly_one_owner, |env| {
-    let key = unique("claim64");
-    let store = Arc::new(env.store.clone());
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let store = Arc::clone(&store);
-            let key = key.clone();
-            tokio::spawn(async move {
-                store
-                    .claim("op", &key, Duration::from_secs(30), Some("fp"))
-                    .await
-            })
-        })
-        .collect();
-    let mut owners = 0;
-    for t in tasks {
-        match t.await.expect("task").expect("claim") {
-            Claim::Acquired(lease) => {
-                owners += 1;
-                assert_eq!(lease.fingerprint(), Some("fp"));
-            }
-            Claim::Found(record) => {
-                assert!(record.is_pending());
-                assert_eq!(record.fingerprint(), Some("fp"));
-            }
-        }
-    }
-    assert_eq!(owners, 1);
+const LONG: Duration = Duration::from_secs(30);
+
+fn id(op: &str, key: &str) -> RecordId {
+    RecordId::new(op, key).expect("valid identifiers")
+}
+
+on_both!(contract_concurrent_claims, |env| {
+    contract::concurrent_claims_get_exactly_one_owner(&env.store).await;
+});
+on_both!(contract_repeated_claim, |env| {
+    contract::a_repeated_claim_is_acquired_by_its_own_lease(&env.store).await;
+});
+on_both!(contract_claim_on_completed, |env| {
+    contract::a_claim_on_a_completed_key_returns_the_record(&env.store).await;
+});
+on_both!(contract_stale_owner, |env| {
+    contract::a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one(&env.store).await;
+});
+on_both!(contract_lookalike_owner_text, |env| {
+    contract::the_owner_check_ignores_look_alike_text_in_the_result(&env.store).await;
+});
+on_both!(contract_repeated_complete, |env| {
+    contract::a_repeated_complete_is_success_and_a_completed_record_is_final(&env.store).await;
+});
+on_both!(contract_complete_into_empty_key, |env| {
+    contract::complete_writes_into_an_empty_key(&env.store).await;
+});
+on_both!(contract_client_clocks, |env| {
+    contract::client_clocks_never_decide_liveness(&env.store).await;
+});
+on_both!(contract_wake_ups, |env| {
+    contract::a_waiter_is_woken_by_completion_and_by_release(&env.store).await;
 });
 
-on_both!(a_claim_on_a_completed_key_returns_the_record, |env| {
-    let key = unique("claimhit");
-    let record = svc()
-        .create_record("op", &key, &serde_json::json!({"v": 1}))
-        .expect("r");
-    env.store.save(&record).await.expect("save");
-    let claim = env
-        .store
-        .claim("op", &key, Duration::from_secs(30), None)
-        .await
-        .expect("claim");
-    assert_eq!(claim, Claim::Found(record));
-});
-
-on_both!(
-    a_pending_record_lives_its_lease_in_redis_and_carries_an_owner,
-    |env| {
-        let key = unique("lease");
-        let lease = env
-            .store
-            .claim("op", &key, Duration::from_secs(7), None)
+on_both!(the_lease_and_renewal_set_the_redis_ttl, |env| {
+    let rid = id("op", &unique("ttl"));
+    let redis_key = env.store.redis_key(&rid);
+    let lease = Lease::new(rid, None, Clock::system());
+    assert_eq!(
+        env.store
+            .claim(&lease, Duration::from_secs(5))
             .await
-            .expect("claim")
-            .into_lease()
-            .expect("free key");
-        let redis_key = env.store.redis_key("op", &key);
-        let pttl = env
-            .raw(&redis_key, &[b"PTTL", redis_key.as_bytes()])
-            .as_int()
-            .expect("pttl");
-        assert!((6_000..=7_000).contains(&pttl), "{pttl}");
-        let stored = env
-            .store
-            .get("op", &key)
-            .await
-            .expect("get")
-            .expect("pending");
-        assert!(stored.is_pending());
-        assert_eq!(stored.owner(), Some(lease.token()));
-        assert_eq!(stored.result().get(), "null");
-    }
-);
-
-on_both!(complete_renew_and_release_work_for_the_owner, |env| {
-    let key = unique("owner");
-    let lease = env
-        .store
-        .claim("op", &key, Duration::from_secs(5), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    let redis_key = env.store.redis_key("op", &key);
+            .expect("claim"),
+        Claim::Acquired
+    );
+    let pttl = env
+        .raw(&redis_key, &[b"PTTL", redis_key.as_bytes()])
+        .as_int()
+        .expect("pttl");
+    assert!(pttl > 3_000 && pttl <= 5_000, "lease TTL: {pttl}");
     assert_eq!(
         env.store
             .renew(&lease, Duration::from_secs(100))
@@ -102,207 +76,197 @@ on_both!(complete_renew_and_release_work_for_the_owner, |env| {
         .raw(&redis_key, &[b"PTTL", redis_key.as_bytes()])
         .as_int()
         .expect("pttl");
-    assert!(pttl > 90_000, "renew pushed the Redis TTL: {pttl}");
-    let renewed = env
-        .store
-        .get("op", &key)
-        .await
-        .expect("get")
-        .expect("pending");
-    assert!(
-        renewed.remaining_ttl() > Duration::from_secs(90),
-        "and the expires_at field"
+    assert!(pttl > 90_000, "renewal pushed the TTL: {pttl}");
+});
+
+on_both!(a_complete_resent_with_the_same_bytes_is_success, |env| {
+    // What fred does after a reconnect: the very same EVALSHA again. The first one was
+    // applied; the second must report success, not a lost lease.
+    let rid = id("op", &unique("resend-complete"));
+    let redis_key = env.store.redis_key(&rid);
+    let lease = Lease::new(rid, None, Clock::system());
+    assert_eq!(
+        env.store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let result = RawValue::from_string("{\"n\":1}".into()).expect("json");
+    assert_eq!(
+        env.store
+            .complete(&lease, &result, LONG)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    let stored = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
+    let stored = stored.as_bytes().expect("completed bytes").to_vec();
+    let script = include_str!("../lua/complete.lua");
+    let again = env.raw(
+        &redis_key,
+        &[
+            b"EVAL",
+            script.as_bytes(),
+            b"1",
+            redis_key.as_bytes(),
+            lease.token().as_bytes(),
+            &stored,
+            b"30000",
+        ],
+    );
+    assert_eq!(
+        again.as_int(),
+        Some(1),
+        "a re-sent completion is success: {again:?}"
+    );
+});
+
+/// Plants `value` under the key with a TTL, as a buggy writer or an operator would.
+fn plant(env: &common::Env, redis_key: &str, value: &[u8]) {
+    env.raw(
+        redis_key,
+        &[b"SET", redis_key.as_bytes(), value, b"EX", b"600"],
+    );
+}
+
+on_both!(
+    an_unreadable_value_is_taken_over_by_exactly_one_claimer,
+    |env| {
+        for (name, value) in [
+            ("garbage", &b"\x00not json at all"[..]),
+            ("empty", &b""[..]),
+            (
+                "truncated",
+                &br#"{"operation":"op","idempotency_key":"k","result":"#[..],
+            ),
+            ("array", &b"[1,2,3]"[..]),
+        ] {
+            let rid = id("op", &unique(name));
+            let redis_key = env.store.redis_key(&rid);
+            plant(&env, &redis_key, value);
+            let store = Arc::new(env.store.clone());
+            let leases: Vec<Lease> = (0..8)
+                .map(|_| Lease::new(rid.clone(), None, Clock::system()))
+                .collect();
+            let tasks: Vec<_> = leases
+                .iter()
+                .cloned()
+                .map(|lease| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move { store.claim(&lease, LONG).await })
+                })
+                .collect();
+            let mut owners = Vec::new();
+            for (lease, task) in leases.iter().zip(tasks) {
+                match task.await.expect("task").expect("claim") {
+                    Claim::Acquired => owners.push(lease.clone()),
+                    Claim::Found(record) => assert!(record.is_pending(), "{name}: {record:?}"),
+                }
+            }
+            assert_eq!(
+                owners.len(),
+                1,
+                "{name}: exactly one caller takes the key over"
+            );
+            // It holds the key fenced: its completion lands, a stranger's does not.
+            let stranger = Lease::new(rid.clone(), None, Clock::system());
+            let one = RawValue::from_string("1".into()).expect("json");
+            assert_eq!(
+                env.store
+                    .complete(&stranger, &one, LONG)
+                    .await
+                    .expect("complete"),
+                Fence::Lost
+            );
+            assert_eq!(
+                env.store
+                    .complete(&owners[0], &one, LONG)
+                    .await
+                    .expect("complete"),
+                Fence::Held
+            );
+        }
+    }
+);
+
+on_both!(
+    a_value_of_another_type_is_a_data_error_naming_the_key,
+    |env| {
+        let key = unique("wrongtype");
+        let rid = id("op", &key);
+        let redis_key = env.store.redis_key(&rid);
+        env.raw(&redis_key, &[b"HSET", redis_key.as_bytes(), b"f", b"v"]);
+        let lease = Lease::new(rid, None, Clock::system());
+        let err = env
+            .store
+            .claim(&lease, LONG)
+            .await
+            .expect_err("not a record");
+        assert_eq!(err.class(), ErrorClass::Data, "{err}");
+        assert!(!err.is_storage(), "never a fail-open storage error: {err}");
+        assert!(err.to_string().contains(&key), "names the key: {err}");
+        let err = env.store.get("op", &key).await.expect_err("not a record");
+        assert_eq!(err.class(), ErrorClass::Data, "{err}");
+        // Nothing was written over it.
+        let kind = env.raw(&redis_key, &[b"TYPE", redis_key.as_bytes()]);
+        assert_eq!(kind, Reply::Status("hash".into()));
+    }
+);
+
+on_both!(get_never_deletes_a_pending_record, |env| {
+    // A reservation stamped by a clock an hour behind: `get` calls it no record (the
+    // Python library's answer), but leaves it to its owner and its TTL.
+    let rid = id("op", &unique("get-pending"));
+    let redis_key = env.store.redis_key(&rid);
+    let lease = Lease::new(
+        rid.clone(),
+        None,
+        Clock::with_offset(time::Duration::seconds(-3600)),
+    );
+    assert_eq!(
+        env.store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        env.store
+            .get(rid.operation(), rid.key())
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        env.raw(&redis_key, &[b"EXISTS", redis_key.as_bytes()])
+            .as_int(),
+        Some(1),
+        "the reservation is still there"
     );
     assert_eq!(
         env.store.release(&lease).await.expect("release"),
         Fence::Held
     );
-    assert_eq!(env.store.get("op", &key).await.expect("get"), None);
-    let lease = env
-        .store
-        .claim("op", &key, Duration::from_secs(5), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("released key is free");
-    let done = svc().create_record("op", &key, &"done").expect("r");
-    assert_eq!(
-        env.store.complete(&lease, &done).await.expect("complete"),
-        Fence::Held
-    );
-    assert_eq!(env.store.get("op", &key).await.expect("get"), Some(done));
-    let ttl = env
-        .raw(&redis_key, &[b"TTL", redis_key.as_bytes()])
-        .as_int()
-        .expect("ttl");
-    assert!(ttl > 500, "the completed record has its TTL: {ttl}");
 });
 
-on_both!(
-    a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one,
-    |env| {
-        let key = unique("stale");
-        let stale = env
-            .store
-            .claim("op", &key, Duration::from_secs(1), None)
-            .await
-            .expect("claim")
-            .into_lease()
-            .expect("free key");
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let fresh = env
-            .store
-            .claim("op", &key, Duration::from_secs(30), None)
-            .await
-            .expect("claim")
-            .into_lease()
-            .expect("the lease ran out");
-        let late = svc().create_record("op", &key, &"stale").expect("r");
-        assert_eq!(
-            env.store.complete(&stale, &late).await.expect("complete"),
-            Fence::Lost
-        );
-        assert_eq!(
-            env.store
-                .renew(&stale, Duration::from_secs(60))
-                .await
-                .expect("renew"),
-            Fence::Lost
-        );
-        assert_eq!(
-            env.store.release(&stale).await.expect("release"),
-            Fence::Lost
-        );
-        let current = env
-            .store
-            .get("op", &key)
-            .await
-            .expect("get")
-            .expect("fresh pending");
-        assert_eq!(current.owner(), Some(fresh.token()));
-        let done = svc().create_record("op", &key, &"fresh").expect("r");
-        assert_eq!(
-            env.store.complete(&fresh, &done).await.expect("complete"),
-            Fence::Held
-        );
-        assert_eq!(
-            env.store.complete(&stale, &late).await.expect("complete"),
-            Fence::Lost
-        );
-        assert_eq!(
-            env.store.release(&fresh).await.expect("release"),
-            Fence::Lost,
-            "a completed record is not released"
-        );
-        assert_eq!(env.store.get("op", &key).await.expect("get"), Some(done));
-    }
-);
-
-on_both!(complete_writes_into_an_empty_key, |env| {
-    let key = unique("vanished");
-    let lease = env
+on_both!(a_rollback_deletes_only_what_the_batch_wrote, |env| {
+    let run = unique("rollback");
+    let (a, taken) = (format!("{run}-a"), format!("{run}-taken"));
+    let existing = svc().create_record("op", &taken, &0).expect("record");
+    env.store.save(&existing).await.expect("save");
+    let batch = vec![
+        svc().create_record("op", &a, &1).expect("record"),
+        svc().create_record("op", &taken, &2).expect("record"),
+    ];
+    let err = env
         .store
-        .claim("op", &key, Duration::from_secs(30), None)
+        .save_many(&batch, SaveManyOptions::rollback_on_error())
         .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    env.store.delete("op", &key).await.expect("delete");
-    let done = svc().create_record("op", &key, &1).expect("r");
+        .expect_err("collision");
+    assert!(err.is_collision(), "{err}");
     assert_eq!(
-        env.store.complete(&lease, &done).await.expect("complete"),
-        Fence::Held
-    );
-    assert_eq!(env.store.get("op", &key).await.expect("get"), Some(done));
-});
-
-on_both!(scripts_survive_a_flushed_script_cache, |env| {
-    let key = unique("noscript");
-    let lease = env
-        .store
-        .claim("op", &key, Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    let redis_key = env.store.redis_key("op", &key);
-    env.raw(&redis_key, &[b"SCRIPT", b"FLUSH"]);
-    assert_eq!(
-        env.store
-            .renew(&lease, Duration::from_secs(30))
-            .await
-            .expect("renew after flush"),
-        Fence::Held
-    );
-    env.raw(&redis_key, &[b"SCRIPT", b"FLUSH"]);
-    let done = svc().create_record("op", &key, &1).expect("r");
-    assert_eq!(
-        env.store
-            .complete(&lease, &done)
-            .await
-            .expect("complete after flush"),
-        Fence::Held
-    );
-});
-
-on_both!(a_waiter_is_woken_by_completion_without_polling, |env| {
-    let key = unique("wake");
-    let lease = env
-        .store
-        .claim("op", &key, Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    let mut watch = env.store.watch("op", &key).await.expect("watch");
-    let store = env.store.clone();
-    let k = key.clone();
-    let completer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        store
-            .complete(&lease, &svc().create_record("op", &k, &1).expect("r"))
-            .await
-    });
-    // Woken by the published message: with a 20 s timeout a poll would not return.
-    assert!(
-        watch.changed(Duration::from_secs(20)).await,
-        "woken by the push"
+        env.store.get("op", &a).await.expect("get"),
+        None,
+        "ours rolled back"
     );
     assert_eq!(
-        completer.await.expect("task").expect("complete"),
-        Fence::Held
+        env.store.get("op", &taken).await.expect("get"),
+        Some(existing),
+        "the other writer's record stays"
     );
-    assert!(
-        env.store
-            .get("op", &key)
-            .await
-            .expect("get")
-            .is_some_and(|r| !r.is_pending())
-    );
-});
-
-on_both!(a_waiter_is_woken_by_release, |env| {
-    let key = unique("wakerel");
-    let lease = env
-        .store
-        .claim("op", &key, Duration::from_secs(30), None)
-        .await
-        .expect("claim")
-        .into_lease()
-        .expect("free key");
-    let mut first = env.store.watch("op", &key).await.expect("watch");
-    let mut second = env
-        .store
-        .watch("op", &key)
-        .await
-        .expect("second watch of the same key");
-    env.store.release(&lease).await.expect("release");
-    assert!(first.changed(Duration::from_secs(20)).await);
-    assert!(second.changed(Duration::from_secs(20)).await);
-});
-
-on_both!(a_watch_without_a_change_times_out, |env| {
-    let key = unique("quiet");
-    let mut watch = env.store.watch("op", &key).await.expect("watch");
-    assert!(!watch.changed(Duration::from_millis(50)).await);
 });

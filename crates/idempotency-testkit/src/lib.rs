@@ -16,6 +16,8 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod cluster;
+pub mod contract;
+pub mod history;
 pub mod json_eq;
 pub mod proxy;
 pub mod python;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use idempotency_coordinator::{Coordinator, CoordinatorBuilder};
 use idempotency_core::{
     Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease, MemoryStore,
-    RecordingMetrics, ReservationStore, Result, SaveManyOptions,
+    RawValue, RecordId, RecordingMetrics, ReservationStore, Result, SaveManyOptions,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
@@ -27,6 +27,24 @@ pub struct Faults {
     pub complete: AtomicBool,
     pub renew: AtomicBool,
     pub release: AtomicBool,
+    /// The claim is applied, then its reply is lost (a storage error), once.
+    pub claim_reply_lost: AtomicBool,
+    /// The completion is applied, then its reply is lost, once.
+    pub complete_reply_lost: AtomicBool,
+    /// The claim is applied, then its reply takes 10 s (the caller is cancelled first).
+    pub claim_stall: AtomicBool,
+    /// How long a stalled claim reply takes, in ms (0: the 10 s default).
+    pub claim_stall_ms: std::sync::atomic::AtomicU64,
+}
+
+fn lost_reply(flag: &AtomicBool, operation: &str) -> Result<()> {
+    if flag.swap(false, Ordering::SeqCst) {
+        return Err(IdempotencyError::storage(
+            Some(operation),
+            std::io::Error::other("injected: reply lost after the command was applied"),
+        ));
+    }
+    Ok(())
 }
 
 fn injected(flag: &AtomicBool, operation: &str) -> Result<()> {
@@ -84,19 +102,24 @@ impl<S: IdempotencyRepository> IdempotencyRepository for Faulty<S> {
 impl<S: ReservationStore> ReservationStore for Faulty<S> {
     type Watch = S::Watch;
 
-    async fn claim(
-        &self,
-        operation: &str,
-        key: &str,
-        lease: Duration,
-        fingerprint: Option<&str>,
-    ) -> Result<Claim> {
-        injected(&self.faults.claim, operation)?;
-        self.inner.claim(operation, key, lease, fingerprint).await
+    async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
+        injected(&self.faults.claim, lease.operation())?;
+        let claimed = self.inner.claim(lease, duration).await?;
+        if self.faults.claim_stall.swap(false, Ordering::SeqCst) {
+            let ms = match self.faults.claim_stall_ms.load(Ordering::SeqCst) {
+                0 => 10_000,
+                ms => ms,
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        lost_reply(&self.faults.claim_reply_lost, lease.operation())?;
+        Ok(claimed)
     }
-    async fn complete(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
+    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
         injected(&self.faults.complete, lease.operation())?;
-        self.inner.complete(lease, record).await
+        let fence = self.inner.complete(lease, result, ttl).await?;
+        lost_reply(&self.faults.complete_reply_lost, lease.operation())?;
+        Ok(fence)
     }
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
         injected(&self.faults.renew, lease.operation())?;
@@ -106,8 +129,8 @@ impl<S: ReservationStore> ReservationStore for Faulty<S> {
         injected(&self.faults.release, lease.operation())?;
         self.inner.release(lease).await
     }
-    async fn watch(&self, operation: &str, key: &str) -> Result<S::Watch> {
-        self.inner.watch(operation, key).await
+    async fn watch(&self, id: &RecordId) -> Result<S::Watch> {
+        self.inner.watch(id).await
     }
 }
 

@@ -1,6 +1,8 @@
-//! The traits other crates implement: storage, reservations, metrics, result adapters.
+//! The traits other crates implement: storage, reservations, metrics, result adapters,
+//! and the helpers bulk operations share.
 
 pub mod adapter;
+pub mod bulk;
 pub mod metrics;
 pub mod reservation;
 pub mod storage;

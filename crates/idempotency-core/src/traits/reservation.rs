@@ -1,56 +1,88 @@
 //! Fenced reservations: the optional ability a coordinator uses to hold a key while its
-//! action runs.
+//! action runs (protocol v2).
+//!
+//! # The protocol
+//! 1. The caller makes a [`Lease`] (a fresh owner token) **before** anything is sent, so a
+//!    call dropped while its claim is in flight can still release what the claim wrote.
+//! 2. [`ReservationStore::claim`] writes the pending record carrying the token if the key
+//!    is free, and otherwise returns what holds the key. A pending record carrying *our*
+//!    token is ours (a claim re-sent after a lost reply finds its own write): acquired.
+//!    A value nobody can read is taken over atomically (deleted only if its bytes are
+//!    unchanged, and claimed in the same step), so exactly one caller runs, fenced.
+//! 3. [`ReservationStore::renew`], [`ReservationStore::complete`] and
+//!    [`ReservationStore::release`] change the key only while it holds the pending record
+//!    carrying the token (`complete` also into an empty key; a re-sent `complete` that
+//!    finds the very record it writes is success).
+//!
+//! Liveness is the store's: a key the store still holds is alive, whatever its
+//! `expires_at` says to a client's clock. Nothing deletes a pending record except its
+//! owner's release or the store's own expiry.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::error::Result;
-use crate::record::IdempotencyRecord;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
+use crate::constants::MIN_IN_FLIGHT_LEASE;
+use crate::error::{IdempotencyError, Result};
+use crate::identifiers::RecordId;
+use crate::record::{IdempotencyRecord, RecordParts, RecordStatus};
 use crate::traits::storage::IdempotencyRepository;
 
-/// What a caller holds after it reserved a key: the identifiers and its owner token.
+/// What a caller holds while it reserves a key: the record's identity, a fresh owner
+/// token, the request's fingerprint and when the reservation was made.
+///
+/// Made before the claim is sent ([`Lease::new`]); only a validated [`RecordId`] can
+/// make one. Cheap to clone.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use idempotency_core::{Clock, Lease, RecordId};
+/// let lease = Lease::new(RecordId::new("op", "k")?, Some("fp"), Clock::system());
+/// assert_eq!(lease.id().key(), "k");
+/// assert_eq!(lease.token().len(), 32);
+/// assert_ne!(lease.token(), Lease::new(lease.id().clone(), None, Clock::system()).token());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    operation: String,
-    key: String,
-    token: String,
-    fingerprint: Option<String>,
-    created_at: Option<time::OffsetDateTime>,
+    id: RecordId,
+    token: Arc<str>,
+    fingerprint: Option<Arc<str>>,
+    created_at: OffsetDateTime,
+    clock: Clock,
 }
 
 impl Lease {
-    /// A lease on validated identifiers with the given owner token.
-    pub fn new(operation: &str, key: &str, token: String, fingerprint: Option<&str>) -> Self {
+    /// A new lease on `id` with a fresh owner token, stamped by `clock`.
+    pub fn new(id: RecordId, fingerprint: Option<&str>, clock: Clock) -> Self {
         Self {
-            operation: operation.to_owned(),
-            key: key.to_owned(),
-            token,
-            fingerprint: fingerprint.map(str::to_owned),
-            created_at: None,
+            id,
+            token: new_owner_token().into(),
+            fingerprint: fingerprint.map(Arc::from),
+            created_at: clock.now(),
+            clock,
         }
     }
 
-    /// The same lease remembering when its pending record was made (kept on renewal).
-    #[must_use]
-    pub fn with_created_at(mut self, created_at: time::OffsetDateTime) -> Self {
-        self.created_at = Some(created_at);
-        self
-    }
-
-    /// When the pending record was made, if the store recorded it.
-    pub fn created_at(&self) -> Option<time::OffsetDateTime> {
-        self.created_at
+    /// The record's identity.
+    pub fn id(&self) -> &RecordId {
+        &self.id
     }
 
     /// The operation.
     pub fn operation(&self) -> &str {
-        &self.operation
+        self.id.operation()
     }
 
     /// The idempotency key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.id.key()
     }
 
     /// The owner token written into the pending record.
@@ -62,82 +94,191 @@ impl Lease {
     pub fn fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
     }
+
+    /// When the reservation was made (the pending record's `created_at`).
+    pub fn created_at(&self) -> OffsetDateTime {
+        self.created_at
+    }
+
+    /// The clock the lease stamps its records with.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// The pending record of this lease, living `lease` from now (by the lease's clock).
+    ///
+    /// # Errors
+    /// A lease shorter than [`MIN_IN_FLIGHT_LEASE`].
+    pub fn pending_record(&self, lease: Duration) -> Result<IdempotencyRecord> {
+        if lease < MIN_IN_FLIGHT_LEASE {
+            return Err(IdempotencyError::invalid_field(
+                "lease",
+                "greater_than_equal",
+                "must be at least 1 s",
+            ));
+        }
+        self.record(
+            RawValue::NULL.to_owned(),
+            RecordStatus::Pending,
+            self.created_at,
+            self.clock.now() + lease,
+            Some(self.token.to_string()),
+        )
+    }
+
+    /// The completed record of this lease holding `result`, living `ttl` from now. It
+    /// carries no owner (as the Python library writes it).
+    ///
+    /// # Errors
+    /// None in practice (the identity is already valid); kept fallible for the builder.
+    pub fn completed_record(&self, result: &RawValue, ttl: Duration) -> Result<IdempotencyRecord> {
+        let now = self.clock.now();
+        self.record(
+            result.to_owned(),
+            RecordStatus::Completed,
+            now,
+            now + ttl,
+            None,
+        )
+    }
+
+    fn record(
+        &self,
+        result: Box<RawValue>,
+        status: RecordStatus,
+        created_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+        owner: Option<String>,
+    ) -> Result<IdempotencyRecord> {
+        IdempotencyRecord::from_parts(RecordParts {
+            operation: self.id.operation().to_owned(),
+            idempotency_key: self.id.key().to_owned(),
+            result,
+            created_at,
+            expires_at,
+            status,
+            fingerprint: self.fingerprint().map(str::to_owned),
+            owner,
+        })
+    }
+}
+
+/// Whether `record` is the pending record of the lease with `token`: the one decision
+/// every fenced step (and every store) makes the same way. Exact: the status must be
+/// `pending` and the owner field must equal the token; nothing inside the result counts.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use std::time::Duration;
+/// use idempotency_core::{Clock, Lease, RecordId, holds_lease};
+/// let lease = Lease::new(RecordId::new("op", "k")?, None, Clock::system());
+/// let pending = lease.pending_record(Duration::from_secs(5))?;
+/// assert!(holds_lease(&pending, lease.token()));
+/// assert!(!holds_lease(&pending, "someone-else"));
+/// # Ok(()) }
+/// ```
+pub fn holds_lease(record: &IdempotencyRecord, token: &str) -> bool {
+    record.is_pending() && record.owner() == Some(token)
+}
+
+/// Whether `record` is a reservation nobody can still be running: pending, and past its
+/// `expires_at` by more than [`ABANDONED_AFTER`](crate::constants::ABANDONED_AFTER) on
+/// the **store's** clock `store_now` (never a client's). Stores take such a record over
+/// on claim, as they do with unreadable values.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use std::time::Duration;
+/// use idempotency_core::{Clock, Lease, RecordId, is_abandoned};
+/// let lease = Lease::new(RecordId::new("op", "k")?, None, Clock::system());
+/// let pending = lease.pending_record(Duration::from_secs(30))?;
+/// assert!(!is_abandoned(&pending, Clock::system().now()));
+/// assert!(is_abandoned(&pending, Clock::system().now() + time::Duration::hours(2)));
+/// # Ok(()) }
+/// ```
+pub fn is_abandoned(record: &IdempotencyRecord, store_now: OffsetDateTime) -> bool {
+    record.is_pending() && record.expires_at() + crate::constants::ABANDONED_AFTER < store_now
 }
 
 /// The outcome of [`ReservationStore::claim`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// The key was free; it now holds our pending record.
-    Acquired(Lease),
+    /// The key now holds our pending record (written by this claim, by an earlier send of
+    /// it, or by taking over an unreadable value).
+    Acquired,
     /// The key holds this record (completed: a hit; pending: someone else's action runs).
     Found(IdempotencyRecord),
-}
-
-impl Claim {
-    /// The lease, when the key was acquired.
-    pub fn into_lease(self) -> Option<Lease> {
-        match self {
-            Self::Acquired(lease) => Some(lease),
-            Self::Found(_) => None,
-        }
-    }
 }
 
 /// Whether a fenced write found our reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
-    /// It was ours (or, for `complete`, the key was empty) and the write was made.
+    /// It was ours (or, for `complete`, the key was empty or already held exactly our
+    /// completed record) and the write was made.
     Held,
-    /// Another owner's record is there; nothing was written.
+    /// Another owner's record (or a completed one) is there; nothing was written.
     Lost,
 }
 
 /// A subscription to changes of one key, made by [`ReservationStore::watch`].
 pub trait KeyWatch: Send {
     /// Waits until the key is completed or released, or `timeout` passes; `true` when
-    /// woken by a change. A change between `watch` and this call is not missed.
+    /// woken by a change. A change after `watch` returned and before this call is not
+    /// missed.
     fn changed(&mut self, timeout: Duration) -> impl Future<Output = bool> + Send;
 }
 
 /// Fenced single-key operations for the coordinator. Each call is one atomic step on the
 /// store (one round trip on Redis).
 ///
-/// Invariant all implementations keep: a write that names a lease changes the key only
-/// while the key holds the pending record carrying that lease's token (or, for
-/// `complete`, nothing). A caller whose lease ran out and was taken over can therefore
-/// never overwrite or delete the newer owner's record.
+/// Invariants every implementation keeps (the store contract tests check them on each
+/// store):
+/// - a write that names a lease changes the key only while the key holds the pending
+///   record carrying that lease's token ([`holds_lease`]), or, for `complete`, nothing;
+///   a caller whose lease ran out and was taken over can never overwrite or delete the
+///   newer owner's record, nor a completed record;
+/// - liveness is the store's: a held key is never judged dead by a client clock, and
+///   nothing but `release` or the store's expiry removes a pending record;
+/// - `claim` is idempotent for its lease: repeating it (a re-sent command) returns
+///   [`Claim::Acquired`] while our pending record is there;
+/// - no value under the key makes `claim` return without either the key held by us or a
+///   decodable record in hand: unreadable values are taken over atomically, values of
+///   another type are a data error naming the key.
 ///
 /// A repository without these abilities still works through
 /// [`Unfenced`](crate::Unfenced), which emulates them with `save`/`get`/`replace`/
-/// `delete` without the guarantee.
+/// `delete` without the fencing guarantee.
 pub trait ReservationStore: IdempotencyRepository {
     /// The subscription type of [`ReservationStore::watch`].
     type Watch: KeyWatch;
 
-    /// Reserves a free key with a pending record (owner token, `lease` as its
-    /// lifetime), or returns the unexpired record that holds it.
+    /// Reserves the lease's key with its pending record (living `lease`), or returns the
+    /// record that holds it.
     ///
     /// # Errors
-    /// Validation, storage and record decoding errors.
+    /// Storage errors; a data error when the key holds something that is not a record
+    /// and cannot be taken over (a value of another type); a lease under 1 s.
     fn claim(
         &self,
-        operation: &str,
-        key: &str,
-        lease: Duration,
-        fingerprint: Option<&str>,
+        lease: &Lease,
+        duration: Duration,
     ) -> impl Future<Output = Result<Claim>> + Send;
 
-    /// Writes the completed record if the key still holds our pending record or nothing.
+    /// Writes the completed record of the lease (holding `result`, living `ttl`) if the
+    /// key still holds our pending record or nothing.
     ///
     /// # Errors
     /// Storage errors.
     fn complete(
         &self,
         lease: &Lease,
-        record: &IdempotencyRecord,
+        result: &RawValue,
+        ttl: Duration,
     ) -> impl Future<Output = Result<Fence>> + Send;
 
-    /// Pushes our pending record's expiry `lease` ahead, if we still own it.
+    /// Pushes our pending record's expiry `duration` ahead, if we still own it.
     ///
     /// # Errors
     /// Storage errors.
@@ -157,8 +298,7 @@ pub trait ReservationStore: IdempotencyRepository {
     ///
     /// # Errors
     /// Storage errors.
-    fn watch(&self, operation: &str, key: &str)
-    -> impl Future<Output = Result<Self::Watch>> + Send;
+    fn watch(&self, id: &RecordId) -> impl Future<Output = Result<Self::Watch>> + Send;
 }
 
 /// A fresh owner token: unique per process start and call, not guessable from outside
@@ -166,6 +306,8 @@ pub trait ReservationStore: IdempotencyRepository {
 pub fn new_owner_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::OnceLock;
+    // Process-wide by necessity: the seed and counter make tokens unique across every
+    // store and coordinator of the process; they are never reset or observed.
     static SEED: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let (a, b) = *SEED.get_or_init(|| {
@@ -185,38 +327,4 @@ pub fn new_owner_token() -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write_u64(a ^ n);
     format!("{:016x}{:016x}", h.finish() ^ b, n)
-}
-
-/// A fresh reservation for a store's `claim`: the pending record carrying a new owner
-/// token (lifetime `lease`, `result: null`), and the [`Lease`] that names it.
-///
-/// # Errors
-/// Validation of the identifiers and of the lease (at least 1 s).
-///
-/// # Examples
-/// ```
-/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
-/// let (record, lease) = idempotency_core::new_reservation("op", "k", std::time::Duration::from_secs(30), None)?;
-/// assert!(record.is_pending());
-/// assert_eq!(record.owner(), Some(lease.token()));
-/// # Ok(()) }
-/// ```
-pub fn new_reservation(
-    operation: &str,
-    key: &str,
-    lease: Duration,
-    fingerprint: Option<&str>,
-) -> Result<(IdempotencyRecord, Lease)> {
-    let token = new_owner_token();
-    let record = crate::IdempotencyDomainService::default()
-        .create_pending_record(operation, key, lease, fingerprint)?
-        .with_owner(token.clone());
-    let lease = Lease::new(
-        record.operation(),
-        record.idempotency_key(),
-        token,
-        fingerprint,
-    )
-    .with_created_at(record.created_at());
-    Ok((record, lease))
 }

@@ -1,0 +1,194 @@
+//! Building a [`Coordinator`]: store, policy, metrics, modes, clock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotency_core::constants::MIN_IN_FLIGHT_LEASE;
+use idempotency_core::{
+    Clock, FieldProblem, IdempotencyDomainService, IdempotencyError, IdempotencyMetrics,
+    MemoryStore, NoopMetrics, ReservationStore, Result,
+};
+
+use crate::coordinator::{Coordinator, Inner, WAIT_SAFETY_POLL};
+use crate::modes::{InFlight, OnStorageError};
+use crate::settings::IdempotencySettings;
+
+/// Builds a [`Coordinator`].
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use std::time::Duration;
+/// use idempotency_coordinator::{Coordinator, InFlight, MemoryStore};
+/// use idempotency_core::IdempotencyDomainService;
+/// let policy = IdempotencyDomainService::new(Duration::from_secs(30), Duration::from_secs(1), Duration::from_secs(600))?;
+/// let coordinator = Coordinator::builder(MemoryStore::new())
+///     .policy(policy)
+///     .in_flight(InFlight::Raise)
+///     .lease(Duration::from_millis(1500))
+///     .build()?;
+/// # let _ = coordinator;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct CoordinatorBuilder<S> {
+    store: S,
+    policy: IdempotencyDomainService,
+    metrics: Arc<dyn IdempotencyMetrics>,
+    settings: IdempotencySettings,
+    // Set by `lease()`; wins over the settings' whole seconds.
+    lease: Option<Duration>,
+    safety_poll: Duration,
+    clock: Clock,
+}
+
+impl<S: ReservationStore> CoordinatorBuilder<S> {
+    pub(crate) fn new(store: S) -> Self {
+        Self {
+            store,
+            policy: IdempotencyDomainService::default(),
+            metrics: Arc::new(NoopMetrics),
+            settings: IdempotencySettings::default(),
+            lease: None,
+            safety_poll: WAIT_SAFETY_POLL,
+            clock: Clock::system(),
+        }
+    }
+
+    /// The metrics collector (default: none).
+    #[must_use]
+    pub fn metrics(mut self, metrics: Arc<dyn IdempotencyMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The TTL policy (default: 30 minutes in 60 s to 24 h), kept exactly as given (a
+    /// later [`CoordinatorBuilder::settings`] replaces it with the settings' policy).
+    #[must_use]
+    pub fn policy(mut self, policy: IdempotencyDomainService) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Turns the coordinator on or off (off: every call just runs its action).
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.settings.enabled = enabled;
+        self
+    }
+
+    /// What concurrent duplicates get (default [`InFlight::Wait`]).
+    #[must_use]
+    pub fn in_flight(mut self, mode: InFlight) -> Self {
+        self.settings.in_flight = mode;
+        self
+    }
+
+    /// The reservation lease (default 30 s), to the millisecond; [`build`](Self::build)
+    /// refuses one under 1 s.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// What a call gets when the store fails before the action (default run).
+    #[must_use]
+    pub fn on_storage_error(mut self, mode: OnStorageError) -> Self {
+        self.settings.on_storage_error = mode;
+        self
+    }
+
+    /// A per-operation TTL that wins over the call's.
+    #[must_use]
+    pub fn operation_ttl(mut self, operation: impl Into<String>, ttl: Duration) -> Self {
+        self.settings
+            .operation_ttls
+            .insert(operation.into(), ttl.as_secs());
+        self
+    }
+
+    /// How often a waiter re-reads the key when no wake-up arrives (default 250 ms).
+    #[must_use]
+    pub fn wait_safety_poll(mut self, interval: Duration) -> Self {
+        self.safety_poll = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The wall clock records are stamped with (default: the system clock). Only the
+    /// timestamps inside records depend on it: no client clock decides liveness.
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Takes every setting from `settings` (the key prefix and metrics switch belong to
+    /// the store and the wiring), the TTL policy and the lease included.
+    #[must_use]
+    pub fn settings(mut self, settings: &IdempotencySettings) -> Self {
+        self.settings = settings.clone();
+        self.lease = None;
+        if let Ok(policy) = settings.domain_service() {
+            self.policy = policy;
+        }
+        self
+    }
+
+    /// The coordinator.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Validation`] listing every invalid setting.
+    pub fn build(self) -> Result<Coordinator<S>> {
+        let mut problems = match self.settings.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.problems().to_vec(),
+        };
+        if self.lease.is_some_and(|l| l < MIN_IN_FLIGHT_LEASE) {
+            problems.push(FieldProblem::new(
+                "lease",
+                "greater_than_equal",
+                "must be at least 1 s",
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(IdempotencyError::validation(problems));
+        }
+        Ok(self.build_unchecked())
+    }
+
+    /// Builds without validating: for settings known to be valid (the defaults).
+    fn build_unchecked(self) -> Coordinator<S> {
+        let s = self.settings;
+        let operation_ttls: HashMap<String, Duration> = s
+            .operation_ttls
+            .into_iter()
+            .map(|(k, v)| (k, Duration::from_secs(v)))
+            .collect();
+        Coordinator {
+            inner: Arc::new(Inner {
+                store: self.store,
+                policy: self.policy,
+                metrics: self.metrics,
+                enabled: s.enabled,
+                in_flight: s.in_flight,
+                lease: self
+                    .lease
+                    .unwrap_or(Duration::from_secs(s.in_flight_lease_seconds)),
+                on_storage_error: s.on_storage_error,
+                operation_ttls,
+                safety_poll: self.safety_poll,
+                clock: self.clock,
+            }),
+        }
+    }
+}
+
+impl Coordinator<MemoryStore> {
+    /// A coordinator on a fresh in-memory store with default settings: the embedded
+    /// default for tests and single-process services.
+    pub fn in_memory() -> Self {
+        CoordinatorBuilder::new(MemoryStore::new()).build_unchecked()
+    }
+}

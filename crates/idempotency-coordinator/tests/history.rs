@@ -1,0 +1,273 @@
+//! Chaos with a history checker, on memory, standalone Redis and a Redis cluster: three
+//! coordinators whose clocks disagree by ±10 minutes share one store; callers race on a
+//! few keys, are cancelled at random points (detached calls, so a started action
+//! finishes), claims and completions lose their replies after being applied, claim
+//! replies stall; on Redis, keys start out holding unreadable bytes or a value of another
+//! type. Every call and every side effect is logged, and the checker asserts per key: at
+//! most one execution (beyond counted lease losses), every value returned is that
+//! execution's, none before it existed; afterwards no key is stuck.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Faulty, unique};
+use idempotency_coordinator::{Coordinator, InFlight, OnStorageError};
+use idempotency_core::{Clock, IdempotencyError, ReservationStore, error_type};
+use idempotency_testkit::history::{Call, History};
+
+const TASKS: u64 = 16;
+const CALLS_PER_TASK: u64 = 12;
+const KEYS: u64 = 10;
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Chaos<S> {
+    coordinators: Vec<Coordinator<Faulty<S>>>,
+    history: Arc<History>,
+    run: String,
+    values: Arc<AtomicU64>,
+}
+
+impl<S: ReservationStore + Clone> Chaos<S> {
+    fn new(env: &common::Env<S>) -> Self {
+        let coordinators = [-600, 0, 600]
+            .into_iter()
+            .map(|offset| {
+                env.coordinator(|b| {
+                    b.lease(Duration::from_secs(1))
+                        .in_flight(InFlight::Wait)
+                        .on_storage_error(OnStorageError::Raise)
+                        .wait_safety_poll(Duration::from_millis(50))
+                        .clock(Clock::with_offset(time::Duration::seconds(offset)))
+                })
+            })
+            .collect();
+        Self {
+            coordinators,
+            history: Arc::new(History::new()),
+            run: unique("chaos"),
+            values: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn key(&self, n: u64) -> String {
+        format!("{}-{n}", self.run)
+    }
+
+    /// One call on `key` by `caller`: detached and cancelled after `cancel_after`, or
+    /// attached to the end.
+    async fn call(&self, caller: u64, key: String, cancel_after: Option<Duration>, work: Duration) {
+        let coordinator = self.coordinators[(caller % 3) as usize].clone();
+        let history = Arc::clone(&self.history);
+        let values = Arc::clone(&self.values);
+        let start = history.now();
+        let action = {
+            let history = Arc::clone(&history);
+            let key = key.clone();
+            move || async move {
+                tokio::time::sleep(work).await;
+                let value = values.fetch_add(1, Ordering::SeqCst);
+                history.effect(&key, value);
+                Ok::<u64, IdempotencyError>(value)
+            }
+        };
+        let outcome = match cancel_after {
+            Some(after) => {
+                let call = coordinator
+                    .call("chaos.op", Some(&key))
+                    .run_detached(action);
+                tokio::time::timeout(after, call).await.ok()
+            }
+            None => Some(coordinator.call("chaos.op", Some(&key)).run(action).await),
+        };
+        history.call(Call {
+            caller,
+            key,
+            start,
+            end: history.now(),
+            outcome: outcome.map(|o| o.map_err(|e| format!("{:?}: {e}", e.class()))),
+        });
+    }
+}
+
+/// Runs the chaos on `env`; `plant(key, bytes, as_hash)` puts foreign data under a key
+/// before the run (a no-op on memory).
+async fn chaos<S: ReservationStore + Clone>(
+    env: common::Env<S>,
+    plant: impl Fn(&str, &[u8], bool),
+) {
+    let chaos = Arc::new(Chaos::new(&env));
+    // Keys 0-2 start out holding unreadable bytes, key 3 a hash (Redis only: `plant` is a
+    // no-op on memory).
+    plant(&chaos.key(0), b"{garbage", false);
+    plant(&chaos.key(1), b"", false);
+    plant(
+        &chaos.key(2),
+        br#"{"status":"pending","owner":"nobody"}"#,
+        false,
+    );
+    plant(&chaos.key(3), b"v", true);
+    let faults = Arc::clone(&env.store.faults);
+    faults.claim_stall_ms.store(150, Ordering::SeqCst);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    // The fault injector: every few ms, one reply is lost or stalled.
+    let injector = {
+        let faults = Arc::clone(&faults);
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut rng = Rng(0x5EED);
+            loop {
+                match rng.next() % 3 {
+                    0 => faults.claim_reply_lost.store(true, Ordering::SeqCst),
+                    1 => faults.complete_reply_lost.store(true, Ordering::SeqCst),
+                    _ => faults.claim_stall.store(true, Ordering::SeqCst),
+                }
+                tokio::select! {
+                    () = stop.notified() => return,
+                    () = tokio::time::sleep(Duration::from_millis(15 + rng.next() % 30)) => {}
+                }
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let chaos = Arc::clone(&chaos);
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+                for n in 0..CALLS_PER_TASK {
+                    tokio::time::sleep(Duration::from_millis(rng.next() % 20)).await;
+                    let key = chaos.key(rng.next() % KEYS);
+                    let work = Duration::from_millis(rng.next() % 40);
+                    let cancel =
+                        rng.next().is_multiple_of(3).then(|| Duration::from_millis(rng.next() % 60));
+                    chaos.call(t * 1000 + n, key, cancel, work).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    stop.notify_one();
+    injector.await.expect("injector");
+    for flag in [
+        &faults.claim_reply_lost,
+        &faults.complete_reply_lost,
+        &faults.claim_stall,
+    ] {
+        flag.store(false, Ordering::SeqCst);
+    }
+    // Detached calls cancelled by their callers finish on their own; then every key must
+    // answer at once (nothing stuck) with its one value.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let final_caller = 1_000_000;
+    for n in 0..KEYS {
+        let key = chaos.key(n);
+        let started = std::time::Instant::now();
+        chaos
+            .call(final_caller + n, key.clone(), None, Duration::ZERO)
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{key}: stuck for {:?}",
+            started.elapsed()
+        );
+    }
+    let lease_losses = env.metrics.count("error", error_type::LEASE_LOST);
+    let report = chaos.history.check(lease_losses);
+    eprintln!(
+        "chaos: {} calls ({} ok, {} errors, {} cancelled) on {} keys, {} executions, {} double runs, {lease_losses} lease losses",
+        report.calls,
+        report.successes,
+        report.errors,
+        report.cancelled,
+        report.keys,
+        report.executions,
+        report.double_runs
+    );
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    // The final pass found each readable key completed (or completed it now).
+    for n in 0..KEYS {
+        let key = chaos.key(n);
+        let runs = chaos.history.effects_of(&key).len();
+        if n == 3 && !env.store_is_memory() {
+            assert_eq!(runs, 0, "{key}: never run over a value of another type");
+        } else {
+            assert!(runs >= 1, "{key}: the final call ran or replayed it");
+        }
+    }
+    assert!(
+        report.successes > report.calls / 2,
+        "most calls got a value"
+    );
+}
+
+impl<S> common::Env<S> {
+    fn store_is_memory(&self) -> bool {
+        self.server.is_none() && self.cluster.is_none()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_memory() {
+    chaos(common::memory(), |_, _, _| {}).await;
+}
+
+fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
+    move |key, value, hash| {
+        let redis_key = format!("idempotency:chaos.op:{key}");
+        let port = port_for(&redis_key);
+        let reply = if hash {
+            idempotency_testkit::resp::command_bytes(
+                port,
+                &[b"HSET", redis_key.as_bytes(), b"f", value],
+            )
+        } else {
+            idempotency_testkit::resp::command_bytes(
+                port,
+                &[b"SET", redis_key.as_bytes(), value, b"EX", b"600"],
+            )
+        };
+        reply.expect("plant");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_standalone() {
+    let env = common::standalone().await;
+    let port = env.server.as_ref().expect("server").port();
+    chaos(env, planter(move |_| port)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_cluster() {
+    let env = common::cluster().await;
+    let first = env.cluster.as_ref().expect("cluster").nodes()[0].port();
+    chaos(
+        env,
+        planter(move |redis_key| {
+            match idempotency_testkit::resp::command(first, &["GET", redis_key]).expect("probe") {
+                idempotency_testkit::resp::Reply::Error(e) if e.starts_with("MOVED") => e
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port"),
+                _ => first,
+            }
+        }),
+    )
+    .await;
+}

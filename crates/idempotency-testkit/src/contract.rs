@@ -1,0 +1,355 @@
+//! The reservation contract every store keeps (protocol v2), written once and run on
+//! each store: memory, Redis standalone, Redis cluster (and, for what it can promise,
+//! the unfenced fallback). Each function checks one rule of
+//! [`ReservationStore`](idempotency_core::ReservationStore) and panics when it is broken.
+
+use std::time::Duration;
+
+use idempotency_core::{
+    Claim, Clock, Fence, IdempotencyRecord, KeyWatch, Lease, RawValue, RecordId, ReservationStore,
+};
+
+use crate::unique_key;
+
+const LONG: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(600);
+
+fn fresh(op: &str) -> RecordId {
+    RecordId::new(op, &unique_key("contract")).expect("valid identifiers")
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).expect("JSON")
+}
+
+/// Every contract check, in turn.
+pub async fn all<S: ReservationStore>(store: &S) {
+    concurrent_claims_get_exactly_one_owner(store).await;
+    a_repeated_claim_is_acquired_by_its_own_lease(store).await;
+    a_claim_on_a_completed_key_returns_the_record(store).await;
+    a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one(store).await;
+    the_owner_check_ignores_look_alike_text_in_the_result(store).await;
+    a_repeated_complete_is_success_and_a_completed_record_is_final(store).await;
+    complete_writes_into_an_empty_key(store).await;
+    client_clocks_never_decide_liveness(store).await;
+    a_waiter_is_woken_by_completion_and_by_release(store).await;
+}
+
+/// Of 32 concurrent claims of one key, exactly one acquires; the rest find its record.
+pub async fn concurrent_claims_get_exactly_one_owner<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.claim");
+    let leases: Vec<Lease> = (0..32)
+        .map(|_| Lease::new(id.clone(), Some("fp"), Clock::system()))
+        .collect();
+    let outcomes = futures_join(leases.iter().map(|lease| store.claim(lease, LONG))).await;
+    let mut owners = 0;
+    for outcome in outcomes {
+        match outcome.expect("claim") {
+            Claim::Acquired => owners += 1,
+            Claim::Found(record) => assert!(record.is_pending(), "{record:?}"),
+        }
+    }
+    assert_eq!(owners, 1, "exactly one owner");
+}
+
+/// A claim sent again after its reply was lost finds its own pending record: acquired,
+/// not in progress (defect 3 of protocol v2).
+pub async fn a_repeated_claim_is_acquired_by_its_own_lease<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.resend");
+    let lease = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("re-sent claim"),
+        Claim::Acquired,
+        "a re-sent claim must recognise its own reservation"
+    );
+    let other = Lease::new(id, None, Clock::system());
+    assert!(
+        matches!(store.claim(&other, LONG).await.expect("claim"), Claim::Found(r) if r.is_pending())
+    );
+    assert_eq!(store.release(&lease).await.expect("release"), Fence::Held);
+}
+
+/// A completed key answers every claim with its record.
+pub async fn a_claim_on_a_completed_key_returns_the_record<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.hit");
+    let lease = Lease::new(id.clone(), Some("fp"), Clock::system());
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let result = raw(r#"{"order":7}"#);
+    assert_eq!(
+        store
+            .complete(&lease, &result, TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    let again = Lease::new(id, Some("fp"), Clock::system());
+    match store.claim(&again, LONG).await.expect("claim") {
+        Claim::Found(record) => {
+            assert!(!record.is_pending());
+            assert_eq!(record.result().get(), r#"{"order":7}"#);
+            assert_eq!(record.fingerprint(), Some("fp"));
+        }
+        Claim::Acquired => panic!("a completed key was claimed again"),
+    }
+}
+
+/// A caller whose reservation was released (or expired) and taken over cannot touch the
+/// newer owner's record, nor the completed record that follows.
+pub async fn a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one<
+    S: ReservationStore,
+>(
+    store: &S,
+) {
+    let id = fresh("contract.stale");
+    let stale = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&stale, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(store.release(&stale).await.expect("release"), Fence::Held);
+    let fresh_lease = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&fresh_lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let late = raw("\"late\"");
+    assert_eq!(
+        store.complete(&stale, &late, TTL).await.expect("complete"),
+        Fence::Lost
+    );
+    assert_eq!(store.renew(&stale, LONG).await.expect("renew"), Fence::Lost);
+    assert_eq!(store.release(&stale).await.expect("release"), Fence::Lost);
+    let pending = store
+        .get(id.operation(), id.key())
+        .await
+        .expect("get")
+        .expect("held");
+    assert_eq!(
+        pending.owner(),
+        Some(fresh_lease.token()),
+        "the newer reservation stands"
+    );
+    let done = raw("\"done\"");
+    assert_eq!(
+        store
+            .complete(&fresh_lease, &done, TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    assert_eq!(
+        store.complete(&stale, &late, TTL).await.expect("complete"),
+        Fence::Lost
+    );
+    assert_eq!(
+        store.renew(&fresh_lease, LONG).await.expect("renew"),
+        Fence::Lost,
+        "a completed record is not renewed back to pending"
+    );
+    assert_eq!(
+        store.release(&fresh_lease).await.expect("release"),
+        Fence::Lost,
+        "a completed record is not released"
+    );
+    let record = store
+        .get(id.operation(), id.key())
+        .await
+        .expect("get")
+        .expect("completed");
+    assert_eq!(record.result().get(), "\"done\"");
+}
+
+/// A completed record whose result contains `"owner":"<token>"` (and `"status":"pending"`)
+/// is still not the token holder's (defect 5 of protocol v2).
+pub async fn the_owner_check_ignores_look_alike_text_in_the_result<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.lookalike");
+    let owner = Lease::new(id.clone(), None, Clock::system());
+    let stale = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&owner, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let trap = raw(&format!(
+        r#"{{"status":"pending","owner":"{}","note":"\"owner\":\"{}\""}}"#,
+        stale.token(),
+        stale.token()
+    ));
+    assert_eq!(
+        store.complete(&owner, &trap, TTL).await.expect("complete"),
+        Fence::Held
+    );
+    assert_eq!(store.renew(&stale, LONG).await.expect("renew"), Fence::Lost);
+    assert_eq!(store.release(&stale).await.expect("release"), Fence::Lost);
+    assert_eq!(
+        store
+            .complete(&stale, &raw("1"), TTL)
+            .await
+            .expect("complete"),
+        Fence::Lost
+    );
+    let record: IdempotencyRecord = store
+        .get(id.operation(), id.key())
+        .await
+        .expect("get")
+        .expect("still there");
+    assert!(!record.is_pending(), "the completed record stays completed");
+    assert_eq!(record.result().get(), trap.get());
+}
+
+/// A completion sent again after its reply was lost finds the record it writes: held.
+pub async fn a_repeated_complete_is_success_and_a_completed_record_is_final<S: ReservationStore>(
+    store: &S,
+) {
+    let id = fresh("contract.complete");
+    let lease = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let result = raw("[1,2,3]");
+    assert_eq!(
+        store
+            .complete(&lease, &result, TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    let first = store
+        .get(id.operation(), id.key())
+        .await
+        .expect("get")
+        .expect("completed");
+    // The very same command again (a driver re-sending after a reconnect) would carry
+    // the same bytes; a different result from the same lease must not overwrite.
+    assert_eq!(
+        store
+            .complete(&lease, &raw("\"other\""), TTL)
+            .await
+            .expect("complete"),
+        Fence::Lost
+    );
+    let after = store
+        .get(id.operation(), id.key())
+        .await
+        .expect("get")
+        .expect("completed");
+    assert_eq!(first, after);
+}
+
+/// A reservation that vanished (expired, flushed) still takes the result.
+pub async fn complete_writes_into_an_empty_key<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.empty");
+    let lease = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store
+            .complete(&lease, &raw("5"), TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    let record = store
+        .get(id.operation(), id.key())
+        .await
+        .expect("get")
+        .expect("written");
+    assert_eq!(record.result().get(), "5");
+}
+
+/// A reservation stamped by a clock far behind (its `expires_at` already past for every
+/// other reader) is alive while the store holds it: a claim finds it, nobody deletes it
+/// (defect 1 of protocol v2).
+pub async fn client_clocks_never_decide_liveness<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.skew");
+    let behind = Clock::with_offset(time::Duration::seconds(-3600));
+    let owner = Lease::new(id.clone(), None, behind);
+    assert_eq!(
+        store.claim(&owner, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let reader = Lease::new(id.clone(), None, Clock::system());
+    match store.claim(&reader, LONG).await.expect("claim") {
+        Claim::Found(record) => {
+            assert!(record.is_pending());
+            assert_eq!(record.owner(), Some(owner.token()));
+        }
+        Claim::Acquired => panic!("a live reservation was judged dead by a client clock"),
+    }
+    // Stamped ahead, the reader's view changes nothing either.
+    let ahead = Lease::new(
+        id.clone(),
+        None,
+        Clock::with_offset(time::Duration::seconds(3600)),
+    );
+    assert!(matches!(
+        store.claim(&ahead, LONG).await.expect("claim"),
+        Claim::Found(_)
+    ));
+    assert_eq!(store.renew(&owner, LONG).await.expect("renew"), Fence::Held);
+    assert_eq!(store.release(&owner).await.expect("release"), Fence::Held);
+}
+
+/// A watcher wakes on completion and on release.
+pub async fn a_waiter_is_woken_by_completion_and_by_release<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.wake");
+    let lease = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let mut watch = store.watch(&id).await.expect("watch");
+    assert_eq!(store.release(&lease).await.expect("release"), Fence::Held);
+    assert!(
+        watch.changed(Duration::from_secs(5)).await,
+        "woken by the release"
+    );
+    let lease = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store
+            .complete(&lease, &raw("1"), TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    assert!(
+        watch.changed(Duration::from_secs(5)).await,
+        "woken by the completion"
+    );
+}
+
+/// Awaits every future (concurrently, on the current task).
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("ready")).collect()
+}
