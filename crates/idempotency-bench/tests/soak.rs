@@ -3,6 +3,10 @@
 //! increments its key's counter: at the end each counter is exactly 1 and every caller
 //! of a key got the same value.
 //!
+//! The workers' clocks disagree: offsets of -10 s, 0, +10 s and +4 s against a 5 s lease
+//! (the first protocol let a clock ahead by more than 2/3 of a lease steal a live
+//! reservation).
+//!
 //! `SOAK_CALLS` (calls per task, default 100) makes the run longer for manual soaks.
 
 use std::collections::HashMap;
@@ -14,6 +18,8 @@ use idempotency_testkit::{RedisCluster, RedisServer};
 const WORKERS: usize = 4;
 const TASKS: usize = 32;
 const KEYS: usize = 5000;
+/// Each worker's clock offset in seconds (the lease is 5 s).
+const CLOCK_OFFSETS: [i64; WORKERS] = [-10, 0, 10, 4];
 
 fn calls_per_task() -> usize {
     std::env::var("SOAK_CALLS")
@@ -33,6 +39,7 @@ fn run_workers(url: &str) -> Vec<(String, String)> {
                     &TASKS.to_string(),
                     &calls_per_task().to_string(),
                     &KEYS.to_string(),
+                    &CLOCK_OFFSETS[w].to_string(),
                 ])
                 .output()
         })

@@ -151,8 +151,10 @@ async fn chaos<S: ReservationStore + Clone>(
                     tokio::time::sleep(Duration::from_millis(rng.next() % 20)).await;
                     let key = chaos.key(rng.next() % KEYS);
                     let work = Duration::from_millis(rng.next() % 40);
-                    let cancel =
-                        rng.next().is_multiple_of(3).then(|| Duration::from_millis(rng.next() % 60));
+                    let cancel = rng
+                        .next()
+                        .is_multiple_of(3)
+                        .then(|| Duration::from_millis(rng.next() % 60));
                     chaos.call(t * 1000 + n, key, cancel, work).await;
                 }
             })

@@ -322,7 +322,14 @@ mod unreadable {
     }
 
     async fn corrupt_values_run_the_action_once(env: common::Env<idempotency_redis::RedisStore>) {
-        for value in [&b"{not json"[..], b"", b"[]", br#"{"status":"pending"}"#] {
+        let naive = br#"{"operation":"op","idempotency_key":"k","result":1,"created_at":"2026-01-01T00:00:00","expires_at":"2099-01-01T00:00:00","status":"completed","fingerprint":null}"#;
+        for value in [
+            &b"{not json"[..],
+            b"",
+            b"[]",
+            br#"{"status":"pending"}"#,
+            naive,
+        ] {
             let (runs, outcomes) = five_callers_on_a_planted_value(&env, value, false).await;
             assert_eq!(
                 runs.get(),
@@ -364,5 +371,61 @@ mod unreadable {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wrong_types_cluster() {
         wrong_types_never_run_the_action(common::cluster().await).await;
+    }
+}
+
+// Defect 3 for real: the proxy forwards the claim to Redis and throws its reply away,
+// closing the connection; fred reconnects and sends the claim again, which finds the
+// pending record the first one wrote.
+mod cut_replies {
+    use super::*;
+    use idempotency_coordinator::Coordinator;
+    use idempotency_redis::{ConnectOptions, RedisStore};
+    use idempotency_testkit::proxy::{Mode, Proxy};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_resent_after_its_reply_was_cut_owns_the_key() {
+        let server = idempotency_testkit::RedisServer::start();
+        let proxy = Proxy::start(server.addr());
+        let store = RedisStore::connect(
+            &proxy.url(),
+            &ConnectOptions::default()
+                .with_command_timeout(Duration::from_secs(5))
+                .with_reconnect_max_delay(Duration::from_millis(50)),
+        )
+        .await
+        .expect("connect");
+        let coordinator = Coordinator::builder(store)
+            .lease(Duration::from_secs(3))
+            .in_flight(InFlight::Raise)
+            .build()
+            .expect("coordinator");
+        let runs = Runs::default();
+        let key = unique("cut");
+        proxy.set_mode(Mode::CutReplies);
+        let call = {
+            let coordinator = coordinator.clone();
+            let key = key.clone();
+            let action = counted(&runs, Duration::ZERO, 21);
+            tokio::spawn(async move { coordinator.call("op", Some(&key)).run(action).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.set_mode(Mode::Pass);
+        let started = std::time::Instant::now();
+        let value = call
+            .await
+            .expect("task")
+            .expect("the caller owns its own reservation");
+        assert_eq!(value, 21);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no lease waited out"
+        );
+        let replay: u32 = coordinator
+            .call("op", Some(&key))
+            .run(counted(&runs, Duration::ZERO, 22))
+            .await
+            .expect("replay");
+        assert_eq!((replay, runs.get()), (21, 1));
     }
 }

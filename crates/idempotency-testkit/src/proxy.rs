@@ -20,6 +20,10 @@ pub enum Mode {
     Drop,
     /// Accept and keep connections, forward nothing (a black hole).
     Freeze,
+    /// Forward commands to the server, but throw away its replies and close the
+    /// connection on the first one: commands are applied and their replies lost, as when
+    /// a connection breaks after the write. Clients reconnect and may re-send.
+    CutReplies,
 }
 
 /// A running proxy in front of one target; stops when dropped.
@@ -143,7 +147,9 @@ async fn pump(
         loop {
             let current = *mode.borrow();
             match current {
-                Mode::Pass => break,
+                // Only the server-to-client direction (which counts no commands) cuts.
+                Mode::CutReplies if commands.is_none() => return,
+                Mode::Pass | Mode::CutReplies => break,
                 Mode::Delay(d) => {
                     tokio::time::sleep(d).await;
                     break;

@@ -2,7 +2,10 @@
 //! random keys of `KEYS`, at random times; every action increments the key's counter in
 //! Redis and returns a value unique to that execution. Prints `key<TAB>value` per call.
 //!
-//! usage: `soak_worker URL WORKER_ID TASKS CALLS_PER_TASK KEYS`
+//! usage: `soak_worker URL WORKER_ID TASKS CALLS_PER_TASK KEYS [CLOCK_OFFSET_SECS]`
+//!
+//! `CLOCK_OFFSET_SECS` shifts the wall clock this worker stamps records with (its
+//! processes' clocks disagree, as machines' do): protocol v2 must not care.
 
 use std::io::Write;
 use std::time::Duration;
@@ -26,9 +29,19 @@ impl Rng {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, worker, tasks, calls, keys] = args.as_slice() else {
-        return Err("usage: soak_worker URL WORKER_ID TASKS CALLS_PER_TASK KEYS".into());
+    let (url, worker, tasks, calls, keys, offset) = match args.as_slice() {
+        [_, url, worker, tasks, calls, keys] => (url, worker, tasks, calls, keys, "0"),
+        [_, url, worker, tasks, calls, keys, offset] => {
+            (url, worker, tasks, calls, keys, offset.as_str())
+        }
+        _ => {
+            return Err(
+                "usage: soak_worker URL WORKER_ID TASKS CALLS_PER_TASK KEYS [CLOCK_OFFSET_SECS]"
+                    .into(),
+            );
+        }
     };
+    let offset: i64 = offset.parse()?;
     let (worker, tasks, calls, keys): (u64, u64, u64, u64) = (
         worker.parse()?,
         tasks.parse()?,
@@ -42,6 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let coordinator = Coordinator::builder(store.clone())
         .lease(Duration::from_secs(5))
+        .clock(idempotency_core::Clock::with_offset(
+            time::Duration::seconds(offset),
+        ))
         .build()?;
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
