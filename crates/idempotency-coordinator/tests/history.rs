@@ -103,6 +103,27 @@ impl<S: ReservationStore + Clone> Chaos<S> {
     }
 }
 
+/// The fault injector: every few ms, one reply is lost or stalled, until `stop`.
+fn inject_faults(
+    faults: Arc<common::Faults>,
+    stop: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = Rng(0x5EED);
+        loop {
+            match rng.next() % 3 {
+                0 => faults.claim_reply_lost.store(true, Ordering::SeqCst),
+                1 => faults.complete_reply_lost.store(true, Ordering::SeqCst),
+                _ => faults.claim_stall.store(true, Ordering::SeqCst),
+            }
+            tokio::select! {
+                () = stop.notified() => return,
+                () = tokio::time::sleep(Duration::from_millis(15 + rng.next() % 30)) => {}
+            }
+        }
+    })
+}
+
 /// Runs the chaos on `env`; `plant(key, bytes, as_hash)` puts foreign data under a key
 /// before the run (a no-op on memory).
 async fn chaos<S: ReservationStore + Clone>(
@@ -123,25 +144,7 @@ async fn chaos<S: ReservationStore + Clone>(
     let faults = Arc::clone(&env.store.faults);
     faults.claim_stall_ms.store(150, Ordering::SeqCst);
     let stop = Arc::new(tokio::sync::Notify::new());
-    // The fault injector: every few ms, one reply is lost or stalled.
-    let injector = {
-        let faults = Arc::clone(&faults);
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move {
-            let mut rng = Rng(0x5EED);
-            loop {
-                match rng.next() % 3 {
-                    0 => faults.claim_reply_lost.store(true, Ordering::SeqCst),
-                    1 => faults.complete_reply_lost.store(true, Ordering::SeqCst),
-                    _ => faults.claim_stall.store(true, Ordering::SeqCst),
-                }
-                tokio::select! {
-                    () = stop.notified() => return,
-                    () = tokio::time::sleep(Duration::from_millis(15 + rng.next() % 30)) => {}
-                }
-            }
-        })
-    };
+    let injector = inject_faults(Arc::clone(&faults), Arc::clone(&stop));
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let chaos = Arc::clone(&chaos);

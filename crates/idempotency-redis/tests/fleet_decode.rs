@@ -32,7 +32,7 @@ fn record(fields: &[(&str, &str)]) -> Vec<u8> {
     ];
     for (name, value) in fields {
         match parts.iter_mut().find(|(n, _)| n == name) {
-            Some(p) => p.1 = (*value).to_owned(),
+            Some(p) => (*value).clone_into(&mut p.1),
             None => parts.push(((*name).to_owned(), (*value).to_owned())),
         }
     }
@@ -183,10 +183,10 @@ fn python(url: &str, cluster: bool, prefix: &str, queries: &[(String, String)]) 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let mut input = String::new();
-    for (method, key) in queries {
-        input.push_str(&format!("{method}\t{key}\n"));
-    }
+    let input: String = queries
+        .iter()
+        .map(|(method, key)| format!("{method}\t{key}\n"))
+        .collect();
     child
         .stdin
         .take()
