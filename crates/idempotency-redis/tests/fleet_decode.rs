@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
@@ -183,10 +184,10 @@ fn python(url: &str, cluster: bool, prefix: &str, queries: &[(String, String)]) 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let input: String = queries
-        .iter()
-        .map(|(method, key)| format!("{method}\t{key}\n"))
-        .collect();
+    let mut input = String::new();
+    for (method, key) in queries {
+        let _ = writeln!(input, "{method}\t{key}");
+    }
     child
         .stdin
         .take()
