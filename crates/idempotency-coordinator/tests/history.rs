@@ -194,14 +194,15 @@ async fn chaos<S: ReservationStore + Clone>(
     let lease_losses = env.metrics.count("error", error_type::LEASE_LOST);
     let report = chaos.history.check(lease_losses);
     eprintln!(
-        "chaos: {} calls ({} ok, {} errors, {} cancelled) on {} keys, {} executions, {} double runs, {lease_losses} lease losses",
+        "chaos: {} calls ({} ok, {} errors, {} cancelled) on {} keys, {} executions, {} double runs, {lease_losses} lease losses, longest call {:?}",
         report.calls,
         report.successes,
         report.errors,
         report.cancelled,
         report.keys,
         report.executions,
-        report.double_runs
+        report.double_runs,
+        report.longest_call
     );
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     // The final pass found each readable key completed (or completed it now).

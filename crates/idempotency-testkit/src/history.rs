@@ -56,6 +56,8 @@ pub struct Report {
     pub executions: usize,
     /// Executions beyond one per key.
     pub double_runs: usize,
+    /// The longest any call took (start to return or abandonment).
+    pub longest_call: Duration,
     /// Every violation found, for the failure message.
     pub violations: Vec<String>,
 }
@@ -138,6 +140,7 @@ impl History {
         let mut keys: BTreeMap<&str, Vec<&Call>> = BTreeMap::new();
         for c in &calls {
             keys.entry(c.key.as_str()).or_default().push(c);
+            report.longest_call = report.longest_call.max(c.end.saturating_sub(c.start));
             match &c.outcome {
                 Some(Ok(_)) => report.successes += 1,
                 Some(Err(_)) => report.errors += 1,
