@@ -17,6 +17,7 @@ use common::{Faulty, unique};
 use idempotency_coordinator::{Coordinator, InFlight, OnStorageError};
 use idempotency_core::{Clock, IdempotencyError, ReservationStore, error_type};
 use idempotency_testkit::history::{Call, History};
+use idempotency_testkit::proxy::{Mode, Proxy};
 
 const TASKS: u64 = 16;
 const CALLS_PER_TASK: u64 = 12;
@@ -124,11 +125,41 @@ fn inject_faults(
     })
 }
 
+/// Real network faults between the stores and Redis: mostly passing, with bursts of
+/// delay, replies cut after the command was applied (fred reconnects and re-sends), and
+/// dropped connections; back to passing at `stop`.
+fn disturb_network(
+    proxy: Arc<Proxy>,
+    stop: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = Rng(0xBAD_CAFE);
+        loop {
+            let mode = match rng.next() % 6 {
+                0 => Mode::Delay(Duration::from_millis(30)),
+                1 => Mode::CutReplies,
+                2 => Mode::Drop,
+                _ => Mode::Pass,
+            };
+            proxy.set_mode(mode);
+            let burst = Duration::from_millis(if mode == Mode::Pass { 60 } else { 15 });
+            tokio::select! {
+                () = stop.notified() => {
+                    proxy.set_mode(Mode::Pass);
+                    return;
+                }
+                () = tokio::time::sleep(burst) => {}
+            }
+        }
+    })
+}
+
 /// Runs the chaos on `env`; `plant(key, bytes, as_hash)` puts foreign data under a key
 /// before the run (a no-op on memory).
 async fn chaos<S: ReservationStore + Clone>(
     env: common::Env<S>,
     plant: impl Fn(&str, &[u8], bool),
+    network: Option<Arc<Proxy>>,
 ) {
     let chaos = Arc::new(Chaos::new(&env));
     // Keys 0-2 start out holding unreadable bytes, key 3 a hash (Redis only: `plant` is a
@@ -145,6 +176,7 @@ async fn chaos<S: ReservationStore + Clone>(
     faults.claim_stall_ms.store(150, Ordering::SeqCst);
     let stop = Arc::new(tokio::sync::Notify::new());
     let injector = inject_faults(Arc::clone(&faults), Arc::clone(&stop));
+    let network = network.map(|proxy| disturb_network(proxy, Arc::clone(&stop)));
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let chaos = Arc::clone(&chaos);
@@ -166,8 +198,11 @@ async fn chaos<S: ReservationStore + Clone>(
     for t in tasks {
         t.await.expect("task");
     }
-    stop.notify_one();
+    stop.notify_waiters();
     injector.await.expect("injector");
+    if let Some(network) = network {
+        network.await.expect("network");
+    }
     for flag in [
         &faults.claim_reply_lost,
         &faults.complete_reply_lost,
@@ -229,7 +264,7 @@ impl<S> common::Env<S> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_memory() {
-    chaos(common::memory(), |_, _, _| {}).await;
+    chaos(common::memory(), |_, _, _| {}, None).await;
 }
 
 fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
@@ -255,7 +290,29 @@ fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
 async fn chaos_standalone() {
     let env = common::standalone().await;
     let port = env.server.as_ref().expect("server").port();
-    chaos(env, planter(move |_| port)).await;
+    chaos(env, planter(move |_| port), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_through_a_faulty_network() {
+    let server = idempotency_testkit::RedisServer::start();
+    let proxy = Arc::new(Proxy::start(server.addr()));
+    let store = idempotency_redis::RedisStore::connect(
+        &proxy.url(),
+        &idempotency_redis::ConnectOptions::default()
+            .with_command_timeout(Duration::from_millis(500))
+            .with_reconnect_max_delay(Duration::from_millis(50)),
+    )
+    .await
+    .expect("connect");
+    let port = server.port();
+    let env = common::Env {
+        store: common::wrap(store),
+        metrics: Arc::new(idempotency_core::RecordingMetrics::default()),
+        server: Some(Arc::new(server)),
+        cluster: None,
+    };
+    chaos(env, planter(move |_| port), Some(proxy)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +331,7 @@ async fn chaos_cluster() {
                 _ => first,
             }
         }),
+        None,
     )
     .await;
 }

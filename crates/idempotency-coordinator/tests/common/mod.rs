@@ -158,7 +158,7 @@ impl<S: ReservationStore + Clone> Env<S> {
     }
 }
 
-fn wrap<S>(inner: S) -> Faulty<S> {
+pub fn wrap<S>(inner: S) -> Faulty<S> {
     Faulty {
         inner,
         faults: Arc::new(Faults::default()),
