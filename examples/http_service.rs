@@ -99,7 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client =
         idempotency_redis::connect_client(&url, &idempotency_redis::ConnectOptions::default())
             .await?;
-    let coordinator = redis_coordinator(&settings, client, Some(&registry))?;
+    let collector = idempotency_metrics::PrometheusMetrics::register(&registry, None)?.shared();
+    let coordinator = redis_coordinator(&settings, client, Some(collector))?;
     let state = AppState {
         coordinator,
         registry,

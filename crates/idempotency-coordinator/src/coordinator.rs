@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
-    Clock, IdempotencyDomainService, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
-    RawValue, RecordId, ReservationStore, Result, ResultAdapter, error_type,
+    Clock, ErrorType, IdempotencyDomainService, IdempotencyError, IdempotencyMetrics,
+    IdempotencyRecord, RawValue, RecordId, ReservationStore, Result, ResultAdapter,
 };
 use tracing::Instrument;
 
@@ -159,7 +159,7 @@ impl<S: ReservationStore> Coordinator<S> {
             (Some(stored), Some(given)) if stored != given => {
                 self.inner
                     .metrics
-                    .record_error(record.operation(), error_type::KEY_REUSE);
+                    .record_error(record.operation(), ErrorType::KeyReuse);
                 tracing::warn!("idempotency key reused for a different request");
                 Err(IdempotencyError::KeyReuse {
                     operation: record.operation().to_owned(),
@@ -189,7 +189,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Err(e) => {
                 self.inner
                     .metrics
-                    .record_error(record.operation(), error_type::DECODE);
+                    .record_error(record.operation(), ErrorType::Decode);
                 tracing::error!(error = %e, "stored result cannot be decoded into this call's type");
                 Err(e)
             }
@@ -210,7 +210,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Err(e) => {
                 self.inner
                     .metrics
-                    .record_error(operation, error_type::RECORD_VALIDATION);
+                    .record_error(operation, ErrorType::RecordValidation);
                 tracing::error!(error = %e, "result cannot be stored; this call is not cached");
                 None
             }

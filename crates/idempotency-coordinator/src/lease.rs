@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 
-use idempotency_core::{Fence, Lease, ReservationStore, error_type};
+use idempotency_core::{ErrorType, Fence, Lease, ReservationStore};
 
 use crate::coordinator::Inner;
 
@@ -54,14 +54,14 @@ async fn renew<S: ReservationStore>(inner: &Inner<S>, lease: &Lease) -> bool {
         Ok(Fence::Lost) => {
             inner
                 .metrics
-                .record_error(lease.operation(), error_type::LEASE_LOST);
+                .record_error(lease.operation(), ErrorType::LeaseLost);
             tracing::warn!("reservation lost while the action runs; a duplicate may run");
             true
         }
         Err(e) => {
             inner
                 .metrics
-                .record_error(lease.operation(), error_type::STORAGE_RENEW);
+                .record_error(lease.operation(), ErrorType::StorageRenew);
             tracing::warn!(error = %e, "could not renew the reservation");
             false
         }
@@ -115,7 +115,7 @@ impl<S: ReservationStore> Drop for ReleaseGuard<S> {
             if let Err(e) = inner.store.release(&lease).await {
                 inner
                     .metrics
-                    .record_error(lease.operation(), error_type::STORAGE_RELEASE);
+                    .record_error(lease.operation(), ErrorType::StorageRelease);
                 tracing::warn!(error = %e, "could not release a cancelled call's reservation");
             }
         });

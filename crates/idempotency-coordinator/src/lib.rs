@@ -37,6 +37,8 @@
 //! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
 //! - `prometheus` (default): Prometheus metrics in that wiring.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod builder;
 mod call;
 mod coordinator;
@@ -55,12 +57,21 @@ pub mod __private;
 pub use builder::CoordinatorBuilder;
 pub use call::Call;
 pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
+// The facade: what a user of the coordinator needs, so an application depends on this
+// crate alone.
 pub use idempotency_core::{
-    ErrorClass, IdempotencyError, JsonAdapter, MemoryStore, ResultAdapter, SerdeAdapter,
-    VoidAdapter, fingerprint_of,
+    Clock, ErrorClass, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRepository,
+    JsonAdapter, LatencyMethod, MemoryStore, NoopMetrics, RecordId, ReservationStore,
+    ResultAdapter, SerdeAdapter, Unfenced, VoidAdapter, fingerprint_of,
 };
 #[cfg(feature = "macros")]
 pub use idempotency_macros::idempotent;
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub use idempotency_metrics::PrometheusMetrics;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use idempotency_redis::{ConnectOptions, RedisStore, connect_client};
 pub use modes::{InFlight, OnStorageError};
 pub use settings::IdempotencySettings;
 #[cfg(feature = "redis")]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Claim, ErrorClass, Fence, IdempotencyError, Lease, RawValue, RecordId, ReservationStore,
-    Result, ResultAdapter, error_type,
+    Claim, ErrorClass, ErrorType, Fence, IdempotencyError, LatencyMethod, Lease, RawValue,
+    RecordId, ReservationStore, Result, ResultAdapter,
 };
 
 use crate::coordinator::{CallOptions, Coordinator};
@@ -95,9 +95,11 @@ impl<S: ReservationStore> Coordinator<S> {
         loop {
             let started = Instant::now();
             let claimed = inner.store.claim(lease, inner.lease).await;
-            inner
-                .metrics
-                .record_latency(operation, "reserve", started.elapsed().as_secs_f64());
+            inner.metrics.record_latency(
+                operation,
+                LatencyMethod::Reserve,
+                started.elapsed().as_secs_f64(),
+            );
             let record = match claimed {
                 Ok(Claim::Acquired) => {
                     if waiter.is_none() {
@@ -110,7 +112,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 Err(e) if e.is_storage() => {
                     inner
                         .metrics
-                        .record_error(operation, error_type::STORAGE_RESERVE);
+                        .record_error(operation, ErrorType::StorageReserve);
                     tracing::warn!(error = %e, "idempotency storage failed before the action");
                     return match inner.on_storage_error {
                         OnStorageError::Raise => Err(e),
@@ -120,9 +122,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 Err(e) => {
                     if e.class() == ErrorClass::Data {
                         // A value of another type under the key: never run over it.
-                        inner
-                            .metrics
-                            .record_error(operation, error_type::STORAGE_GET);
+                        inner.metrics.record_error(operation, ErrorType::StorageGet);
                         tracing::error!(error = %e, key = lease.key(), "the key holds data that is not a record; refusing the call");
                     }
                     return Err(e);
@@ -214,17 +214,17 @@ impl<S: ReservationStore> Coordinator<S> {
         };
         let started = Instant::now();
         let outcome = inner.store.complete(lease, &result, ttl).await;
-        inner
-            .metrics
-            .record_latency(operation, "save", started.elapsed().as_secs_f64());
+        inner.metrics.record_latency(
+            operation,
+            LatencyMethod::Save,
+            started.elapsed().as_secs_f64(),
+        );
         match outcome {
             Ok(Fence::Held) => true,
             Ok(Fence::Lost) => {
                 // One loss, counted once per call (the renewal may have seen it first).
                 if holding == Holding::Lease && !lost_already {
-                    inner
-                        .metrics
-                        .record_error(operation, error_type::LEASE_LOST);
+                    inner.metrics.record_error(operation, ErrorType::LeaseLost);
                 }
                 tracing::warn!("the key holds another caller's record; it stands");
                 true
@@ -232,7 +232,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Err(e) => {
                 inner
                     .metrics
-                    .record_error(operation, error_type::STORAGE_SAVE);
+                    .record_error(operation, ErrorType::StorageSave);
                 tracing::warn!(error = %e, "could not store the result");
                 false
             }
@@ -244,7 +244,7 @@ impl<S: ReservationStore> Coordinator<S> {
         if let Err(e) = Box::pin(self.inner.store.release(lease)).await {
             self.inner
                 .metrics
-                .record_error(lease.operation(), error_type::STORAGE_RELEASE);
+                .record_error(lease.operation(), ErrorType::StorageRelease);
             tracing::warn!(error = %e, "could not release the reservation; it expires with its lease");
         }
     }

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    IdempotencyError, Lease, RawValue, RecordId, ReservationStore, ResultAdapter, error_type,
+    ErrorType, IdempotencyError, LatencyMethod, Lease, RawValue, RecordId, ReservationStore,
+    ResultAdapter,
 };
 
 use crate::coordinator::{CallOptions, Coordinator};
@@ -30,9 +31,11 @@ impl<S: ReservationStore> Coordinator<S> {
         let operation = id.operation();
         let started = Instant::now();
         let read = inner.store.get(operation, id.key()).await;
-        inner
-            .metrics
-            .record_latency(operation, "get", started.elapsed().as_secs_f64());
+        inner.metrics.record_latency(
+            operation,
+            LatencyMethod::Get,
+            started.elapsed().as_secs_f64(),
+        );
         match read {
             Ok(Some(record)) => {
                 self.check_fingerprint(&record, options.fingerprint.as_deref())?;
@@ -42,9 +45,7 @@ impl<S: ReservationStore> Coordinator<S> {
             }
             Ok(None) => inner.metrics.record_miss(operation),
             Err(e) => {
-                inner
-                    .metrics
-                    .record_error(operation, error_type::STORAGE_GET);
+                inner.metrics.record_error(operation, ErrorType::StorageGet);
                 // Only an outage may fail open; data that is not a record is refused.
                 if !e.is_storage() || inner.on_storage_error == OnStorageError::Raise {
                     return Err(e.into());
@@ -80,9 +81,11 @@ impl<S: ReservationStore> Coordinator<S> {
             .ok()?;
         let started = Instant::now();
         let written = inner.store.save(&record).await;
-        inner
-            .metrics
-            .record_latency(operation, "save", started.elapsed().as_secs_f64());
+        inner.metrics.record_latency(
+            operation,
+            LatencyMethod::Save,
+            started.elapsed().as_secs_f64(),
+        );
         match written {
             Ok(()) => None,
             Err(e) if e.is_collision() => {
@@ -96,7 +99,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Err(e) => {
                 inner
                     .metrics
-                    .record_error(operation, error_type::STORAGE_SAVE);
+                    .record_error(operation, ErrorType::StorageSave);
                 tracing::warn!(error = %e, "could not store the result");
                 None
             }

@@ -67,7 +67,10 @@ async fn one_call_wires_store_metrics_and_coordinator_from_settings() {
         ..IdempotencySettings::default()
     };
     let registry = prometheus::Registry::new();
-    let coordinator = redis_coordinator(&settings, client, Some(&registry)).expect("wired");
+    let metrics = idempotency_metrics::PrometheusMetrics::register(&registry, None)
+        .expect("register")
+        .shared();
+    let coordinator = redis_coordinator(&settings, client, Some(metrics)).expect("wired");
     let first: u32 = coordinator
         .call("order.create", Some("k"))
         .run(|| async { Ok::<_, IdempotencyError>(1) })
@@ -113,4 +116,34 @@ async fn one_call_wires_store_metrics_and_coordinator_from_settings() {
             .expect_err("invalid")
             .is_validation()
     );
+    // Metrics asked for without a collector: a configuration error, never a silent
+    // registration on the process-wide registry.
+    let client = idempotency_redis::connect_client(
+        &server.url(),
+        &idempotency_redis::ConnectOptions::default(),
+    )
+    .await
+    .expect("client");
+    let err = redis_coordinator(&settings, client, None).expect_err("no collector");
+    assert_eq!(
+        err.class(),
+        idempotency_core::ErrorClass::Configuration,
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_redis_url_is_a_configuration_error_not_an_outage() {
+    let err = idempotency_redis::connect_client(
+        "redis://127.0.0.1:notaport",
+        &idempotency_redis::ConnectOptions::default(),
+    )
+    .await
+    .expect_err("bad url");
+    assert_eq!(
+        err.class(),
+        idempotency_core::ErrorClass::Configuration,
+        "{err}"
+    );
+    assert!(!err.is_storage());
 }

@@ -86,6 +86,8 @@ pub enum ErrorClass {
     Data,
     /// The record exists but has expired.
     Expired,
+    /// The kit was set up wrong (URL, settings, wiring): fix the deployment.
+    Configuration,
 }
 
 /// Everything that can go wrong in the kit.
@@ -193,6 +195,17 @@ pub enum IdempotencyError {
         #[source]
         source: BoxError,
     },
+    /// The kit was set up wrong: a malformed store URL, metrics asked for without a
+    /// collector, an invalid client configuration. Not an outage (fail-open never applies)
+    /// and not the caller's request (not a 400).
+    #[error("configuration error: {message}")]
+    Configuration {
+        /// What is wrong.
+        message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The task running a detached call was cancelled before it finished (the runtime
     /// shut down); whether the action ran is unknown, and a retry replays or runs it.
     #[error("idempotent call for operation '{operation}' was cancelled before it finished")]
@@ -270,6 +283,14 @@ impl IdempotencyError {
         }
     }
 
+    /// A configuration error, with its cause when there is one.
+    pub fn configuration(message: impl Into<String>, source: Option<BoxError>) -> Self {
+        Self::Configuration {
+            message: message.into(),
+            source,
+        }
+    }
+
     /// A fingerprint error with its cause.
     pub fn fingerprint(source: impl Into<BoxError>) -> Self {
         Self::Fingerprint {
@@ -281,13 +302,13 @@ impl IdempotencyError {
     /// library counts it: `deserialization_error` for a record that parses but cannot be
     /// used (an expiry without a timezone), `validation_error` for the rest; `None` for
     /// errors that are not about a stored record.
-    pub fn record_error_type(&self) -> Option<&'static str> {
+    pub fn record_error_type(&self) -> Option<crate::traits::metrics::ErrorType> {
         match self {
             Self::CorruptedRecord { source, .. } if source.is::<crate::record::NaiveExpiry>() => {
-                Some("deserialization_error")
+                Some(crate::traits::metrics::ErrorType::Deserialization)
             }
             Self::CorruptedRecord { .. } | Self::InvalidRecord { .. } => {
-                Some(crate::traits::metrics::error_type::VALIDATION)
+                Some(crate::traits::metrics::ErrorType::Validation)
             }
             _ => None,
         }
@@ -296,6 +317,7 @@ impl IdempotencyError {
     /// Which kind of trouble this is.
     pub fn class(&self) -> ErrorClass {
         match self {
+            Self::Configuration { .. } => ErrorClass::Configuration,
             // A shutdown, like an outage, is the service's trouble: retry later (503).
             Self::Storage { .. } | Self::Cancelled { .. } => ErrorClass::Storage,
             Self::Validation { .. } | Self::InvalidTtl { .. } => ErrorClass::InvalidInput,
@@ -331,7 +353,7 @@ impl IdempotencyError {
             ErrorClass::Conflict => 409,
             ErrorClass::KeyReuse => 422,
             ErrorClass::Storage => 503,
-            ErrorClass::Data | ErrorClass::Expired => 500,
+            ErrorClass::Data | ErrorClass::Expired | ErrorClass::Configuration => 500,
         }
     }
 

@@ -58,7 +58,9 @@ pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
 pub use traits::bulk::{bulk_outcome, validate_all};
-pub use traits::metrics::{IdempotencyMetrics, NoopMetrics, RecordingMetrics, error_type};
+pub use traits::metrics::{
+    ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics, RecordingMetrics, error_type,
+};
 pub use traits::reservation::{
     Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease, is_abandoned, new_owner_token,
 };

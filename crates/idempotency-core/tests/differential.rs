@@ -252,7 +252,7 @@ fn stored_value() -> impl Strategy<Value = Vec<u8>> {
 fn class_of(err: &IdempotencyError) -> &'static str {
     match err {
         IdempotencyError::CorruptedRecord { .. }
-            if err.record_error_type() == Some("deserialization_error") =>
+            if err.record_error_type() == Some(idempotency_core::ErrorType::Deserialization) =>
         {
             "deserialization"
         }

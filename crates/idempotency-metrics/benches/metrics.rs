@@ -13,10 +13,21 @@ fn benches(c: &mut Criterion) {
         b.iter(|| metrics.record_hit(black_box("order.create")))
     });
     c.bench_function("record_error_known_type", |b| {
-        b.iter(|| metrics.record_error(black_box("order.create"), black_box("storage_get_error")));
+        b.iter(|| {
+            metrics.record_error(
+                black_box("order.create"),
+                black_box(idempotency_core::ErrorType::StorageGet),
+            )
+        });
     });
     c.bench_function("record_latency", |b| {
-        b.iter(|| metrics.record_latency(black_box("order.create"), "get", 0.0007))
+        b.iter(|| {
+            metrics.record_latency(
+                black_box("order.create"),
+                idempotency_core::LatencyMethod::Get,
+                0.0007,
+            )
+        })
     });
 }
 

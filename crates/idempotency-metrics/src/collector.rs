@@ -1,13 +1,9 @@
 //! The collector.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use idempotency_core::IdempotencyMetrics;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use idempotency_core::{ErrorType, IdempotencyMetrics, LatencyMethod};
 use prometheus::{CounterVec, HistogramOpts, HistogramVec, Opts, Registry};
-
-use crate::labels::error_status;
 
 /// The histogram buckets, in seconds (the Python library's).
 pub const DURATION_BUCKETS: [f64; 11] = [
@@ -22,69 +18,16 @@ pub struct PrometheusMetrics {
     durations: HistogramVec,
 }
 
-/// Collectors registered so far, with the registry they went into, so a second
-/// registration hands back the first instead of failing.
-static REGISTERED: Mutex<Vec<(Registry, Option<String>, PrometheusMetrics)>> =
-    Mutex::new(Vec::new());
-
-/// A collector that owns one unique, never gathered descriptor: registering it into a
-/// registry tells whether a registry is the same as another one (the `prometheus` crate
-/// has no identity comparison for registries).
-#[derive(Clone)]
-struct Probe(Desc);
-
-impl Collector for Probe {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.0]
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        Vec::new()
-    }
-}
-
-fn same_registry(a: &Registry, b: &Registry) -> bool {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let Ok(desc) = Desc::new(
-        format!("idempotency_registry_probe_{n}"),
-        "probe".into(),
-        Vec::new(),
-        std::collections::HashMap::default(),
-    ) else {
-        return false;
-    };
-    let probe = Probe(desc);
-    if a.register(Box::new(probe.clone())).is_err() {
-        return false;
-    }
-    let same = matches!(
-        b.register(Box::new(probe.clone())),
-        Err(prometheus::Error::AlreadyReg)
-    );
-    if !same {
-        let _ = b.unregister(Box::new(probe.clone()));
-    }
-    let _ = a.unregister(Box::new(probe));
-    same
-}
-
 impl PrometheusMetrics {
-    /// Registers the series on `registry`, with an optional name prefix; if a collector
-    /// with the same prefix is already registered there, returns that one.
+    /// The two series, named with an optional prefix (`{prefix}_idempotency_…`), not yet
+    /// registered anywhere. The collector holds no global state: it goes only into the
+    /// registries it is given (see [`PrometheusMetrics::register_into`]).
     ///
     /// # Errors
-    /// The registry's error when other metrics with these names are registered there.
-    pub fn register(registry: &Registry, prefix: Option<&str>) -> prometheus::Result<Self> {
-        let prefix = prefix.filter(|p| !p.is_empty()).map(str::to_owned);
-        let mut registered = REGISTERED.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, existing)) = registered
-            .iter()
-            .find(|(r, p, _)| *p == prefix && same_registry(r, registry))
-        {
-            return Ok(existing.clone());
-        }
-        let name = |base: &str| match &prefix {
+    /// The `prometheus` crate's error for a prefix that makes an invalid metric name.
+    pub fn new(prefix: Option<&str>) -> prometheus::Result<Self> {
+        let prefix = prefix.filter(|p| !p.is_empty());
+        let name = |base: &str| match prefix {
             Some(p) => format!("{p}_{base}"),
             None => base.to_owned(),
         };
@@ -103,25 +46,46 @@ impl PrometheusMetrics {
             .buckets(DURATION_BUCKETS.to_vec()),
             &["operation", "method"],
         )?;
-        registry.register(Box::new(operations.clone()))?;
-        if let Err(e) = registry.register(Box::new(durations.clone())) {
-            let _ = registry.unregister(Box::new(operations));
-            return Err(e);
-        }
-        let metrics = Self {
+        Ok(Self {
             operations,
             durations,
-        };
-        registered.push((registry.clone(), prefix, metrics.clone()));
+        })
+    }
+
+    /// Registers these series into `registry` (all or nothing). To record into the same
+    /// series from several places, clone the collector rather than registering again: a
+    /// second registration of the same names fails with `AlreadyReg`.
+    ///
+    /// # Errors
+    /// The registry's error, e.g. when series with these names are registered there.
+    pub fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.operations.clone()))?;
+        if let Err(e) = registry.register(Box::new(self.durations.clone())) {
+            let _ = registry.unregister(Box::new(self.operations.clone()));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// [`PrometheusMetrics::new`], then [`PrometheusMetrics::register_into`] `registry`.
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn register(registry: &Registry, prefix: Option<&str>) -> prometheus::Result<Self> {
+        let metrics = Self::new(prefix)?;
+        metrics.register_into(registry)?;
         Ok(metrics)
     }
 
-    /// Registers on the process-wide default registry.
+    /// A collector registered into a registry of its own, for a service that exposes
+    /// only these series.
     ///
     /// # Errors
-    /// As [`PrometheusMetrics::register`].
-    pub fn register_default(prefix: Option<&str>) -> prometheus::Result<Self> {
-        Self::register(prometheus::default_registry(), prefix)
+    /// As [`PrometheusMetrics::new`].
+    pub fn with_own_registry(prefix: Option<&str>) -> prometheus::Result<(Self, Registry)> {
+        let registry = Registry::new();
+        let metrics = Self::register(&registry, prefix)?;
+        Ok((metrics, registry))
     }
 
     /// As an `Arc<dyn IdempotencyMetrics>`, the form stores and coordinators take.
@@ -149,15 +113,15 @@ impl IdempotencyMetrics for PrometheusMetrics {
         self.count(operation, "collision", 1.0);
     }
 
-    fn record_error(&self, operation: &str, error_type: &str) {
-        self.count(operation, &error_status(error_type), 1.0);
+    fn record_error(&self, operation: &str, error: ErrorType) {
+        self.count(operation, error.status(), 1.0);
     }
 
-    fn record_latency(&self, operation: &str, method: &str, seconds: f64) {
+    fn record_latency(&self, operation: &str, method: LatencyMethod, seconds: f64) {
         // A negative or NaN duration (a clock oddity) is not a latency; it is dropped.
         if seconds.is_finite() && seconds >= 0.0 {
             self.durations
-                .with_label_values(&[operation, method])
+                .with_label_values(&[operation, method.as_str()])
                 .observe(seconds);
         }
     }

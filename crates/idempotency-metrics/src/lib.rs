@@ -7,7 +7,9 @@
 //!   0.001 … 5 s.
 //!
 //! With a prefix the names become `{prefix}_idempotency_…`. See `docs/metrics.md` for
-//! every label value and example queries.
+//! every label value and example queries. The collector keeps no process-wide state: it
+//! registers into the `Registry` it is given (or one of its own), as
+//! `opentelemetry-prometheus` does.
 //!
 //! # Example
 //! ```
@@ -18,8 +20,9 @@
 //! let registry = prometheus::Registry::new();
 //! let metrics = PrometheusMetrics::register(&registry, None)?;
 //! metrics.record_hit("order.create");
-//! let again = PrometheusMetrics::register(&registry, None)?; // the same series, no error
-//! again.record_hit("order.create");
+//! let shared = metrics.clone(); // the same series: clone, never register twice
+//! shared.record_hit("order.create");
+//! assert!(PrometheusMetrics::register(&registry, None).is_err());
 //! let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
 //! assert!(text.contains(r#"idempotency_operations_total{operation="order.create",status="hit"} 2"#));
 //! # Ok(()) }
@@ -29,6 +32,5 @@
 //! None.
 
 mod collector;
-mod labels;
 
 pub use collector::{DURATION_BUCKETS, PrometheusMetrics};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use idempotency_core::IdempotencyMetrics;
+use idempotency_core::{ErrorType, IdempotencyMetrics, LatencyMethod};
 use idempotency_metrics::PrometheusMetrics;
 
 type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
@@ -62,8 +62,8 @@ fn run_sequence(metrics: &PrometheusMetrics) {
     metrics.record_hit("user.create");
     metrics.record_miss("user.create");
     metrics.record_collision("user.create");
-    metrics.record_error("user.create", "storage_get_error");
-    metrics.record_latency("user.create", "get", 0.003);
+    metrics.record_error("user.create", ErrorType::StorageGet);
+    metrics.record_latency("user.create", LatencyMethod::Get, 0.003);
     metrics.record_bulk_hit("user.create", 5);
     metrics.record_bulk_miss("user.create", 2);
 }
@@ -96,12 +96,12 @@ fn the_prefixed_exposition_matches_the_python_library() {
 }
 
 #[test]
-fn a_second_collector_on_the_same_registry_is_the_first() {
+fn a_collector_lives_only_in_the_registries_it_is_given() {
     let registry = prometheus::Registry::new();
     let first = PrometheusMetrics::register(&registry, Some("dup")).expect("first");
-    let second = PrometheusMetrics::register(&registry, Some("dup")).expect("second does not fail");
+    let shared = first.clone();
     first.record_hit("op");
-    second.record_hit("op");
+    shared.record_hit("op");
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&registry.gather())
         .expect("encode");
@@ -109,28 +109,40 @@ fn a_second_collector_on_the_same_registry_is_the_first() {
         text.contains(r#"dup_idempotency_operations_total{operation="op",status="hit"} 2"#),
         "{text}"
     );
-    // Another registry gets series of its own.
-    let other = prometheus::Registry::new();
-    let third = PrometheusMetrics::register(&other, Some("dup")).expect("other registry");
+    // Registering the same names again is the registry's error, not a hidden reuse.
+    let again = PrometheusMetrics::register(&registry, Some("dup"));
+    assert!(
+        matches!(again, Err(prometheus::Error::AlreadyReg)),
+        "{again:?}"
+    );
+    // Another registry gets series of its own; the default registry gets nothing.
+    let (third, other) = PrometheusMetrics::with_own_registry(Some("dup")).expect("own");
     third.record_hit("op");
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&other.gather())
         .expect("encode");
     assert!(text.contains(r#"status="hit"} 1"#), "{text}");
+    assert!(
+        prometheus::default_registry()
+            .gather()
+            .iter()
+            .all(|f| !f.name().contains("idempotency")),
+        "nothing went to the process-wide registry"
+    );
 }
 
 #[test]
 fn odd_label_values_and_durations_do_not_panic() {
     let registry = prometheus::Registry::new();
     let metrics = PrometheusMetrics::register(&registry, None).expect("register");
-    metrics.record_error("ö\"\n{}", "made_up_type");
-    metrics.record_latency("op", "get", f64::NAN);
-    metrics.record_latency("op", "get", -1.0);
-    metrics.record_latency("op", "get", f64::INFINITY);
+    metrics.record_error("ö\"\n{}", ErrorType::Decode);
+    metrics.record_latency("op", LatencyMethod::Get, f64::NAN);
+    metrics.record_latency("op", LatencyMethod::Get, -1.0);
+    metrics.record_latency("op", LatencyMethod::Get, f64::INFINITY);
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&registry.gather())
         .expect("encode");
-    assert!(text.contains("error_made_up_type"));
+    assert!(text.contains("error_decode_error"));
     assert!(
         !text.contains("idempotency_operation_duration_seconds_count"),
         "no bogus latency was observed"

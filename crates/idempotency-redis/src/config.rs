@@ -88,10 +88,12 @@ impl ConnectOptions {
     /// credentials from the URL.
     ///
     /// # Errors
-    /// [`IdempotencyError::Storage`] for a URL fred cannot read.
+    /// [`IdempotencyError::Configuration`] for a URL fred cannot read.
     pub fn builder(&self, url: &str) -> Result<Builder> {
         #[allow(unused_mut)]
-        let mut config = Config::from_url(url).map_err(|e| IdempotencyError::storage(None, e))?;
+        let mut config = Config::from_url(url).map_err(|e| {
+            IdempotencyError::configuration("the Redis URL cannot be read", Some(Box::new(e)))
+        })?;
         #[cfg(feature = "tls")]
         if let Some(connector) = &self.tls {
             config.tls = Some(connector.clone().into());
@@ -122,8 +124,8 @@ impl RedisStore {
     /// address or password is an error here, not a silent failure later.
     ///
     /// # Errors
-    /// [`IdempotencyError::Storage`] when the URL is invalid or the server cannot be
-    /// reached or refuses the credentials.
+    /// [`IdempotencyError::Configuration`] when the URL is invalid or the server refuses
+    /// the credentials; [`IdempotencyError::Storage`] when it cannot be reached.
     ///
     /// # Examples
     /// ```no_run
@@ -143,11 +145,14 @@ impl RedisStore {
 /// As [`RedisStore::connect`].
 pub async fn connect_client(url: &str, options: &ConnectOptions) -> Result<Connection> {
     let builder = options.builder(url)?;
-    let storage = |e| IdempotencyError::storage(None, e);
+    // Building a client only checks the configuration; reaching the server comes next.
+    let invalid = |e: fred::error::Error| {
+        IdempotencyError::configuration("invalid Redis client configuration", Some(Box::new(e)))
+    };
     let connection = if options.pool_size > 1 {
-        Connection::from(builder.build_pool(options.pool_size).map_err(storage)?)
+        Connection::from(builder.build_pool(options.pool_size).map_err(invalid)?)
     } else {
-        Connection::from(builder.build().map_err(storage)?)
+        Connection::from(builder.build().map_err(invalid)?)
     };
     let init = async {
         match &connection {
@@ -159,7 +164,17 @@ pub async fn connect_client(url: &str, options: &ConnectOptions) -> Result<Conne
         Ok(Ok(())) => Ok(connection),
         Ok(Err(e)) => {
             connection.quit().await;
-            Err(storage(e))
+            Err(match e.kind() {
+                // Refused credentials or settings are the deployment's mistake, not an
+                // outage to fail open on.
+                fred::error::ErrorKind::Auth
+                | fred::error::ErrorKind::Config
+                | fred::error::ErrorKind::Url => IdempotencyError::configuration(
+                    "Redis refused the connection's configuration",
+                    Some(Box::new(e)),
+                ),
+                _ => IdempotencyError::storage(None, e),
+            })
         }
         Err(_) => {
             connection.quit().await;

@@ -1,17 +1,17 @@
 //! fred errors as kit errors, and their metric labels.
 
 use fred::error::{Error, ErrorKind};
-use idempotency_core::{IdempotencyError, RecordId, error_type};
+use idempotency_core::{ErrorType, IdempotencyError, RecordId};
 
 /// The metric label of a driver error (a fixed set).
-pub(crate) fn label(e: &Error) -> &'static str {
+pub(crate) fn label(e: &Error) -> ErrorType {
     match e.kind() {
         ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing | ErrorKind::Backpressure => {
-            error_type::CONNECTION
+            ErrorType::Connection
         }
-        ErrorKind::Timeout => error_type::TIMEOUT,
-        ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url => error_type::STORAGE,
-        _ => error_type::RESPONSE,
+        ErrorKind::Timeout => ErrorType::Timeout,
+        ErrorKind::Auth | ErrorKind::Config | ErrorKind::Url => ErrorType::Storage,
+        _ => ErrorType::Response,
     }
 }
 

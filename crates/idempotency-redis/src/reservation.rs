@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, Fence, IdempotencyError, Lease, RawValue, RecordId, ReservationStore, Result,
-    error_type, holds_lease, is_abandoned,
+    Claim, ErrorType, Fence, IdempotencyError, Lease, RawValue, RecordId, ReservationStore, Result,
+    holds_lease, is_abandoned,
 };
 
 use crate::store::RedisStore;
@@ -141,7 +141,7 @@ impl ReservationStore for RedisStore {
         }
         self.inner
             .metrics
-            .record_error(id.operation(), error_type::VALIDATION);
+            .record_error(id.operation(), ErrorType::Validation);
         Err(IdempotencyError::in_progress(id.operation(), id.key()))
     }
 

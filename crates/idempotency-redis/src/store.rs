@@ -8,8 +8,9 @@ use std::time::Instant;
 use fred::prelude::{Client, ClientLike, Expiration, KeysInterface, Pool, SetOptions, Value};
 use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
-    IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository, NoopMetrics,
-    RecordId, Result, SaveManyOptions, bulk_outcome, error_type, is_abandoned, validate_all,
+    ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository,
+    LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions, bulk_outcome, is_abandoned,
+    validate_all,
 };
 
 use crate::errors::{classify, label, storage};
@@ -189,12 +190,12 @@ impl RedisStore {
         IdempotencyRecord::from_json(bytes, id.operation(), id.key()).inspect_err(|e| {
             // The Python library's label: a naive expiry is a deserialization error,
             // anything else a validation error.
-            let label = e.record_error_type().unwrap_or(error_type::VALIDATION);
+            let label = e.record_error_type().unwrap_or(ErrorType::Validation);
             self.inner.metrics.record_error(id.operation(), label);
         })
     }
 
-    fn latency(&self, operation: &str, method: &str, start: Instant) {
+    fn latency(&self, operation: &str, method: LatencyMethod, start: Instant) {
         self.inner
             .metrics
             .record_latency(operation, method, start.elapsed().as_secs_f64());
@@ -271,7 +272,7 @@ impl RedisStore {
             0 => {
                 self.inner
                     .metrics
-                    .record_error(record.operation(), error_type::VALIDATION);
+                    .record_error(record.operation(), ErrorType::Validation);
                 Err(IdempotencyError::invalid_field(
                     "expires_at",
                     "expired",
@@ -375,7 +376,7 @@ impl IdempotencyRepository for RedisStore {
             .del(self.redis_key(&id))
             .await
             .map_err(|e| self.fail(id.operation(), e))?;
-        self.latency(id.operation(), "delete", start);
+        self.latency(id.operation(), LatencyMethod::Delete, start);
         Ok(deleted > 0)
     }
 
@@ -418,7 +419,7 @@ impl IdempotencyRepository for RedisStore {
         if misses > 0 {
             self.inner.metrics.record_bulk_miss(operation, misses);
         }
-        self.latency(operation, "get_many", start);
+        self.latency(operation, LatencyMethod::GetMany, start);
         Ok(found)
     }
 
@@ -514,7 +515,7 @@ impl IdempotencyRepository for RedisStore {
                 }
             }
         }
-        self.latency(batch_op, "save_many", start);
+        self.latency(batch_op, LatencyMethod::SaveMany, start);
         if failures > 0 && failures == records.len() {
             // Nothing reached Redis: an outage, not a bad batch.
             if let Some((_, e)) = invalid.pop() {
@@ -543,7 +544,7 @@ impl IdempotencyRepository for RedisStore {
                 .unwrap_or(0);
             deleted += n;
         }
-        self.latency(operation, "delete_many", start);
+        self.latency(operation, LatencyMethod::DeleteMany, start);
         Ok(deleted)
     }
 }

@@ -2,58 +2,195 @@
 
 use std::fmt::Debug;
 
-/// Error types the kit itself reports through [`IdempotencyMetrics::record_error`]: a
-/// fixed set, so label cardinality stays bounded.
-pub mod error_type {
+/// The error types the kit reports through [`IdempotencyMetrics::record_error`]: a closed
+/// set (a misspelt label cannot compile), so label cardinality stays bounded. Modelled on
+/// fred's `ErrorKind::to_str`.
+///
+/// # Examples
+/// ```
+/// use idempotency_core::ErrorType;
+/// assert_eq!(ErrorType::LeaseLost.as_str(), "lease_lost");
+/// assert_eq!(ErrorType::LeaseLost.status(), "error_lease_lost");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorType {
     /// Stored bytes that are not a record (corrupted or of the wrong shape).
-    pub const VALIDATION: &str = "validation_error";
+    Validation,
+    /// A stored record whose expiry cannot be judged (a timestamp without a timezone), as the Python library labels it.
+    Deserialization,
     /// A result that could not be serialized for storage.
-    pub const SERIALIZATION: &str = "serialization_error";
+    Serialization,
     /// A connection to the store failed or was refused.
-    pub const CONNECTION: &str = "connection_error";
+    Connection,
     /// A command to the store timed out.
-    pub const TIMEOUT: &str = "timeout_error";
+    Timeout,
     /// The store answered with an error (WRONGTYPE, NOSCRIPT, …).
-    pub const RESPONSE: &str = "response_error";
+    Response,
     /// Any other failure of the store.
-    pub const STORAGE: &str = "storage_error";
+    Storage,
     /// The coordinator could not read the key.
-    pub const STORAGE_GET: &str = "storage_get_error";
+    StorageGet,
     /// The coordinator could not reserve the key.
-    pub const STORAGE_RESERVE: &str = "storage_reserve_error";
+    StorageReserve,
     /// The coordinator could not store the result.
-    pub const STORAGE_SAVE: &str = "storage_save_error";
+    StorageSave,
     /// The coordinator could not renew its reservation.
-    pub const STORAGE_RENEW: &str = "storage_renew_error";
+    StorageRenew,
     /// The coordinator could not release its reservation.
-    pub const STORAGE_RELEASE: &str = "storage_release_error";
+    StorageRelease,
     /// The coordinator could not make a record of a result (adapter or TTL trouble).
-    pub const RECORD_VALIDATION: &str = "record_validation_error";
+    RecordValidation,
     /// A key was reused for a different request.
-    pub const KEY_REUSE: &str = "key_reuse";
+    KeyReuse,
     /// Our reservation was taken over before we completed.
-    pub const LEASE_LOST: &str = "lease_lost";
+    LeaseLost,
     /// A stored result the adapter could not decode.
-    pub const DECODE: &str = "decode_error";
+    Decode,
+}
 
-    /// Every error type above.
-    pub const ALL: &[&str] = &[
-        VALIDATION,
-        SERIALIZATION,
-        CONNECTION,
-        TIMEOUT,
-        RESPONSE,
-        STORAGE,
-        STORAGE_GET,
-        STORAGE_RESERVE,
-        STORAGE_SAVE,
-        STORAGE_RENEW,
-        STORAGE_RELEASE,
-        RECORD_VALIDATION,
-        KEY_REUSE,
-        LEASE_LOST,
-        DECODE,
+impl ErrorType {
+    /// Every error type.
+    pub const ALL: &[ErrorType] = &[
+        ErrorType::Validation,
+        ErrorType::Deserialization,
+        ErrorType::Serialization,
+        ErrorType::Connection,
+        ErrorType::Timeout,
+        ErrorType::Response,
+        ErrorType::Storage,
+        ErrorType::StorageGet,
+        ErrorType::StorageReserve,
+        ErrorType::StorageSave,
+        ErrorType::StorageRenew,
+        ErrorType::StorageRelease,
+        ErrorType::RecordValidation,
+        ErrorType::KeyReuse,
+        ErrorType::LeaseLost,
+        ErrorType::Decode,
     ];
+
+    /// The label text (the Python library's spelling).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Validation => "validation_error",
+            ErrorType::Deserialization => "deserialization_error",
+            ErrorType::Serialization => "serialization_error",
+            ErrorType::Connection => "connection_error",
+            ErrorType::Timeout => "timeout_error",
+            ErrorType::Response => "response_error",
+            ErrorType::Storage => "storage_error",
+            ErrorType::StorageGet => "storage_get_error",
+            ErrorType::StorageReserve => "storage_reserve_error",
+            ErrorType::StorageSave => "storage_save_error",
+            ErrorType::StorageRenew => "storage_renew_error",
+            ErrorType::StorageRelease => "storage_release_error",
+            ErrorType::RecordValidation => "record_validation_error",
+            ErrorType::KeyReuse => "key_reuse",
+            ErrorType::LeaseLost => "lease_lost",
+            ErrorType::Decode => "decode_error",
+        }
+    }
+
+    /// The `status` label of the operations counter: `error_<type>`.
+    pub const fn status(self) -> &'static str {
+        match self {
+            ErrorType::Validation => "error_validation_error",
+            ErrorType::Deserialization => "error_deserialization_error",
+            ErrorType::Serialization => "error_serialization_error",
+            ErrorType::Connection => "error_connection_error",
+            ErrorType::Timeout => "error_timeout_error",
+            ErrorType::Response => "error_response_error",
+            ErrorType::Storage => "error_storage_error",
+            ErrorType::StorageGet => "error_storage_get_error",
+            ErrorType::StorageReserve => "error_storage_reserve_error",
+            ErrorType::StorageSave => "error_storage_save_error",
+            ErrorType::StorageRenew => "error_storage_renew_error",
+            ErrorType::StorageRelease => "error_storage_release_error",
+            ErrorType::RecordValidation => "error_record_validation_error",
+            ErrorType::KeyReuse => "error_key_reuse",
+            ErrorType::LeaseLost => "error_lease_lost",
+            ErrorType::Decode => "error_decode_error",
+        }
+    }
+}
+
+/// The storage calls whose latency is recorded through
+/// [`IdempotencyMetrics::record_latency`]: the `method` label, a closed set.
+///
+/// # Examples
+/// ```
+/// assert_eq!(idempotency_core::LatencyMethod::GetMany.as_str(), "get_many");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LatencyMethod {
+    /// A read of one key (the coordinator's unreserved flow).
+    Get,
+    /// Storing a result (completion or insert-if-absent).
+    Save,
+    /// Claiming a key.
+    Reserve,
+    /// Deleting one key.
+    Delete,
+    /// A bulk read.
+    GetMany,
+    /// A bulk insert.
+    SaveMany,
+    /// A bulk delete.
+    DeleteMany,
+}
+
+impl LatencyMethod {
+    /// The label text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LatencyMethod::Get => "get",
+            LatencyMethod::Save => "save",
+            LatencyMethod::Reserve => "reserve",
+            LatencyMethod::Delete => "delete",
+            LatencyMethod::GetMany => "get_many",
+            LatencyMethod::SaveMany => "save_many",
+            LatencyMethod::DeleteMany => "delete_many",
+        }
+    }
+}
+
+/// The error types' label texts, for reading recorded metrics (tests, dashboards).
+pub mod error_type {
+    use super::ErrorType;
+    /// [`ErrorType::Validation`].
+    pub const VALIDATION: &str = ErrorType::Validation.as_str();
+    /// [`ErrorType::Deserialization`].
+    pub const DESERIALIZATION: &str = ErrorType::Deserialization.as_str();
+    /// [`ErrorType::Serialization`].
+    pub const SERIALIZATION: &str = ErrorType::Serialization.as_str();
+    /// [`ErrorType::Connection`].
+    pub const CONNECTION: &str = ErrorType::Connection.as_str();
+    /// [`ErrorType::Timeout`].
+    pub const TIMEOUT: &str = ErrorType::Timeout.as_str();
+    /// [`ErrorType::Response`].
+    pub const RESPONSE: &str = ErrorType::Response.as_str();
+    /// [`ErrorType::Storage`].
+    pub const STORAGE: &str = ErrorType::Storage.as_str();
+    /// [`ErrorType::StorageGet`].
+    pub const STORAGE_GET: &str = ErrorType::StorageGet.as_str();
+    /// [`ErrorType::StorageReserve`].
+    pub const STORAGE_RESERVE: &str = ErrorType::StorageReserve.as_str();
+    /// [`ErrorType::StorageSave`].
+    pub const STORAGE_SAVE: &str = ErrorType::StorageSave.as_str();
+    /// [`ErrorType::StorageRenew`].
+    pub const STORAGE_RENEW: &str = ErrorType::StorageRenew.as_str();
+    /// [`ErrorType::StorageRelease`].
+    pub const STORAGE_RELEASE: &str = ErrorType::StorageRelease.as_str();
+    /// [`ErrorType::RecordValidation`].
+    pub const RECORD_VALIDATION: &str = ErrorType::RecordValidation.as_str();
+    /// [`ErrorType::KeyReuse`].
+    pub const KEY_REUSE: &str = ErrorType::KeyReuse.as_str();
+    /// [`ErrorType::LeaseLost`].
+    pub const LEASE_LOST: &str = ErrorType::LeaseLost.as_str();
+    /// [`ErrorType::Decode`].
+    pub const DECODE: &str = ErrorType::Decode.as_str();
 }
 
 /// Receives counts and latencies. Synchronous and object-safe: held as
@@ -78,10 +215,10 @@ pub trait IdempotencyMetrics: Send + Sync + Debug + 'static {
     fn record_miss(&self, operation: &str);
     /// The key was taken by a concurrent caller.
     fn record_collision(&self, operation: &str);
-    /// Something failed; `error_type` is one of [`error_type`].
-    fn record_error(&self, operation: &str, error_type: &str);
+    /// Something failed.
+    fn record_error(&self, operation: &str, error: ErrorType);
     /// How long a storage call took.
-    fn record_latency(&self, operation: &str, method: &str, seconds: f64);
+    fn record_latency(&self, operation: &str, method: LatencyMethod, seconds: f64);
     /// `count` keys of a bulk read were found.
     fn record_bulk_hit(&self, operation: &str, count: u64);
     /// `count` keys of a bulk read were not found.
@@ -96,8 +233,8 @@ impl IdempotencyMetrics for NoopMetrics {
     fn record_hit(&self, _: &str) {}
     fn record_miss(&self, _: &str) {}
     fn record_collision(&self, _: &str) {}
-    fn record_error(&self, _: &str, _: &str) {}
-    fn record_latency(&self, _: &str, _: &str, _: f64) {}
+    fn record_error(&self, _: &str, _: ErrorType) {}
+    fn record_latency(&self, _: &str, _: LatencyMethod, _: f64) {}
     fn record_bulk_hit(&self, _: &str, _: u64) {}
     fn record_bulk_miss(&self, _: &str, _: u64) {}
 }
@@ -106,9 +243,9 @@ impl IdempotencyMetrics for NoopMetrics {
 ///
 /// # Examples
 /// ```
-/// use idempotency_core::{IdempotencyMetrics, RecordingMetrics};
+/// use idempotency_core::{ErrorType, IdempotencyMetrics, RecordingMetrics};
 /// let m = RecordingMetrics::default();
-/// m.record_error("op", "storage_get_error");
+/// m.record_error("op", ErrorType::StorageGet);
 /// assert_eq!(m.calls(), vec![("error".to_owned(), "op".to_owned(), "storage_get_error".to_owned())]);
 /// assert_eq!(m.count("error", "storage_get_error"), 1);
 /// ```
@@ -176,14 +313,14 @@ impl IdempotencyMetrics for RecordingMetrics {
     fn record_collision(&self, operation: &str) {
         self.push("collision", operation, String::new());
     }
-    fn record_error(&self, operation: &str, error_type: &str) {
-        self.push("error", operation, error_type.to_owned());
+    fn record_error(&self, operation: &str, error: ErrorType) {
+        self.push("error", operation, error.as_str().to_owned());
     }
-    fn record_latency(&self, operation: &str, method: &str, _seconds: f64) {
+    fn record_latency(&self, operation: &str, method: LatencyMethod, _seconds: f64) {
         self.latencies
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((operation.to_owned(), method.to_owned()));
+            .push((operation.to_owned(), method.as_str().to_owned()));
     }
     fn record_bulk_hit(&self, operation: &str, count: u64) {
         self.push("bulk_hit", operation, count.to_string());
