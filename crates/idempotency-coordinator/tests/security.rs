@@ -101,7 +101,12 @@ async fn a_wrong_password_is_an_error_at_start_up() {
         let err = RedisStore::connect(&url, &options())
             .await
             .expect_err("refused");
-        assert!(err.is_storage(), "{err:?}");
+        // The deployment's mistake, not an outage that fail-open would run through.
+        assert_eq!(
+            err.class(),
+            idempotency_core::ErrorClass::Configuration,
+            "{err:?}"
+        );
         let cause = std::error::Error::source(&err)
             .map(ToString::to_string)
             .unwrap_or_default();

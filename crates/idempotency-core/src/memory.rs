@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
@@ -147,19 +146,11 @@ impl MemoryStore {
         RecordId::new(record.operation(), record.idempotency_key())
     }
 
-    /// What a repository read makes of a live entry (the Python library's `get`): a
-    /// record past its `expires_at` by this store's clock is no record; a completed one is
-    /// removed, a pending one is left to its deadline (only its owner or its TTL removes
-    /// a reservation).
+    /// What a repository read makes of an entry: the record while its deadline (the
+    /// store's own clock) has not passed, whatever the timestamps inside say, so a record
+    /// stamped by a clock that runs behind is neither hidden nor deleted early.
     fn read(state: &mut State, id: &RecordId, now: Instant) -> Option<IdempotencyRecord> {
-        let entry = state.live(id, now)?;
-        if !entry.record.is_expired_at(OffsetDateTime::now_utc()) {
-            return Some(entry.record.clone());
-        }
-        if !entry.record.is_pending() {
-            state.records.remove(id);
-        }
-        None
+        state.live(id, now).map(|e| e.record.clone())
     }
 }
 

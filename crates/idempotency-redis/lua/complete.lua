@@ -1,9 +1,10 @@
 -- Completes a reservation: writes the completed record only while the key holds our
--- pending record, or holds nothing. A re-sent call that finds exactly the record it
--- writes has already succeeded.
+-- pending record, nothing, or bytes that are not JSON at all (no client can read them as
+-- a record, so nobody holds the key through them). A re-sent call that finds exactly the
+-- record it writes has already succeeded.
 -- KEYS[1] record key; ARGV[1] owner token; ARGV[2] completed JSON; ARGV[3] TTL ms.
 -- Returns 1 when written (or already written by this very call), 0 when the key holds
--- something else (another owner's reservation, a completed record, an unreadable value).
+-- something else (another owner's reservation, a completed record, other JSON).
 local current = redis.call('GET', KEYS[1])
 if current then
   if current == ARGV[2] then
@@ -12,8 +13,8 @@ if current then
   -- The owner check is exact: the stored value must decode to a pending record whose
   -- owner field is our token; text inside the result never counts.
   local ok, record = pcall(cjson.decode, current)
-  if not ok or type(record) ~= 'table' or record['status'] ~= 'pending'
-      or record['owner'] ~= ARGV[1] then
+  if ok and (type(record) ~= 'table' or record['status'] ~= 'pending'
+      or record['owner'] ~= ARGV[1]) then
     return 0
   end
 end

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, ErrorType, Fence, IdempotencyError, Lease, RawValue, RecordId, ReservationStore, Result,
-    holds_lease, is_abandoned,
+    Claim, ErrorType, Fence, IdempotencyError, IdempotencyRecord, Lease, RawValue, RecordId,
+    ReservationStore, Result, holds_lease, is_abandoned,
 };
 
 use crate::store::RedisStore;
@@ -45,9 +45,9 @@ impl RedisStore {
         json: &str,
         lease_ms: i64,
     ) -> fred::prelude::FredResult<Value> {
+        let client = self.client_for(redis_key);
         if self.inner.native_claim.load(Ordering::Relaxed) {
-            let native = self
-                .client()
+            let native = client
                 .set::<Value, _, _>(
                     redis_key,
                     json,
@@ -64,11 +64,7 @@ impl RedisStore {
             }
         }
         let args = vec![Value::from(json), Value::from(lease_ms)];
-        self.inner
-            .scripts
-            .claim
-            .run(self.client(), redis_key, args)
-            .await
+        self.inner.scripts.claim.run(client, redis_key, args).await
     }
 
     /// Runs a fenced script on the lease's key and reads its 1/0 answer.
@@ -79,8 +75,25 @@ impl RedisStore {
         args: Vec<Value>,
     ) -> Result<Fence> {
         let redis_key = self.redis_key(lease.id());
-        let reply = script.run(self.client(), &redis_key, args).await;
+        let reply = script
+            .run(self.client_for(&redis_key), &redis_key, args)
+            .await;
         Ok(fence(&reply.map_err(|e| self.fail_on(lease.id(), e))?))
+    }
+
+    /// Why a found value must be taken over, or `None` when it is a record to answer
+    /// with. Never asks the server: an abandoned reservation is recognised only with a
+    /// fresh sample of the server's clock, never by the local clock.
+    fn unusable(&self, decoded: &Result<IdempotencyRecord>) -> Option<String> {
+        match decoded {
+            Err(e) => Some(e.to_string()),
+            Ok(record) => self
+                .inner
+                .server_clock
+                .estimate()
+                .filter(|now| is_abandoned(record, *now))
+                .map(|_| "an abandoned reservation".to_owned()),
+        }
     }
 }
 
@@ -89,11 +102,16 @@ impl ReservationStore for RedisStore {
 
     async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
         let id = lease.id();
-        let json = lease.pending_record(duration)?.to_json();
+        let json = lease
+            .pending_record_at(self.stamp(lease).await, duration)?
+            .to_json();
         let redis_key = self.redis_key(id);
         let lease_ms = millis(duration);
         let mut reply = self.send_claim(&redis_key, &json, lease_ms).await;
-        for _ in 0..TAKEOVER_ROUNDS {
+        let mut takeovers = 0;
+        // Every reply is decoded, the last takeover's included: a takeover that wrote our
+        // record answers nil, which is ours.
+        loop {
             let value = reply.map_err(|e| self.fail_on(id, e))?;
             let Some(bytes) = value.as_bytes() else {
                 if value.is_null() {
@@ -107,24 +125,31 @@ impl ReservationStore for RedisStore {
                     ),
                 ));
             };
-            let unusable = match self.decode(id, bytes) {
-                // Held by Redis, so alive: no client clock judges it. Our own pending
-                // record is a re-sent claim finding its first write.
-                Ok(record) if holds_lease(&record, lease.token()) => return Ok(Claim::Acquired),
-                Ok(record)
-                    if record.is_pending() && is_abandoned(&record, self.server_now(id).await?) =>
-                {
-                    "an abandoned reservation".to_owned()
-                }
-                Ok(record) => return Ok(Claim::Found(record)),
-                Err(e) => e.to_string(),
+            let decoded = self.decode(id, bytes);
+            let Some(why) = self.unusable(&decoded) else {
+                return match decoded {
+                    // Held by Redis, so alive: no client clock judges it. Our own pending
+                    // record is a re-sent claim finding its first write.
+                    Ok(record) if holds_lease(&record, lease.token()) => Ok(Claim::Acquired),
+                    Ok(record) => Ok(Claim::Found(record)),
+                    Err(e) => Err(e),
+                };
             };
+            if takeovers == TAKEOVER_ROUNDS {
+                // Another writer keeps planting unreadable values: give up. The last reply
+                // was a value that is not ours, so nothing of ours is under the key.
+                self.inner
+                    .metrics
+                    .record_error(id.operation(), ErrorType::Validation);
+                return Err(IdempotencyError::in_progress(id.operation(), id.key()));
+            }
+            takeovers += 1;
             // Replaced only if it still holds exactly these bytes: exactly one claimer
             // wins, and it holds the key fenced before its action runs.
             tracing::warn!(
                 operation = id.operation(),
                 key = id.key(),
-                found = %unusable,
+                found = %why,
                 "taking the key over"
             );
             let args = vec![
@@ -136,17 +161,13 @@ impl ReservationStore for RedisStore {
                 .inner
                 .scripts
                 .takeover
-                .run(self.client(), &redis_key, args)
+                .run(self.client_for(&redis_key), &redis_key, args)
                 .await;
         }
-        self.inner
-            .metrics
-            .record_error(id.operation(), ErrorType::Validation);
-        Err(IdempotencyError::in_progress(id.operation(), id.key()))
     }
 
     async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
-        let record = lease.completed_record(result, ttl)?;
+        let record = lease.completed_record_at(self.stamp(lease).await, result, ttl)?;
         let args = vec![
             Value::from(lease.token()),
             Value::from(record.to_json()),
@@ -156,7 +177,7 @@ impl ReservationStore for RedisStore {
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
-        let renewed = lease.pending_record(duration)?;
+        let renewed = lease.pending_record_at(self.stamp(lease).await, duration)?;
         let args = vec![
             Value::from(lease.token()),
             Value::from(renewed.to_json()),

@@ -1,53 +1,86 @@
-//! The server's clock, as the repository's `expires_at` check needs it.
+//! The server's clock: what records are stamped with and what the repository's
+//! `expires_at` check is judged by.
 //!
-//! Liveness is Redis's (its TTLs); the one place a record's `expires_at` is still compared
-//! with a clock is the repository `get`/`get_many` (the Python library's semantics), and
-//! there the clock is the server's, never the reader's. Asking `TIME` on every read would
-//! cost a round trip, so the store samples it and extrapolates with the monotonic clock:
-//! the estimate is off by at most half a round trip plus the monotonic drift since the
-//! sample, and a jump of the reader's wall clock does not move it at all.
+//! Liveness is Redis's (its TTLs). Timestamps still matter in two places: the Python
+//! library's readers compare `expires_at` with their clock, and the repository's
+//! `get`/`get_many` keep that check. So the store stamps the records it writes with the
+//! server's time (a writer whose clock runs behind would otherwise write records that
+//! look expired, or abandoned, early) and judges `expires_at` on the server's time too.
+//!
+//! Asking `TIME` on every command would cost a round trip, so the store samples it and
+//! extrapolates with the monotonic clock: the estimate is off by at most half a round trip
+//! plus the monotonic drift since the sample, and a jump of the local wall clock does not
+//! move it. A server that refuses `TIME` (an ACL without `@fast`/`+time`) is asked again
+//! only after the same interval; meanwhile there is no estimate, and callers fall back as
+//! each documents: never to an error.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{Client, ClientLike, FredResult, Value};
+use fred::prelude::{Client, ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 use time::OffsetDateTime;
 
-/// How long one `TIME` sample is trusted.
+/// How long one `TIME` sample (or one refusal) is trusted.
 const RESAMPLE_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+enum Sample {
+    /// The server's time at the monotonic instant.
+    Time(OffsetDateTime, Instant),
+    /// `TIME` failed at this instant.
+    Unavailable(Instant),
+}
 
 /// A sampled server clock.
 #[derive(Debug, Default)]
 pub(crate) struct ServerClock {
-    // (server time at the sample, monotonic instant of the sample)
-    sample: Mutex<Option<(OffsetDateTime, Instant)>>,
+    sample: Mutex<Option<Sample>>,
 }
 
 impl ServerClock {
-    /// The server's time now, sampling `TIME` when the last sample is stale.
-    pub(crate) async fn now(&self, client: &Client) -> FredResult<OffsetDateTime> {
-        let cached = *self.sample.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((server, at)) = cached
-            && at.elapsed() < RESAMPLE_AFTER
-        {
-            return Ok(server + at.elapsed());
+    /// The server's time now from the last sample, without asking the server; `None`
+    /// without a fresh sample.
+    pub(crate) fn estimate(&self) -> Option<OffsetDateTime> {
+        match *self.sample.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(Sample::Time(server, at)) if at.elapsed() < RESAMPLE_AFTER => {
+                Some(server + at.elapsed())
+            }
+            _ => None,
+        }
+    }
+
+    /// The server's time now, sampling `TIME` when the last sample is stale; `None` when
+    /// the server refused or failed it (asked again after [`RESAMPLE_AFTER`]).
+    pub(crate) async fn now(&self, client: &Client) -> Option<OffsetDateTime> {
+        let last = *self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        match last {
+            Some(Sample::Time(server, at)) if at.elapsed() < RESAMPLE_AFTER => {
+                return Some(server + at.elapsed());
+            }
+            Some(Sample::Unavailable(at)) if at.elapsed() < RESAMPLE_AFTER => return None,
+            _ => {}
         }
         let sent = Instant::now();
-        let reply: Value = client
+        let reply: Result<Value, _> = client
             .custom(
                 CustomCommand::new_static("TIME", ClusterHash::Random, false),
                 Vec::<Value>::new(),
             )
-            .await?;
-        let rtt = sent.elapsed();
-        let server = parse_time(&reply).ok_or_else(|| {
-            fred::error::Error::new(fred::error::ErrorKind::Protocol, "unexpected TIME reply")
-        })?;
-        // The server read its clock about half a round trip before the reply arrived.
-        let at = sent + rtt / 2;
-        *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = Some((server, at));
-        Ok(server + at.elapsed())
+            .await;
+        let sample = match reply.ok().as_ref().and_then(parse_time) {
+            // The server read its clock about half a round trip before the reply arrived.
+            Some(server) => Sample::Time(server, sent + sent.elapsed() / 2),
+            None => {
+                tracing::debug!("TIME unavailable; records are stamped with the local clock");
+                Sample::Unavailable(Instant::now())
+            }
+        };
+        *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = Some(sample);
+        match sample {
+            Sample::Time(server, at) => Some(server + at.elapsed()),
+            Sample::Unavailable(_) => None,
+        }
     }
 }
 
@@ -77,5 +110,10 @@ mod tests {
         assert_eq!(t.unix_timestamp(), 1_700_000_000);
         assert_eq!(t.microsecond(), 250_000);
         assert_eq!(parse_time(&Value::Null), None);
+    }
+
+    #[test]
+    fn no_sample_means_no_estimate() {
+        assert_eq!(ServerClock::default().estimate(), None);
     }
 }

@@ -50,6 +50,23 @@ impl Connection {
         }
     }
 
+    /// The client every command on `key` goes through: always the same one of a pool, so
+    /// the commands of one reservation (claim, renew, complete, release) travel on one
+    /// connection and reach the server in the order they were sent. (A release sent on
+    /// another connection could overtake the claim it undoes.)
+    pub fn client_for(&self, key: &str) -> &Client {
+        match self {
+            Self::Client(c) => c,
+            Self::Pool(p) => {
+                let clients = p.clients();
+                let slot = usize::from(fred::util::redis_keyslot(key.as_bytes()));
+                clients
+                    .get(slot % clients.len().max(1))
+                    .unwrap_or_else(|| p.next())
+            }
+        }
+    }
+
     /// Closes the connections.
     pub async fn quit(&self) {
         let _ = match self {
@@ -172,6 +189,10 @@ impl RedisStore {
         self.inner.connection.client()
     }
 
+    pub(crate) fn client_for(&self, redis_key: &str) -> &Client {
+        self.inner.connection.client_for(redis_key)
+    }
+
     pub(crate) fn fail(&self, operation: &str, e: fred::error::Error) -> IdempotencyError {
         self.inner.metrics.record_error(operation, label(&e));
         storage(operation, e)
@@ -201,22 +222,23 @@ impl RedisStore {
             .record_latency(operation, method, start.elapsed().as_secs_f64());
     }
 
-    /// What a repository read (`get`, `get_many`) makes of a found value, as the Python
-    /// library's repository does: a record whose `expires_at` has passed **by the server's
-    /// clock** is a miss (a completed one is deleted if the key still holds exactly those
-    /// bytes; a pending one is left to its TTL, since only its owner or Redis may remove a
-    /// live reservation, unless it is abandoned: past its `expires_at` by more than
-    /// [`ABANDONED_AFTER`](idempotency_core::constants::ABANDONED_AFTER)). The claim path
-    /// never comes here: there, a held key is alive unless abandoned.
-    /// The server's time now (sampled, see [`ServerClock`]).
-    pub(crate) async fn server_now(&self, id: &RecordId) -> Result<time::OffsetDateTime> {
-        self.inner
-            .server_clock
-            .now(self.client())
-            .await
-            .map_err(|e| self.fail(id.operation(), e))
+    /// The time to stamp a record of `lease` with: the server's (see [`ServerClock`]),
+    /// or the lease's own clock when the server refuses `TIME`.
+    pub(crate) async fn stamp(&self, lease: &idempotency_core::Lease) -> time::OffsetDateTime {
+        match self.inner.server_clock.now(self.client()).await {
+            Some(now) => now,
+            None => lease.clock().now(),
+        }
     }
 
+    /// What a repository read (`get`, `get_many`) makes of a found value, as the Python
+    /// library's repository does: a record whose `expires_at` has passed is a miss, judged
+    /// on the **server's** clock. A completed one is then deleted if the key still holds
+    /// exactly those bytes; a pending one only when abandoned (past its `expires_at` by
+    /// more than [`ABANDONED_AFTER`](idempotency_core::constants::ABANDONED_AFTER)), since
+    /// only its owner or Redis may remove a live reservation. Without the server's time
+    /// (`TIME` refused) the reader's clock decides only whether the record is shown, and
+    /// nothing is deleted. The claim path never comes here.
     pub(crate) async fn decode_found(
         &self,
         id: &RecordId,
@@ -237,16 +259,16 @@ impl RedisStore {
             };
         };
         let record = self.decode(id, bytes)?;
-        let now = self.server_now(id).await?;
-        if record.is_expired_at(now) {
-            // A live-looking reservation is left alone; a completed record or an abandoned
-            // reservation is deleted (if unchanged), as Python's `get` deletes it.
-            if !record.is_pending() || is_abandoned(&record, now) {
-                self.delete_if_equal(id.operation(), redis_key, bytes).await;
-            }
-            return Ok(None);
+        let server_now = self.inner.server_clock.now(self.client()).await;
+        let now = server_now.unwrap_or_else(time::OffsetDateTime::now_utc);
+        if !record.is_expired_at(now) {
+            return Ok(Some(record));
         }
-        Ok(Some(record))
+        let delete = server_now.is_some() && (!record.is_pending() || is_abandoned(&record, now));
+        if delete {
+            self.delete_if_equal(id.operation(), redis_key, bytes).await;
+        }
+        Ok(None)
     }
 
     /// Deletes `redis_key` if it still holds `bytes`; failures are logged, not raised

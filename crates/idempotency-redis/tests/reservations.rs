@@ -211,19 +211,27 @@ on_both!(
     }
 );
 
-on_both!(get_never_deletes_a_pending_record, |env| {
-    // A reservation stamped by a clock an hour behind: `get` calls it no record (the
-    // Python library's answer), but leaves it to its owner and its TTL.
+on_both!(get_never_deletes_a_live_pending_record, |env| {
+    // A reservation written by a peer whose clock runs ten minutes behind (a Python
+    // writer: ours stamp with the server's clock): `get` calls it no record (the Python
+    // library's answer), but leaves it to its owner and its TTL.
     let rid = id("op", &unique("get-pending"));
     let redis_key = env.store.redis_key(&rid);
-    let lease = Lease::new(
+    let behind = Lease::new(
         rid.clone(),
         None,
-        Clock::with_offset(time::Duration::seconds(-3600)),
+        Clock::with_offset(time::Duration::seconds(-600)),
     );
-    assert_eq!(
-        env.store.claim(&lease, LONG).await.expect("claim"),
-        Claim::Acquired
+    let json = behind.pending_record(LONG).expect("pending").to_json();
+    env.raw(
+        &redis_key,
+        &[
+            b"SET",
+            redis_key.as_bytes(),
+            json.as_bytes(),
+            b"PX",
+            b"30000",
+        ],
     );
     assert_eq!(
         env.store
@@ -238,9 +246,10 @@ on_both!(get_never_deletes_a_pending_record, |env| {
         Some(1),
         "the reservation is still there"
     );
-    assert_eq!(
-        env.store.release(&lease).await.expect("release"),
-        Fence::Held
+    // And a claim still finds it alive.
+    let other = Lease::new(rid, None, Clock::system());
+    assert!(
+        matches!(env.store.claim(&other, LONG).await.expect("claim"), Claim::Found(r) if r.is_pending())
     );
 });
 

@@ -110,6 +110,20 @@ impl Lease {
     /// # Errors
     /// A lease shorter than [`MIN_IN_FLIGHT_LEASE`].
     pub fn pending_record(&self, lease: Duration) -> Result<IdempotencyRecord> {
+        self.pending_record_at(self.clock.now(), lease)
+    }
+
+    /// The pending record of this lease stamped on another clock, whose time is now
+    /// `now` (a store stamping with its server's clock): `expires_at` is `now + lease`,
+    /// and `created_at` is the lease's creation moved onto that clock.
+    ///
+    /// # Errors
+    /// A lease shorter than [`MIN_IN_FLIGHT_LEASE`].
+    pub fn pending_record_at(
+        &self,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<IdempotencyRecord> {
         if lease < MIN_IN_FLIGHT_LEASE {
             return Err(IdempotencyError::invalid_field(
                 "lease",
@@ -117,11 +131,13 @@ impl Lease {
                 "must be at least 1 s",
             ));
         }
+        let now = crate::timestamp::to_micros(now);
+        let created_at = crate::timestamp::to_micros(self.created_at + (now - self.clock.now()));
         self.record(
             RawValue::NULL.to_owned(),
             RecordStatus::Pending,
-            self.created_at,
-            self.clock.now() + lease,
+            created_at.min(now),
+            now + lease,
             Some(self.token.to_string()),
         )
     }
@@ -132,7 +148,20 @@ impl Lease {
     /// # Errors
     /// None in practice (the identity is already valid); kept fallible for the builder.
     pub fn completed_record(&self, result: &RawValue, ttl: Duration) -> Result<IdempotencyRecord> {
-        let now = self.clock.now();
+        self.completed_record_at(self.clock.now(), result, ttl)
+    }
+
+    /// The completed record stamped on another clock whose time is now `now`.
+    ///
+    /// # Errors
+    /// As [`Lease::completed_record`].
+    pub fn completed_record_at(
+        &self,
+        now: OffsetDateTime,
+        result: &RawValue,
+        ttl: Duration,
+    ) -> Result<IdempotencyRecord> {
+        let now = crate::timestamp::to_micros(now);
         self.record(
             result.to_owned(),
             RecordStatus::Completed,
@@ -301,6 +330,13 @@ pub trait ReservationStore: IdempotencyRepository {
     fn watch(&self, id: &RecordId) -> impl Future<Output = Result<Self::Watch>> + Send;
 }
 
+/// The `SplitMix64` finaliser: a bijection on `u64` that scatters consecutive inputs.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A fresh owner token: unique per process start and call, not guessable from outside
 /// without the process's random seed. 32 hex characters.
 pub fn new_owner_token() -> String {
@@ -323,8 +359,10 @@ pub fn new_owner_token() -> String {
         (a, h.finish())
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // Mixing the counter through the seeded hash keeps tokens from being sequential.
+    // Both halves are mixed, so tokens are neither sequential nor guessable without the
+    // seed; the low half is a bijection of the counter (unique per process), the process
+    // seed tells processes apart.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write_u64(a ^ n);
-    format!("{:016x}{:016x}", h.finish() ^ b, n)
+    format!("{:016x}{:016x}", h.finish() ^ b, mix64(n ^ b))
 }
