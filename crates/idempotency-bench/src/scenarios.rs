@@ -4,9 +4,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotency_core::{
-    IdempotencyDomainService, IdempotencyError, IdempotencyRepository, SaveManyOptions,
-};
+use idempotency_core::BulkRepository;
+use idempotency_core::{IdempotencyDomainService, IdempotencyError, SaveManyOptions};
 use idempotency_redis::fred::prelude::{
     Expiration, KeysInterface, LuaInterface, SetOptions, Value,
 };

@@ -30,7 +30,7 @@ impl<S: ReservationStore> Coordinator<S> {
         let inner = &self.inner;
         let operation = id.operation();
         let started = Instant::now();
-        let read = inner.store.get(operation, id.key()).await;
+        let read = inner.store.get(id).await;
         inner.metrics.record_latency(
             operation,
             LatencyMethod::Get,
@@ -90,7 +90,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Ok(()) => None,
             Err(e) if e.is_collision() => {
                 inner.metrics.record_collision(operation);
-                let winner = inner.store.get(operation, id.key()).await.ok().flatten()?;
+                let winner = inner.store.get(id).await.ok().flatten()?;
                 if self.check_fingerprint(&winner, fingerprint).is_err() || winner.is_pending() {
                     return None;
                 }

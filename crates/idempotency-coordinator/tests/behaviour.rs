@@ -48,7 +48,13 @@ on_all!(no_key_runs_the_action_and_touches_nothing, |env| {
     }
     assert_eq!(runs.get(), 4);
     assert!(env.metrics.calls().is_empty());
-    assert_eq!(env.store.get("op", &key).await.expect("get"), None);
+    assert_eq!(
+        env.store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
 });
 
 on_all!(
@@ -109,7 +115,7 @@ on_all!(
         assert_eq!(runs.get(), 1);
         let record = env
             .store
-            .get("order.create", &key)
+            .get(&idempotency_core::RecordId::new("order.create", &key).expect("valid identifiers"))
             .await
             .expect("get")
             .expect("stored");
@@ -286,7 +292,10 @@ on_all!(a_failed_action_caches_nothing_and_the_retry_runs, |env| {
         matches!(err, IdempotencyError::InProgress { ref operation, .. } if operation == "app")
     );
     assert_eq!(
-        env.store.get("op", &key).await.expect("get"),
+        env.store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
         None,
         "released"
     );
@@ -314,7 +323,13 @@ on_all!(a_dropped_call_releases_its_reservation, |env| {
     // The release runs in the background right after the drop.
     let mut free = false;
     for _ in 0..100 {
-        if env.store.get("op", &key).await.expect("get").is_none() {
+        if env
+            .store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect("get")
+            .is_none()
+        {
             free = true;
             break;
         }
@@ -542,7 +557,13 @@ on_all!(an_unencodable_result_is_returned_but_not_cached, |env| {
         .expect("value");
     assert_eq!(v, make());
     assert_eq!(env.metrics.count("error", error_type::RECORD_VALIDATION), 1);
-    assert_eq!(env.store.get("op", &key).await.expect("get"), None);
+    assert_eq!(
+        env.store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
 });
 
 on_all!(ttl_precedence_is_override_then_call_then_default, |env| {
@@ -551,7 +572,7 @@ on_all!(ttl_precedence_is_override_then_call_then_default, |env| {
         let store = env.store.clone();
         async move {
             store
-                .get(op, &key)
+                .get(&idempotency_core::RecordId::new(op, &key).expect("valid identifiers"))
                 .await
                 .expect("get")
                 .expect("stored")
@@ -623,7 +644,7 @@ on_all!(a_lost_lease_keeps_the_newer_record_and_is_counted, |env| {
     assert_eq!(env.metrics.count("error", error_type::LEASE_LOST), 1);
     let stored = env
         .store
-        .get("op", &key)
+        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
         .await
         .expect("get")
         .expect("record");
@@ -667,7 +688,7 @@ on_all!(json_and_void_adapters_round_trip, |env| {
     assert_eq!(runs.get(), 1);
     assert_eq!(
         env.store
-            .get("op", &key)
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
             .await
             .expect("get")
             .expect("stored")

@@ -36,7 +36,11 @@ fn coordinator(
 
 async fn wait_until_up(store: &RedisStore) {
     for _ in 0..100 {
-        if store.get("probe", "up").await.is_ok() {
+        if store
+            .get(&idempotency_core::RecordId::new("probe", "up").expect("valid identifiers"))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -191,7 +195,12 @@ async fn a_black_holed_connection_returns_within_the_timeout_and_leaks_no_task()
         // Recover before the next fault.
         let mut ok = false;
         for _ in 0..100 {
-            if coordinator.store().get("probe", "up").await.is_ok() {
+            if coordinator
+                .store()
+                .get(&idempotency_core::RecordId::new("probe", "up").expect("valid identifiers"))
+                .await
+                .is_ok()
+            {
                 ok = true;
                 break;
             }
@@ -262,7 +271,7 @@ async fn a_stalled_owners_late_writes_change_nothing() {
     );
     let record = direct
         .store()
-        .get("op", "fenced")
+        .get(&idempotency_core::RecordId::new("op", "fenced").expect("valid identifiers"))
         .await
         .expect("get")
         .expect("record");

@@ -263,7 +263,13 @@ on_all!(
             .expect("waits");
         assert_eq!((waited, runs.get()), (5, 0));
         assert_eq!(holder.await.expect("task").expect("owner"), 5);
-        assert!(env.store.get("op", &key).await.expect("get").is_some());
+        assert!(
+            env.store
+                .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+                .await
+                .expect("get")
+                .is_some()
+        );
     }
 );
 

@@ -111,7 +111,12 @@ mod a_read_never_deletes_a_live_reservation {
             .store
             .inner
             .redis_key(&RecordId::new("op", &key).expect("valid"));
-        let _ = env.store.inner.get("op", &key).await.expect("get");
+        let _ = env
+            .store
+            .inner
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect("get");
         let exists =
             idempotency_testkit::resp::command(port_of(&env, &redis_key), &["EXISTS", &redis_key])
                 .expect("exists")
@@ -172,7 +177,12 @@ on_all!(a_result_written_by_a_clock_behind_survives_a_read, |env| {
         .await
         .expect("runs");
     // Anyone reads the key (a Python service, a dashboard, `InFlight::Run`).
-    let _ = env.store.inner.get("op", &key).await.expect("get");
+    let _ = env
+        .store
+        .inner
+        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .await
+        .expect("get");
     let retry: u32 = honest
         .call("op", Some(&key))
         .ttl(ttl)
@@ -262,7 +272,9 @@ async fn a_get_of_a_stored_record_needs_no_time_permission() {
         .await
         .expect("runs");
     assert_eq!(first, 1);
-    let read = store.get("op", &key).await;
+    let read = store
+        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .await;
     assert!(
         matches!(&read, Ok(Some(r)) if !r.is_pending()),
         "get of a stored record fails without TIME: {read:?}"

@@ -50,6 +50,21 @@ impl RecordId {
         })
     }
 
+    /// An identity of identifiers that were validated when their record was made (every
+    /// way to make an [`IdempotencyRecord`](crate::IdempotencyRecord) validates them), so
+    /// a record's identity is never validated twice.
+    pub(crate) fn from_validated(operation: &str, key: &str) -> Self {
+        debug_assert!(validate_identifiers(operation, key).is_ok());
+        let mut text = String::with_capacity(operation.len() + key.len() + 1);
+        text.push_str(operation);
+        text.push(KEY_SEPARATOR);
+        text.push_str(key);
+        Self {
+            text: text.into(),
+            split: operation.len(),
+        }
+    }
+
     /// The trimmed operation name.
     pub fn operation(&self) -> &str {
         &self.text[..self.split]

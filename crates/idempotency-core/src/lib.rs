@@ -57,7 +57,7 @@ pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
-pub use traits::bulk::{bulk_outcome, validate_all};
+pub use traits::bulk::{BulkRepository, bulk_outcome, validate_all};
 pub use traits::metrics::{
     ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics, RecordingMetrics, error_type,
 };

@@ -11,7 +11,7 @@ use tokio::sync::futures::OwnedNotified;
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
-use crate::traits::bulk::{bulk_outcome, validate_all};
+use crate::traits::bulk::{BulkRepository, bulk_outcome, validate_all};
 use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
@@ -142,10 +142,6 @@ impl MemoryStore {
         }
     }
 
-    fn id_of(record: &IdempotencyRecord) -> Result<RecordId> {
-        RecordId::new(record.operation(), record.idempotency_key())
-    }
-
     /// What a repository read makes of an entry: the record while its deadline (the
     /// store's own clock) has not passed, whatever the timestamps inside say, so a record
     /// stamped by a clock that runs behind is neither hidden nor deleted early.
@@ -155,14 +151,13 @@ impl MemoryStore {
 }
 
 impl IdempotencyRepository for MemoryStore {
-    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        let id = RecordId::new(operation, key)?;
-        Ok(Self::read(&mut self.lock(), &id, Instant::now()))
+    async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
+        Ok(Self::read(&mut self.lock(), id, Instant::now()))
     }
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = Self::write_ttl(record)?;
-        let id = Self::id_of(record)?;
+        let id = record.id();
         let mut state = self.lock();
         // Invariant: the check and the insert happen under one lock, so of any number of
         // concurrent saves of one key exactly one succeeds.
@@ -175,7 +170,7 @@ impl IdempotencyRepository for MemoryStore {
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = Self::write_ttl(record)?;
-        let id = Self::id_of(record)?;
+        let id = record.id();
         let mut state = self.lock();
         state.insert(id.clone(), record.clone(), ttl);
         if !record.is_pending() {
@@ -184,15 +179,16 @@ impl IdempotencyRepository for MemoryStore {
         Ok(())
     }
 
-    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
-        let id = RecordId::new(operation, key)?;
+    async fn delete(&self, id: &RecordId) -> Result<bool> {
         let mut state = self.lock();
-        let live = state.live(&id, Instant::now()).is_some();
-        state.records.remove(&id);
-        state.wake(&id);
+        let live = state.live(id, Instant::now()).is_some();
+        state.records.remove(id);
+        state.wake(id);
         Ok(live)
     }
+}
 
+impl BulkRepository for MemoryStore {
     async fn get_many<K: AsRef<str> + Sync>(
         &self,
         operation: &str,
@@ -226,8 +222,7 @@ impl IdempotencyRepository for MemoryStore {
             let now = Instant::now();
             let mut state = self.lock();
             for record in records {
-                let checked =
-                    Self::write_ttl(record).and_then(|ttl| Ok((ttl, Self::id_of(record)?)));
+                let checked = Self::write_ttl(record).map(|ttl| (ttl, record.id()));
                 let (ttl, id) = match checked {
                     Ok(pair) => pair,
                     Err(e) => {

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::constants::{MAX_KEY_LENGTH, MAX_OPERATION_LENGTH};
 use crate::error::{FieldProblem, IdempotencyError, Result};
-use crate::identifiers::{check_field, validate_identifiers};
+use crate::identifiers::{RecordId, check_field, validate_identifiers};
 use crate::json_text::{Json, PYDANTIC_MAX_DEPTH, dict_members, parse_python_json, write_replayed};
 use crate::timestamp::{
     Stamp, StampError, from_unix_float, from_unix_int, parse_timestamp_str, to_micros,
@@ -117,6 +117,16 @@ pub struct RecordParts {
     pub owner: Option<String>,
 }
 
+/// A record's fields beside its identity, for [`IdempotencyRecord::of_identity`].
+pub(crate) struct IdentityParts {
+    pub(crate) result: Box<RawValue>,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) status: RecordStatus,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) owner: Option<String>,
+}
+
 pub(crate) fn null_json() -> Box<RawValue> {
     RawValue::NULL.to_owned()
 }
@@ -138,6 +148,27 @@ impl IdempotencyRecord {
             fingerprint: parts.fingerprint,
             owner: parts.owner,
         })
+    }
+
+    /// The record's identity. Its identifiers were validated when it was made (by
+    /// [`IdempotencyRecord::from_parts`], the domain service or the decoder), so this
+    /// validates nothing again.
+    pub fn id(&self) -> RecordId {
+        RecordId::from_validated(&self.operation, &self.idempotency_key)
+    }
+
+    /// A record of an identity (already valid: nothing is validated again).
+    pub(crate) fn of_identity(id: &RecordId, parts: IdentityParts) -> Self {
+        Self {
+            operation: id.operation().to_owned(),
+            idempotency_key: id.key().to_owned(),
+            result: parts.result,
+            created_at: parts.created_at,
+            expires_at: parts.expires_at,
+            status: parts.status,
+            fingerprint: parts.fingerprint,
+            owner: parts.owner,
+        }
     }
 
     /// A completed record made now, living `ttl`, from already validated identifiers.

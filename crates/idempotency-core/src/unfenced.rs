@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
+use crate::traits::bulk::BulkRepository;
 use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
@@ -55,8 +56,8 @@ impl<R> Unfenced<R> {
 }
 
 impl<R: IdempotencyRepository> IdempotencyRepository for Unfenced<R> {
-    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        self.inner.get(operation, key).await
+    async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
+        self.inner.get(id).await
     }
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
@@ -67,10 +68,12 @@ impl<R: IdempotencyRepository> IdempotencyRepository for Unfenced<R> {
         self.inner.replace(record).await
     }
 
-    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
-        self.inner.delete(operation, key).await
+    async fn delete(&self, id: &RecordId) -> Result<bool> {
+        self.inner.delete(id).await
     }
+}
 
+impl<R: BulkRepository> BulkRepository for Unfenced<R> {
     async fn get_many<K: AsRef<str> + Sync>(
         &self,
         operation: &str,
@@ -107,7 +110,7 @@ impl<R: IdempotencyRepository> Unfenced<R> {
     async fn ours(&self, lease: &Lease) -> Result<Option<IdempotencyRecord>> {
         Ok(self
             .inner
-            .get(lease.operation(), lease.key())
+            .get(lease.id())
             .await?
             .filter(|r| holds_lease(r, lease.token())))
     }
@@ -124,7 +127,7 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
             match self.inner.save(&pending).await {
                 Ok(()) => return Ok(Claim::Acquired),
                 Err(e) if e.is_collision() => {
-                    if let Some(found) = self.inner.get(lease.operation(), lease.key()).await? {
+                    if let Some(found) = self.inner.get(lease.id()).await? {
                         return Ok(if holds_lease(&found, lease.token()) {
                             Claim::Acquired
                         } else {
@@ -143,7 +146,7 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
 
     async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
         let record = lease.completed_record(result, ttl)?;
-        let current = self.inner.get(lease.operation(), lease.key()).await?;
+        let current = self.inner.get(lease.id()).await?;
         if current.is_some_and(|r| !holds_lease(&r, lease.token())) {
             return Ok(Fence::Lost);
         }
@@ -163,7 +166,7 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
         if self.ours(lease).await?.is_none() {
             return Ok(Fence::Lost);
         }
-        self.inner.delete(lease.operation(), lease.key()).await?;
+        self.inner.delete(lease.id()).await?;
         Ok(Fence::Held)
     }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use idempotency_core::BulkRepository;
 use idempotency_core::{
     Claim, Clock, Fence, IdempotencyDomainService, IdempotencyError, IdempotencyRepository, Lease,
     MemoryStore, RecordId, RecordOptions, ReservationStore, SaveManyOptions, Unfenced,
@@ -20,17 +21,51 @@ fn svc() -> IdempotencyDomainService {
 async fn save_get_replace_delete() {
     let store = MemoryStore::new();
     let r1 = svc().create_record("op", "k", &1).expect("record");
-    assert_eq!(store.get("op", "k").await.expect("get"), None);
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
     store.save(&r1).await.expect("save");
-    assert_eq!(store.get("op", " k ").await.expect("get"), Some(r1.clone()));
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", " k ").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        Some(r1.clone())
+    );
     let err = store.save(&r1).await.expect_err("collision");
     assert!(matches!(err, IdempotencyError::KeyCollision { ref keys, .. } if keys == &["k"]));
     let r2 = svc().create_record("op", "k", &2).expect("record");
     store.replace(&r2).await.expect("replace");
-    assert_eq!(store.get("op", "k").await.expect("get"), Some(r2));
-    assert!(store.delete("op", "k").await.expect("delete"));
-    assert!(!store.delete("op", "k").await.expect("delete again"));
-    assert_eq!(store.get("op", "k").await.expect("get"), None);
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        Some(r2)
+    );
+    assert!(
+        store
+            .delete(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
 }
 
 #[tokio::test]
@@ -38,14 +73,14 @@ async fn invalid_identifiers_are_refused_before_touching_the_store() {
     let store = MemoryStore::new();
     assert!(
         store
-            .get("op", "a:b")
+            .get(&idempotency_core::RecordId::new("op", "a:b").expect("valid identifiers"))
             .await
             .expect_err("colon")
             .is_validation()
     );
     assert!(
         store
-            .delete("", "k")
+            .delete(&idempotency_core::RecordId::new("", "k").expect("valid identifiers"))
             .await
             .expect_err("empty")
             .is_validation()
@@ -76,7 +111,7 @@ async fn the_same_key_under_two_operations_is_two_records() {
         .expect("save");
     assert_eq!(
         store
-            .get("user.create", "k")
+            .get(&idempotency_core::RecordId::new("user.create", "k").expect("valid identifiers"))
             .await
             .expect("get")
             .expect("found")
@@ -86,7 +121,10 @@ async fn the_same_key_under_two_operations_is_two_records() {
     );
     assert_eq!(
         store
-            .get("identifier.attach", "k")
+            .get(
+                &idempotency_core::RecordId::new("identifier.attach", "k")
+                    .expect("valid identifiers")
+            )
             .await
             .expect("get")
             .expect("found")
@@ -109,7 +147,13 @@ async fn expired_records_are_misses_and_free_the_key() {
         .expect("r");
     store.save(&record).await.expect("save");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(store.get("op", "k").await.expect("get"), None);
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
     assert!(
         store
             .get_many("op", &["k"])
@@ -215,8 +259,20 @@ async fn save_many_reports_every_collision_and_keeps_the_rest_without_rollback()
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(store.get("op", "k1").await.expect("get").is_some());
-    assert!(store.get("op", "k3").await.expect("get").is_some());
+    assert!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k1").expect("valid identifiers"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k3").expect("valid identifiers"))
+            .await
+            .expect("get")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -232,9 +288,27 @@ async fn save_many_with_rollback_deletes_exactly_what_it_wrote() {
         .await
         .expect_err("collision");
     assert!(matches!(err, IdempotencyError::KeyCollision { ref keys, .. } if keys == &["k2"]));
-    assert_eq!(store.get("op", "k1").await.expect("get"), None);
-    assert_eq!(store.get("op", "k3").await.expect("get"), None);
-    assert_eq!(store.get("op", "k2").await.expect("get"), Some(existing));
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k1").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k3").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("op", "k2").expect("valid identifiers"))
+            .await
+            .expect("get"),
+        Some(existing)
+    );
 }
 
 #[tokio::test]

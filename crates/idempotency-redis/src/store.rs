@@ -8,9 +8,9 @@ use std::time::Instant;
 use fred::prelude::{Client, ClientLike, Expiration, KeysInterface, Pool, SetOptions, Value};
 use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
-    ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository,
-    LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions, bulk_outcome, is_abandoned,
-    validate_all,
+    BulkRepository, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
+    IdempotencyRepository, LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions,
+    bulk_outcome, is_abandoned, validate_all,
 };
 
 use crate::errors::{classify, label, storage};
@@ -331,26 +331,25 @@ impl RedisStore {
 }
 
 impl IdempotencyRepository for RedisStore {
-    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        let id = RecordId::new(operation, key)?;
-        let redis_key = self.redis_key(&id);
+    async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
+        let redis_key = self.redis_key(id);
         let value: Value = self
             .client()
             .get(redis_key.as_str())
             .await
-            .map_err(|e| self.fail_on(&id, e))?;
+            .map_err(|e| self.fail_on(id, e))?;
         // An empty value is no record for `get` (the Python library's `if not data`);
         // `get_many` calls it corrupted, as Python's does.
         if value.as_bytes().is_some_and(<[u8]>::is_empty) {
             return Ok(None);
         }
-        self.decode_found(&id, &redis_key, value).await
+        self.decode_found(id, &redis_key, value).await
     }
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let operation = record.operation();
         let ttl = self.write_ttl(record)?;
-        let id = RecordId::new(operation, record.idempotency_key())?;
+        let id = record.id();
         let redis_key = self.redis_key(&id);
         let reply: Value = self
             .client()
@@ -373,9 +372,8 @@ impl IdempotencyRepository for RedisStore {
     }
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
-        let operation = record.operation();
         let ttl = self.write_ttl(record)?;
-        let id = RecordId::new(operation, record.idempotency_key())?;
+        let id = record.id();
         let redis_key = self.redis_key(&id);
         self.client()
             .set::<Value, _, _>(
@@ -390,18 +388,19 @@ impl IdempotencyRepository for RedisStore {
         Ok(())
     }
 
-    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
-        let id = RecordId::new(operation, key)?;
+    async fn delete(&self, id: &RecordId) -> Result<bool> {
         let start = Instant::now();
         let deleted: i64 = self
             .client()
-            .del(self.redis_key(&id))
+            .del(self.redis_key(id))
             .await
             .map_err(|e| self.fail(id.operation(), e))?;
         self.latency(id.operation(), LatencyMethod::Delete, start);
         Ok(deleted > 0)
     }
+}
 
+impl BulkRepository for RedisStore {
     async fn get_many<K: AsRef<str> + Sync>(
         &self,
         operation: &str,
@@ -466,14 +465,7 @@ impl IdempotencyRepository for RedisStore {
                     continue;
                 }
             };
-            let id = match RecordId::new(record.operation(), record.idempotency_key()) {
-                Ok(id) => id,
-                Err(e) => {
-                    invalid.push((record.idempotency_key().to_owned(), e));
-                    continue;
-                }
-            };
-            let redis_key = self.redis_key(&id);
+            let redis_key = self.redis_key(&record.id());
             let json = record.to_json();
             pipeline
                 .set::<(), _, _>(

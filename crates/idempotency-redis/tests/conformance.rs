@@ -3,6 +3,7 @@
 mod common;
 
 use common::unique;
+use idempotency_core::BulkRepository;
 use idempotency_core::{
     IdempotencyError, IdempotencyRecord, IdempotencyRepository, RawValue, RecordParts,
 };
@@ -61,7 +62,10 @@ on_both!(
                 &redis_key,
                 &[b"SET", redis_key.as_bytes(), raw.as_bytes(), b"EX", b"600"],
             );
-            let found = store.get(&op, &key).await.expect("get");
+            let found = store
+                .get(&idempotency_core::RecordId::new(&op, &key).expect("valid identifiers"))
+                .await
+                .expect("get");
             let expired = IdempotencyRecord::from_json(raw.as_bytes(), &op, &key)
                 .expect("decodes")
                 .is_expired();
@@ -156,7 +160,11 @@ on_both!(
                 );
                 env.metrics.clear();
                 let outcome = if method == "get" {
-                    env.store.get(&op, &key).await
+                    env.store
+                        .get(
+                            &idempotency_core::RecordId::new(&op, &key).expect("valid identifiers"),
+                        )
+                        .await
                 } else {
                     env.store
                         .get_many(&op, &[&key])

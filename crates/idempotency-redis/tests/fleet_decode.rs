@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
+use idempotency_core::BulkRepository;
 use idempotency_core::{IdempotencyError, IdempotencyRepository, RecordId};
 use idempotency_redis::RedisStore;
 use idempotency_testkit::json_eq;
@@ -243,7 +244,12 @@ on_both!(
             let name = py_key.rsplit_once(&format!("-{method}-")).expect("name").0;
             let key = format!("{name}-{method}-rs");
             let ours = if method == "get" {
-                store.get("fleet.op", &key).await
+                store
+                    .get(
+                        &idempotency_core::RecordId::new("fleet.op", &key)
+                            .expect("valid identifiers"),
+                    )
+                    .await
             } else {
                 store
                     .get_many("fleet.op", &[&key])

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{svc, unique};
+use idempotency_core::BulkRepository;
 use idempotency_core::{
     Claim, Clock, Fence, IdempotencyError, IdempotencyRepository, Lease, RawValue, RecordId,
     ReservationStore,
@@ -37,12 +38,18 @@ on_both!(odd_keys_are_stored_and_read_back, |env| {
             .expect("valid key");
         env.store.save(&record).await.expect("save");
         assert_eq!(
-            env.store.get("odd.op", key).await.expect("get"),
+            env.store
+                .get(&idempotency_core::RecordId::new("odd.op", key).expect("valid identifiers"))
+                .await
+                .expect("get"),
             Some(record),
             "{key:?}"
         );
         // The fenced scripts handle the same keys.
-        env.store.delete("odd.op", key).await.expect("delete");
+        env.store
+            .delete(&idempotency_core::RecordId::new("odd.op", key).expect("valid identifiers"))
+            .await
+            .expect("delete");
         let lease = Lease::new(
             RecordId::new("odd.op", key).expect("valid key"),
             None,
@@ -109,7 +116,7 @@ on_both!(
         );
         assert!(
             env.store
-                .get("op", rid.key())
+                .get(&idempotency_core::RecordId::new("op", rid.key()).expect("valid identifiers"))
                 .await
                 .expect("get")
                 .is_some_and(|r| r.is_pending())
@@ -143,7 +150,7 @@ fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
     let redis_key = store.redis_key(&RecordId::new("op", "bytes").expect("valid key"));
     proptest!(ProptestConfig::with_cases(200), |(bytes in prop::collection::vec(any::<u8>(), 0..256))| {
         idempotency_testkit::resp::command_bytes(server.port(), &[b"SET", redis_key.as_bytes(), &bytes]).expect("set");
-        match runtime.block_on(store.get("op", "bytes")) {
+        match runtime.block_on(store.get(&idempotency_core::RecordId::new("op", "bytes").expect("valid identifiers"))) {
             Ok(_) => {}
             Err(e) => prop_assert!(matches!(e, IdempotencyError::CorruptedRecord { .. } | IdempotencyError::InvalidRecord { .. }), "{e:?}"),
         }
@@ -158,7 +165,7 @@ fn arbitrary_valid_identifiers_round_trip_through_redis() {
             return Ok(()); // validation decided: nothing to store
         };
         runtime.block_on(store.replace(&record)).expect("replace");
-        let back = runtime.block_on(store.get(&operation, &key)).expect("get");
+        let back = runtime.block_on(store.get(&idempotency_core::RecordId::new(&operation, &key).expect("valid identifiers"))).expect("get");
         prop_assert_eq!(back, Some(record));
     });
 }

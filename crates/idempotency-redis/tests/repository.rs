@@ -5,19 +5,29 @@ mod common;
 use std::time::Duration;
 
 use common::{svc, unique};
+use idempotency_core::BulkRepository;
 use idempotency_core::{IdempotencyError, IdempotencyRepository, RecordOptions, SaveManyOptions};
 use idempotency_testkit::resp::Reply;
 
 on_both!(save_get_replace_delete, |env| {
     let key = unique("basic");
     let store = &env.store;
-    assert_eq!(store.get("user.create", &key).await.expect("get"), None);
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
     let record = svc()
         .create_record("user.create", &key, &serde_json::json!({"id": 1}))
         .expect("record");
     store.save(&record).await.expect("save");
     assert_eq!(
-        store.get("user.create", &key).await.expect("get"),
+        store
+            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
         Some(record.clone())
     );
     let err = store.save(&record).await.expect_err("collision");
@@ -29,17 +39,35 @@ on_both!(save_get_replace_delete, |env| {
         .expect("record");
     store.replace(&newer).await.expect("replace");
     assert_eq!(
-        store.get("user.create", &key).await.expect("get"),
+        store
+            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
         Some(newer)
     );
-    assert!(store.delete("user.create", &key).await.expect("delete"));
+    assert!(
+        store
+            .delete(
+                &idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers")
+            )
+            .await
+            .expect("delete")
+    );
     assert!(
         !store
-            .delete("user.create", &key)
+            .delete(
+                &idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers")
+            )
             .await
             .expect("delete again")
     );
-    assert_eq!(store.get("user.create", &key).await.expect("get"), None);
+    assert_eq!(
+        store
+            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
     assert!(env.metrics.methods().contains(&"delete".to_owned()));
 });
 
@@ -47,14 +75,14 @@ on_both!(invalid_keys_are_refused_before_any_io, |env| {
     let before = env.metrics.calls().len();
     assert!(
         env.store
-            .get("op", "a:b")
+            .get(&idempotency_core::RecordId::new("op", "a:b").expect("valid identifiers"))
             .await
             .expect_err("colon")
             .is_validation()
     );
     assert!(
         env.store
-            .delete(" ", "k")
+            .delete(&idempotency_core::RecordId::new(" ", "k").expect("valid identifiers"))
             .await
             .expect_err("blank")
             .is_validation()
@@ -114,7 +142,13 @@ on_both!(an_expired_record_cannot_be_saved, |env| {
             .expect_err("expired")
             .is_validation()
     );
-    assert_eq!(env.store.get("op", &key).await.expect("get"), None);
+    assert_eq!(
+        env.store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect("get"),
+        None
+    );
 });
 
 on_both!(
@@ -131,7 +165,13 @@ on_both!(
             &redis_key,
             &[b"SET", redis_key.as_bytes(), raw.as_bytes(), b"EX", b"60"],
         );
-        assert_eq!(env.store.get("op", &key).await.expect("get"), None);
+        assert_eq!(
+            env.store
+                .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+                .await
+                .expect("get"),
+            None
+        );
         assert_eq!(
             env.raw(&redis_key, &[b"EXISTS", redis_key.as_bytes()])
                 .as_int(),
@@ -154,7 +194,11 @@ on_both!(corrupted_bytes_give_a_typed_error_and_stay, |env| {
         b"{}",
     ] {
         env.raw(&redis_key, &[b"SET", redis_key.as_bytes(), bytes]);
-        let err = env.store.get("op", &key).await.expect_err("corrupt");
+        let err = env
+            .store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect_err("corrupt");
         assert!(
             matches!(
                 err,
@@ -189,7 +233,11 @@ on_both!(a_key_of_the_wrong_redis_type_is_a_data_error, |env| {
         .store
         .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
     env.raw(&redis_key, &[b"HSET", redis_key.as_bytes(), b"f", b"v"]);
-    let err = env.store.get("op", &key).await.expect_err("wrongtype");
+    let err = env
+        .store
+        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .await
+        .expect_err("wrongtype");
     // A permanent fault of the data under the key, never an outage that fail-open mode
     // would run the action over.
     assert!(!err.is_storage(), "{err:?}");
@@ -356,7 +404,10 @@ on_both!(save_many_reports_invalid_records_with_the_rest, |env| {
     }
     assert_eq!(
         env.store
-            .get("op", good.idempotency_key())
+            .get(
+                &idempotency_core::RecordId::new("op", good.idempotency_key())
+                    .expect("valid identifiers")
+            )
             .await
             .expect("get"),
         Some(good)
@@ -378,7 +429,10 @@ async fn a_stopped_server_gives_a_storage_error_within_the_timeout_and_the_store
         .expect("save");
     server.kill();
     let started = std::time::Instant::now();
-    let err = store.get("op", &key).await.expect_err("server down");
+    let err = store
+        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .await
+        .expect_err("server down");
     assert!(err.is_storage(), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -388,7 +442,10 @@ async fn a_stopped_server_gives_a_storage_error_within_the_timeout_and_the_store
     // The store reconnects by itself; the restarted server is empty.
     let mut recovered = None;
     for _ in 0..50 {
-        match store.get("op", &key).await {
+        match store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+        {
             Ok(found) => {
                 recovered = Some(found);
                 break;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{svc, unique};
+use idempotency_core::BulkRepository;
 use idempotency_core::{
     Claim, Clock, ErrorClass, Fence, IdempotencyRepository, Lease, RawValue, RecordId,
     ReservationStore, SaveManyOptions,
@@ -203,7 +204,11 @@ on_both!(
         assert_eq!(err.class(), ErrorClass::Data, "{err}");
         assert!(!err.is_storage(), "never a fail-open storage error: {err}");
         assert!(err.to_string().contains(&key), "names the key: {err}");
-        let err = env.store.get("op", &key).await.expect_err("not a record");
+        let err = env
+            .store
+            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .await
+            .expect_err("not a record");
         assert_eq!(err.class(), ErrorClass::Data, "{err}");
         // Nothing was written over it.
         let kind = env.raw(&redis_key, &[b"TYPE", redis_key.as_bytes()]);
@@ -233,13 +238,7 @@ on_both!(get_never_deletes_a_live_pending_record, |env| {
             b"30000",
         ],
     );
-    assert_eq!(
-        env.store
-            .get(rid.operation(), rid.key())
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(env.store.get(&rid).await.expect("get"), None);
     assert_eq!(
         env.raw(&redis_key, &[b"EXISTS", redis_key.as_bytes()])
             .as_int(),
@@ -269,12 +268,18 @@ on_both!(a_rollback_deletes_only_what_the_batch_wrote, |env| {
         .expect_err("collision");
     assert!(err.is_collision(), "{err}");
     assert_eq!(
-        env.store.get("op", &a).await.expect("get"),
+        env.store
+            .get(&idempotency_core::RecordId::new("op", &a).expect("valid identifiers"))
+            .await
+            .expect("get"),
         None,
         "ours rolled back"
     );
     assert_eq!(
-        env.store.get("op", &taken).await.expect("get"),
+        env.store
+            .get(&idempotency_core::RecordId::new("op", &taken).expect("valid identifiers"))
+            .await
+            .expect("get"),
         Some(existing),
         "the other writer's record stays"
     );

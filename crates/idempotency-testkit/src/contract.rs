@@ -126,11 +126,7 @@ pub async fn a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one<
     );
     assert_eq!(store.renew(&stale, LONG).await.expect("renew"), Fence::Lost);
     assert_eq!(store.release(&stale).await.expect("release"), Fence::Lost);
-    let pending = store
-        .get(id.operation(), id.key())
-        .await
-        .expect("get")
-        .expect("held");
+    let pending = store.get(&id).await.expect("get").expect("held");
     assert_eq!(
         pending.owner(),
         Some(fresh_lease.token()),
@@ -158,11 +154,7 @@ pub async fn a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one<
         Fence::Lost,
         "a completed record is not released"
     );
-    let record = store
-        .get(id.operation(), id.key())
-        .await
-        .expect("get")
-        .expect("completed");
+    let record = store.get(&id).await.expect("get").expect("completed");
     assert_eq!(record.result().get(), "\"done\"");
 }
 
@@ -194,11 +186,7 @@ pub async fn the_owner_check_ignores_look_alike_text_in_the_result<S: Reservatio
             .expect("complete"),
         Fence::Lost
     );
-    let record: IdempotencyRecord = store
-        .get(id.operation(), id.key())
-        .await
-        .expect("get")
-        .expect("still there");
+    let record: IdempotencyRecord = store.get(&id).await.expect("get").expect("still there");
     assert!(!record.is_pending(), "the completed record stays completed");
     assert_eq!(record.result().get(), trap.get());
 }
@@ -221,11 +209,7 @@ pub async fn a_repeated_complete_is_success_and_a_completed_record_is_final<S: R
             .expect("complete"),
         Fence::Held
     );
-    let first = store
-        .get(id.operation(), id.key())
-        .await
-        .expect("get")
-        .expect("completed");
+    let first = store.get(&id).await.expect("get").expect("completed");
     // The very same command again (a driver re-sending after a reconnect) would carry
     // the same bytes; a different result from the same lease must not overwrite.
     assert_eq!(
@@ -235,11 +219,7 @@ pub async fn a_repeated_complete_is_success_and_a_completed_record_is_final<S: R
             .expect("complete"),
         Fence::Lost
     );
-    let after = store
-        .get(id.operation(), id.key())
-        .await
-        .expect("get")
-        .expect("completed");
+    let after = store.get(&id).await.expect("get").expect("completed");
     assert_eq!(first, after);
 }
 
@@ -254,11 +234,7 @@ pub async fn complete_writes_into_an_empty_key<S: ReservationStore>(store: &S) {
             .expect("complete"),
         Fence::Held
     );
-    let record = store
-        .get(id.operation(), id.key())
-        .await
-        .expect("get")
-        .expect("written");
+    let record = store.get(&id).await.expect("get").expect("written");
     assert_eq!(record.result().get(), "5");
 }
 

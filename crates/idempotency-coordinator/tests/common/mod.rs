@@ -3,7 +3,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use idempotency_coordinator::{Coordinator, CoordinatorBuilder};
 use idempotency_core::{
     Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease, MemoryStore,
-    RawValue, RecordId, RecordingMetrics, ReservationStore, Result, SaveManyOptions,
+    RawValue, RecordId, RecordingMetrics, ReservationStore, Result,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
@@ -64,10 +63,12 @@ pub struct Faulty<S> {
     pub faults: Arc<Faults>,
 }
 
+// The coordinator needs the single-key repository and reservations only: no bulk
+// forwarding here.
 impl<S: IdempotencyRepository> IdempotencyRepository for Faulty<S> {
-    async fn get(&self, operation: &str, key: &str) -> Result<Option<IdempotencyRecord>> {
-        injected(&self.faults.get, operation)?;
-        self.inner.get(operation, key).await
+    async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
+        injected(&self.faults.get, id.operation())?;
+        self.inner.get(id).await
     }
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         injected(&self.faults.save, record.operation())?;
@@ -77,25 +78,8 @@ impl<S: IdempotencyRepository> IdempotencyRepository for Faulty<S> {
         injected(&self.faults.save, record.operation())?;
         self.inner.replace(record).await
     }
-    async fn delete(&self, operation: &str, key: &str) -> Result<bool> {
-        self.inner.delete(operation, key).await
-    }
-    async fn get_many<K: AsRef<str> + Sync>(
-        &self,
-        operation: &str,
-        keys: &[K],
-    ) -> Result<HashMap<String, IdempotencyRecord>> {
-        self.inner.get_many(operation, keys).await
-    }
-    async fn save_many(
-        &self,
-        records: &[IdempotencyRecord],
-        options: SaveManyOptions,
-    ) -> Result<()> {
-        self.inner.save_many(records, options).await
-    }
-    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        self.inner.delete_many(operation, keys).await
+    async fn delete(&self, id: &RecordId) -> Result<bool> {
+        self.inner.delete(id).await
     }
 }
 

@@ -1,9 +1,69 @@
-//! Helpers every store's bulk operations share: validating a batch of keys and turning
-//! what happened to each record of a bulk save into its outcome.
+//! Bulk operations: the optional capability of a repository that can read, write and
+//! delete many records in few round trips, and the helpers every store's bulk operations
+//! share (validating a batch of keys, turning what happened to each record of a bulk save
+//! into its outcome).
+
+use std::collections::HashMap;
+use std::future::Future;
 
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
-use crate::traits::storage::SaveManyOptions;
+use crate::record::IdempotencyRecord;
+use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
+
+/// Bulk reads, writes and deletes of one operation's records: a capability beside the
+/// single-key [`IdempotencyRepository`], so a backend or wrapper implements only what it
+/// offers (as apalis keeps optional abilities in their own traits). Keys are validated at
+/// this edge, all of them before any I/O ([`validate_all`]).
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use idempotency_core::{BulkRepository, IdempotencyDomainService, MemoryStore, SaveManyOptions};
+/// let store = MemoryStore::new();
+/// let svc = IdempotencyDomainService::default();
+/// let records = vec![svc.create_record("op", "a", &1)?, svc.create_record("op", "b", &2)?];
+/// store.save_many(&records, SaveManyOptions::default()).await?;
+/// assert_eq!(store.get_many("op", &["a", "b", "c"]).await?.len(), 2);
+/// assert_eq!(store.delete_many("op", &["a", "b"]).await?, 2);
+/// # Ok(()) }
+/// ```
+pub trait BulkRepository: IdempotencyRepository {
+    /// The found, unexpired records among `keys`, by idempotency key.
+    ///
+    /// # Errors
+    /// Validation (of any key), storage, corrupted or invalid record errors.
+    fn get_many<K: AsRef<str> + Sync>(
+        &self,
+        operation: &str,
+        keys: &[K],
+    ) -> impl Future<Output = Result<HashMap<String, IdempotencyRecord>>> + Send;
+
+    /// Inserts each record whose key is free. Not atomic: on error the records that were
+    /// written stay, unless `options.rollback_on_error` is set, in which case exactly the
+    /// records this call wrote (and still unchanged) are deleted again.
+    ///
+    /// # Errors
+    /// One [`IdempotencyError::KeyCollision`] naming every taken key when collisions were
+    /// the only trouble; otherwise [`IdempotencyError::BulkSave`] listing collisions,
+    /// invalid records and what was saved; storage errors.
+    fn save_many(
+        &self,
+        records: &[IdempotencyRecord],
+        options: SaveManyOptions,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes the records under `keys`; returns how many there were.
+    ///
+    /// # Errors
+    /// Validation and storage errors.
+    fn delete_many<K: AsRef<str> + Sync>(
+        &self,
+        operation: &str,
+        keys: &[K],
+    ) -> impl Future<Output = Result<u64>> + Send;
+}
 
 /// Validates every key of a bulk call before any I/O, reporting every problem; returns
 /// the identities in the order given.

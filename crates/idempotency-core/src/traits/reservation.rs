@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::constants::MIN_IN_FLIGHT_LEASE;
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
-use crate::record::{IdempotencyRecord, RecordParts, RecordStatus};
+use crate::record::{IdempotencyRecord, IdentityParts, RecordStatus};
 use crate::traits::storage::IdempotencyRepository;
 
 /// What a caller holds while it reserves a key: the record's identity, a fresh owner
@@ -133,13 +133,13 @@ impl Lease {
         }
         let now = crate::timestamp::to_micros(now);
         let created_at = crate::timestamp::to_micros(self.created_at + (now - self.clock.now()));
-        self.record(
+        Ok(self.record(
             RawValue::NULL.to_owned(),
             RecordStatus::Pending,
             created_at.min(now),
             now + lease,
             Some(self.token.to_string()),
-        )
+        ))
     }
 
     /// The completed record of this lease holding `result`, living `ttl` from now. It
@@ -162,13 +162,13 @@ impl Lease {
         ttl: Duration,
     ) -> Result<IdempotencyRecord> {
         let now = crate::timestamp::to_micros(now);
-        self.record(
+        Ok(self.record(
             result.to_owned(),
             RecordStatus::Completed,
             now,
             now + ttl,
             None,
-        )
+        ))
     }
 
     fn record(
@@ -178,17 +178,19 @@ impl Lease {
         created_at: OffsetDateTime,
         expires_at: OffsetDateTime,
         owner: Option<String>,
-    ) -> Result<IdempotencyRecord> {
-        IdempotencyRecord::from_parts(RecordParts {
-            operation: self.id.operation().to_owned(),
-            idempotency_key: self.id.key().to_owned(),
-            result,
-            created_at,
-            expires_at,
-            status,
-            fingerprint: self.fingerprint().map(str::to_owned),
-            owner,
-        })
+    ) -> IdempotencyRecord {
+        // Built from the lease's identity: a record under another key cannot be made here.
+        IdempotencyRecord::of_identity(
+            &self.id,
+            IdentityParts {
+                result,
+                created_at,
+                expires_at,
+                status,
+                fingerprint: self.fingerprint().map(str::to_owned),
+                owner,
+            },
+        )
     }
 }
 
