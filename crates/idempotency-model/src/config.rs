@@ -1,0 +1,185 @@
+//! What one model run explores: the clients, the keys, the fault budgets, and which
+//! known defect (if any) is put back.
+
+use crate::store::Stored;
+
+/// A defect of issue 10 (reservation protocol v2), put back into the model one at a
+/// time to show the checker finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Defect {
+    /// 1. The claim path judges a found pending record's expiry with the reader's clock
+    ///    and deletes it (plain `DEL`) when it looks expired, then claims again.
+    ClientClockLiveness,
+    /// 2. The release guard is armed only when the claim's reply arrives.
+    GuardArmedAfterClaim,
+    /// 3. A claim re-sent after a lost reply does not recognise its own pending record.
+    ResentClaimNotRecognised,
+    /// 4. An unreadable value makes the caller run the action without a reservation and
+    ///    store the result with an unconditional `SET`.
+    UnreadableRunsUnprotected,
+    /// 5. The scripts' owner check searches the stored bytes for `"owner":"<token>"`
+    ///    and ignores `status`.
+    OwnerBySubstring,
+    /// 6. Detached mode releases the key when the caller is cancelled after the action
+    ///    started (the task is dropped with the caller).
+    DetachedReleasesOnCancel,
+}
+
+impl Defect {
+    /// Every defect, in the issue's order.
+    pub const ALL: [Self; 6] = [
+        Self::ClientClockLiveness,
+        Self::GuardArmedAfterClaim,
+        Self::ResentClaimNotRecognised,
+        Self::UnreadableRunsUnprotected,
+        Self::OwnerBySubstring,
+        Self::DetachedReleasesOnCancel,
+    ];
+}
+
+/// What a client is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A caller of our coordinator.
+    Ours,
+    /// The Python library 0.5.0: `SET NX` to claim, plain `SET` to renew and complete,
+    /// `DEL` to release, no owner token.
+    Python,
+}
+
+/// What the coordinator does while another caller holds the key (`InFlight`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InFlight {
+    /// Wait (for at most `patience` looks at the key), then `InProgress`.
+    Wait,
+    /// `InProgress` at once.
+    Raise,
+}
+
+/// What the coordinator does when the claim fails with a storage error (`OnStorageError`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnStorageError {
+    /// Fail closed: the call fails (the guard releases what the claim may have written).
+    Raise,
+    /// Fail open: run the action without a confirmed reservation (counted).
+    Run,
+}
+
+/// How our callers run the action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// `Call::run`: cancellation drops the action and releases the key (at least once
+    /// after the action started; counted).
+    Attached,
+    /// `Call::run_detached`: cancellation stops the caller waiting; the task finishes.
+    Detached,
+}
+
+/// One model configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// The clients: what each is, its key, and its clock's offset from the server's (s).
+    pub clients: Vec<(Kind, u8, i8)>,
+    /// How many keys (clients name theirs).
+    pub keys: u8,
+    /// The defect put back, if any.
+    pub defect: Option<Defect>,
+    /// Waiting mode of our callers.
+    pub in_flight: InFlight,
+    /// Fail open or closed.
+    pub on_storage_error: OnStorageError,
+    /// Attached or detached calls.
+    pub mode: Mode,
+    /// How many times a waiter looks at the key again before `InProgress`.
+    pub patience: u8,
+    /// How many renewals an owner may make.
+    pub renewals: u8,
+    /// Whether our actions may fail (the key is then released for a retry).
+    pub action_failures: bool,
+    /// Network faults in total: lost requests, lost replies, re-sent commands.
+    pub network_faults: u8,
+    /// Lease expiries while the owner is slow.
+    pub lease_losses: u8,
+    /// Caller cancellations.
+    pub cancellations: u8,
+    /// A value planted (once, into an empty key), if any.
+    pub plant: Option<Stored>,
+}
+
+impl Config {
+    /// Two of our callers on one key, every fault kind once (no plant, no Python).
+    pub fn two_callers() -> Self {
+        Self {
+            clients: vec![(Kind::Ours, 0, 0), (Kind::Ours, 0, 0)],
+            keys: 1,
+            defect: None,
+            in_flight: InFlight::Wait,
+            on_storage_error: OnStorageError::Raise,
+            mode: Mode::Detached,
+            patience: 1,
+            renewals: 1,
+            action_failures: false,
+            network_faults: 1,
+            lease_losses: 1,
+            cancellations: 1,
+            plant: None,
+        }
+    }
+
+    /// Three of our callers on one key, clocks apart by more than a lease, and a value
+    /// planted.
+    pub fn three_callers(plant: Stored) -> Self {
+        Self {
+            clients: vec![(Kind::Ours, 0, 0), (Kind::Ours, 0, 5), (Kind::Ours, 0, -5)],
+            renewals: 0,
+            lease_losses: 0,
+            cancellations: 0,
+            plant: Some(plant),
+            ..Self::two_callers()
+        }
+    }
+
+    /// One of our callers and the Python client on one key.
+    pub fn with_python() -> Self {
+        Self {
+            clients: vec![(Kind::Ours, 0, 0), (Kind::Python, 0, 0), (Kind::Ours, 0, 0)],
+            network_faults: 0,
+            cancellations: 0,
+            renewals: 0,
+            ..Self::two_callers()
+        }
+    }
+
+    /// Two keys, two callers each, sharing one budget of each fault but cancellation
+    /// (the suite's size; [`Config::two_keys_full`] adds a cancellation).
+    pub fn two_keys() -> Self {
+        Self {
+            clients: vec![
+                (Kind::Ours, 0, 0),
+                (Kind::Ours, 0, 3),
+                (Kind::Ours, 1, -3),
+                (Kind::Ours, 1, 0),
+            ],
+            keys: 2,
+            renewals: 0,
+            cancellations: 0,
+            ..Self::two_callers()
+        }
+    }
+
+    /// [`Config::two_keys`] with a cancellation too (about half a million states: run
+    /// in release mode, see `docs/reliability.md`).
+    pub fn two_keys_full() -> Self {
+        Self {
+            cancellations: 1,
+            ..Self::two_keys()
+        }
+    }
+
+    /// The same configuration with `defect` put back.
+    #[must_use]
+    pub fn with_defect(mut self, defect: Defect) -> Self {
+        self.defect = Some(defect);
+        self
+    }
+}

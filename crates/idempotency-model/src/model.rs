@@ -1,0 +1,722 @@
+//! The protocol as a state machine: our callers and the Python client, one FIFO
+//! connection each, the store, and the faults.
+
+use stateright::{Model, Property};
+
+use crate::config::{Config, Defect, InFlight, Kind, Mode, OnStorageError};
+use crate::store::{ClientId, LEASE_SECS, Op, Reply, Stored, Writer, apply, server_now};
+
+/// How many unreadable values one claim takes over before giving up (as the Redis store).
+const TAKEOVER_ROUNDS: u8 = 3;
+
+/// Where a client is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Not started.
+    Idle,
+    /// Its claim (or takeover) is in flight.
+    AwaitClaim,
+    /// Another caller holds the key; it will look again.
+    Waiting,
+    /// It holds the key (or runs without it) and runs the action.
+    Running,
+    /// A renewal is in flight.
+    AwaitRenew,
+    /// The completion is in flight.
+    AwaitComplete,
+    /// The final release is in flight.
+    AwaitRelease,
+    /// The Python client's `SET NX` is in flight.
+    PyAwaitClaim,
+    /// The Python client's `GET` is in flight.
+    PyAwaitGet,
+    /// Finished (or cancelled and not detached).
+    Done,
+}
+
+/// How a running client holds the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Holding {
+    /// Claimed.
+    Lease,
+    /// Fail-open after a storage error on the claim.
+    Unconfirmed,
+    /// Defect 4: an unreadable value and no reservation at all.
+    Unprotected,
+}
+
+/// What a caller got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A value: the value of client `.0`'s execution.
+    Value(ClientId),
+    /// `InProgress`.
+    InProgress,
+    /// An error (storage, data, the action's own failure).
+    Failed,
+    /// The caller was cancelled.
+    Cancelled,
+}
+
+/// A request on a client's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Req {
+    /// The command.
+    pub op: Op,
+    /// Whether the client still waits for its reply (not after a cancellation, nor for a
+    /// guard's release).
+    pub awaited: bool,
+    /// Already applied once; the client re-sends it after a reconnect.
+    pub resent: bool,
+}
+
+/// One client.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Client {
+    /// Where it is.
+    pub phase: Phase,
+    /// The release guard is armed.
+    pub guard: bool,
+    /// Its connection: requests are applied in order.
+    pub pipe: Vec<Req>,
+    /// The action's side effect happened.
+    pub effect: bool,
+    /// A renewal found the lease lost.
+    pub lost: bool,
+    /// How it holds the key while running.
+    pub holding: Holding,
+    /// Renewals left.
+    pub renewals: u8,
+    /// Looks at the key left while waiting.
+    pub patience: u8,
+    /// Takeovers made by this claim.
+    pub takeovers: u8,
+    /// The caller is gone (detached task still running).
+    pub caller_gone: bool,
+    /// What the caller got.
+    pub outcome: Option<Outcome>,
+}
+
+/// What happened to one key, for the properties (ghost state: the protocol never reads
+/// it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ledger {
+    /// Side effects of our callers' actions.
+    pub effects: u8,
+    /// Side effects of the Python client's actions.
+    pub python_effects: u8,
+    /// Leases that expired while their owner was still running (counted lease losses).
+    pub lease_losses: u8,
+    /// Python writes (`SET`, `DEL`) over a record that was not its own reservation.
+    pub python_clobbers: u8,
+    /// Actions run fail-open after a storage error on the claim.
+    pub fail_open_runs: u8,
+    /// Attached calls cancelled after their action's side effect (at least once).
+    pub cancelled_after_effect: u8,
+    /// Completions lost on the way (the result was never stored).
+    pub unstored: u8,
+    /// Releases lost on the way (the record waits for its TTL).
+    pub releases_lost: u8,
+    /// One of our writes changed or deleted a completed record.
+    pub completed_clobbered: bool,
+    /// One of our writes changed or deleted another owner's live reservation.
+    pub stolen: bool,
+}
+
+impl Ledger {
+    /// Effects allowed beyond the first: every counted loss may cost one run.
+    pub fn excused(&self) -> u8 {
+        self.lease_losses
+            + self.python_clobbers
+            + self.fail_open_runs
+            + self.cancelled_after_effect
+            + self.unstored
+    }
+}
+
+/// The whole system.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct State {
+    /// The value under each key.
+    pub store: Vec<Option<Stored>>,
+    /// The clients.
+    pub clients: Vec<Client>,
+    /// Per key, what happened.
+    pub ledger: Vec<Ledger>,
+    /// Network faults left.
+    pub network_faults: u8,
+    /// Lease losses left.
+    pub lease_losses: u8,
+    /// Cancellations left.
+    pub cancellations: u8,
+    /// The plant is still to come.
+    pub plant: bool,
+}
+
+/// A step of the system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// A client starts its call.
+    Start(ClientId),
+    /// The action's side effect happens.
+    Effect(ClientId),
+    /// The owner renews.
+    Renew(ClientId),
+    /// The owner completes.
+    Complete(ClientId),
+    /// The action fails (the key is released for a retry).
+    Fail(ClientId),
+    /// A waiter looks at the key again (a wake-up or the safety poll).
+    Poll(ClientId),
+    /// The caller is cancelled.
+    Cancel(ClientId),
+    /// The store applies the client's next request and the reply arrives.
+    Deliver(ClientId),
+    /// The request is lost before the store sees it; the client gets an error.
+    LoseRequest(ClientId),
+    /// The store applies the request; the reply is lost and the client gets an error.
+    LoseReply(ClientId),
+    /// The store applies the request, the reply is lost, and the client re-sends it after
+    /// reconnecting (it is applied again later).
+    Resend(ClientId),
+    /// The reservation under the key expires while its owner is slow (a lease loss).
+    ExpireLease(u8),
+    /// The configured value is planted under the empty key.
+    Plant(u8),
+}
+
+/// The model: a configuration to explore.
+#[derive(Clone, Debug)]
+pub struct ProtocolModel {
+    /// What is explored.
+    pub config: Config,
+}
+
+impl ProtocolModel {
+    /// A model of `config`.
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    fn kind(&self, c: ClientId) -> Kind {
+        self.config.clients[usize::from(c)].0
+    }
+
+    fn key(&self, c: ClientId) -> u8 {
+        self.config.clients[usize::from(c)].1
+    }
+
+    fn skew(&self, c: ClientId) -> i8 {
+        self.config.clients[usize::from(c)].2
+    }
+
+    fn has(&self, d: Defect) -> bool {
+        self.config.defect == Some(d)
+    }
+
+    /// Whether no step is enabled (every behaviour of the bounded model ends in one).
+    pub fn is_terminal(&self, state: &State) -> bool {
+        let mut actions = Vec::new();
+        self.actions(state, &mut actions);
+        actions.is_empty()
+    }
+
+    /// The completed record client `c` writes: its value; results carry any text, so
+    /// ours echo the owner object of the next client of ours.
+    fn completed(&self, c: ClientId) -> Stored {
+        let python = self.kind(c) == Kind::Python;
+        let n = self.config.clients.len() as u8;
+        let mentions = (1..n)
+            .map(|i| (c + i) % n)
+            .find(|&m| self.kind(m) == Kind::Ours && !python);
+        Stored::Completed {
+            exec: c,
+            python,
+            mentions,
+        }
+    }
+
+    fn send(state: &mut State, c: ClientId, op: Op, awaited: bool) {
+        state.clients[usize::from(c)].pipe.push(Req {
+            op,
+            awaited,
+            resent: false,
+        });
+    }
+
+    fn finish(state: &mut State, c: ClientId, outcome: Outcome) {
+        let client = &mut state.clients[usize::from(c)];
+        client.phase = Phase::Done;
+        client.guard = false;
+        if !client.caller_gone {
+            client.outcome = Some(outcome);
+        }
+    }
+
+    /// Applies `c`'s next request on the store; the reply, and bookkeeping.
+    fn apply_head(&self, state: &mut State, c: ClientId) -> Reply {
+        let op = state.clients[usize::from(c)].pipe[0].op;
+        let k = self.key(c);
+        let before = state.store[usize::from(k)];
+        let (after, reply) = apply(
+            k,
+            before,
+            op,
+            c,
+            self.completed(c),
+            self.skew(c),
+            self.config.defect,
+        );
+        let ledger = &mut state.ledger[usize::from(k)];
+        if after != before {
+            match (self.kind(c), before) {
+                (Kind::Python, Some(Stored::Pending { writer, .. }))
+                    if writer == Writer::Python(c) => {}
+                (Kind::Python, Some(_)) => ledger.python_clobbers += 1,
+                (Kind::Ours, Some(Stored::Completed { .. })) => ledger.completed_clobbered = true,
+                (Kind::Ours, Some(Stored::Pending { writer, .. }))
+                    if writer != Writer::Ours(c) =>
+                {
+                    ledger.stolen = true;
+                }
+                _ => {}
+            }
+        }
+        state.store[usize::from(k)] = after;
+        reply
+    }
+
+    /// Our caller `c` reads the reply of its claim (`None`: a storage error).
+    fn on_claim(&self, state: &mut State, c: ClientId, reply: Option<Reply>) {
+        let k = self.key(c);
+        let ci = usize::from(c);
+        let acquired = |state: &mut State| {
+            let client = &mut state.clients[ci];
+            client.phase = Phase::Running;
+            client.holding = Holding::Lease;
+            client.guard = true;
+        };
+        match reply {
+            None => match self.config.on_storage_error {
+                OnStorageError::Raise => {
+                    // The guard stays armed: dropping the call releases what the claim
+                    // may have written.
+                    if state.clients[ci].guard {
+                        Self::send(state, c, Op::Release, false);
+                    }
+                    Self::finish(state, c, Outcome::Failed);
+                }
+                OnStorageError::Run => {
+                    state.ledger[usize::from(k)].fail_open_runs += 1;
+                    let client = &mut state.clients[ci];
+                    client.phase = Phase::Running;
+                    client.holding = Holding::Unconfirmed;
+                }
+            },
+            Some(Reply::Nil) => acquired(state),
+            Some(Reply::WrongType | Reply::Done(_)) => Self::finish(state, c, Outcome::Failed),
+            Some(Reply::Found(v)) if v.needs_takeover(k) => {
+                if self.has(Defect::UnreadableRunsUnprotected) && v.record(k).is_none() {
+                    let client = &mut state.clients[ci];
+                    client.phase = Phase::Running;
+                    client.holding = Holding::Unprotected;
+                    client.guard = false;
+                } else if state.clients[ci].takeovers < TAKEOVER_ROUNDS {
+                    state.clients[ci].takeovers += 1;
+                    Self::send(state, c, Op::Takeover(v), true);
+                    state.clients[ci].phase = Phase::AwaitClaim;
+                } else {
+                    Self::finish(state, c, Outcome::InProgress);
+                }
+            }
+            // Our own pending record: a re-sent claim found its first write.
+            Some(Reply::Found(v))
+                if v.held_by(k, c, None) && !self.has(Defect::ResentClaimNotRecognised) =>
+            {
+                acquired(state);
+            }
+            Some(Reply::Found(Stored::Completed { exec, .. })) => {
+                Self::finish(state, c, Outcome::Value(exec));
+            }
+            Some(Reply::Found(v)) => {
+                let client_now = server_now() + time::Duration::seconds(i64::from(self.skew(c)));
+                let looks_dead = v.record(k).is_some_and(|r| r.is_expired_at(client_now));
+                let client = &mut state.clients[ci];
+                if self.has(Defect::ClientClockLiveness) && looks_dead && client.patience > 0 {
+                    client.patience -= 1;
+                    Self::send(state, c, Op::Del, false);
+                    Self::send(state, c, Op::Claim, true);
+                } else if self.config.in_flight == InFlight::Raise || client.patience == 0 {
+                    Self::finish(state, c, Outcome::InProgress);
+                } else {
+                    client.phase = Phase::Waiting;
+                }
+            }
+        }
+    }
+
+    /// Client `c` reads a reply (`None`: an error instead of the reply).
+    fn on_reply(&self, state: &mut State, c: ClientId, reply: Option<Reply>) {
+        let ci = usize::from(c);
+        let phase = state.clients[ci].phase;
+        match (self.kind(c), phase) {
+            (Kind::Ours, Phase::AwaitClaim) => self.on_claim(state, c, reply),
+            (_, Phase::AwaitRenew) => {
+                let client = &mut state.clients[ci];
+                client.phase = Phase::Running;
+                if reply == Some(Reply::Done(false)) && self.kind(c) == Kind::Ours {
+                    client.lost = true;
+                }
+            }
+            (Kind::Ours, Phase::AwaitComplete) => match reply {
+                Some(Reply::Done(_)) => Self::finish(state, c, Outcome::Value(c)),
+                _ => {
+                    // Not stored: free the key for a retry, then answer the value.
+                    Self::send(state, c, Op::Release, true);
+                    state.clients[ci].phase = Phase::AwaitRelease;
+                }
+            },
+            (Kind::Python, Phase::AwaitComplete) => Self::finish(state, c, Outcome::Value(c)),
+            (_, Phase::AwaitRelease) => {
+                let outcome = if state.clients[ci].effect {
+                    Outcome::Value(c)
+                } else {
+                    Outcome::Failed
+                };
+                Self::finish(state, c, outcome);
+            }
+            (Kind::Python, Phase::PyAwaitClaim) => match reply {
+                Some(Reply::Done(true)) => {
+                    let client = &mut state.clients[ci];
+                    client.phase = Phase::Running;
+                    client.holding = Holding::Lease;
+                }
+                Some(Reply::Done(false)) => {
+                    Self::send(state, c, Op::PyGet, true);
+                    state.clients[ci].phase = Phase::PyAwaitGet;
+                }
+                _ => Self::finish(state, c, Outcome::Failed),
+            },
+            (Kind::Python, Phase::PyAwaitGet) => match reply {
+                Some(Reply::Found(Stored::Completed { exec, .. })) => {
+                    Self::finish(state, c, Outcome::Value(exec));
+                }
+                Some(Reply::Found(Stored::Pending { .. })) => {
+                    Self::finish(state, c, Outcome::InProgress);
+                }
+                _ => Self::finish(state, c, Outcome::Failed),
+            },
+            // A reply nobody waits for any more.
+            _ => {}
+        }
+    }
+
+    fn cancel(&self, state: &mut State, c: ClientId) {
+        let ci = usize::from(c);
+        let k = usize::from(self.key(c));
+        let detached = self.config.mode == Mode::Detached;
+        let client = &mut state.clients[ci];
+        client.outcome = Some(Outcome::Cancelled);
+        client.caller_gone = true;
+        let started = client.effect
+            && matches!(
+                client.phase,
+                Phase::Running | Phase::AwaitRenew | Phase::AwaitComplete
+            );
+        if detached && !(self.has(Defect::DetachedReleasesOnCancel) && started) {
+            // The task runs on, to completion, whatever happens to the caller.
+            return;
+        }
+        for req in &mut client.pipe {
+            req.awaited = false;
+        }
+        let guard = client.guard;
+        client.phase = Phase::Done;
+        client.guard = false;
+        if guard {
+            Self::send(state, c, Op::Release, false);
+        }
+        if started && !detached {
+            state.ledger[k].cancelled_after_effect += 1;
+        }
+    }
+}
+
+impl Model for ProtocolModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let client = Client {
+            phase: Phase::Idle,
+            guard: false,
+            pipe: Vec::new(),
+            effect: false,
+            lost: false,
+            holding: Holding::Lease,
+            renewals: self.config.renewals,
+            patience: self.config.patience,
+            takeovers: 0,
+            caller_gone: false,
+            outcome: None,
+        };
+        vec![State {
+            store: vec![None; usize::from(self.config.keys)],
+            clients: vec![client; self.config.clients.len()],
+            ledger: vec![Ledger::default(); usize::from(self.config.keys)],
+            network_faults: self.config.network_faults,
+            lease_losses: self.config.lease_losses,
+            cancellations: self.config.cancellations,
+            plant: self.config.plant.is_some(),
+        }]
+    }
+
+    fn actions(&self, state: &State, actions: &mut Vec<Action>) {
+        for (ci, client) in state.clients.iter().enumerate() {
+            let c = ci as ClientId;
+            let ours = self.kind(c) == Kind::Ours;
+            match client.phase {
+                Phase::Idle => actions.push(Action::Start(c)),
+                Phase::Running => {
+                    if client.effect {
+                        actions.push(Action::Complete(c));
+                    } else {
+                        actions.push(Action::Effect(c));
+                        if client.renewals > 0 && !client.lost && client.holding == Holding::Lease
+                        {
+                            actions.push(Action::Renew(c));
+                        }
+                        if self.config.action_failures {
+                            actions.push(Action::Fail(c));
+                        }
+                    }
+                }
+                Phase::Waiting => actions.push(Action::Poll(c)),
+                _ => {}
+            }
+            let cancellable = !matches!(
+                client.phase,
+                Phase::Idle | Phase::Done | Phase::PyAwaitClaim | Phase::PyAwaitGet
+            );
+            if ours && cancellable && !client.caller_gone && state.cancellations > 0 {
+                actions.push(Action::Cancel(c));
+            }
+            if let Some(head) = client.pipe.first() {
+                actions.push(Action::Deliver(c));
+                if state.network_faults > 0 {
+                    actions.push(Action::LoseRequest(c));
+                    actions.push(Action::LoseReply(c));
+                    if !head.resent {
+                        actions.push(Action::Resend(c));
+                    }
+                }
+            }
+        }
+        for (k, value) in state.store.iter().enumerate() {
+            let k = k as u8;
+            match value {
+                Some(Stored::Pending { writer, .. })
+                    if state.lease_losses > 0
+                        && state.clients[usize::from(writer.client())].phase != Phase::Done =>
+                {
+                    actions.push(Action::ExpireLease(k));
+                }
+                None if state.plant => actions.push(Action::Plant(k)),
+                _ => {}
+            }
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Start(c) => {
+                let ours = self.kind(c) == Kind::Ours;
+                let client = &mut s.clients[usize::from(c)];
+                // The token exists and the guard is armed before the claim is sent.
+                client.guard = ours && !self.has(Defect::GuardArmedAfterClaim);
+                client.phase = if ours {
+                    Phase::AwaitClaim
+                } else {
+                    Phase::PyAwaitClaim
+                };
+                Self::send(&mut s, c, if ours { Op::Claim } else { Op::PySetNx }, true);
+            }
+            Action::Effect(c) => {
+                s.clients[usize::from(c)].effect = true;
+                let ledger = &mut s.ledger[usize::from(self.key(c))];
+                match self.kind(c) {
+                    Kind::Ours => ledger.effects += 1,
+                    Kind::Python => ledger.python_effects += 1,
+                }
+            }
+            Action::Renew(c) => {
+                let op = match self.kind(c) {
+                    Kind::Ours => Op::Renew,
+                    Kind::Python => Op::PySetPending,
+                };
+                let client = &mut s.clients[usize::from(c)];
+                client.renewals -= 1;
+                client.phase = Phase::AwaitRenew;
+                Self::send(&mut s, c, op, true);
+            }
+            Action::Complete(c) => {
+                let op = match (self.kind(c), s.clients[usize::from(c)].holding) {
+                    (Kind::Python, _) => Op::PySetCompleted,
+                    (Kind::Ours, Holding::Unprotected) => Op::Replace,
+                    (Kind::Ours, _) => Op::Complete,
+                };
+                s.clients[usize::from(c)].phase = Phase::AwaitComplete;
+                Self::send(&mut s, c, op, true);
+            }
+            Action::Fail(c) => {
+                let op = match self.kind(c) {
+                    Kind::Ours => Op::Release,
+                    Kind::Python => Op::PyDel,
+                };
+                s.clients[usize::from(c)].phase = Phase::AwaitRelease;
+                Self::send(&mut s, c, op, true);
+            }
+            Action::Poll(c) => {
+                let client = &mut s.clients[usize::from(c)];
+                client.patience -= 1;
+                client.phase = Phase::AwaitClaim;
+                Self::send(&mut s, c, Op::Claim, true);
+            }
+            Action::Cancel(c) => {
+                s.cancellations -= 1;
+                self.cancel(&mut s, c);
+            }
+            Action::Deliver(c) => {
+                let reply = self.apply_head(&mut s, c);
+                let req = s.clients[usize::from(c)].pipe.remove(0);
+                if req.awaited {
+                    self.on_reply(&mut s, c, Some(reply));
+                }
+            }
+            Action::LoseRequest(c) => {
+                s.network_faults -= 1;
+                let req = s.clients[usize::from(c)].pipe.remove(0);
+                let ledger = &mut s.ledger[usize::from(self.key(c))];
+                match req.op {
+                    Op::Complete | Op::Replace | Op::PySetCompleted => ledger.unstored += 1,
+                    Op::Release | Op::PyDel => ledger.releases_lost += 1,
+                    _ => {}
+                }
+                if req.awaited {
+                    self.on_reply(&mut s, c, None);
+                }
+            }
+            Action::LoseReply(c) => {
+                s.network_faults -= 1;
+                self.apply_head(&mut s, c);
+                let req = s.clients[usize::from(c)].pipe.remove(0);
+                if req.awaited {
+                    self.on_reply(&mut s, c, None);
+                }
+            }
+            Action::Resend(c) => {
+                s.network_faults -= 1;
+                self.apply_head(&mut s, c);
+                s.clients[usize::from(c)].pipe[0].resent = true;
+            }
+            Action::ExpireLease(k) => {
+                s.lease_losses -= 1;
+                s.store[usize::from(k)] = None;
+                s.ledger[usize::from(k)].lease_losses += 1;
+            }
+            Action::Plant(k) => {
+                s.plant = false;
+                s.store[usize::from(k)] = self.config.plant;
+            }
+        }
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always(AT_MOST_ONCE, |_, s: &State| {
+                s.ledger
+                    .iter()
+                    .all(|l| l.effects + l.python_effects <= 1 + l.excused())
+            }),
+            Property::always(COMPLETED_STANDS, |_, s: &State| {
+                s.ledger.iter().all(|l| !l.completed_clobbered)
+            }),
+            Property::always(NO_STEALING, |_, s: &State| s.ledger.iter().all(|l| !l.stolen)),
+            Property::always(ONE_VALUE, one_value),
+            Property::always(EVENTUALLY_FREE, |m: &Self, s: &State| !m.is_terminal(s) || eventually_free(s)),
+            Property::always(WAITERS_TERMINATE, |m: &Self, s: &State| {
+                !m.is_terminal(s) || s.clients.iter().all(|c| c.phase == Phase::Done)
+            }),
+            Property::sometimes(REPLAYED, |m: &Self, s: &State| {
+                s.clients.iter().enumerate().any(|(c, client)| {
+                    matches!(client.outcome, Some(Outcome::Value(e)) if usize::from(e) != c)
+                        && m.kind(c as ClientId) == Kind::Ours
+                })
+            }),
+        ]
+    }
+}
+
+/// "At most one effect per key outside counted losses."
+pub const AT_MOST_ONCE: &str = "at most one effect per key outside counted losses";
+/// "A completed record is never overwritten or deleted by a write of ours."
+pub const COMPLETED_STANDS: &str = "a completed record is never overwritten or deleted by us";
+/// "No write of ours changes or deletes another owner's live reservation."
+pub const NO_STEALING: &str = "no live reservation is taken from its owner";
+/// "Every caller that returns a value returns the value of the one execution."
+pub const ONE_VALUE: &str = "every returned value is the one execution's";
+/// "No key stays reserved after every client stopped."
+pub const EVENTUALLY_FREE: &str = "eventually free";
+/// "Every caller, waiters included, finishes."
+pub const WAITERS_TERMINATE: &str = "waiters terminate";
+/// Not a requirement: an example that a second caller replays the stored value (the
+/// model is not vacuous).
+pub const REPLAYED: &str = "a second caller replays the stored value";
+
+/// Every safety property, by name.
+pub const SAFETY: [&str; 6] = [
+    AT_MOST_ONCE,
+    COMPLETED_STANDS,
+    NO_STEALING,
+    ONE_VALUE,
+    EVENTUALLY_FREE,
+    WAITERS_TERMINATE,
+];
+
+fn one_value(m: &ProtocolModel, s: &State) -> bool {
+    s.ledger.iter().enumerate().all(|(k, ledger)| {
+        if ledger.excused() > 0 {
+            return true;
+        }
+        let k = k as u8;
+        let stored = match s.store[usize::from(k)] {
+            Some(Stored::Completed { exec, .. }) => Some(exec),
+            _ => None,
+        };
+        let mut values = s
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| m.key(*c as ClientId) == k)
+            .filter_map(|(_, c)| match c.outcome {
+                Some(Outcome::Value(v)) => Some(v),
+                _ => None,
+            })
+            .chain(stored);
+        let first = values.next();
+        values.all(|v| Some(v) == first)
+    })
+}
+
+/// In a final state: no key holds a reservation, unless its release was lost on the way
+/// (Redis's TTL then frees it within a lease).
+fn eventually_free(s: &State) -> bool {
+    s.store.iter().zip(&s.ledger).all(|(value, ledger)| {
+        !matches!(value, Some(Stored::Pending { .. })) || ledger.releases_lost > 0
+    })
+}
+
+/// The lease, for the docs: the skews in the configurations are measured against it.
+pub const LEASE: i64 = LEASE_SECS;
