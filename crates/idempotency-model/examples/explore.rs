@@ -24,10 +24,22 @@ fn run(name: &str, config: Config) {
 fn main() {
     let configs = [
         ("two callers", Config::two_callers()),
-        ("three callers, not JSON", Config::three_callers(Stored::NotJson)),
-        ("three callers, not a record", Config::three_callers(Stored::NotRecord)),
-        ("three callers, abandoned", Config::three_callers(Stored::Abandoned)),
-        ("three callers, wrong type", Config::three_callers(Stored::WrongType)),
+        (
+            "three callers, not JSON",
+            Config::three_callers(Stored::NotJson),
+        ),
+        (
+            "three callers, not a record",
+            Config::three_callers(Stored::NotRecord),
+        ),
+        (
+            "three callers, abandoned",
+            Config::three_callers(Stored::Abandoned),
+        ),
+        (
+            "three callers, wrong type",
+            Config::three_callers(Stored::WrongType),
+        ),
         ("python", Config::with_python()),
         ("two keys", Config::two_keys()),
         ("two keys, full", Config::two_keys_full()),

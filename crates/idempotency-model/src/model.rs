@@ -71,6 +71,9 @@ pub struct Req {
 }
 
 /// One client.
+// Allowed: these flags are independent facts about a client; the state stays flat so
+// the checker hashes it cheaply.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Client {
     /// Where it is.
@@ -274,9 +277,7 @@ impl ProtocolModel {
                     if writer == Writer::Python(c) => {}
                 (Kind::Python, Some(_)) => ledger.python_clobbers += 1,
                 (Kind::Ours, Some(Stored::Completed { .. })) => ledger.completed_clobbered = true,
-                (Kind::Ours, Some(Stored::Pending { writer, .. }))
-                    if writer != Writer::Ours(c) =>
-                {
+                (Kind::Ours, Some(Stored::Pending { writer, .. })) if writer != Writer::Ours(c) => {
                     ledger.stolen = true;
                 }
                 _ => {}
@@ -411,6 +412,46 @@ impl ProtocolModel {
         }
     }
 
+    /// The store applies (or loses) a client's next request.
+    fn network(&self, s: &mut State, action: Action) {
+        match action {
+            Action::Deliver(c) => {
+                let reply = self.apply_head(s, c);
+                let req = s.clients[usize::from(c)].pipe.remove(0);
+                if req.awaited {
+                    self.on_reply(s, c, Some(reply));
+                }
+            }
+            Action::LoseRequest(c) => {
+                s.network_faults -= 1;
+                let req = s.clients[usize::from(c)].pipe.remove(0);
+                let ledger = &mut s.ledger[usize::from(self.key(c))];
+                match req.op {
+                    Op::Complete | Op::Replace | Op::PySetCompleted => ledger.unstored += 1,
+                    Op::Release | Op::PyDel => ledger.releases_lost += 1,
+                    _ => {}
+                }
+                if req.awaited {
+                    self.on_reply(s, c, None);
+                }
+            }
+            Action::LoseReply(c) => {
+                s.network_faults -= 1;
+                self.apply_head(s, c);
+                let req = s.clients[usize::from(c)].pipe.remove(0);
+                if req.awaited {
+                    self.on_reply(s, c, None);
+                }
+            }
+            Action::Resend(c) => {
+                s.network_faults -= 1;
+                self.apply_head(s, c);
+                s.clients[usize::from(c)].pipe[0].resent = true;
+            }
+            _ => {}
+        }
+    }
+
     fn cancel(&self, state: &mut State, c: ClientId) {
         let ci = usize::from(c);
         let k = usize::from(self.key(c));
@@ -482,8 +523,7 @@ impl Model for ProtocolModel {
                         actions.push(Action::Complete(c));
                     } else {
                         actions.push(Action::Effect(c));
-                        if client.renewals > 0 && !client.lost && client.holding == Holding::Lease
-                        {
+                        if client.renewals > 0 && !client.lost && client.holding == Holding::Lease {
                             actions.push(Action::Renew(c));
                         }
                         if self.config.action_failures {
@@ -587,39 +627,10 @@ impl Model for ProtocolModel {
                 s.cancellations -= 1;
                 self.cancel(&mut s, c);
             }
-            Action::Deliver(c) => {
-                let reply = self.apply_head(&mut s, c);
-                let req = s.clients[usize::from(c)].pipe.remove(0);
-                if req.awaited {
-                    self.on_reply(&mut s, c, Some(reply));
-                }
-            }
-            Action::LoseRequest(c) => {
-                s.network_faults -= 1;
-                let req = s.clients[usize::from(c)].pipe.remove(0);
-                let ledger = &mut s.ledger[usize::from(self.key(c))];
-                match req.op {
-                    Op::Complete | Op::Replace | Op::PySetCompleted => ledger.unstored += 1,
-                    Op::Release | Op::PyDel => ledger.releases_lost += 1,
-                    _ => {}
-                }
-                if req.awaited {
-                    self.on_reply(&mut s, c, None);
-                }
-            }
-            Action::LoseReply(c) => {
-                s.network_faults -= 1;
-                self.apply_head(&mut s, c);
-                let req = s.clients[usize::from(c)].pipe.remove(0);
-                if req.awaited {
-                    self.on_reply(&mut s, c, None);
-                }
-            }
-            Action::Resend(c) => {
-                s.network_faults -= 1;
-                self.apply_head(&mut s, c);
-                s.clients[usize::from(c)].pipe[0].resent = true;
-            }
+            Action::Deliver(_)
+            | Action::LoseRequest(_)
+            | Action::LoseReply(_)
+            | Action::Resend(_) => self.network(&mut s, action),
             Action::ExpireLease(k) => {
                 s.lease_losses -= 1;
                 s.store[usize::from(k)] = None;
@@ -643,9 +654,13 @@ impl Model for ProtocolModel {
             Property::always(COMPLETED_STANDS, |_, s: &State| {
                 s.ledger.iter().all(|l| !l.completed_clobbered)
             }),
-            Property::always(NO_STEALING, |_, s: &State| s.ledger.iter().all(|l| !l.stolen)),
+            Property::always(NO_STEALING, |_, s: &State| {
+                s.ledger.iter().all(|l| !l.stolen)
+            }),
             Property::always(ONE_VALUE, one_value),
-            Property::always(EVENTUALLY_FREE, |m: &Self, s: &State| !m.is_terminal(s) || eventually_free(s)),
+            Property::always(EVENTUALLY_FREE, |m: &Self, s: &State| {
+                !m.is_terminal(s) || eventually_free(s)
+            }),
             Property::always(WAITERS_TERMINATE, |m: &Self, s: &State| {
                 !m.is_terminal(s) || s.clients.iter().all(|c| c.phase == Phase::Done)
             }),

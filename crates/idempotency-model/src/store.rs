@@ -166,9 +166,9 @@ impl Stored {
     pub fn held_by(self, key: u8, client: ClientId, defect: Option<Defect>) -> bool {
         if defect == Some(Defect::OwnerBySubstring) {
             let needle = format!("\"owner\":\"{}\"", token(client));
-            return self.bytes(key).is_some_and(|b| {
-                String::from_utf8_lossy(&b).contains(needle.as_str())
-            });
+            return self
+                .bytes(key)
+                .is_some_and(|b| String::from_utf8_lossy(&b).contains(needle.as_str()));
         }
         self.record(key)
             .is_some_and(|r| holds_lease(&r, &token(client)))
@@ -263,15 +263,13 @@ pub fn apply(
             Some(v) if v != seen => (current, Reply::Found(v)),
             _ => (Some(ours), Reply::Nil),
         },
-        Op::Renew if wrong_type => (current, Reply::WrongType),
+        Op::Renew | Op::Complete | Op::Release if wrong_type => (current, Reply::WrongType),
         Op::Renew if held => (Some(ours), Reply::Done(true)),
-        Op::Complete if wrong_type => (current, Reply::WrongType),
         Op::Complete if current == Some(completed) => (current, Reply::Done(true)),
         // Written over nothing, our own reservation, or bytes that are not JSON at all.
         Op::Complete if current.is_none_or(|v| held || !v.is_json(key)) => {
             (Some(completed), Reply::Done(true))
         }
-        Op::Release if wrong_type => (current, Reply::WrongType),
         Op::Release if held => (None, Reply::Done(true)),
         Op::Renew | Op::Complete | Op::Release => (current, Reply::Done(false)),
         Op::Del | Op::PyDel => (None, Reply::Done(current.is_some())),

@@ -8,7 +8,10 @@ use idempotency_model::{Config, Defect, ProtocolModel, check};
 
 fn found(defect: Defect, config: Config, property: &str) {
     let checked = check(ProtocolModel::new(config.with_defect(defect)));
-    let found = checked.violations.iter().find(|(name, _)| *name == property);
+    let found = checked
+        .violations
+        .iter()
+        .find(|(name, _)| *name == property);
     let Some((_, trace)) = found else {
         panic!(
             "{defect:?}: expected a violation of {property:?}, got {:?}",
