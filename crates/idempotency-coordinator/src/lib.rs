@@ -39,6 +39,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod action;
 mod builder;
 mod call;
 mod coordinator;

@@ -1,6 +1,5 @@
 //! The reserved flow: claim the key (or replay, or wait), run under the lease, complete.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +8,7 @@ use idempotency_core::{
     RecordId, ReservationStore, Result, ResultAdapter,
 };
 
+use crate::action::Action;
 use crate::coordinator::{CallOptions, Coordinator};
 use crate::lease::{ReleaseGuard, run_renewing};
 use crate::modes::{InFlight, OnStorageError};
@@ -36,7 +36,7 @@ enum Holding {
 }
 
 impl<S: ReservationStore> Coordinator<S> {
-    pub(crate) async fn execute_reserved<T, E, A, F, Fut>(
+    pub(crate) async fn execute_reserved<T, E, A, F>(
         &self,
         id: RecordId,
         ttl: Duration,
@@ -47,8 +47,7 @@ impl<S: ReservationStore> Coordinator<S> {
     where
         A: ResultAdapter<T>,
         E: From<IdempotencyError>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<T, E>>,
+        F: Action<T, E>,
     {
         // Invariant: the owner token exists and the guard is armed before the claim is
         // sent, so dropping this future at any await from here on (a client disconnect,
@@ -158,7 +157,7 @@ impl<S: ReservationStore> Coordinator<S> {
     }
 
     /// Runs the action, then completes or releases the reservation, and disarms the guard.
-    async fn run_owned<T, E, A, F, Fut>(
+    async fn run_owned<T, E, A, F>(
         &self,
         mut guard: ReleaseGuard<S>,
         ttl: Duration,
@@ -169,12 +168,11 @@ impl<S: ReservationStore> Coordinator<S> {
     where
         A: ResultAdapter<T>,
         E: From<IdempotencyError>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<T, E>>,
+        F: Action<T, E>,
     {
         let (outcome, lost) = match holding {
-            Holding::Lease => run_renewing(&self.inner, guard.lease(), action()).await,
-            Holding::Unconfirmed => (action().await, false),
+            Holding::Lease => run_renewing(&self.inner, guard.lease(), action.start()).await,
+            Holding::Unconfirmed => (action.start().await, false),
         };
         let lease = guard.lease();
         match outcome {

@@ -1,7 +1,6 @@
 //! The flow without reservations ([`InFlight::Run`](crate::InFlight::Run)): read, run,
 //! insert-if-absent. Concurrent duplicates may both run; no write is unconditional.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
@@ -9,11 +8,12 @@ use idempotency_core::{
     ResultAdapter,
 };
 
+use crate::action::Action;
 use crate::coordinator::{CallOptions, Coordinator};
 use crate::modes::OnStorageError;
 
 impl<S: ReservationStore> Coordinator<S> {
-    pub(crate) async fn execute_unreserved<T, E, A, F, Fut>(
+    pub(crate) async fn execute_unreserved<T, E, A, F>(
         &self,
         id: &RecordId,
         ttl: Duration,
@@ -24,8 +24,7 @@ impl<S: ReservationStore> Coordinator<S> {
     where
         A: ResultAdapter<T>,
         E: From<IdempotencyError>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<T, E>>,
+        F: Action<T, E>,
     {
         let inner = &self.inner;
         let operation = id.operation();
@@ -52,7 +51,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 }
             }
         }
-        let value = action().await?;
+        let value = action.start().await?;
         // Encoded before the write, so no `&T` is held across an await.
         let Some(raw) = self.encode(operation, adapter, &value) else {
             return Ok(value);

@@ -318,19 +318,10 @@ async fn chaos_through_a_faulty_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_cluster() {
     let env = common::cluster().await;
-    let first = env.cluster.as_ref().expect("cluster").nodes()[0].port();
+    let cluster = Arc::clone(env.cluster.as_ref().expect("cluster"));
     chaos(
         env,
-        planter(move |redis_key| {
-            match idempotency_testkit::resp::command(first, &["GET", redis_key]).expect("probe") {
-                idempotency_testkit::resp::Reply::Error(e) if e.starts_with("MOVED") => e
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("port"),
-                _ => first,
-            }
-        }),
+        planter(move |redis_key| cluster.owner_port(redis_key)),
         None,
     )
     .await;

@@ -8,27 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Runs, start_holder, unique};
+use common::{Runs, counted, eventually, port_of, start_holder, unique};
 use idempotency_coordinator::{InFlight, OnStorageError};
 use idempotency_core::{Clock, ErrorClass, IdempotencyError, IdempotencyRepository};
-
-/// An action that counts its runs, takes `hold`, and returns `value`.
-fn counted(
-    runs: &Runs,
-    hold: Duration,
-    value: u32,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u32, IdempotencyError>> + Send>>
-+ Send
-+ 'static {
-    let runs = runs.clone();
-    move || {
-        Box::pin(async move {
-            runs.tick();
-            tokio::time::sleep(hold).await;
-            Ok(value)
-        })
-    }
-}
 
 // Defect 1: a reader whose clock runs ahead (or an owner whose clock runs behind) judged
 // a live, renewed reservation expired, deleted it and ran the action again.
@@ -92,17 +74,12 @@ on_all!(a_call_dropped_during_its_claim_leaves_no_orphan, |env| {
     );
     assert_eq!(runs.get(), 0);
     // The guard's release is spawned on drop; give it a moment, far below the lease.
-    let mut retry = Err(IdempotencyError::in_progress("op", &key));
-    for _ in 0..50 {
-        retry = coordinator
+    let retry = eventually(|| {
+        coordinator
             .call("op", Some(&key))
             .run(counted(&runs, Duration::ZERO, 2))
-            .await;
-        if retry.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert_eq!(retry.expect("the retry owns the key"), 2);
     assert_eq!(runs.get(), 1);
 });
@@ -142,17 +119,12 @@ on_all!(
             .await
             .expect_err("fail closed");
         assert!(err.is_storage(), "{err}");
-        let mut retry = Err(IdempotencyError::in_progress("op", &key));
-        for _ in 0..50 {
-            retry = closed
+        let retry = eventually(|| {
+            closed
                 .call("op", Some(&key))
                 .run(counted(&runs, Duration::ZERO, 10))
-                .await;
-            if retry.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         assert_eq!(retry.expect("released"), 10);
     }
 );
@@ -202,16 +174,12 @@ on_all!(a_detached_call_survives_its_caller, |env| {
     let dropped = tokio::time::timeout(Duration::from_millis(100), call).await;
     assert!(dropped.is_err(), "the caller went away mid-action");
     finished.notified().await;
-    let mut replay = Err(IdempotencyError::in_progress("op", &key));
-    for _ in 0..50 {
-        replay = coordinator
+    let replay = eventually(|| {
+        coordinator
             .call("op", Some(&key))
             .run(counted(&runs, Duration::ZERO, 12))
-            .await;
-        if replay.is_ok() {
-            break;
-        }
-    }
+    })
+    .await;
     assert_eq!(replay.expect("replay"), 11);
     assert_eq!(runs.get(), 1, "the side effect happened once");
 });
@@ -232,17 +200,12 @@ on_all!(
         )
         .await;
         assert!(dropped.is_err());
-        let mut retry = Err(IdempotencyError::in_progress("op", &key));
-        for _ in 0..50 {
-            retry = coordinator
+        let retry = eventually(|| {
+            coordinator
                 .call("op", Some(&key))
                 .run(counted(&runs, Duration::ZERO, 2))
-                .await;
-            if retry.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         assert_eq!(retry.expect("released"), 2);
         assert_eq!(runs.get(), 2);
     }
@@ -309,22 +272,6 @@ mod unreadable {
             outcomes.push(t.await.expect("task"));
         }
         (runs, outcomes)
-    }
-
-    fn port_of(env: &common::Env<idempotency_redis::RedisStore>, redis_key: &str) -> u16 {
-        if let Some(server) = &env.server {
-            return server.port();
-        }
-        let cluster = env.cluster.as_ref().expect("cluster");
-        let first = cluster.nodes()[0].port();
-        match idempotency_testkit::resp::command(first, &["GET", redis_key]).expect("probe") {
-            idempotency_testkit::resp::Reply::Error(e) if e.starts_with("MOVED") => e
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("port"),
-            _ => first,
-        }
     }
 
     async fn corrupt_values_run_the_action_once(env: common::Env<idempotency_redis::RedisStore>) {

@@ -1,7 +1,9 @@
-//! Review of protocol v2: scenarios that still break "the action runs at most once per
-//! key, every caller that gets a value gets that execution's value, no key stays stuck".
-//! Each test states the guarantee it checks; they fail on the code they were written
-//! against (see the report).
+//! Regression tests from the adversarial review of protocol v2: scenarios that broke "the
+//! action runs at most once per key, every caller that gets a value gets that execution's
+//! value, no key stays stuck" in its first cut (an owner's clock far behind, a result
+//! stamped by a slow clock, a server refusing `TIME`, a takeover loop giving up after
+//! writing, a pool sending a release on another connection). Each test states the
+//! guarantee it checks and failed before its fix.
 
 mod common;
 
@@ -9,30 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Runs, unique};
+use common::{Runs, counted, port_of, unique};
 use idempotency_coordinator::{Coordinator, InFlight};
 use idempotency_core::{Clock, IdempotencyError, IdempotencyRepository, RecordId};
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::{RedisServer, ServerOptions, shared_server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An action that counts its runs, takes `hold`, and returns `value`.
-fn counted(
-    runs: &Runs,
-    hold: Duration,
-    value: u32,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u32, IdempotencyError>> + Send>>
-+ Send
-+ 'static {
-    let runs = runs.clone();
-    move || {
-        Box::pin(async move {
-            runs.tick();
-            tokio::time::sleep(hold).await;
-            Ok(value)
-        })
-    }
-}
 
 /// Starts `coordinator`'s call on `key` (action: counted, holding `hold`, value 1) and
 /// returns once its action runs.
@@ -137,23 +121,6 @@ mod a_read_never_deletes_a_live_reservation {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster() {
         body(common::cluster().await).await;
-    }
-}
-
-/// The port of the node that holds `redis_key`.
-fn port_of(env: &common::Env<RedisStore>, redis_key: &str) -> u16 {
-    if let Some(server) = &env.server {
-        return server.port();
-    }
-    let cluster = env.cluster.as_ref().expect("cluster");
-    let first = cluster.nodes()[0].port();
-    match idempotency_testkit::resp::command(first, &["GET", redis_key]).expect("probe") {
-        idempotency_testkit::resp::Reply::Error(e) if e.starts_with("MOVED") => e
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port"),
-        _ => first,
     }
 }
 

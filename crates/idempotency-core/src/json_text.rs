@@ -486,68 +486,53 @@ fn is_float_text(text: &str) -> bool {
 /// Writes a result as the Python library replays it: repeated keys resolved as a `dict`
 /// does, `NaN`/`Infinity` and floats beyond the `f64` range as `null`; integers exact.
 pub(crate) fn write_replayed(value: &Json<'_>, out: &mut String) {
-    match value {
-        Json::Null | Json::NonFinite(_) => out.push_str("null"),
-        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Number(text) => {
-            if is_float_text(text) && text.parse::<f64>().is_ok_and(f64::is_infinite) {
-                out.push_str("null");
-            } else {
-                out.push_str(text);
-            }
+    write_tree(value, out, false, &|scalar, out| match scalar {
+        Json::Number(text)
+            if is_float_text(text) && text.parse::<f64>().is_ok_and(f64::is_infinite) =>
+        {
+            out.push_str("null");
         }
-        Json::Str(s) => push_json_string(out, s),
-        Json::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_replayed(item, out);
-            }
-            out.push(']');
-        }
-        Json::Object(members) => {
-            out.push('{');
-            for (i, (k, v)) in dict_members(members).into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_json_string(out, k);
-                out.push(':');
-                write_replayed(v, out);
-            }
-            out.push('}');
-        }
-    }
+        Json::Number(text) => out.push_str(text),
+        _ => out.push_str("null"),
+    });
 }
 
 /// Writes `value` as Python's `json.dumps(json.loads(text), sort_keys=True,
 /// separators=(",", ":"), ensure_ascii=False)` does.
 pub(crate) fn write_canonical(value: &Json<'_>, out: &mut String) {
-    match value {
-        Json::Null => out.push_str("null"),
+    write_tree(value, out, true, &|scalar, out| match scalar {
         Json::NonFinite(word) => out.push_str(word),
-        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Number(text) => {
-            if is_float_text(text) {
-                let x: f64 = text.parse().unwrap_or(f64::NAN);
-                if x.is_nan() {
-                    out.push_str("NaN");
-                } else if x.is_infinite() {
-                    out.push_str(if x < 0.0 { "-Infinity" } else { "Infinity" });
-                } else {
-                    let mut buf = Vec::with_capacity(24);
-                    write_float(&mut buf, &format!("{x:e}"), FloatStyle::PythonRepr);
-                    out.push_str(&String::from_utf8_lossy(&buf));
-                }
-            } else if text.bytes().all(|b| b == b'-' || b == b'0') {
-                // `-0` is the integer 0.
-                out.push('0');
+        Json::Number(text) if is_float_text(text) => {
+            let x: f64 = text.parse().unwrap_or(f64::NAN);
+            if x.is_nan() {
+                out.push_str("NaN");
+            } else if x.is_infinite() {
+                out.push_str(if x < 0.0 { "-Infinity" } else { "Infinity" });
             } else {
-                out.push_str(text);
+                let mut buf = Vec::with_capacity(24);
+                write_float(&mut buf, &format!("{x:e}"), FloatStyle::PythonRepr);
+                out.push_str(&String::from_utf8_lossy(&buf));
             }
         }
+        // `-0` is the integer 0.
+        Json::Number(text) if text.bytes().all(|b| b == b'-' || b == b'0') => out.push('0'),
+        Json::Number(text) => out.push_str(text),
+        _ => out.push_str("null"),
+    });
+}
+
+/// Writes a value compactly: `null`, booleans, strings and containers the same way for
+/// every style, numbers and non-finite tokens (and `null`) by `scalar`; object members in
+/// key order when `sort_keys` (byte order of UTF-8 is code point order, which is Python's
+/// `sort_keys`), in their order otherwise.
+fn write_tree(
+    value: &Json<'_>,
+    out: &mut String,
+    sort_keys: bool,
+    scalar: &dyn Fn(&Json<'_>, &mut String),
+) {
+    match value {
+        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Json::Str(s) => push_json_string(out, s),
         Json::Array(items) => {
             out.push('[');
@@ -555,14 +540,15 @@ pub(crate) fn write_canonical(value: &Json<'_>, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_canonical(item, out);
+                write_tree(item, out, sort_keys, scalar);
             }
             out.push(']');
         }
         Json::Object(members) => {
             let mut members = dict_members(members);
-            // Byte order of UTF-8 is code point order, which is Python's `sort_keys`.
-            members.sort_by(|a, b| a.0.cmp(b.0));
+            if sort_keys {
+                members.sort_by(|a, b| a.0.cmp(b.0));
+            }
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {
@@ -570,10 +556,11 @@ pub(crate) fn write_canonical(value: &Json<'_>, out: &mut String) {
                 }
                 push_json_string(out, k);
                 out.push(':');
-                write_canonical(v, out);
+                write_tree(v, out, sort_keys, scalar);
             }
             out.push('}');
         }
+        Json::Null | Json::NonFinite(_) | Json::Number(_) => scalar(value, out),
     }
 }
 

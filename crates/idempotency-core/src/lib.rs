@@ -20,13 +20,13 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
-//! use idempotency_core::{IdempotencyDomainService, IdempotencyRepository, MemoryStore};
+//! use idempotency_core::{IdempotencyDomainService, IdempotencyRepository, MemoryStore, RecordId};
 //!
 //! let store = MemoryStore::new();
 //! let service = IdempotencyDomainService::default();
 //! let record = service.create_record("order.create", "key-1", &serde_json::json!({"order_id": 42}))?;
 //! store.save(&record).await?;
-//! let cached = store.get("order.create", "key-1").await?.expect("stored");
+//! let cached = store.get(&RecordId::new("order.create", "key-1")?).await?.expect("stored");
 //! assert_eq!(cached.result().get(), r#"{"order_id":42}"#);
 //! # Ok(()) }
 //! ```

@@ -13,13 +13,14 @@
 //! # Example
 //! ```no_run
 //! # async fn run() -> Result<(), idempotency_core::IdempotencyError> {
-//! use idempotency_core::{IdempotencyDomainService, IdempotencyRepository};
+//! use idempotency_core::{IdempotencyDomainService, IdempotencyRepository, RecordId};
 //! use idempotency_redis::{ConnectOptions, RedisStore};
 //!
 //! let store = RedisStore::connect("redis://127.0.0.1:6379", &ConnectOptions::default()).await?;
 //! let record = IdempotencyDomainService::default().create_record("order.create", "k1", &42)?;
 //! store.save(&record).await?;
-//! assert_eq!(store.get("order.create", "k1").await?.map(|r| r.result().get().to_owned()), Some("42".into()));
+//! let found = store.get(&RecordId::new("order.create", "k1")?).await?;
+//! assert_eq!(found.map(|r| r.result().get().to_owned()), Some("42".into()));
 //! # Ok(()) }
 //! ```
 //!

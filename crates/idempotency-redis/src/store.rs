@@ -131,14 +131,12 @@ impl RedisStoreBuilder {
 /// # Examples
 /// ```no_run
 /// # async fn run() -> Result<(), idempotency_core::IdempotencyError> {
-/// use fred::prelude::*;
-/// use idempotency_core::IdempotencyRepository;
-/// use idempotency_redis::RedisStore;
+/// use idempotency_core::{IdempotencyRepository, RecordId};
+/// use idempotency_redis::{ConnectOptions, RedisStore, connect_client};
 ///
-/// let client = Builder::from_config(Config::from_url("redis://127.0.0.1:6379").expect("url")).build().expect("client");
-/// client.init().await.expect("connect");
+/// let client = connect_client("redis://127.0.0.1:6379", &ConnectOptions::default()).await?;
 /// let store = RedisStore::builder(client).key_prefix("svc:idem:").build();
-/// let cached = store.get("order.create", "key-1").await?;
+/// let cached = store.get(&RecordId::new("order.create", "key-1")?).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

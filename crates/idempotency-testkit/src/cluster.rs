@@ -133,6 +133,20 @@ impl RedisCluster {
         url
     }
 
+    /// The port of the master that owns `key`'s slot now (asks the first node; a `MOVED`
+    /// reply names the owner).
+    pub fn owner_port(&self, key: &str) -> u16 {
+        let first = self.nodes[0].port();
+        match crate::resp::command(first, &["GET", key]).expect("probe the slot owner") {
+            Reply::Error(e) if e.starts_with("MOVED") => e
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("a MOVED reply names a port"),
+            _ => first,
+        }
+    }
+
     /// Ports of the nodes that are masters now.
     pub fn master_ports(&self) -> Vec<u16> {
         self.nodes

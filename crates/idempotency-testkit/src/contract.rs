@@ -1,7 +1,7 @@
 //! The reservation contract every store keeps (protocol v2), written once and run on
 //! each store: memory, Redis standalone, Redis cluster (and, for what it can promise,
 //! the unfenced fallback). Each function checks one rule of
-//! [`ReservationStore`](idempotency_core::ReservationStore) and panics when it is broken.
+//! [`idempotency_core::ReservationStore`] and panics when it is broken.
 
 use std::time::Duration;
 

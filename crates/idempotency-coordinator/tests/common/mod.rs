@@ -200,6 +200,52 @@ impl Runs {
     }
 }
 
+/// The port of the Redis node that owns `redis_key` (a Redis env only).
+pub fn port_of<S>(env: &Env<S>, redis_key: &str) -> u16 {
+    match (&env.server, &env.cluster) {
+        (Some(server), _) => server.port(),
+        (_, Some(cluster)) => cluster.owner_port(redis_key),
+        _ => panic!("not a Redis env"),
+    }
+}
+
+/// The boxed future of a [`counted`] action.
+pub type Counted = std::pin::Pin<Box<dyn Future<Output = Result<u32>> + Send>>;
+
+/// An action that counts its runs, takes `hold`, and returns `value`.
+pub fn counted(
+    runs: &Runs,
+    hold: Duration,
+    value: u32,
+) -> impl FnOnce() -> Counted + Send + 'static {
+    let runs = runs.clone();
+    move || {
+        Box::pin(async move {
+            runs.tick();
+            tokio::time::sleep(hold).await;
+            Ok(value)
+        })
+    }
+}
+
+/// Calls `attempt` until it succeeds (a spawned release may still be on its way), at
+/// most 50 times 20 ms apart; the last outcome.
+pub async fn eventually<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut outcome = attempt().await;
+    for _ in 0..50 {
+        if outcome.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outcome = attempt().await;
+    }
+    outcome
+}
+
 /// Defines one test per backend: `mod name { memory, standalone, cluster }`.
 #[macro_export]
 macro_rules! on_all {

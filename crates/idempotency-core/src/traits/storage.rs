@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
 
-/// Options of [`IdempotencyRepository::save_many`].
+/// Options of [`BulkRepository::save_many`](crate::BulkRepository::save_many).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SaveManyOptions {
     /// Delete again the records this call wrote when any record of the batch failed.

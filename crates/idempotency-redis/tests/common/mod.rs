@@ -69,18 +69,7 @@ impl Env {
     fn port_for(&self, key: &str) -> u16 {
         match (&self.server, &self.cluster) {
             (Some(s), _) => s.port(),
-            (_, Some(c)) => {
-                // Ask any node; a MOVED reply names the owner.
-                let first = c.nodes()[0].port();
-                match idempotency_testkit::resp::command(first, &["GET", key]).expect("probe") {
-                    idempotency_testkit::resp::Reply::Error(e) if e.starts_with("MOVED") => e
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .expect("moved port"),
-                    _ => first,
-                }
-            }
+            (_, Some(c)) => c.owner_port(key),
             _ => unreachable!("an env has a server or a cluster"),
         }
     }
