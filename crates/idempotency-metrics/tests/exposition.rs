@@ -1,4 +1,5 @@
-//! The Python library's exposition after a fixed call sequence (tests/data/metrics.txt)
+//! The Python library's exposition after a fixed call sequence (the testkit's
+//! conformance `metrics.txt`)
 //! against ours after the same calls.
 
 use std::collections::BTreeMap;
@@ -45,11 +46,7 @@ fn samples(text: &str) -> Samples {
 }
 
 fn python_section(prefix: &str) -> String {
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/data/metrics.txt",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("vector");
+    let text = idempotency_testkit::conformance::text("metrics.txt");
     let marker = format!("# ---- registry: prefix={prefix} ----");
     let start = text.find(&marker).expect("section") + marker.len();
     let rest = &text[start..];

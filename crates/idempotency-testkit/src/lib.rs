@@ -16,6 +16,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod cluster;
+pub mod conformance;
 pub mod contract;
 pub mod history;
 pub mod json_eq;

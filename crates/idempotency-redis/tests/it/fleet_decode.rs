@@ -7,8 +7,6 @@
 //! Where we deliberately differ it is asserted as such, with the reason (see the
 //! conformance section of `docs/redis.md`).
 
-mod common;
-
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -210,7 +208,7 @@ fn python(url: &str, cluster: bool, prefix: &str, queries: &[(String, String)]) 
 on_both!(
     every_odd_stored_value_reads_the_same_for_python_and_rust,
     |env| {
-        let prefix = format!("{}:", common::unique("fleet"));
+        let prefix = format!("{}:", crate::common::unique("fleet"));
         let store = RedisStore::builder(env.store.connection().clone())
             .key_prefix(prefix.clone())
             .build();

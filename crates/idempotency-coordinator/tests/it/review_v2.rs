@@ -5,13 +5,11 @@
 //! writing, a pool sending a release on another connection). Each test states the
 //! guarantee it checks and failed before its fix.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Runs, counted, port_of, unique};
+use crate::common::{Runs, counted, port_of, unique};
 use idempotency_coordinator::{Coordinator, InFlight};
 use idempotency_core::{Clock, IdempotencyError, IdempotencyRepository, RecordId};
 use idempotency_redis::{ConnectOptions, RedisStore};
@@ -83,7 +81,7 @@ on_all!(
 mod a_read_never_deletes_a_live_reservation {
     use super::*;
 
-    async fn body(env: common::Env<RedisStore>) {
+    async fn body(env: crate::common::Env<RedisStore>) {
         let key = unique("behind-get");
         let behind = env.coordinator(|b| {
             b.lease(Duration::from_secs(3))
@@ -115,12 +113,12 @@ mod a_read_never_deletes_a_live_reservation {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn standalone() {
-        body(common::standalone().await).await;
+        body(crate::common::standalone().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster() {
-        body(common::cluster().await).await;
+        body(crate::common::cluster().await).await;
     }
 }
 

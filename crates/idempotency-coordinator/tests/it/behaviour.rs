@@ -1,13 +1,11 @@
 //! The coordinator's behaviour, each on the in-memory store, standalone Redis and a cluster.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Runs, unique};
+use crate::common::{Runs, unique};
 use idempotency_coordinator::{InFlight, JsonAdapter, OnStorageError, VoidAdapter};
 use idempotency_core::{
     IdempotencyDomainService, IdempotencyError, IdempotencyRepository, RecordOptions, error_type,
@@ -162,7 +160,8 @@ on_all!(raise_mode_refuses_a_duplicate_in_flight, |env| {
     let coordinator = env.coordinator(|b| b.in_flight(InFlight::Raise));
     let key = unique("raise");
     let owner =
-        common::start_holder(&coordinator, &key, None, Duration::from_millis(300), Ok(1)).await;
+        crate::common::start_holder(&coordinator, &key, None, Duration::from_millis(300), Ok(1))
+            .await;
     let err = coordinator
         .call("op", Some(&key))
         .run(|| async { Ok::<_, IdempotencyError>(2u32) })
@@ -231,7 +230,7 @@ on_all!(run_mode_reads_runs_and_adopts_the_winner, |env| {
 on_all!(a_waiter_takes_over_when_the_owner_fails, |env| {
     let coordinator = env.coordinator(|b| b.in_flight(InFlight::Wait));
     let key = unique("takeover");
-    let owner = common::start_holder(
+    let owner = crate::common::start_holder(
         &coordinator,
         &key,
         None,
@@ -397,7 +396,7 @@ on_all!(
     |env| {
         let coordinator = env.coordinator(|b| b.in_flight(InFlight::Wait));
         let key = unique("reusewait");
-        let owner = common::start_holder(
+        let owner = crate::common::start_holder(
             &coordinator,
             &key,
             Some("A"),
@@ -700,7 +699,7 @@ on_all!(json_and_void_adapters_round_trip, |env| {
 
 #[tokio::test]
 async fn a_stored_null_is_unusable_for_a_non_option_type() {
-    let env = common::memory();
+    let env = crate::common::memory();
     let coordinator = env.coordinator(|b| b);
     let record = IdempotencyDomainService::default()
         .create_record_with("op", "k", &serde_json::Value::Null, &RecordOptions::new())

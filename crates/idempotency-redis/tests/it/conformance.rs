@@ -1,8 +1,6 @@
 //! Python and Rust share one Redis: the conformance vectors through a real server.
 
-mod common;
-
-use common::unique;
+use crate::common::unique;
 use idempotency_core::BulkRepository;
 use idempotency_core::{
     IdempotencyError, IdempotencyRecord, IdempotencyRepository, RawValue, RecordParts,
@@ -12,14 +10,12 @@ use idempotency_testkit::{base64_decode, json_eq};
 use serde_json::Value;
 
 fn load(name: &str) -> Vec<Value> {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
+    serde_json::from_str(&idempotency_testkit::conformance::text(name)).expect("json")
 }
 
 fn raw_results(name: &str) -> Vec<Option<String>> {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
     let cases: Vec<std::collections::HashMap<String, Box<RawValue>>> =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json");
+        serde_json::from_str(&idempotency_testkit::conformance::text(name)).expect("json");
     cases
         .iter()
         .map(|c| {

@@ -1,9 +1,7 @@
 //! Hostile keys and bytes through real Redis: characters that matter to Redis, Lua and
 //! JSON; Unicode at the length limits; arbitrary bytes under a key.
 
-mod common;
-
-use common::{svc, unique};
+use crate::common::{svc, unique};
 use idempotency_core::BulkRepository;
 use idempotency_core::{
     Claim, Clock, Fence, IdempotencyError, IdempotencyRepository, Lease, RawValue, RecordId,

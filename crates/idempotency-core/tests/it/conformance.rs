@@ -1,5 +1,5 @@
 //! The wire contract with the Python idempotency-kit 0.5.0: every vector of
-//! `tests/data/` (copied from the shared conformance set).
+//! the testkit's conformance set (`idempotency_testkit::conformance`).
 
 use idempotency_core::{
     IdempotencyDomainService, IdempotencyError, IdempotencyRecord, RecordOptions, RecordParts,
@@ -10,15 +10,11 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 fn load(name: &str) -> Vec<Value> {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector file"))
-        .expect("vector JSON")
+    serde_json::from_str(&idempotency_testkit::conformance::text(name)).expect("vector JSON")
 }
 
 fn raw_cases(name: &str) -> Vec<std::collections::HashMap<String, Box<RawValue>>> {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("read vector file"))
-        .expect("vector JSON")
+    serde_json::from_str(&idempotency_testkit::conformance::text(name)).expect("vector JSON")
 }
 
 fn ts(text: &str) -> time::OffsetDateTime {
@@ -178,11 +174,7 @@ fn a_result_with_an_integer_beyond_64_bits_cannot_be_stored() {
         .expect("save_error case");
     assert_eq!(case["save_error"]["message"], "Serialization failed");
     // The vector's integer, read exactly from the file's text.
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/data/records.json",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("read");
+    let text = idempotency_testkit::conformance::text("records.json");
     let start = text.find("\"n\": ").expect("big int") + 5;
     let digits: String = text[start..]
         .chars()

@@ -1,10 +1,8 @@
 //! The storage trait against real redis-server processes, standalone and cluster.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{svc, unique};
+use crate::common::{svc, unique};
 use idempotency_core::BulkRepository;
 use idempotency_core::{IdempotencyError, IdempotencyRepository, RecordOptions, SaveManyOptions};
 use idempotency_testkit::resp::Reply;

@@ -2,12 +2,10 @@
 //! store contract every store keeps, then what only Redis can have under a key
 //! (unreadable bytes, other types) and what only its scripts do (re-sent commands).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{svc, unique};
+use crate::common::{svc, unique};
 use idempotency_core::BulkRepository;
 use idempotency_core::{
     Claim, Clock, ErrorClass, Fence, IdempotencyRepository, Lease, RawValue, RecordId,
@@ -100,7 +98,7 @@ on_both!(a_complete_resent_with_the_same_bytes_is_success, |env| {
     );
     let stored = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
     let stored = stored.as_bytes().expect("completed bytes").to_vec();
-    let script = include_str!("../lua/complete.lua");
+    let script = include_str!("../../lua/complete.lua");
     let again = env.raw(
         &redis_key,
         &[
@@ -121,7 +119,7 @@ on_both!(a_complete_resent_with_the_same_bytes_is_success, |env| {
 });
 
 /// Plants `value` under the key with a TTL, as a buggy writer or an operator would.
-fn plant(env: &common::Env, redis_key: &str, value: &[u8]) {
+fn plant(env: &crate::common::Env, redis_key: &str, value: &[u8]) {
     env.raw(
         redis_key,
         &[b"SET", redis_key.as_bytes(), value, b"EX", b"600"],

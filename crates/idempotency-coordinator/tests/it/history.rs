@@ -7,13 +7,11 @@
 //! most one execution (beyond counted lease losses), every value returned is that
 //! execution's, none before it existed; afterwards no key is stuck.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Faulty, unique};
+use crate::common::{Faulty, unique};
 use idempotency_coordinator::{Coordinator, InFlight, OnStorageError};
 use idempotency_core::{Clock, IdempotencyError, ReservationStore, error_type};
 use idempotency_testkit::history::{Call, History};
@@ -43,7 +41,7 @@ struct Chaos<S> {
 }
 
 impl<S: ReservationStore + Clone> Chaos<S> {
-    fn new(env: &common::Env<S>) -> Self {
+    fn new(env: &crate::common::Env<S>) -> Self {
         let coordinators = [-600, 0, 600]
             .into_iter()
             .map(|offset| {
@@ -106,7 +104,7 @@ impl<S: ReservationStore + Clone> Chaos<S> {
 
 /// The fault injector: every few ms, one reply is lost or stalled, until `stop`.
 fn inject_faults(
-    faults: Arc<common::Faults>,
+    faults: Arc<crate::common::Faults>,
     stop: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -157,7 +155,7 @@ fn disturb_network(
 /// Runs the chaos on `env`; `plant(key, bytes, as_hash)` puts foreign data under a key
 /// before the run (a no-op on memory).
 async fn chaos<S: ReservationStore + Clone>(
-    env: common::Env<S>,
+    env: crate::common::Env<S>,
     plant: impl Fn(&str, &[u8], bool),
     network: Option<Arc<Proxy>>,
 ) {
@@ -256,7 +254,7 @@ async fn chaos<S: ReservationStore + Clone>(
     );
 }
 
-impl<S> common::Env<S> {
+impl<S> crate::common::Env<S> {
     fn store_is_memory(&self) -> bool {
         self.server.is_none() && self.cluster.is_none()
     }
@@ -264,7 +262,7 @@ impl<S> common::Env<S> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_memory() {
-    chaos(common::memory(), |_, _, _| {}, None).await;
+    chaos(crate::common::memory(), |_, _, _| {}, None).await;
 }
 
 fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
@@ -288,7 +286,7 @@ fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_standalone() {
-    let env = common::standalone().await;
+    let env = crate::common::standalone().await;
     let port = env.server.as_ref().expect("server").port();
     chaos(env, planter(move |_| port), None).await;
 }
@@ -306,8 +304,8 @@ async fn chaos_through_a_faulty_network() {
     .await
     .expect("connect");
     let port = server.port();
-    let env = common::Env {
-        store: common::wrap(store),
+    let env = crate::common::Env {
+        store: crate::common::wrap(store),
         metrics: Arc::new(idempotency_core::RecordingMetrics::default()),
         server: Some(Arc::new(server)),
         cluster: None,
@@ -317,7 +315,7 @@ async fn chaos_through_a_faulty_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_cluster() {
-    let env = common::cluster().await;
+    let env = crate::common::cluster().await;
     let cluster = Arc::clone(env.cluster.as_ref().expect("cluster"));
     chaos(
         env,

@@ -2,13 +2,11 @@
 //! action twice or left a key stuck, on memory, standalone Redis and a Redis cluster
 //! where the fault applies.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Runs, counted, eventually, port_of, start_holder, unique};
+use crate::common::{Runs, counted, eventually, port_of, start_holder, unique};
 use idempotency_coordinator::{InFlight, OnStorageError};
 use idempotency_core::{Clock, ErrorClass, IdempotencyError, IdempotencyRepository};
 
@@ -243,7 +241,7 @@ mod unreadable {
     use idempotency_testkit::resp::command_bytes;
 
     async fn five_callers_on_a_planted_value(
-        env: &common::Env<idempotency_redis::RedisStore>,
+        env: &crate::common::Env<idempotency_redis::RedisStore>,
         value: &[u8],
         hash: bool,
     ) -> (Runs, Vec<Result<u32, IdempotencyError>>) {
@@ -274,7 +272,9 @@ mod unreadable {
         (runs, outcomes)
     }
 
-    async fn corrupt_values_run_the_action_once(env: common::Env<idempotency_redis::RedisStore>) {
+    async fn corrupt_values_run_the_action_once(
+        env: crate::common::Env<idempotency_redis::RedisStore>,
+    ) {
         let naive = br#"{"operation":"op","idempotency_key":"k","result":1,"created_at":"2026-01-01T00:00:00","expires_at":"2099-01-01T00:00:00","status":"completed","fingerprint":null}"#;
         for value in [
             &b"{not json"[..],
@@ -297,7 +297,9 @@ mod unreadable {
         }
     }
 
-    async fn wrong_types_never_run_the_action(env: common::Env<idempotency_redis::RedisStore>) {
+    async fn wrong_types_never_run_the_action(
+        env: crate::common::Env<idempotency_redis::RedisStore>,
+    ) {
         let (runs, outcomes) = five_callers_on_a_planted_value(&env, b"v", true).await;
         assert_eq!(runs.get(), 0, "fail-open does not apply to a data fault");
         for outcome in outcomes {
@@ -308,22 +310,22 @@ mod unreadable {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupt_values_standalone() {
-        corrupt_values_run_the_action_once(common::standalone().await).await;
+        corrupt_values_run_the_action_once(crate::common::standalone().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupt_values_cluster() {
-        corrupt_values_run_the_action_once(common::cluster().await).await;
+        corrupt_values_run_the_action_once(crate::common::cluster().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wrong_types_standalone() {
-        wrong_types_never_run_the_action(common::standalone().await).await;
+        wrong_types_never_run_the_action(crate::common::standalone().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wrong_types_cluster() {
-        wrong_types_never_run_the_action(common::cluster().await).await;
+        wrong_types_never_run_the_action(crate::common::cluster().await).await;
     }
 }
 

@@ -1,0 +1,18 @@
+//! The integration tests of this crate, one test binary (modules by subject).
+
+#[macro_use]
+mod common;
+
+mod behaviour;
+mod failover;
+mod faults;
+mod future_size;
+mod history;
+mod macro_runtime;
+mod macro_ui;
+mod mixed_fleet;
+mod protocol_v2;
+mod review_v2;
+mod security;
+mod settings;
+mod tls;

@@ -1,0 +1,10 @@
+//! The integration tests of this crate, one test binary (modules by subject).
+
+#[macro_use]
+mod common;
+
+mod conformance;
+mod fleet_decode;
+mod hostile;
+mod repository;
+mod reservations;
