@@ -1,0 +1,373 @@
+//! The layer and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, Method, StatusCode, header};
+use idempotency_coordinator::{
+    Coordinator, CoordinatorBuilder, IdempotencyError, InFlight, OnStorageError, ReservationStore,
+};
+use tower_layer::Layer;
+
+use crate::constants::{
+    DEFAULT_KEY_HEADER, DEFAULT_MAX_KEY_CHARS, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    DEFAULT_PROBLEM_BASE, DEFAULT_REPLAYED_HEADER, DEFAULT_RETRY_AFTER,
+};
+use crate::policy::store_by_default;
+use crate::service::IdempotencyService;
+
+/// Whether requests of a covered method must carry a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyRequirement {
+    /// A request without the key gets 400.
+    Required,
+    /// A request without the key passes through untouched (no idempotency).
+    #[default]
+    Optional,
+}
+
+/// What a duplicate gets while the first request with its key is still being handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WhileInFlight {
+    /// 409 with `Retry-After` at once (the draft's behaviour).
+    #[default]
+    Conflict,
+    /// Wait for the first request's response (at most one lease), then replay it; 409
+    /// if it is still in flight after that.
+    Wait,
+}
+
+/// What a request gets when the idempotency store cannot be reached before the handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorageDown {
+    /// 503 with `Retry-After`; the handler does not run.
+    #[default]
+    FailClosed,
+    /// Run the handler without protection (at least once), logging and counting it.
+    FailOpen,
+}
+
+/// Maps a request's parts to its tenant.
+pub type TenantFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// Decides from a response's status whether it is stored.
+pub type StorePolicyFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+/// Counters of the layer (shared by every clone of the layer and its services).
+#[derive(Debug, Default)]
+pub struct LayerStats {
+    oversized: AtomicU64,
+    not_stored: AtomicU64,
+}
+
+impl LayerStats {
+    /// Responses returned but not stored because their body was over the limit.
+    pub fn oversized(&self) -> u64 {
+        self.oversized.load(Ordering::Relaxed)
+    }
+
+    /// Responses returned but not stored for any reason (policy, size, trailers, body
+    /// error); their keys were released.
+    pub fn not_stored(&self) -> u64 {
+        self.not_stored.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_not_stored(&self, oversized: bool) {
+        self.not_stored.fetch_add(1, Ordering::Relaxed);
+        if oversized {
+            self.oversized.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The layer's configuration, shared by its services.
+pub(crate) struct Config {
+    pub(crate) key_header: HeaderName,
+    pub(crate) replayed_header: HeaderName,
+    pub(crate) max_key_chars: usize,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) requirement: KeyRequirement,
+    pub(crate) operation: Option<String>,
+    pub(crate) tenant: Option<Arc<TenantFn>>,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) deny_headers: Vec<HeaderName>,
+    pub(crate) store_policy: Arc<StorePolicyFn>,
+    pub(crate) retry_after: Duration,
+    pub(crate) problem_base: String,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) stats: Arc<LayerStats>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("key_header", &self.key_header)
+            .field("methods", &self.methods)
+            .field("requirement", &self.requirement)
+            .field("operation", &self.operation)
+            .field("tenant", &self.tenant.is_some())
+            .field("max_request_body", &self.max_request_body)
+            .field("max_response_body", &self.max_response_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            key_header: HeaderName::from_static(DEFAULT_KEY_HEADER),
+            replayed_header: HeaderName::from_static(DEFAULT_REPLAYED_HEADER),
+            max_key_chars: DEFAULT_MAX_KEY_CHARS,
+            methods: vec![Method::POST, Method::PATCH],
+            requirement: KeyRequirement::Optional,
+            operation: None,
+            tenant: None,
+            fingerprint_headers: vec![header::CONTENT_TYPE],
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+            deny_headers: vec![header::SET_COOKIE],
+            store_policy: Arc::new(store_by_default),
+            retry_after: DEFAULT_RETRY_AFTER,
+            problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
+            ttl: None,
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// A tower [`Layer`] honouring the `Idempotency-Key` header: the first request with a
+/// key runs the inner service (to completion, even if the client goes away) and its
+/// response is stored; retries get that response replayed with `Idempotent-Replayed:
+/// true`.
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
+/// use idempotency_http::{IdempotencyLayer, KeyRequirement};
+///
+/// let layer = IdempotencyLayer::builder(idempotency_coordinator::MemoryStore::new())
+///     .with_key_requirement(KeyRequirement::Required)
+///     .build()?;
+/// // axum: Router::new().route("/orders", post(create)).layer(layer)
+/// # drop(layer);
+/// # Ok(()) }
+/// ```
+pub struct IdempotencyLayer<S> {
+    coordinator: Coordinator<S>,
+    config: Arc<Config>,
+}
+
+impl<S> Clone for IdempotencyLayer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            coordinator: self.coordinator.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S> fmt::Debug for IdempotencyLayer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("coordinator", &self.coordinator)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S: ReservationStore> IdempotencyLayer<S> {
+    /// A builder over `store`, with the coordinator's defaults for everything the layer
+    /// does not set itself (the in-flight and storage-down modes).
+    pub fn builder(store: S) -> IdempotencyLayerBuilder<S> {
+        Self::builder_from(Coordinator::builder(store))
+    }
+
+    /// A builder over a configured coordinator builder (metrics, lease, TTL policy);
+    /// its in-flight and storage-error modes are overridden by the layer's.
+    pub fn builder_from(coordinator: CoordinatorBuilder<S>) -> IdempotencyLayerBuilder<S> {
+        IdempotencyLayerBuilder {
+            coordinator,
+            config: Config::default(),
+            in_flight: WhileInFlight::default(),
+            storage_down: StorageDown::default(),
+        }
+    }
+
+    /// The layer's counters.
+    pub fn stats(&self) -> Arc<LayerStats> {
+        Arc::clone(&self.config.stats)
+    }
+
+    /// The coordinator the layer runs on.
+    pub fn coordinator(&self) -> &Coordinator<S> {
+        &self.coordinator
+    }
+}
+
+impl<S, I> Layer<I> for IdempotencyLayer<S> {
+    type Service = IdempotencyService<I, S>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        IdempotencyService::new(inner, self.coordinator.clone(), Arc::clone(&self.config))
+    }
+}
+
+/// Configures an [`IdempotencyLayer`]; finish with [`IdempotencyLayerBuilder::build`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct IdempotencyLayerBuilder<S> {
+    coordinator: CoordinatorBuilder<S>,
+    config: Config,
+    in_flight: WhileInFlight,
+    storage_down: StorageDown,
+}
+
+impl<S> fmt::Debug for IdempotencyLayerBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayerBuilder")
+            .field("config", &self.config)
+            .field("in_flight", &self.in_flight)
+            .field("storage_down", &self.storage_down)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ReservationStore> IdempotencyLayerBuilder<S> {
+    /// The request header carrying the key (default `Idempotency-Key`).
+    pub fn with_key_header(mut self, name: HeaderName) -> Self {
+        self.config.key_header = name;
+        self
+    }
+
+    /// The response header marking a replay (default `Idempotent-Replayed`).
+    pub fn with_replayed_header(mut self, name: HeaderName) -> Self {
+        self.config.replayed_header = name;
+        self
+    }
+
+    /// The longest key accepted, in characters (default 255).
+    pub fn with_max_key_chars(mut self, max: usize) -> Self {
+        self.config.max_key_chars = max;
+        self
+    }
+
+    /// The methods the layer covers (default POST and PATCH); other requests pass through.
+    pub fn with_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a covered request must carry a key (default optional).
+    pub fn with_key_requirement(mut self, requirement: KeyRequirement) -> Self {
+        self.config.requirement = requirement;
+        self
+    }
+
+    /// A fixed route for the operation (for a layer on one route) instead of axum's
+    /// `MatchedPath` or the URI path; the method is still part of the operation.
+    pub fn with_route(mut self, route: impl Into<String>) -> Self {
+        self.config.operation = Some(route.into());
+        self
+    }
+
+    /// The tenant of a request (for example from an authentication extension): keys of
+    /// different tenants never meet. `None` is a tenant of its own.
+    pub fn with_tenant(
+        mut self,
+        tenant: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.config.tenant = Some(Arc::new(tenant));
+        self
+    }
+
+    /// Request headers that are part of the fingerprint (default `Content-Type`).
+    pub fn with_fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.fingerprint_headers = names.into_iter().collect();
+        self
+    }
+
+    /// The largest request body buffered for the fingerprint (default 1 MiB); larger → 413.
+    pub fn with_max_request_body(mut self, bytes: usize) -> Self {
+        self.config.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body stored (default 1 MiB); a larger one is returned, not
+    /// stored, and its key released.
+    pub fn with_max_response_body(mut self, bytes: usize) -> Self {
+        self.config.max_response_body = bytes;
+        self
+    }
+
+    /// Response headers never stored nor replayed (default `Set-Cookie`), on top of
+    /// hop-by-hop headers and `Date`.
+    pub fn with_deny_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.deny_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Which responses are stored, by status (default [`store_by_default`]).
+    pub fn with_store_policy(
+        mut self,
+        policy: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.config.store_policy = Arc::new(policy);
+        self
+    }
+
+    /// `Retry-After` on 409 and 503 (default 1 s; whole seconds, at least 1).
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.config.retry_after = after;
+        self
+    }
+
+    /// The base of problem `type` URIs (default [`DEFAULT_PROBLEM_BASE`]).
+    pub fn with_problem_base(mut self, base: impl Into<String>) -> Self {
+        self.config.problem_base = base.into();
+        self
+    }
+
+    /// How long a stored response is replayed (default: the coordinator's TTL policy).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = Some(ttl);
+        self
+    }
+
+    /// What a duplicate gets while the first request is in flight (default 409).
+    pub fn with_in_flight(mut self, mode: WhileInFlight) -> Self {
+        self.in_flight = mode;
+        self
+    }
+
+    /// What a request gets when the store is down (default fail closed: 503).
+    pub fn with_storage_down(mut self, mode: StorageDown) -> Self {
+        self.storage_down = mode;
+        self
+    }
+
+    /// Builds the layer and its coordinator.
+    ///
+    /// # Errors
+    /// The coordinator's configuration errors.
+    pub fn build(self) -> Result<IdempotencyLayer<S>, IdempotencyError> {
+        let coordinator = self
+            .coordinator
+            .in_flight(match self.in_flight {
+                WhileInFlight::Conflict => InFlight::Raise,
+                WhileInFlight::Wait => InFlight::Wait,
+            })
+            .on_storage_error(match self.storage_down {
+                StorageDown::FailClosed => OnStorageError::Raise,
+                StorageDown::FailOpen => OnStorageError::Run,
+            })
+            .build()?;
+        Ok(IdempotencyLayer {
+            coordinator,
+            config: Arc::new(self.config),
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! Where a key lives: the operation (method and route) and the storage key derived from
+//! tenant, operation and client key.
+//!
+//! The storage key is `base64url(SHA-256(domain ‖ tenant ‖ operation ‖ key))` with each
+//! field length-prefixed (and the tenant tagged present or absent), so distinct
+//! `(tenant, operation, key)` triples get distinct storage keys (up to SHA-256
+//! collisions) whatever characters the client's key holds: the core's identifier rules
+//! (no `:`, at most 255 characters, trimmed) are met by every derived key, and the
+//! client's key, its tenant and its text never reach the store or the logs.
+
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use crate::constants::STORAGE_KEY_DOMAIN;
+use crate::encoding::encode_url_safe;
+
+/// The core's longest operation, in characters.
+const MAX_OPERATION_CHARS: usize = 100;
+
+/// The operation of a request: `"{METHOD} {route}"` when that is a valid core
+/// operation, else `"{METHOD} ~{hash of the route}"` (a route holding `:` or too long).
+/// Only a label (metrics, the Redis key's readable part): the storage key hashes the
+/// full route, so two routes sharing a label never share keys.
+pub(crate) fn operation_label(method: &Method, route: &str) -> String {
+    let label = format!("{method} {route}");
+    let valid = !label.contains(':')
+        && label.chars().count() <= MAX_OPERATION_CHARS
+        && label.trim() == label;
+    if valid {
+        label
+    } else {
+        let digest = Sha256::digest(route.as_bytes());
+        format!("{method} ~{}", encode_url_safe(&digest[..12]))
+    }
+}
+
+/// The storage key for a client key in a tenant's scope of an operation.
+pub(crate) fn storage_key(tenant: Option<&str>, method: &Method, route: &str, key: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(STORAGE_KEY_DOMAIN);
+    match tenant {
+        None => hasher.update([0u8]),
+        Some(tenant) => {
+            hasher.update([1u8]);
+            field(&mut hasher, tenant.as_bytes());
+        }
+    }
+    field(&mut hasher, method.as_str().as_bytes());
+    field(&mut hasher, route.as_bytes());
+    field(&mut hasher, key.as_bytes());
+    encode_url_safe(&hasher.finalize())
+}
+
+fn field(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idempotency_coordinator::RecordId;
+
+    #[test]
+    fn derived_keys_are_valid_core_identities() {
+        for key in ["a:b", " spaced ", "日本", &"x".repeat(255)] {
+            let op = operation_label(&Method::POST, "/a:b/{id}");
+            let key = storage_key(Some("t"), &Method::POST, "/a:b/{id}", key);
+            assert!(RecordId::new(&op, &key).is_ok(), "{op} {key}");
+        }
+    }
+
+    #[test]
+    fn fields_never_run_into_each_other() {
+        let m = Method::POST;
+        assert_ne!(
+            storage_key(None, &m, "/x", "k"),
+            storage_key(Some(""), &m, "/x", "k")
+        );
+        assert_ne!(
+            storage_key(Some("ab"), &m, "/x", "c"),
+            storage_key(Some("a"), &m, "/x", "bc")
+        );
+        assert_ne!(
+            storage_key(None, &m, "/x", "k"),
+            storage_key(None, &Method::PATCH, "/x", "k")
+        );
+        assert_eq!(
+            storage_key(None, &m, "/x", "k"),
+            storage_key(None, &m, "/x", "k")
+        );
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(
+            operation_label(&Method::POST, "/orders/{id}"),
+            "POST /orders/{id}"
+        );
+        assert!(operation_label(&Method::POST, "/a:b").starts_with("POST ~"));
+    }
+}

@@ -1,0 +1,288 @@
+//! The service: key → scope → fingerprint → coordinator call → stored or replayed response.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use idempotency_coordinator::{Coordinator, ErrorClass, IdempotencyError, ReservationStore};
+use tower_service::Service;
+
+use crate::body::{BoxError, Buffered, ResponseBody, boxed, buffer};
+use crate::fingerprint::fingerprint;
+use crate::key::{KeyProblem, parse_key};
+use crate::layer::{Config, KeyRequirement};
+use crate::problem::Problem;
+use crate::scope::{operation_label, storage_key};
+use crate::stored::StoredResponse;
+
+/// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer).
+pub struct IdempotencyService<I, S> {
+    inner: I,
+    coordinator: Coordinator<S>,
+    config: Arc<Config>,
+}
+
+impl<I: Clone, S> Clone for IdempotencyService<I, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            coordinator: self.coordinator.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<I: fmt::Debug, S> fmt::Debug for IdempotencyService<I, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, S> IdempotencyService<I, S> {
+    pub(crate) fn new(inner: I, coordinator: Coordinator<S>, config: Arc<Config>) -> Self {
+        Self {
+            inner,
+            coordinator,
+            config,
+        }
+    }
+}
+
+/// The future of [`IdempotencyService`].
+pub type ResponseFuture<E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, E>> + Send + 'static>>;
+
+/// How the handler's run ended, as the coordinator sees it: `Ok` is stored, every `Err`
+/// releases the key.
+enum ActionError<E> {
+    /// The coordinator refused or failed the call.
+    Idempotency(IdempotencyError),
+    /// A response that is returned to this client but not stored.
+    NotStored(Response<ResponseBody>),
+    /// The inner service failed.
+    Service(E),
+}
+
+impl<E> From<IdempotencyError> for ActionError<E> {
+    fn from(e: IdempotencyError) -> Self {
+        Self::Idempotency(e)
+    }
+}
+
+impl<I, S, ReqB, ResB> Service<Request<ReqB>> for IdempotencyService<I, S>
+where
+    I: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    I::Future: Send + 'static,
+    I::Error: Send + 'static,
+    S: ReservationStore,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = I::Error;
+    type Future = ResponseFuture<I::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        // The clone takes the place of the service that was polled ready, which handles
+        // this request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let coordinator = self.coordinator.clone();
+        let config = Arc::clone(&self.config);
+        Box::pin(handle(inner, coordinator, config, request))
+    }
+}
+
+async fn handle<I, S, ReqB, ResB>(
+    mut inner: I,
+    coordinator: Coordinator<S>,
+    config: Arc<Config>,
+    request: Request<ReqB>,
+) -> Result<Response<ResponseBody>, I::Error>
+where
+    I: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    I::Future: Send + 'static,
+    I::Error: Send + 'static,
+    S: ReservationStore,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let problem = |p: Problem| Ok(p.response(&config.problem_base, config.retry_after));
+    if !config.methods.contains(request.method()) {
+        return pass_through(inner, request).await;
+    }
+    let key = match parse_key(
+        &request.headers().get_all(&config.key_header),
+        config.max_key_chars,
+    ) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            return match config.requirement {
+                KeyRequirement::Required => problem(Problem::KeyMissing),
+                KeyRequirement::Optional => pass_through(inner, request).await,
+            };
+        }
+        Err(KeyProblem::Repeated) => return problem(Problem::KeyRepeated),
+        Err(
+            KeyProblem::Empty | KeyProblem::TooLong | KeyProblem::NotUtf8 | KeyProblem::Malformed,
+        ) => {
+            return problem(Problem::KeyMalformed);
+        }
+    };
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, config.max_request_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return problem(Problem::RequestTooLarge),
+        Err(e) => {
+            tracing::debug!(error = %e, "request body failed while being read");
+            return problem(Problem::KeyMalformed);
+        }
+    };
+    let route = config
+        .operation
+        .clone()
+        .or_else(|| matched_path(&parts))
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let tenant = config.tenant.as_ref().and_then(|f| f(&parts));
+    let operation = operation_label(&parts.method, &route);
+    let storage_key = storage_key(tenant.as_deref(), &parts.method, &route, &key);
+    let fingerprint = fingerprint(&parts, &config.fingerprint_headers, &body);
+    let request = Request::from_parts(parts, ReqB::from(body));
+
+    let ran = Arc::new(AtomicBool::new(false));
+    let action = {
+        let ran = Arc::clone(&ran);
+        let config = Arc::clone(&config);
+        move || async move {
+            ran.store(true, Ordering::Relaxed);
+            run_handler(&mut inner, request, &config).await
+        }
+    };
+    let mut call = coordinator
+        .call(&operation, Some(&storage_key))
+        .fingerprint(fingerprint);
+    if let Some(ttl) = config.ttl {
+        call = call.ttl(ttl);
+    }
+    match call.run_detached(action).await {
+        Ok(stored) => {
+            let replayed = !ran.load(Ordering::Relaxed);
+            match stored.into_response(&config.replayed_header) {
+                Some(response) => {
+                    tracing::debug!(operation, replayed, "idempotent response");
+                    Ok(response)
+                }
+                None => {
+                    tracing::error!(operation, "stored response cannot be replayed");
+                    problem(Problem::Internal)
+                }
+            }
+        }
+        Err(ActionError::NotStored(response)) => Ok(response),
+        Err(ActionError::Service(e)) => Err(e),
+        Err(ActionError::Idempotency(e)) => problem(match e.class() {
+            ErrorClass::Conflict => Problem::KeyInFlight,
+            ErrorClass::KeyReuse => Problem::KeyReused,
+            ErrorClass::Storage => Problem::StorageUnavailable,
+            _ => {
+                tracing::error!(operation, error = %e, "idempotent request failed");
+                Problem::Internal
+            }
+        }),
+    }
+}
+
+/// Runs the inner service and decides whether its response is stored.
+async fn run_handler<I, ReqB, ResB>(
+    inner: &mut I,
+    request: Request<ReqB>,
+    config: &Config,
+) -> Result<StoredResponse, ActionError<I::Error>>
+where
+    I: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let response = inner.call(request).await.map_err(ActionError::Service)?;
+    let (parts, body) = response.into_parts();
+    let storable = (config.store_policy)(parts.status);
+    match buffer(body, config.max_response_body).await {
+        Buffered::Complete(bytes) if storable => Ok(StoredResponse::new(
+            parts,
+            bytes,
+            &config.deny_headers,
+            &config.replayed_header,
+        )),
+        Buffered::Complete(bytes) => {
+            config.stats.count_not_stored(false);
+            tracing::debug!(
+                status = parts.status.as_u16(),
+                "response not stored by the policy; key released"
+            );
+            Err(ActionError::NotStored(Response::from_parts(
+                parts,
+                crate::body::full(bytes),
+            )))
+        }
+        Buffered::PassThrough(body) => {
+            config.stats.count_not_stored(true);
+            tracing::warn!(
+                limit = config.max_response_body,
+                "response body over the limit or with trailers: returned, not stored; key released"
+            );
+            Err(ActionError::NotStored(Response::from_parts(parts, body)))
+        }
+        Buffered::Failed(e) => {
+            config.stats.count_not_stored(false);
+            tracing::warn!(error = %e, "response body failed; key released");
+            Err(ActionError::NotStored(
+                Problem::Internal.response(&config.problem_base, config.retry_after),
+            ))
+        }
+    }
+}
+
+async fn pass_through<I, ReqB, ResB>(
+    mut inner: I,
+    request: Request<ReqB>,
+) -> Result<Response<ResponseBody>, I::Error>
+where
+    I: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    Ok(inner.call(request).await?.map(boxed))
+}
+
+#[cfg(feature = "axum")]
+fn matched_path(parts: &http::request::Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+}
+
+#[cfg(not(feature = "axum"))]
+fn matched_path(_: &http::request::Parts) -> Option<String> {
+    None
+}
