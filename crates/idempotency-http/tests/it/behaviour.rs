@@ -123,7 +123,7 @@ async fn a_missing_required_key_is_400_and_an_optional_one_passes_through(backen
     assert_eq!(optional.runs(), 2);
     let required = backend
         .serve(Options {
-            required: true,
+            requirement: idempotency_http::KeyRequirement::Required,
             ..Options::default()
         })
         .await;
@@ -210,5 +210,18 @@ async fn a_different_body_under_the_same_key_is_422(backend: Backend) {
     assert_eq!(first.status, 201);
     let other = app.post("/orders", &key, r#"{"amount":2}"#).await;
     assert_problem(&other, 422, "idempotency-key-reused", &[&key]);
+    assert_eq!(app.runs(), 1);
+}
+
+on_every_store!(a_streaming_response_is_buffered_stored_and_replayed);
+async fn a_streaming_response_is_buffered_stored_and_replayed(backend: Backend) {
+    let app = backend.serve(Options::default()).await;
+    let key = unique_key("stream");
+    let first = app.post("/stream", &key, "{}").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body_text(), "run 1;two;three");
+    let retry = app.post("/stream", &key, "{}").await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, first.body);
     assert_eq!(app.runs(), 1);
 }

@@ -4,7 +4,12 @@
 // Shared by the test modules; `pub` inside one test binary.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,7 +19,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use idempotency_coordinator::{ConnectOptions, MemoryStore, RedisStore, ReservationStore};
-use idempotency_http::{IdempotencyLayer, IdempotencyLayerBuilder, LayerStats};
+use idempotency_http::{
+    IdempotencyLayer, IdempotencyLayerBuilder, KeyRequirement, LayerStats, StorageDown,
+    WhileInFlight,
+};
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,13 +93,14 @@ impl Backend {
 
 /// Keeps a shared server alive while its app runs.
 #[allow(dead_code)]
-pub struct Keep(Option<Arc<RedisServer>>, Option<Arc<RedisCluster>>);
+pub struct Keep(pub Option<Arc<RedisServer>>, pub Option<Arc<RedisCluster>>);
 
 /// The layer's options the tests vary.
 #[derive(Default)]
 pub struct Options {
-    pub required: bool,
-    pub wait: bool,
+    pub requirement: KeyRequirement,
+    pub in_flight: WhileInFlight,
+    pub storage_down: StorageDown,
     pub tenant_header: bool,
     pub max_response_body: Option<usize>,
 }
@@ -100,12 +109,10 @@ fn configure<S: ReservationStore>(
     mut builder: IdempotencyLayerBuilder<S>,
     options: &Options,
 ) -> IdempotencyLayerBuilder<S> {
-    if options.required {
-        builder = builder.with_key_requirement(idempotency_http::KeyRequirement::Required);
-    }
-    if options.wait {
-        builder = builder.with_in_flight(idempotency_http::WhileInFlight::Wait);
-    }
+    builder = builder
+        .with_key_requirement(options.requirement)
+        .with_in_flight(options.in_flight)
+        .with_storage_down(options.storage_down);
     if options.tenant_header {
         builder = builder.with_tenant(|parts| {
             parts
@@ -132,7 +139,7 @@ pub struct App {
 }
 
 impl App {
-    async fn start<S: ReservationStore>(store: S, options: Options, keep: Keep) -> Self {
+    pub async fn start<S: ReservationStore>(store: S, options: Options, keep: Keep) -> Self {
         let layer = configure(IdempotencyLayer::builder(store), &options)
             .build()
             .expect("layer");
@@ -186,6 +193,7 @@ fn routes(runs: &Arc<AtomicU64>, probe_cancelled: &Arc<AtomicBool>) -> Router {
     let slow = Arc::clone(runs);
     let failing = Arc::clone(runs);
     let big = Arc::clone(runs);
+    let streamed = Arc::clone(runs);
     Router::new()
         .route(
             "/probe",
@@ -228,6 +236,17 @@ fn routes(runs: &Arc<AtomicU64>, probe_cancelled: &Arc<AtomicBool>) -> Router {
             }),
         )
         .route(
+            "/stream",
+            post(move || {
+                let runs = Arc::clone(&streamed);
+                async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    let chunks = [format!("run {n};"), "two;".to_owned(), "three".to_owned()];
+                    axum::http::Response::new(Chunks(chunks.into_iter().map(Bytes::from).collect()))
+                }
+            }),
+        )
+        .route(
             "/big",
             post(move || {
                 let runs = Arc::clone(&big);
@@ -263,6 +282,21 @@ fn order(
             body.len()
         ),
     )
+}
+
+/// A streaming body of unknown length (sent chunked), one frame per chunk.
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
 }
 
 /// Records a handler future dropped before it finished.

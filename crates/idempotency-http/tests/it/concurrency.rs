@@ -26,7 +26,11 @@ fn essence(reply: &Reply) -> Reply {
 async fn fifty_concurrent(backend: Backend, wait: bool) {
     let app = backend
         .serve(Options {
-            wait,
+            in_flight: if wait {
+                idempotency_http::WhileInFlight::Wait
+            } else {
+                idempotency_http::WhileInFlight::Conflict
+            },
             ..Options::default()
         })
         .await;
