@@ -87,6 +87,8 @@ impl RedisStore {
     fn unusable(&self, decoded: &Result<IdempotencyRecord>) -> Option<String> {
         match decoded {
             Err(e) => Some(e.to_string()),
+            // Only a pending record can be abandoned: a hit never reads the clock.
+            Ok(record) if !record.is_pending() => None,
             Ok(record) => self
                 .inner
                 .server_clock

@@ -105,7 +105,7 @@ impl<S: ReservationStore + Clone> Chaos<S> {
 /// The fault injector: every few ms, one reply is lost or stalled, until `stop`.
 fn inject_faults(
     faults: Arc<crate::common::Faults>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut rng = Rng(0x5EED);
@@ -116,7 +116,7 @@ fn inject_faults(
                 _ => faults.claim_stall.store(true, Ordering::SeqCst),
             }
             tokio::select! {
-                () = stop.notified() => return,
+                _ = stop.changed() => return,
                 () = tokio::time::sleep(Duration::from_millis(15 + rng.next() % 30)) => {}
             }
         }
@@ -128,7 +128,7 @@ fn inject_faults(
 /// dropped connections; back to passing at `stop`.
 fn disturb_network(
     proxy: Arc<Proxy>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut rng = Rng(0xBAD_CAFE);
@@ -142,7 +142,7 @@ fn disturb_network(
             proxy.set_mode(mode);
             let burst = Duration::from_millis(if mode == Mode::Pass { 60 } else { 15 });
             tokio::select! {
-                () = stop.notified() => {
+                _ = stop.changed() => {
                     proxy.set_mode(Mode::Pass);
                     return;
                 }
@@ -152,13 +152,80 @@ fn disturb_network(
     })
 }
 
+/// Corrupts the record under a key (see [`corrupter`]).
+type Corrupt = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Disturbances beyond the injected faults.
+#[derive(Default)]
+struct Extra {
+    /// The proxy between the stores and Redis: its modes cycle during the run.
+    network: Option<Arc<Proxy>>,
+    /// Replaces a key's pending record (whoever's it is) with bytes no client can read,
+    /// now and then during the run.
+    corrupt: Option<Corrupt>,
+    /// An AOF-persisted server that is killed and restarted in the middle of the run.
+    restart: Option<Arc<std::sync::Mutex<idempotency_testkit::RedisServer>>>,
+}
+
+/// Starts the extra disturbances; each ends at `stop` (or after its one action).
+fn disturb<S: ReservationStore + Clone>(
+    extra: Extra,
+    chaos: &Chaos<S>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let network = extra
+        .network
+        .map(|proxy| disturb_network(proxy, stop.clone()));
+    let corrupter = extra.corrupt.map(|corrupt| {
+        let mut stop = stop.clone();
+        let keys: Vec<String> = (0..KEYS).map(|n| chaos.key(n)).collect();
+        tokio::spawn(async move {
+            // Every few ms, every key: a reservation is pending only while its first
+            // execution runs, so the sweep has to be frequent to meet one.
+            loop {
+                let keys = keys.clone();
+                let corrupt = Arc::clone(&corrupt);
+                tokio::task::spawn_blocking(move || {
+                    for key in &keys {
+                        corrupt(key);
+                    }
+                })
+                .await
+                .expect("corrupt");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(Duration::from_millis(3)) => {}
+                }
+            }
+        })
+    });
+    let restarter = extra.restart.map(|server| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::task::spawn_blocking(move || {
+                server
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .restart();
+            })
+            .await
+            .expect("restart");
+        })
+    });
+    [network, corrupter, restarter]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Runs the chaos on `env`; `plant(key, bytes, as_hash)` puts foreign data under a key
 /// before the run (a no-op on memory).
 async fn chaos<S: ReservationStore + Clone>(
     env: crate::common::Env<S>,
     plant: impl Fn(&str, &[u8], bool),
-    network: Option<Arc<Proxy>>,
+    extra: Extra,
 ) {
+    let redis = env.server.is_some() || env.cluster.is_some() || extra.restart.is_some();
     let chaos = Arc::new(Chaos::new(&env));
     // Keys 0-2 start out holding unreadable bytes, key 3 a hash (Redis only: `plant` is a
     // no-op on memory).
@@ -172,9 +239,11 @@ async fn chaos<S: ReservationStore + Clone>(
     plant(&chaos.key(3), b"v", true);
     let faults = Arc::clone(&env.store.faults);
     faults.claim_stall_ms.store(150, Ordering::SeqCst);
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let injector = inject_faults(Arc::clone(&faults), Arc::clone(&stop));
-    let network = network.map(|proxy| disturb_network(proxy, Arc::clone(&stop)));
+    // A watch, not a Notify: a task busy elsewhere when the run ends still sees the stop
+    // (a `notify_waiters` would pass it by and leave it looping forever).
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let injector = inject_faults(Arc::clone(&faults), stop.clone());
+    let disturbances = disturb(extra, &chaos, &stop);
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let chaos = Arc::clone(&chaos);
@@ -196,10 +265,10 @@ async fn chaos<S: ReservationStore + Clone>(
     for t in tasks {
         t.await.expect("task");
     }
-    stop.notify_waiters();
+    let _ = stop_tx.send(true);
     injector.await.expect("injector");
-    if let Some(network) = network {
-        network.await.expect("network");
+    for task in disturbances {
+        task.await.expect("disturbance");
     }
     for flag in [
         &faults.claim_reply_lost,
@@ -242,7 +311,7 @@ async fn chaos<S: ReservationStore + Clone>(
     for n in 0..KEYS {
         let key = chaos.key(n);
         let runs = chaos.history.effects_of(&key).len();
-        if n == 3 && !env.store_is_memory() {
+        if n == 3 && redis {
             assert_eq!(runs, 0, "{key}: never run over a value of another type");
         } else {
             assert!(runs >= 1, "{key}: the final call ran or replayed it");
@@ -254,15 +323,9 @@ async fn chaos<S: ReservationStore + Clone>(
     );
 }
 
-impl<S> crate::common::Env<S> {
-    fn store_is_memory(&self) -> bool {
-        self.server.is_none() && self.cluster.is_none()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_memory() {
-    chaos(crate::common::memory(), |_, _, _| {}, None).await;
+    chaos(crate::common::memory(), |_, _, _| {}, Extra::default()).await;
 }
 
 fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
@@ -288,7 +351,7 @@ fn planter(port_for: impl Fn(&str) -> u16) -> impl Fn(&str, &[u8], bool) {
 async fn chaos_standalone() {
     let env = crate::common::standalone().await;
     let port = env.server.as_ref().expect("server").port();
-    chaos(env, planter(move |_| port), None).await;
+    chaos(env, planter(move |_| port), Extra::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +373,15 @@ async fn chaos_through_a_faulty_network() {
         server: Some(Arc::new(server)),
         cluster: None,
     };
-    chaos(env, planter(move |_| port), Some(proxy)).await;
+    chaos(
+        env,
+        planter(move |_| port),
+        Extra {
+            network: Some(proxy),
+            ..Extra::default()
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,7 +391,92 @@ async fn chaos_cluster() {
     chaos(
         env,
         planter(move |redis_key| cluster.owner_port(redis_key)),
-        None,
+        Extra::default(),
+    )
+    .await;
+}
+
+/// Replaces the pending record under `key` (if that is what it holds) with bytes no client
+/// can read, keeping its TTL: data corruption of a live reservation.
+fn corrupter(
+    port_for: impl Fn(&str) -> u16 + Send + Sync + 'static,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+) -> Corrupt {
+    const SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+        if v and string.find(v, '\"status\":\"pending\"', 1, true) then \
+        redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') return 1 end return 0";
+    Arc::new(move |key: &str| {
+        let redis_key = format!("idempotency:chaos.op:{key}");
+        let port = port_for(&redis_key);
+        let args: [&[u8]; 5] = [
+            b"EVAL",
+            SCRIPT.as_bytes(),
+            b"1",
+            redis_key.as_bytes(),
+            b"{garbage",
+        ];
+        let reply = idempotency_testkit::resp::command_bytes(port, &args);
+        if reply.is_ok_and(|r| r.as_int() == Some(1)) {
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_live_reservations_corrupted_mid_run() {
+    let env = crate::common::standalone().await;
+    let port = env.server.as_ref().expect("server").port();
+    let corrupted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    chaos(
+        env,
+        planter(move |_| port),
+        Extra {
+            corrupt: Some(corrupter(move |_| port, Arc::clone(&corrupted))),
+            ..Extra::default()
+        },
+    )
+    .await;
+    let corrupted = corrupted.load(Ordering::SeqCst);
+    eprintln!("corrupted {corrupted} live reservations mid-run");
+    assert!(
+        corrupted > 0,
+        "the run corrupted no live reservation: vacuous"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_across_a_redis_kill_and_restart() {
+    // Append-only file, fsync on every write: a kill -9 loses nothing acknowledged.
+    let server =
+        idempotency_testkit::RedisServer::start_with(&idempotency_testkit::ServerOptions {
+            args: ["--appendonly", "yes", "--appendfsync", "always"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            ..idempotency_testkit::ServerOptions::default()
+        });
+    let port = server.port();
+    let store = idempotency_redis::RedisStore::connect(
+        &server.url(),
+        &idempotency_redis::ConnectOptions::default()
+            .with_command_timeout(Duration::from_millis(500))
+            .with_reconnect_max_delay(Duration::from_millis(50)),
+    )
+    .await
+    .expect("connect");
+    let env = crate::common::Env {
+        store: crate::common::wrap(store),
+        metrics: Arc::new(idempotency_core::RecordingMetrics::default()),
+        server: None,
+        cluster: None,
+    };
+    chaos(
+        env,
+        planter(move |_| port),
+        Extra {
+            restart: Some(Arc::new(std::sync::Mutex::new(server))),
+            ..Extra::default()
+        },
     )
     .await;
 }

@@ -147,3 +147,90 @@ async fn a_malformed_redis_url_is_a_configuration_error_not_an_outage() {
     );
     assert!(!err.is_storage());
 }
+
+#[tokio::test]
+async fn a_policy_is_kept_as_given_not_rounded_to_minutes() {
+    use idempotency_core::IdempotencyRepository;
+    // A 30-second default TTL is valid for this policy; copying it into settings in whole
+    // minutes turned it into 0 and refused it.
+    let policy = idempotency_core::IdempotencyDomainService::new(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(120),
+    )
+    .expect("policy");
+    let coordinator =
+        idempotency_coordinator::Coordinator::builder(idempotency_coordinator::MemoryStore::new())
+            .policy(policy)
+            .build()
+            .expect("a 30 s default TTL is accepted");
+    let _: u32 = coordinator
+        .call("op", Some("k"))
+        .run(|| async { Ok::<_, IdempotencyError>(1) })
+        .await
+        .expect("call");
+    let record = coordinator
+        .store()
+        .get(&idempotency_core::RecordId::new("op", "k").expect("valid"))
+        .await
+        .expect("get")
+        .expect("stored");
+    let lifetime = record.expires_at() - record.created_at();
+    assert_eq!(
+        lifetime,
+        time::Duration::seconds(30),
+        "the policy's own default"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_keeps_its_milliseconds_and_under_a_second_is_refused() {
+    use idempotency_core::{Claim, Clock, Lease, RecordId, ReservationStore};
+    let store = idempotency_coordinator::MemoryStore::new();
+    let err = idempotency_coordinator::Coordinator::builder(store.clone())
+        .lease(std::time::Duration::from_millis(999))
+        .build()
+        .expect_err("under 1 s");
+    assert!(err.is_validation(), "{err}");
+    assert!(err.problems().iter().any(|p| p.field == "lease"), "{err}");
+    // 1.5 s is kept as 1.5 s, not truncated to 1 s: the owner still holds the key at
+    // 1.2 s.
+    let coordinator = idempotency_coordinator::Coordinator::builder(store.clone())
+        .lease(std::time::Duration::from_millis(1500))
+        .build()
+        .expect("1.5 s");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let owner = tokio::spawn({
+        let coordinator = coordinator.clone();
+        async move {
+            coordinator
+                .call("op", Some("lease"))
+                .run(|| async move {
+                    let _ = started_tx.send(());
+                    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+                    Ok::<_, IdempotencyError>(1u32)
+                })
+                .await
+        }
+    });
+    started_rx.await.expect("started");
+    let probe = Lease::new(
+        RecordId::new("op", "lease").expect("valid"),
+        None,
+        Clock::system(),
+    );
+    let pending = match store
+        .claim(&probe, std::time::Duration::from_secs(1))
+        .await
+        .expect("claim")
+    {
+        Claim::Found(record) => record,
+        Claim::Acquired => panic!("the owner's reservation was gone"),
+    };
+    let lease = pending.expires_at() - pending.created_at();
+    assert!(
+        lease > time::Duration::milliseconds(1400) && lease < time::Duration::milliseconds(1600),
+        "lease {lease}"
+    );
+    assert_eq!(owner.await.expect("task").expect("owner"), 1);
+}
