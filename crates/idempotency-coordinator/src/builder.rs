@@ -43,8 +43,15 @@ pub struct CoordinatorBuilder<S> {
     clock: Clock,
 }
 
+impl<S: ReservationStore> Coordinator<S> {
+    /// A builder over `store` with default settings.
+    pub fn builder(store: S) -> CoordinatorBuilder<S> {
+        CoordinatorBuilder::new(store)
+    }
+}
+
 impl<S: ReservationStore> CoordinatorBuilder<S> {
-    pub(crate) fn new(store: S) -> Self {
+    fn new(store: S) -> Self {
         Self {
             store,
             policy: IdempotencyDomainService::default(),

@@ -18,12 +18,16 @@ pub struct Call<'a, S, A = SerdeAdapter> {
     adapter: A,
 }
 
+impl<S: ReservationStore> Coordinator<S> {
+    /// Starts a call: `operation`, and the idempotency key (`None`: no idempotency, the
+    /// action just runs).
+    pub fn call<'a>(&'a self, operation: &'a str, key: Option<&'a str>) -> Call<'a, S> {
+        Call::new(self, operation, key)
+    }
+}
+
 impl<'a, S: ReservationStore> Call<'a, S> {
-    pub(crate) fn new(
-        coordinator: &'a Coordinator<S>,
-        operation: &'a str,
-        key: Option<&'a str>,
-    ) -> Self {
+    fn new(coordinator: &'a Coordinator<S>, operation: &'a str, key: Option<&'a str>) -> Self {
         Self {
             coordinator,
             operation,

@@ -12,8 +12,6 @@ use idempotency_core::{
 };
 use tracing::Instrument;
 
-use crate::builder::CoordinatorBuilder;
-use crate::call::Call;
 use crate::modes::{InFlight, OnStorageError};
 
 /// How often a waiter re-reads the key when no wake-up came: the safety net behind push
@@ -84,20 +82,9 @@ pub(crate) struct Inner<S> {
 }
 
 impl<S: ReservationStore> Coordinator<S> {
-    /// A builder over `store` with default settings.
-    pub fn builder(store: S) -> CoordinatorBuilder<S> {
-        CoordinatorBuilder::new(store)
-    }
-
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
-    }
-
-    /// Starts a call: `operation`, and the idempotency key (`None`: no idempotency, the
-    /// action just runs).
-    pub fn call<'a>(&'a self, operation: &'a str, key: Option<&'a str>) -> Call<'a, S> {
-        Call::new(self, operation, key)
     }
 
     /// Runs `action` at most once per `(operation, key)`, the primitive behind
