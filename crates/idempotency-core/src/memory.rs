@@ -310,7 +310,6 @@ impl ReservationStore for MemoryStore {
     type Watch = MemoryWatch;
 
     async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
-        let pending = lease.pending_record(duration)?;
         let mut state = self.lock();
         // Invariant: read and insert under one lock, so exactly one claimer acquires.
         if let Some(found) = state.live(lease.id(), Instant::now()) {
@@ -322,6 +321,8 @@ impl ReservationStore for MemoryStore {
                 Claim::Found(found.record.clone())
             });
         }
+        // Built only when the key is free: a hit makes no pending record.
+        let pending = lease.pending_record(duration)?;
         state.insert(lease.id().clone(), pending, duration);
         Ok(Claim::Acquired)
     }
