@@ -1,11 +1,15 @@
 //! Support for the `#[idempotent]` expansion. Not a public API.
 
-use idempotency_core::{IdempotencyError, fingerprint_of};
+use std::collections::BTreeMap;
+
+use idempotency_core::{IdempotencyError, RawValue, canonical_json, fingerprint_of};
 use serde::Serialize;
 
-/// Builds the fingerprint of the named parameters.
+/// Builds the fingerprint of the named parameters, exactly as `fingerprint_of` over the
+/// same named values would (each value canonicalised by the same serializer: integers of
+/// any width, floats as Python writes them).
 #[derive(Debug, Default)]
-pub struct Fingerprint(serde_json::Map<String, serde_json::Value>);
+pub struct Fingerprint(BTreeMap<String, Box<RawValue>>);
 
 impl Fingerprint {
     /// Starts an empty set of named values.
@@ -16,14 +20,15 @@ impl Fingerprint {
     /// Adds one named value.
     ///
     /// # Errors
-    /// When the value has no JSON form.
+    /// A fingerprint error when the value has no JSON form.
     pub fn field<T: Serialize + ?Sized>(
         mut self,
         name: &str,
         value: &T,
     ) -> Result<Self, IdempotencyError> {
-        let value = serde_json::to_value(value).map_err(IdempotencyError::serialization)?;
-        self.0.insert(name.to_owned(), value);
+        let text = canonical_json(value)?;
+        let raw = RawValue::from_string(text).map_err(IdempotencyError::fingerprint)?;
+        self.0.insert(name.to_owned(), raw);
         Ok(self)
     }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency_core::constants::MIN_IN_FLIGHT_LEASE;
+use idempotency_core::constants::{MAX_IN_FLIGHT_LEASE, MIN_IN_FLIGHT_LEASE};
 use idempotency_core::{
     Clock, FieldProblem, IdempotencyDomainService, IdempotencyError, IdempotencyMetrics,
     MemoryStore, NoopMetrics, ReservationStore, Result,
@@ -39,6 +39,9 @@ pub struct CoordinatorBuilder<S> {
     settings: IdempotencySettings,
     // Set by `lease()`; wins over the settings' whole seconds.
     lease: Option<Duration>,
+    // Whether `policy()` set the policy after the settings (then it is the one TTL
+    // bounds are checked against).
+    policy_given: bool,
     safety_poll: Duration,
     clock: Clock,
 }
@@ -58,6 +61,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
             metrics: Arc::new(NoopMetrics),
             settings: IdempotencySettings::default(),
             lease: None,
+            policy_given: false,
             safety_poll: WAIT_SAFETY_POLL,
             clock: Clock::system(),
         }
@@ -75,6 +79,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     #[must_use]
     pub fn policy(mut self, policy: IdempotencyDomainService) -> Self {
         self.policy = policy;
+        self.policy_given = true;
         self
     }
 
@@ -137,6 +142,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     pub fn settings(mut self, settings: &IdempotencySettings) -> Self {
         self.settings = settings.clone();
         self.lease = None;
+        self.policy_given = false;
         if let Ok(policy) = settings.domain_service() {
             self.policy = policy;
         }
@@ -148,16 +154,35 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// # Errors
     /// [`IdempotencyError::Validation`] listing every invalid setting.
     pub fn build(self) -> Result<Coordinator<S>> {
-        let mut problems = match self.settings.validate() {
-            Ok(()) => Vec::new(),
-            Err(e) => e.problems().to_vec(),
+        // One source of truth for TTL bounds: the policy the coordinator will use (the
+        // settings' own TTL fields only when they are that policy).
+        let mut problems = if self.policy_given {
+            self.settings
+                .operation_ttl_problems(self.policy.min_ttl(), self.policy.max_ttl())
+        } else {
+            match self.settings.validate() {
+                Ok(()) => Vec::new(),
+                Err(e) => e
+                    .problems()
+                    .iter()
+                    .filter(|p| p.field != "in_flight_lease_seconds")
+                    .cloned()
+                    .collect(),
+            }
         };
-        if self.lease.is_some_and(|l| l < MIN_IN_FLIGHT_LEASE) {
-            problems.push(FieldProblem::new(
+        match self.lease {
+            None => problems.extend(self.settings.lease_problems()),
+            Some(l) if l < MIN_IN_FLIGHT_LEASE => problems.push(FieldProblem::new(
                 "lease",
                 "greater_than_equal",
                 "must be at least 1 s",
-            ));
+            )),
+            Some(l) if l > MAX_IN_FLIGHT_LEASE => problems.push(FieldProblem::new(
+                "lease",
+                "less_than_equal",
+                "must be at most a day",
+            )),
+            Some(_) => {}
         }
         if !problems.is_empty() {
             return Err(IdempotencyError::validation(problems));
@@ -168,6 +193,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// Builds without validating: for settings known to be valid (the defaults).
     fn build_unchecked(self) -> Coordinator<S> {
         let s = self.settings;
+        let lease = self.lease.unwrap_or_else(|| s.lease());
         let operation_ttls: HashMap<String, Duration> = s
             .operation_ttls
             .into_iter()
@@ -180,9 +206,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                 metrics: self.metrics,
                 enabled: s.enabled,
                 in_flight: s.in_flight,
-                lease: self
-                    .lease
-                    .unwrap_or(Duration::from_secs(s.in_flight_lease_seconds)),
+                lease,
                 on_storage_error: s.on_storage_error,
                 operation_ttls,
                 safety_poll: self.safety_poll,

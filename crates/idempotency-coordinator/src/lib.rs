@@ -35,7 +35,8 @@
 //! # Features
 //! - `macros` (default): the `#[idempotent]` attribute.
 //! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
-//! - `prometheus` (default): Prometheus metrics in that wiring.
+//! - `prometheus` (default): re-exports `PrometheusMetrics`, the collector to hand the
+//!   wiring.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use idempotency_core::constants::{
-    DEFAULT_IN_FLIGHT_LEASE, DEFAULT_KEY_PREFIX, DEFAULT_TTL_MINUTES, MAX_TTL_SECONDS,
-    MIN_TTL_SECONDS,
+    DEFAULT_IN_FLIGHT_LEASE, DEFAULT_KEY_PREFIX, DEFAULT_TTL_MINUTES, MAX_IN_FLIGHT_LEASE,
+    MAX_TTL_SECONDS, MIN_TTL_SECONDS,
 };
 use idempotency_core::{FieldProblem, IdempotencyDomainService, IdempotencyError, Result};
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,7 @@ pub struct IdempotencySettings {
     pub enabled: bool,
     /// Redis key prefix.
     pub key_prefix: String,
-    /// Whether the wiring registers Prometheus metrics.
+    /// Whether the wiring records metrics (into the collector it is given).
     pub metrics_enabled: bool,
     /// Default record lifetime, in minutes.
     pub default_ttl_minutes: u64,
@@ -80,30 +80,52 @@ impl IdempotencySettings {
             Ok(_) => Vec::new(),
             Err(e) => e.problems().to_vec(),
         };
-        if self.in_flight_lease_seconds < 1 {
-            problems.push(FieldProblem::new(
-                "in_flight_lease_seconds",
-                "greater_than_equal",
-                "must be at least 1",
-            ));
-        }
-        for (operation, ttl) in &self.operation_ttls {
-            if *ttl < self.min_ttl_seconds || *ttl > self.max_ttl_seconds {
-                problems.push(FieldProblem::new(
-                    format!("operation_ttls.{operation}"),
-                    "out_of_range",
-                    format!(
-                        "{ttl}s is outside [{}s, {}s]",
-                        self.min_ttl_seconds, self.max_ttl_seconds
-                    ),
-                ));
-            }
-        }
+        problems.extend(self.lease_problems());
+        problems.extend(self.operation_ttl_problems(
+            Duration::from_secs(self.min_ttl_seconds),
+            Duration::from_secs(self.max_ttl_seconds),
+        ));
         if problems.is_empty() {
             Ok(())
         } else {
             Err(IdempotencyError::validation(problems))
         }
+    }
+
+    /// The problems of the lease setting: at least 1 s, at most [`MAX_IN_FLIGHT_LEASE`].
+    pub(crate) fn lease_problems(&self) -> Vec<FieldProblem> {
+        let lease = self.in_flight_lease_seconds;
+        if lease < 1 {
+            vec![FieldProblem::new(
+                "in_flight_lease_seconds",
+                "greater_than_equal",
+                "must be at least 1",
+            )]
+        } else if lease > MAX_IN_FLIGHT_LEASE.as_secs() {
+            vec![FieldProblem::new(
+                "in_flight_lease_seconds",
+                "less_than_equal",
+                format!("must be at most {}", MAX_IN_FLIGHT_LEASE.as_secs()),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The per-operation TTLs outside `[min, max]` (the bounds of the policy the
+    /// coordinator will use).
+    pub(crate) fn operation_ttl_problems(&self, min: Duration, max: Duration) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        for (operation, ttl) in &self.operation_ttls {
+            if !(min..=max).contains(&Duration::from_secs(*ttl)) {
+                problems.push(FieldProblem::new(
+                    format!("operation_ttls.{operation}"),
+                    "out_of_range",
+                    format!("{ttl}s is outside [{}s, {}s]", min.as_secs(), max.as_secs()),
+                ));
+            }
+        }
+        problems
     }
 
     /// The domain service these settings describe.

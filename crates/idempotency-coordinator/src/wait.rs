@@ -25,7 +25,9 @@ impl<W: KeyWatch> Waiter<W> {
     /// Starts waiting now, for at most `patience`.
     pub(crate) fn new(patience: Duration) -> Self {
         Self {
-            deadline: Instant::now() + patience,
+            deadline: Instant::now()
+                .checked_add(patience)
+                .unwrap_or_else(Instant::now),
             watching: Watching::NotYet,
         }
     }

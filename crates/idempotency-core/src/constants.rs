@@ -26,6 +26,10 @@ pub const MAX_TTL_SECONDS: u64 = 86_400;
 /// How long an in-flight reservation outlives its owner before it counts as abandoned.
 pub const DEFAULT_IN_FLIGHT_LEASE: Duration = Duration::from_secs(30);
 
+/// Longest lease a reservation may have (a day): longer would only keep a crashed
+/// owner's key stuck, and bounds the arithmetic on deadlines.
+pub const MAX_IN_FLIGHT_LEASE: Duration = Duration::from_secs(86_400);
+
 /// Shortest lease a reservation may have.
 pub const MIN_IN_FLIGHT_LEASE: Duration = Duration::from_secs(1);
 
@@ -37,7 +41,7 @@ pub const KEY_SEPARATOR: char = ':';
 
 /// How far past its `expires_at` (by the store's clock) a pending record must be before a
 /// store treats it as abandoned: taken over by a claim and deleted by a read, as the
-/// Python library does with any expired record. Within this margin a reservation the store
-/// still holds is alive, whatever the timestamps say, so an owner whose clock runs behind
-/// by less than this never loses a live reservation to a reader's judgement.
+/// Python library does with any expired record. Our Redis store stamps records with the
+/// server's clock, so this margin protects writers that do not: Python 0.5.0 clients (and
+/// ours when the server refuses `TIME`) whose clocks run behind by less than an hour.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);

@@ -15,6 +15,13 @@ use crate::traits::bulk::{BulkRepository, bulk_outcome, validate_all};
 use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
+/// `now + ttl`, or as far as the monotonic clock goes (a TTL beyond it never ends).
+fn deadline_after(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// Writes between two sweeps of expired records.
 const SWEEP_EVERY: u64 = 1024;
 
@@ -84,7 +91,7 @@ impl State {
             self.records.retain(|_, e| e.deadline > now);
             self.next_deadline = self.records.values().map(|e| e.deadline).min();
         }
-        let deadline = now + ttl;
+        let deadline = deadline_after(now, ttl);
         self.next_deadline = Some(self.next_deadline.map_or(deadline, |t| t.min(deadline)));
         self.records.insert(id, Entry { record, deadline });
     }
@@ -349,7 +356,7 @@ impl ReservationStore for MemoryStore {
         match state.live(lease.id(), Instant::now()) {
             Some(e) if holds_lease(&e.record, lease.token()) => {
                 e.record = renewed;
-                e.deadline = Instant::now() + duration;
+                e.deadline = deadline_after(Instant::now(), duration);
                 Ok(Fence::Held)
             }
             _ => Ok(Fence::Lost),

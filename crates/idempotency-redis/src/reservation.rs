@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, ErrorType, Fence, IdempotencyError, IdempotencyRecord, Lease, RawValue, RecordId,
-    ReservationStore, Result, holds_lease, is_abandoned,
+    Claim, Fence, IdempotencyError, IdempotencyRecord, Lease, RawValue, RecordId, ReservationStore,
+    Result, holds_lease, is_abandoned,
 };
 
 use crate::store::RedisStore;
@@ -138,11 +138,9 @@ impl ReservationStore for RedisStore {
                 };
             };
             if takeovers == TAKEOVER_ROUNDS {
-                // Another writer keeps planting unreadable values: give up. The last reply
-                // was a value that is not ours, so nothing of ours is under the key.
-                self.inner
-                    .metrics
-                    .record_error(id.operation(), ErrorType::Validation);
+                // Another writer keeps planting unreadable values: give up (each was counted
+                // when decoded). The last reply was a value that is not ours, so nothing of
+                // ours is under the key.
                 return Err(IdempotencyError::in_progress(id.operation(), id.key()));
             }
             takeovers += 1;

@@ -14,6 +14,7 @@
 //! only after the same interval; meanwhile there is no estimate, and callers fall back as
 //! each documents: never to an error.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ enum Sample {
 #[derive(Debug, Default)]
 pub(crate) struct ServerClock {
     sample: Mutex<Option<Sample>>,
+    // Set while one caller asks `TIME`: the others keep using the last sample meanwhile,
+    // so a stale sample costs one round trip per store, not one per concurrent call.
+    refreshing: AtomicBool,
 }
 
 impl ServerClock {
@@ -54,13 +58,24 @@ impl ServerClock {
     /// the server refused or failed it (asked again after [`RESAMPLE_AFTER`]).
     pub(crate) async fn now(&self, client: &Client) -> Option<OffsetDateTime> {
         let last = *self.sample.lock().unwrap_or_else(PoisonError::into_inner);
-        match last {
+        let stale = match last {
             Some(Sample::Time(server, at)) if at.elapsed() < RESAMPLE_AFTER => {
                 return Some(server + at.elapsed());
             }
             Some(Sample::Unavailable(at)) if at.elapsed() < RESAMPLE_AFTER => return None,
-            _ => {}
+            Some(Sample::Time(server, at)) => Some(server + at.elapsed()),
+            _ => None,
+        };
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            // Someone else is asking: the extrapolated old sample is good enough meanwhile.
+            return stale;
         }
+        // Cleared on drop too: a caller cancelled mid-refresh must not block refreshes.
+        let _refreshing = Refreshing(&self.refreshing);
+        self.refresh(client).await
+    }
+
+    async fn refresh(&self, client: &Client) -> Option<OffsetDateTime> {
         let sent = Instant::now();
         let reply: Result<Value, _> = client
             .custom(
@@ -81,6 +96,15 @@ impl ServerClock {
             Sample::Time(server, at) => Some(server + at.elapsed()),
             Sample::Unavailable(_) => None,
         }
+    }
+}
+
+/// Clears the refreshing flag when the refresh ends or is dropped.
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

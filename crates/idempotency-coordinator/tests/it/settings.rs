@@ -234,3 +234,39 @@ async fn a_lease_keeps_its_milliseconds_and_under_a_second_is_refused() {
     );
     assert_eq!(owner.await.expect("task").expect("owner"), 1);
 }
+
+#[test]
+fn operation_ttls_are_checked_against_the_policy_in_use() {
+    let policy = idempotency_core::IdempotencyDomainService::new(
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )
+    .expect("policy");
+    let builder = || {
+        idempotency_coordinator::Coordinator::builder(idempotency_coordinator::MemoryStore::new())
+            .policy(policy)
+    };
+    // 30 s is inside this policy (not inside the default settings' 60 s minimum).
+    builder()
+        .operation_ttl("op", Duration::from_secs(30))
+        .build()
+        .expect("30 s is valid for the policy in use");
+    // 3600 s is outside it: refused at build, not on every call.
+    let err = builder()
+        .operation_ttl("op", Duration::from_secs(3600))
+        .build()
+        .expect_err("outside the policy");
+    assert!(
+        err.problems()
+            .iter()
+            .any(|p| p.field == "operation_ttls.op"),
+        "{err}"
+    );
+    let err =
+        idempotency_coordinator::Coordinator::builder(idempotency_coordinator::MemoryStore::new())
+            .lease(Duration::MAX)
+            .build()
+            .expect_err("an unbounded lease");
+    assert!(err.problems().iter().any(|p| p.field == "lease"), "{err}");
+}

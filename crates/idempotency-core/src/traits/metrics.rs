@@ -39,7 +39,7 @@ pub enum ErrorType {
     StorageRenew,
     /// The coordinator could not release its reservation.
     StorageRelease,
-    /// The coordinator could not make a record of a result (adapter or TTL trouble).
+    /// The coordinator could not store a result: its adapter could not encode it.
     RecordValidation,
     /// A key was reused for a different request.
     KeyReuse,
@@ -199,8 +199,10 @@ pub mod error_type {
 ///
 /// Who records what (so a collector shared by the repository and the coordinator counts
 /// each thing once): the coordinator records hit, miss, collision and the `get`/`save`/
-/// `reserve` latencies; the repository records errors by type, bulk hit and miss counts,
-/// and the latency of `delete`, `get_many`, `save_many` and `delete_many`.
+/// `reserve` latencies and the errors of its own steps (key reuse, decode, reserve/save/
+/// renew/release failures, lease losses); the repository records storage and record
+/// errors by type, bulk hit and miss counts, and the latency of `delete`, `get_many`,
+/// `save_many` and `delete_many`.
 ///
 /// # Examples
 /// ```

@@ -16,7 +16,8 @@
 //!
 //! Liveness is the store's: a key the store still holds is alive, whatever its
 //! `expires_at` says to a client's clock. Nothing deletes a pending record except its
-//! owner's release or the store's own expiry.
+//! owner's release, the store's own expiry, or the takeover of an abandoned one (past
+//! its `expires_at` by more than an hour on the store's clock, see [`is_abandoned`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -137,7 +138,7 @@ impl Lease {
             RawValue::NULL.to_owned(),
             RecordStatus::Pending,
             created_at.min(now),
-            now + lease,
+            later(now, lease, "lease")?,
             Some(self.token.to_string()),
         ))
     }
@@ -146,7 +147,7 @@ impl Lease {
     /// carries no owner (as the Python library writes it).
     ///
     /// # Errors
-    /// None in practice (the identity is already valid); kept fallible for the builder.
+    /// A `ttl` that ends past the year 9999.
     pub fn completed_record(&self, result: &RawValue, ttl: Duration) -> Result<IdempotencyRecord> {
         self.completed_record_at(self.clock.now(), result, ttl)
     }
@@ -166,7 +167,7 @@ impl Lease {
             result.to_owned(),
             RecordStatus::Completed,
             now,
-            now + ttl,
+            later(now, ttl, "ttl")?,
             None,
         ))
     }
@@ -192,6 +193,14 @@ impl Lease {
             },
         )
     }
+}
+
+/// `now + after`, or a validation error naming `field` when that is past the year 9999.
+fn later(now: OffsetDateTime, after: Duration, field: &str) -> Result<OffsetDateTime> {
+    time::Duration::try_from(after)
+        .ok()
+        .and_then(|after| now.checked_add(after))
+        .ok_or_else(|| IdempotencyError::invalid_field(field, "less_than_equal", "too long"))
 }
 
 /// Whether `record` is the pending record of the lease with `token`: the one decision
@@ -237,7 +246,7 @@ pub fn is_abandoned(record: &IdempotencyRecord, store_now: OffsetDateTime) -> bo
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The key now holds our pending record (written by this claim, by an earlier send of
-    /// it, or by taking over an unreadable value).
+    /// it, or by taking over an unreadable value or an abandoned reservation).
     Acquired,
     /// The key holds this record (completed: a hit; pending: someone else's action runs).
     Found(IdempotencyRecord),
@@ -262,7 +271,8 @@ pub trait KeyWatch: Send {
 }
 
 /// Fenced single-key operations for the coordinator. Each call is one atomic step on the
-/// store (one round trip on Redis).
+/// store (one round trip on Redis; a claim that takes over an unreadable value adds one per
+/// takeover, and the server's clock is sampled at most every 30 s).
 ///
 /// Invariants every implementation keeps (the store contract tests check them on each
 /// store):
@@ -271,7 +281,8 @@ pub trait KeyWatch: Send {
 ///   a caller whose lease ran out and was taken over can never overwrite or delete the
 ///   newer owner's record, nor a completed record;
 /// - liveness is the store's: a held key is never judged dead by a client clock, and
-///   nothing but `release` or the store's expiry removes a pending record;
+///   nothing but `release`, the store's expiry or the takeover of an abandoned record
+///   ([`is_abandoned`], on the store's clock) removes a pending record;
 /// - `claim` is idempotent for its lease: repeating it (a re-sent command) returns
 ///   [`Claim::Acquired`] while our pending record is there;
 /// - no value under the key makes `claim` return without either the key held by us or a

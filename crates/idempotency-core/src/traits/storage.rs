@@ -27,8 +27,9 @@ impl SaveManyOptions {
 /// Every method takes the record's validated identity ([`RecordId`], or the record that
 /// carries one), so nothing below the edge validates again and two operations' keys can
 /// never meet: the store derives its key from the identity. Implementations never return
-/// an expired record, and report backend failures as
-/// [`IdempotencyError::Storage`](crate::IdempotencyError::Storage) (and data that is not
+/// a record whose key the store has expired (the Redis store also hides one past its
+/// `expires_at` on the server's clock, as the Python library does), and report backend
+/// failures as [`IdempotencyError::Storage`](crate::IdempotencyError::Storage) (and data that is not
 /// a record as a data error). Every future is `Send` so a coordinator can run on a
 /// multi-threaded runtime; none is cancel-unsafe beyond the write it had already sent.
 ///
