@@ -138,16 +138,18 @@ impl IdempotencyRecord {
     /// [`IdempotencyError::Validation`] for invalid identifiers.
     pub fn from_parts(parts: RecordParts) -> Result<Self> {
         let (operation, key) = validate_identifiers(&parts.operation, &parts.idempotency_key)?;
-        Ok(Self {
-            operation: operation.to_owned(),
-            idempotency_key: key.to_owned(),
-            result: parts.result,
-            created_at: parts.created_at,
-            expires_at: parts.expires_at,
-            status: parts.status,
-            fingerprint: parts.fingerprint,
-            owner: parts.owner,
-        })
+        Ok(Self::assemble(
+            operation,
+            key,
+            IdentityParts {
+                result: parts.result,
+                created_at: parts.created_at,
+                expires_at: parts.expires_at,
+                status: parts.status,
+                fingerprint: parts.fingerprint,
+                owner: parts.owner,
+            },
+        ))
     }
 
     /// The record's identity. Its identifiers were validated when it was made (by
@@ -159,9 +161,14 @@ impl IdempotencyRecord {
 
     /// A record of an identity (already valid: nothing is validated again).
     pub(crate) fn of_identity(id: &RecordId, parts: IdentityParts) -> Self {
+        Self::assemble(id.operation(), id.key(), parts)
+    }
+
+    /// A record of identifiers already validated.
+    fn assemble(operation: &str, key: &str, parts: IdentityParts) -> Self {
         Self {
-            operation: id.operation().to_owned(),
-            idempotency_key: id.key().to_owned(),
+            operation: operation.to_owned(),
+            idempotency_key: key.to_owned(),
             result: parts.result,
             created_at: parts.created_at,
             expires_at: parts.expires_at,
