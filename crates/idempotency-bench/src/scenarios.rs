@@ -33,8 +33,7 @@ fn order() -> Order {
 /// A pending record like the ones the coordinator claims with: the raw yardstick sends
 /// the same bytes, so "the same command" means the same payload too.
 fn pending_json() -> (Arc<String>, Arc<String>) {
-    let id = idempotency_core::RecordId::new("bench.order", "2f1c6f3e-1b7e-4b8a-9d1e-0c2b3a4d5e6f")
-        .expect("valid identifiers");
+    let id = idempotency_testkit::record_id("bench.order", "2f1c6f3e-1b7e-4b8a-9d1e-0c2b3a4d5e6f");
     let lease = idempotency_core::Lease::new(id, None, idempotency_core::Clock::system());
     let record = lease
         .pending_record(Duration::from_secs(30))
@@ -107,9 +106,8 @@ async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
     let redis_keys: Arc<Vec<String>> = Arc::new(
         keys.iter()
             .map(|k| {
-                ctx.store.redis_key(
-                    &idempotency_core::RecordId::new("bench.order", k).expect("valid identifiers"),
-                )
+                ctx.store
+                    .redis_key(&idempotency_testkit::record_id("bench.order", k))
             })
             .collect(),
     );
@@ -200,10 +198,10 @@ async fn miss(ctx: &Ctx, c: usize) -> Row {
     let raw_rounds = std::sync::atomic::AtomicU64::new(0);
     let raw_run = async |n: u64| {
         let round = raw_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = ctx.store.redis_key(
-            &idempotency_core::RecordId::new("bench.raw", &format!("{run}-r{round}"))
-                .expect("valid identifiers"),
-        );
+        let prefix = ctx.store.redis_key(&idempotency_testkit::record_id(
+            "bench.raw",
+            &format!("{run}-r{round}"),
+        ));
         let client = client.clone();
         let (sha, record, pending, fragment) = (
             Arc::clone(&sha),
@@ -498,9 +496,8 @@ async fn raw_bulk(ctx: &Ctx, op: &str, keys: &[String], rounds: u64) -> f64 {
     let redis_keys: Vec<String> = keys
         .iter()
         .map(|k| {
-            ctx.store.redis_key(
-                &idempotency_core::RecordId::new("bench.bulk", k).expect("valid identifiers"),
-            )
+            ctx.store
+                .redis_key(&idempotency_testkit::record_id("bench.bulk", k))
         })
         .collect();
     let value = IdempotencyDomainService::default()

@@ -61,6 +61,15 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
+/// The identity of `operation` and `key`, which the test knows to be valid.
+///
+/// # Panics
+/// When they are not valid identifiers.
+pub fn record_id(operation: &str, key: &str) -> idempotency_core::RecordId {
+    idempotency_core::RecordId::new(operation, key)
+        .unwrap_or_else(|e| panic!("{operation:?}/{key:?} are not valid identifiers: {e}"))
+}
+
 /// A key no other test of this process (or of another test process) uses.
 pub fn unique_key(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

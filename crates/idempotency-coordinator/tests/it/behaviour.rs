@@ -48,7 +48,7 @@ on_all!(no_key_runs_the_action_and_touches_nothing, |env| {
     assert!(env.metrics.calls().is_empty());
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get"),
         None
@@ -113,7 +113,7 @@ on_all!(
         assert_eq!(runs.get(), 1);
         let record = env
             .store
-            .get(&idempotency_core::RecordId::new("order.create", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("order.create", &key))
             .await
             .expect("get")
             .expect("stored");
@@ -292,7 +292,7 @@ on_all!(a_failed_action_caches_nothing_and_the_retry_runs, |env| {
     );
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get"),
         None,
@@ -324,7 +324,7 @@ on_all!(a_dropped_call_releases_its_reservation, |env| {
     for _ in 0..100 {
         if env
             .store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get")
             .is_none()
@@ -558,7 +558,7 @@ on_all!(an_unencodable_result_is_returned_but_not_cached, |env| {
     assert_eq!(env.metrics.count("error", error_type::RECORD_VALIDATION), 1);
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get"),
         None
@@ -571,7 +571,7 @@ on_all!(ttl_precedence_is_override_then_call_then_default, |env| {
         let store = env.store.clone();
         async move {
             store
-                .get(&idempotency_core::RecordId::new(op, &key).expect("valid identifiers"))
+                .get(&idempotency_testkit::record_id(op, &key))
                 .await
                 .expect("get")
                 .expect("stored")
@@ -643,7 +643,7 @@ on_all!(a_lost_lease_keeps_the_newer_record_and_is_counted, |env| {
     assert_eq!(env.metrics.count("error", error_type::LEASE_LOST), 1);
     let stored = env
         .store
-        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .get(&idempotency_testkit::record_id("op", &key))
         .await
         .expect("get")
         .expect("record");
@@ -687,7 +687,7 @@ on_all!(json_and_void_adapters_round_trip, |env| {
     assert_eq!(runs.get(), 1);
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get")
             .expect("stored")

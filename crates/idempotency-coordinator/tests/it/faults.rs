@@ -37,7 +37,7 @@ fn coordinator(
 async fn wait_until_up(store: &RedisStore) {
     for _ in 0..100 {
         if store
-            .get(&idempotency_core::RecordId::new("probe", "up").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("probe", "up"))
             .await
             .is_ok()
         {
@@ -197,7 +197,7 @@ async fn a_black_holed_connection_returns_within_the_timeout_and_leaks_no_task()
         for _ in 0..100 {
             if coordinator
                 .store()
-                .get(&idempotency_core::RecordId::new("probe", "up").expect("valid identifiers"))
+                .get(&idempotency_testkit::record_id("probe", "up"))
                 .await
                 .is_ok()
             {
@@ -271,7 +271,7 @@ async fn a_stalled_owners_late_writes_change_nothing() {
     );
     let record = direct
         .store()
-        .get(&idempotency_core::RecordId::new("op", "fenced").expect("valid identifiers"))
+        .get(&idempotency_testkit::record_id("op", "fenced"))
         .await
         .expect("get")
         .expect("record");

@@ -84,7 +84,7 @@ async fn a_method_runs_once_per_key_and_replays() {
     let record = uc
         .idempotency_coordinator
         .store()
-        .get(&idempotency_core::RecordId::new("user.create", "k1").expect("valid identifiers"))
+        .get(&idempotency_testkit::record_id("user.create", "k1"))
         .await
         .expect("get")
         .expect("stored");
@@ -136,7 +136,7 @@ async fn application_errors_pass_through_and_are_not_cached() {
     assert!(
         uc.idempotency_coordinator
             .store()
-            .get(&idempotency_core::RecordId::new("user.create", "t").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("user.create", "t"))
             .await
             .expect("get")
             .is_none()

@@ -96,7 +96,7 @@ mod a_read_never_deletes_a_live_reservation {
         let _ = env
             .store
             .inner
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get");
         let exists =
@@ -145,7 +145,7 @@ on_all!(a_result_written_by_a_clock_behind_survives_a_read, |env| {
     let _ = env
         .store
         .inner
-        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .get(&idempotency_testkit::record_id("op", &key))
         .await
         .expect("get");
     let retry: u32 = honest
@@ -190,7 +190,7 @@ async fn a_claim_that_found_a_live_owner_never_fails_open_into_a_duplicate() {
 }
 
 /// A server with a least-privilege ACL user `app` (no `TIME`), and a store as that user.
-async fn least_privilege_store() -> (RedisServer, RedisStore) {
+pub(crate) async fn least_privilege_store() -> (RedisServer, RedisStore) {
     let server = RedisServer::start_with(&ServerOptions {
         args: [
             "--user",
@@ -237,9 +237,7 @@ async fn a_get_of_a_stored_record_needs_no_time_permission() {
         .await
         .expect("runs");
     assert_eq!(first, 1);
-    let read = store
-        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
-        .await;
+    let read = store.get(&idempotency_testkit::record_id("op", &key)).await;
     assert!(
         matches!(&read, Ok(Some(r)) if !r.is_pending()),
         "get of a stored record fails without TIME: {read:?}"
@@ -329,15 +327,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A proxy to `target` that, each time a client sends a script call (`EVAL`/`EVALSHA`)
-/// carrying the value currently planted under `redis_key` (`garbage-{n}`), plants
-/// `garbage-{n+1}` first, at most `max` times: another writer racing the takeover.
-async fn planting_proxy(
-    target: u16,
-    redis_key: String,
-    plants: Arc<AtomicUsize>,
-    max: usize,
-) -> u16 {
+/// What a [`hooked_proxy`] does with each chunk a client sends, before forwarding it.
+type Hook =
+    Arc<dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A proxy to `target` that awaits `hook` on every chunk a client sends before forwarding
+/// it; replies pass straight through.
+async fn hooked_proxy(target: u16, hook: Hook) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -352,8 +348,7 @@ async fn planting_proxy(
             tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
             });
-            let redis_key = redis_key.clone();
-            let plants = Arc::clone(&plants);
+            let hook = Arc::clone(&hook);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 1 << 16];
                 loop {
@@ -361,20 +356,8 @@ async fn planting_proxy(
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
-                    let chunk = &buf[..n];
-                    let k = plants.load(Ordering::SeqCst);
-                    if k < max
-                        && contains(chunk, b"EVAL")
-                        && contains(chunk, format!("garbage-{k}").as_bytes())
-                    {
-                        let key = redis_key.clone();
-                        let next = format!("garbage-{}", k + 1);
-                        tokio::task::spawn_blocking(move || plant(target, &key, &next))
-                            .await
-                            .expect("planted");
-                        plants.store(k + 1, Ordering::SeqCst);
-                    }
-                    if server_tx.write_all(chunk).await.is_err() {
+                    hook(buf[..n].to_vec()).await;
+                    if server_tx.write_all(&buf[..n]).await.is_err() {
                         return;
                     }
                 }
@@ -382,6 +365,35 @@ async fn planting_proxy(
         }
     });
     port
+}
+
+/// A proxy to `target` that, each time a client sends a script call (`EVAL`/`EVALSHA`)
+/// carrying the value currently planted under `redis_key` (`garbage-{n}`), plants
+/// `garbage-{n+1}` first, at most `max` times: another writer racing the takeover.
+async fn planting_proxy(
+    target: u16,
+    redis_key: String,
+    plants: Arc<AtomicUsize>,
+    max: usize,
+) -> u16 {
+    let hook: Hook = Arc::new(move |chunk| {
+        let redis_key = redis_key.clone();
+        let plants = Arc::clone(&plants);
+        Box::pin(async move {
+            let k = plants.load(Ordering::SeqCst);
+            if k < max
+                && contains(&chunk, b"EVAL")
+                && contains(&chunk, format!("garbage-{k}").as_bytes())
+            {
+                let next = format!("garbage-{}", k + 1);
+                tokio::task::spawn_blocking(move || plant(target, &redis_key, &next))
+                    .await
+                    .expect("planted");
+                plants.store(k + 1, Ordering::SeqCst);
+            }
+        })
+    });
+    hooked_proxy(target, hook).await
 }
 
 // Finding 5. The release guard assumes its release reaches Redis after the claim it
@@ -453,44 +465,17 @@ async fn delaying_proxy(
     delayed: Arc<AtomicUsize>,
     delay: Duration,
 ) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                return;
-            };
-            let (mut client_rx, mut client_tx) = client.into_split();
-            let (mut server_rx, mut server_tx) = server.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
-            });
-            let redis_key = redis_key.clone();
-            let delayed = Arc::clone(&delayed);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = match client_rx.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let chunk = &buf[..n];
-                    if contains(chunk, b"\r\nSET\r\n")
-                        && contains(chunk, redis_key.as_bytes())
-                        && delayed
-                            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
-                            .is_ok()
-                    {
-                        tokio::time::sleep(delay).await;
-                    }
-                    if server_tx.write_all(chunk).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let hook: Hook = Arc::new(move |chunk| {
+        let first = contains(&chunk, b"\r\nSET\r\n")
+            && contains(&chunk, redis_key.as_bytes())
+            && delayed
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        Box::pin(async move {
+            if first {
+                tokio::time::sleep(delay).await;
+            }
+        })
     });
-    port
+    hooked_proxy(target, hook).await
 }

@@ -23,7 +23,7 @@ async fn save_get_replace_delete() {
     let r1 = svc().create_record("op", "k", &1).expect("record");
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k"))
             .await
             .expect("get"),
         None
@@ -31,7 +31,7 @@ async fn save_get_replace_delete() {
     store.save(&r1).await.expect("save");
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", " k ").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", " k "))
             .await
             .expect("get"),
         Some(r1.clone())
@@ -42,26 +42,26 @@ async fn save_get_replace_delete() {
     store.replace(&r2).await.expect("replace");
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k"))
             .await
             .expect("get"),
         Some(r2)
     );
     assert!(
         store
-            .delete(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .delete(&idempotency_testkit::record_id("op", "k"))
             .await
             .expect("delete")
     );
     assert!(
         !store
-            .delete(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .delete(&idempotency_testkit::record_id("op", "k"))
             .await
             .expect("delete again")
     );
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k"))
             .await
             .expect("get"),
         None
@@ -104,7 +104,7 @@ async fn the_same_key_under_two_operations_is_two_records() {
         .expect("save");
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("user.create", "k").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("user.create", "k"))
             .await
             .expect("get")
             .expect("found")
@@ -114,10 +114,7 @@ async fn the_same_key_under_two_operations_is_two_records() {
     );
     assert_eq!(
         store
-            .get(
-                &idempotency_core::RecordId::new("identifier.attach", "k")
-                    .expect("valid identifiers")
-            )
+            .get(&idempotency_testkit::record_id("identifier.attach", "k"))
             .await
             .expect("get")
             .expect("found")
@@ -142,7 +139,7 @@ async fn expired_records_are_misses_and_free_the_key() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k"))
             .await
             .expect("get"),
         None
@@ -254,14 +251,14 @@ async fn save_many_reports_every_collision_and_keeps_the_rest_without_rollback()
     }
     assert!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k1").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k1"))
             .await
             .expect("get")
             .is_some()
     );
     assert!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k3").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k3"))
             .await
             .expect("get")
             .is_some()
@@ -283,21 +280,21 @@ async fn save_many_with_rollback_deletes_exactly_what_it_wrote() {
     assert!(matches!(err, IdempotencyError::KeyCollision { ref keys, .. } if keys == &["k2"]));
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k1").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k1"))
             .await
             .expect("get"),
         None
     );
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k3").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k3"))
             .await
             .expect("get"),
         None
     );
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("op", "k2").expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", "k2"))
             .await
             .expect("get"),
         Some(existing)

@@ -59,7 +59,7 @@ on_both!(
                 &[b"SET", redis_key.as_bytes(), raw.as_bytes(), b"EX", b"600"],
             );
             let found = store
-                .get(&idempotency_core::RecordId::new(&op, &key).expect("valid identifiers"))
+                .get(&idempotency_testkit::record_id(&op, &key))
                 .await
                 .expect("get");
             let expired = IdempotencyRecord::from_json(raw.as_bytes(), &op, &key)
@@ -157,9 +157,7 @@ on_both!(
                 env.metrics.clear();
                 let outcome = if method == "get" {
                     env.store
-                        .get(
-                            &idempotency_core::RecordId::new(&op, &key).expect("valid identifiers"),
-                        )
+                        .get(&idempotency_testkit::record_id(&op, &key))
                         .await
                 } else {
                     env.store

@@ -243,10 +243,7 @@ on_both!(
             let key = format!("{name}-{method}-rs");
             let ours = if method == "get" {
                 store
-                    .get(
-                        &idempotency_core::RecordId::new("fleet.op", &key)
-                            .expect("valid identifiers"),
-                    )
+                    .get(&idempotency_testkit::record_id("fleet.op", &key))
                     .await
             } else {
                 store

@@ -37,7 +37,7 @@ on_both!(odd_keys_are_stored_and_read_back, |env| {
         env.store.save(&record).await.expect("save");
         assert_eq!(
             env.store
-                .get(&idempotency_core::RecordId::new("odd.op", key).expect("valid identifiers"))
+                .get(&idempotency_testkit::record_id("odd.op", key))
                 .await
                 .expect("get"),
             Some(record),
@@ -45,7 +45,7 @@ on_both!(odd_keys_are_stored_and_read_back, |env| {
         );
         // The fenced scripts handle the same keys.
         env.store
-            .delete(&idempotency_core::RecordId::new("odd.op", key).expect("valid identifiers"))
+            .delete(&idempotency_testkit::record_id("odd.op", key))
             .await
             .expect("delete");
         let lease = Lease::new(
@@ -114,7 +114,7 @@ on_both!(
         );
         assert!(
             env.store
-                .get(&idempotency_core::RecordId::new("op", rid.key()).expect("valid identifiers"))
+                .get(&idempotency_testkit::record_id("op", rid.key()))
                 .await
                 .expect("get")
                 .is_some_and(|r| r.is_pending())
@@ -148,7 +148,7 @@ fn arbitrary_bytes_under_a_key_give_a_record_or_a_typed_error() {
     let redis_key = store.redis_key(&RecordId::new("op", "bytes").expect("valid key"));
     proptest!(ProptestConfig::with_cases(200), |(bytes in prop::collection::vec(any::<u8>(), 0..256))| {
         idempotency_testkit::resp::command_bytes(server.port(), &[b"SET", redis_key.as_bytes(), &bytes]).expect("set");
-        match runtime.block_on(store.get(&idempotency_core::RecordId::new("op", "bytes").expect("valid identifiers"))) {
+        match runtime.block_on(store.get(&idempotency_testkit::record_id("op", "bytes"))) {
             Ok(_) => {}
             Err(e) => prop_assert!(matches!(e, IdempotencyError::CorruptedRecord { .. } | IdempotencyError::InvalidRecord { .. }), "{e:?}"),
         }
@@ -163,7 +163,7 @@ fn arbitrary_valid_identifiers_round_trip_through_redis() {
             return Ok(()); // validation decided: nothing to store
         };
         runtime.block_on(store.replace(&record)).expect("replace");
-        let back = runtime.block_on(store.get(&idempotency_core::RecordId::new(&operation, &key).expect("valid identifiers"))).expect("get");
+        let back = runtime.block_on(store.get(&idempotency_testkit::record_id(&operation, &key))).expect("get");
         prop_assert_eq!(back, Some(record));
     });
 }

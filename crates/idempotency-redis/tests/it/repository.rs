@@ -12,7 +12,7 @@ on_both!(save_get_replace_delete, |env| {
     let store = &env.store;
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("user.create", &key))
             .await
             .expect("get"),
         None
@@ -23,7 +23,7 @@ on_both!(save_get_replace_delete, |env| {
     store.save(&record).await.expect("save");
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("user.create", &key))
             .await
             .expect("get"),
         Some(record.clone())
@@ -38,30 +38,26 @@ on_both!(save_get_replace_delete, |env| {
     store.replace(&newer).await.expect("replace");
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("user.create", &key))
             .await
             .expect("get"),
         Some(newer)
     );
     assert!(
         store
-            .delete(
-                &idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers")
-            )
+            .delete(&idempotency_testkit::record_id("user.create", &key))
             .await
             .expect("delete")
     );
     assert!(
         !store
-            .delete(
-                &idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers")
-            )
+            .delete(&idempotency_testkit::record_id("user.create", &key))
             .await
             .expect("delete again")
     );
     assert_eq!(
         store
-            .get(&idempotency_core::RecordId::new("user.create", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("user.create", &key))
             .await
             .expect("get"),
         None
@@ -111,7 +107,7 @@ on_both!(redis_ttl_is_the_remaining_lifetime_rounded_up, |env| {
     env.store.save(&record).await.expect("save");
     let redis_key = env
         .store
-        .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
+        .redis_key(&idempotency_testkit::record_id("op", &key));
     let ttl = env
         .raw(&redis_key, &[b"TTL", redis_key.as_bytes()])
         .as_int()
@@ -139,7 +135,7 @@ on_both!(an_expired_record_cannot_be_saved, |env| {
     );
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect("get"),
         None
@@ -152,7 +148,7 @@ on_both!(
         let key = unique("stale");
         let redis_key = env
             .store
-            .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
+            .redis_key(&idempotency_testkit::record_id("op", &key));
         let raw = format!(
             r#"{{"operation":"op","idempotency_key":"{key}","result":1,"created_at":"2020-01-01T00:00:00Z","expires_at":"2020-01-01T00:00:30Z","status":"completed","fingerprint":null}}"#
         );
@@ -162,7 +158,7 @@ on_both!(
         );
         assert_eq!(
             env.store
-                .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+                .get(&idempotency_testkit::record_id("op", &key))
                 .await
                 .expect("get"),
             None
@@ -179,7 +175,7 @@ on_both!(corrupted_bytes_give_a_typed_error_and_stay, |env| {
     let key = unique("corrupt");
     let redis_key = env
         .store
-        .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
+        .redis_key(&idempotency_testkit::record_id("op", &key));
     for bytes in [
         &b"not json"[..],
         b"\xff\xfe\x00",
@@ -191,7 +187,7 @@ on_both!(corrupted_bytes_give_a_typed_error_and_stay, |env| {
         env.raw(&redis_key, &[b"SET", redis_key.as_bytes(), bytes]);
         let err = env
             .store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect_err("corrupt");
         assert!(
@@ -226,11 +222,11 @@ on_both!(a_key_of_the_wrong_redis_type_is_a_data_error, |env| {
     let key = unique("wrongtype");
     let redis_key = env
         .store
-        .redis_key(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"));
+        .redis_key(&idempotency_testkit::record_id("op", &key));
     env.raw(&redis_key, &[b"HSET", redis_key.as_bytes(), b"f", b"v"]);
     let err = env
         .store
-        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .get(&idempotency_testkit::record_id("op", &key))
         .await
         .expect_err("wrongtype");
     // A permanent fault of the data under the key, never an outage that fail-open mode
@@ -399,10 +395,10 @@ on_both!(save_many_reports_invalid_records_with_the_rest, |env| {
     }
     assert_eq!(
         env.store
-            .get(
-                &idempotency_core::RecordId::new("op", good.idempotency_key())
-                    .expect("valid identifiers")
-            )
+            .get(&idempotency_testkit::record_id(
+                "op",
+                good.idempotency_key()
+            ))
             .await
             .expect("get"),
         Some(good)
@@ -425,7 +421,7 @@ async fn a_stopped_server_gives_a_storage_error_within_the_timeout_and_the_store
     server.kill();
     let started = std::time::Instant::now();
     let err = store
-        .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+        .get(&idempotency_testkit::record_id("op", &key))
         .await
         .expect_err("server down");
     assert!(err.is_storage(), "{err:?}");
@@ -437,10 +433,7 @@ async fn a_stopped_server_gives_a_storage_error_within_the_timeout_and_the_store
     // The store reconnects by itself; the restarted server is empty.
     let mut recovered = None;
     for _ in 0..50 {
-        match store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
-            .await
-        {
+        match store.get(&idempotency_testkit::record_id("op", &key)).await {
             Ok(found) => {
                 recovered = Some(found);
                 break;
@@ -456,9 +449,7 @@ async fn a_stopped_server_gives_a_storage_error_within_the_timeout_and_the_store
     assert_eq!(
         server.cmd(&[
             "EXISTS",
-            &store.redis_key(
-                &idempotency_core::RecordId::new("op", &key).expect("valid identifiers")
-            )
+            &store.redis_key(&idempotency_testkit::record_id("op", &key))
         ]),
         Reply::Int(1)
     );

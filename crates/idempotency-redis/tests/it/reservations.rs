@@ -35,8 +35,8 @@ on_both!(contract_stale_owner, |env| {
 on_both!(contract_lookalike_owner_text, |env| {
     contract::the_owner_check_ignores_look_alike_text_in_the_result(&env.store).await;
 });
-on_both!(contract_repeated_complete, |env| {
-    contract::a_repeated_complete_is_success_and_a_completed_record_is_final(&env.store).await;
+on_both!(contract_completed_record_is_final, |env| {
+    contract::a_completed_record_is_final_even_for_its_own_lease(&env.store).await;
 });
 on_both!(contract_complete_into_empty_key, |env| {
     contract::complete_writes_into_an_empty_key(&env.store).await;
@@ -204,7 +204,7 @@ on_both!(
         assert!(err.to_string().contains(&key), "names the key: {err}");
         let err = env
             .store
-            .get(&idempotency_core::RecordId::new("op", &key).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &key))
             .await
             .expect_err("not a record");
         assert_eq!(err.class(), ErrorClass::Data, "{err}");
@@ -267,7 +267,7 @@ on_both!(a_rollback_deletes_only_what_the_batch_wrote, |env| {
     assert!(err.is_collision(), "{err}");
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &a).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &a))
             .await
             .expect("get"),
         None,
@@ -275,7 +275,7 @@ on_both!(a_rollback_deletes_only_what_the_batch_wrote, |env| {
     );
     assert_eq!(
         env.store
-            .get(&idempotency_core::RecordId::new("op", &taken).expect("valid identifiers"))
+            .get(&idempotency_testkit::record_id("op", &taken))
             .await
             .expect("get"),
         Some(existing),
