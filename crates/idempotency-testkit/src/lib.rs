@@ -23,6 +23,7 @@ pub mod json_eq;
 pub mod proxy;
 pub mod python;
 pub mod resp;
+pub mod sentinel;
 mod server;
 mod shared;
 pub mod tls;

@@ -8,3 +8,4 @@ mod fleet_decode;
 mod hostile;
 mod repository;
 mod reservations;
+mod sentinel;
