@@ -424,3 +424,124 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
         rest = &rest[start + size + 2..];
     }
 }
+
+/// A gate handlers wait at until the test opens it: lets a test act (a second request,
+/// a storage fault) while a handler is known to be running, without timing windows.
+#[derive(Clone)]
+pub struct Gate {
+    entered: Arc<tokio::sync::watch::Sender<u64>>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            entered: Arc::new(tokio::sync::watch::channel(0).0),
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
+
+impl Gate {
+    /// Called by a handler: counts it in, then waits until the gate is open.
+    pub async fn pass(&self) {
+        self.entered.send_modify(|n| *n += 1);
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+    }
+
+    /// Waits (up to `within`) until `n` handlers have entered the gate.
+    ///
+    /// # Panics
+    /// When they have not by then.
+    pub async fn wait_entered(&self, n: u64, within: Duration) {
+        let mut entered = self.entered.subscribe();
+        tokio::time::timeout(within, entered.wait_for(|e| *e >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} handler(s) did not reach the gate in {within:?}"))
+            .expect("gate");
+    }
+
+    /// Lets every waiting and later handler through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl App {
+    /// Starts the standard routes plus `extra` (given the run counter) behind a layer
+    /// built from `builder` and `options`.
+    pub async fn start_with<S: ReservationStore>(
+        builder: IdempotencyLayerBuilder<S>,
+        options: Options,
+        extra: impl FnOnce(&Arc<AtomicU64>) -> Router,
+        keep: Keep,
+    ) -> Self {
+        let layer = configure(builder, &options).build().expect("layer");
+        let stats = layer.stats();
+        let runs = Arc::new(AtomicU64::new(0));
+        let probe_cancelled = Arc::new(AtomicBool::new(false));
+        let router = routes(&runs, &probe_cancelled)
+            .merge(extra(&runs))
+            .layer(layer);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            addr,
+            runs,
+            stats,
+            probe_cancelled,
+            _keep: keep,
+        }
+    }
+}
+
+impl Backend {
+    /// Starts the test app with `extra` routes behind a layer configured by `options`.
+    pub async fn serve_with(
+        self,
+        options: Options,
+        extra: impl FnOnce(&Arc<AtomicU64>) -> Router,
+    ) -> App {
+        match self {
+            Self::Memory(store) => {
+                App::start_with(
+                    IdempotencyLayer::builder(store),
+                    options,
+                    extra,
+                    Keep(None, None),
+                )
+                .await
+            }
+            Self::Redis(store, server, cluster) => {
+                App::start_with(
+                    IdempotencyLayer::builder(store),
+                    options,
+                    extra,
+                    Keep(server, cluster),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `within` has passed; returns whether
+/// it held.
+pub async fn wait_until<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -6,4 +6,6 @@ mod common;
 
 mod behaviour;
 mod concurrency;
+mod conformance;
+mod faults;
 mod storage;
