@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The base of the problem `type` URIs (RFC 9457); each problem appends its slug.
+///
+/// Stable identifiers, not links: `.invalid` is reserved never to resolve (RFC 6761).
+/// Point the base at your own documentation with `with_problem_base` to give clients
+/// the link the draft asks for (`docs/http.md`, Problems).
 pub const DEFAULT_PROBLEM_BASE: &str = "https://idempotency-kit.invalid/problems/";
 
 /// Version tag hashed into every storage key, so a future derivation cannot collide.

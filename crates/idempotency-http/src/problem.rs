@@ -1,5 +1,6 @@
 //! Errors as RFC 9457 `application/problem+json`, with stable `type` URIs. A problem
-//! never names the key, the tenant or a fingerprint.
+//! never names the key, the tenant or a fingerprint. The `type` URIs identify; under the
+//! default base they never resolve (see [`crate::DEFAULT_PROBLEM_BASE`]).
 
 use std::time::Duration;
 
