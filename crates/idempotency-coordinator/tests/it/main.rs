@@ -14,5 +14,6 @@ mod mixed_fleet;
 mod protocol_v2;
 mod review_v2;
 mod security;
+mod sentinel;
 mod settings;
 mod tls;
