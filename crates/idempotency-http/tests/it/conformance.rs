@@ -52,6 +52,14 @@ fn extra(gate: &Gate) -> impl FnOnce(&Arc<AtomicU64>) -> Router + use<> {
                 }),
             )
             .route(
+                "/items/{id}",
+                post(
+                    |axum::extract::Path(id): axum::extract::Path<u32>| async move {
+                        (StatusCode::CREATED, format!("item {id}"))
+                    },
+                ),
+            )
+            .route(
                 "/counter",
                 get(move || {
                     let runs = Arc::clone(&counted_get);
@@ -142,6 +150,20 @@ async fn the_same_key_on_another_route_is_another_key(backend: Backend) {
     assert!(app.post("/orders", &key, "{}").await.replayed());
     assert!(app.post("/big", &key, "{}").await.replayed());
     assert_eq!(app.runs(), 2);
+}
+
+// §2.2: the scope is the matched route, not the concrete path: one key on
+// `/items/1` and `/items/2` is one key used with two requests, 422.
+on_every_store!(the_scope_is_the_matched_route_not_the_path);
+async fn the_scope_is_the_matched_route_not_the_path(backend: Backend) {
+    let app = serve(backend, Options::default(), &Gate::default()).await;
+    let key = unique_key("items");
+    let one = app.post("/items/1", &key, "{}").await;
+    assert_eq!(one.status, 201);
+    assert_eq!(one.body_text(), "item 1");
+    let two = app.post("/items/2", &key, "{}").await;
+    assert_problem(&two, 422, "idempotency-key-reused", &[&key]);
+    assert!(app.post("/items/1", &key, "{}").await.replayed());
 }
 
 // §2.4 / §2.7: the fingerprint covers the query as well as the body: the same key with

@@ -121,8 +121,13 @@ async fn fail_closed_redis_killed_mid_handler_then_restarted_empty_runs_the_retr
     let first = post_gated(&app, &key);
     gate.wait_entered(1, WITHIN).await;
     server.kill();
+    let opened = std::time::Instant::now();
     gate.open();
     let first = first.await.expect("first request");
+    eprintln!(
+        "response after the handler returned into a dead store: {:?} (command timeout {COMMAND_TIMEOUT:?})",
+        opened.elapsed()
+    );
     assert_eq!(first.status, 201, "{}", first.body_text());
     assert_eq!(first.body_text(), "gated 1", "the response still goes out");
     assert!(!first.replayed());
