@@ -6,39 +6,38 @@ use std::time::Duration;
 use idempotency_core::{IdempotencyError, ReservationStore, ResultAdapter, SerdeAdapter};
 
 use crate::coordinator::{CallOptions, Coordinator};
+use crate::error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
+use crate::modes::InFlight;
+use crate::outcome::Outcome;
 
-/// One call being set up; finish it with [`Call::run`].
+/// One call being set up; finish it with [`Call::run`] (or a variant).
 #[derive(Debug)]
 #[must_use = "a call does nothing until `run` is awaited"]
-pub struct Call<'a, S, A = SerdeAdapter> {
+pub struct Call<'a, S, A = SerdeAdapter, P = ReleaseOnError> {
     coordinator: &'a Coordinator<S>,
     operation: &'a str,
     key: Option<&'a str>,
     options: CallOptions,
     adapter: A,
+    errors: P,
 }
 
 impl<S: ReservationStore> Coordinator<S> {
     /// Starts a call: `operation`, and the idempotency key (`None`: no idempotency, the
     /// action just runs).
     pub fn call<'a>(&'a self, operation: &'a str, key: Option<&'a str>) -> Call<'a, S> {
-        Call::new(self, operation, key)
-    }
-}
-
-impl<'a, S: ReservationStore> Call<'a, S> {
-    fn new(coordinator: &'a Coordinator<S>, operation: &'a str, key: Option<&'a str>) -> Self {
-        Self {
-            coordinator,
+        Call {
+            coordinator: self,
             operation,
             key,
             options: CallOptions::default(),
             adapter: SerdeAdapter,
+            errors: ReleaseOnError,
         }
     }
 }
 
-impl<'a, S: ReservationStore, A> Call<'a, S, A> {
+impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
     /// The record's lifetime (an operation override from settings wins over it).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.options.ttl = Some(ttl);
@@ -57,14 +56,89 @@ impl<'a, S: ReservationStore, A> Call<'a, S, A> {
         self
     }
 
+    /// What this call does when another caller holds the key, overriding the
+    /// coordinator's mode for this call only.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// use idempotency_coordinator::{Coordinator, InFlight};
+    /// let coordinator = Coordinator::in_memory();
+    /// let value: u8 = coordinator
+    ///     .call("op", Some("k"))
+    ///     .in_flight(InFlight::Raise)
+    ///     .run(|| async { Ok::<_, idempotency_core::IdempotencyError>(1) })
+    ///     .await?;
+    /// assert_eq!(value, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn in_flight(mut self, in_flight: InFlight) -> Self {
+        self.options.in_flight = Some(in_flight);
+        self
+    }
+
+    /// How long this call waits for the holder of the key (in [`InFlight::Wait`]) before
+    /// giving up with [`IdempotencyError::InProgress`]; default one lease. A holder that
+    /// finishes within it is replayed; one that gives the key up lets this call run.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.options.max_wait = Some(max_wait);
+        self
+    }
+
     /// How the result is stored and read back (default [`SerdeAdapter`]).
-    pub fn adapter<B>(self, adapter: B) -> Call<'a, S, B> {
+    pub fn adapter<B>(self, adapter: B) -> Call<'a, S, B, P> {
         Call {
             coordinator: self.coordinator,
             operation: self.operation,
             key: self.key,
             options: self.options,
             adapter,
+            errors: self.errors,
+        }
+    }
+
+    /// Stores the action's errors that `when` selects, so every retry gets the same error
+    /// instead of running the action again; other errors release the key (the default for
+    /// all errors). The error type must be serde-serializable; it is stored as JSON with
+    /// the record status `stored_error`, which the Python library 0.5.0 reads as a
+    /// corrupted record (it never replays it as a success).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use idempotency_coordinator::{Coordinator, IdempotencyError};
+    ///
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// enum ChargeError { Declined, Unavailable, Idempotency(String) }
+    /// impl From<IdempotencyError> for ChargeError {
+    ///     fn from(e: IdempotencyError) -> Self { Self::Idempotency(e.to_string()) }
+    /// }
+    ///
+    /// let coordinator = Coordinator::in_memory();
+    /// let charge = |outcome| {
+    ///     coordinator
+    ///         .call("payment.charge", Some("k-1"))
+    ///         .store_errors(|e: &ChargeError| *e == ChargeError::Declined)
+    ///         .run(move || async move { outcome })
+    /// };
+    /// assert_eq!(charge(Err::<u64, _>(ChargeError::Declined)).await, Err(ChargeError::Declined));
+    /// // The retry replays the stored decline; its own action does not run.
+    /// assert_eq!(charge(Ok(1999)).await, Err(ChargeError::Declined));
+    /// # }
+    /// ```
+    pub fn store_errors<E, F>(self, when: F) -> Call<'a, S, A, StoreErrors<F>>
+    where
+        F: Fn(&E) -> bool,
+    {
+        Call {
+            coordinator: self.coordinator,
+            operation: self.operation,
+            key: self.key,
+            options: self.options,
+            adapter: self.adapter,
+            errors: StoreErrors(when),
         }
     }
 
@@ -78,27 +152,45 @@ impl<'a, S: ReservationStore, A> Call<'a, S, A> {
     /// effects prefer [`Call::run_detached`].
     ///
     /// # Errors
-    /// As [`Coordinator::execute`].
+    /// As [`Coordinator::execute`]; a stored error of an earlier run (see
+    /// [`Call::store_errors`]).
     pub async fn run<T, E, F, Fut>(self, action: F) -> Result<T, E>
     where
         A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
+        E: From<IdempotencyError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_with_outcome(action).await.map(|(value, _)| value)
+    }
+
+    /// [`Call::run`], also returning how the call got its value (see [`Outcome`]).
+    ///
+    /// # Errors
+    /// As [`Call::run`].
+    pub async fn run_with_outcome<T, E, F, Fut>(self, action: F) -> Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
         E: From<IdempotencyError>,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         self.coordinator
-            .execute(
+            .execute_with(
                 self.operation,
                 self.key,
                 &self.options,
                 &self.adapter,
+                &self.errors,
                 action,
             )
             .await
     }
 }
 
-impl<S: ReservationStore, A> Call<'_, S, A> {
+impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
     /// Runs the call in a spawned task that finishes whatever happens to the caller: the
     /// action runs to completion, its result is stored, and a retry replays it. Dropping
     /// the returned future only stops waiting for the outcome. This is the mode for
@@ -127,6 +219,26 @@ impl<S: ReservationStore, A> Call<'_, S, A> {
     pub async fn run_detached<T, E, F, Fut>(self, action: F) -> Result<T, E>
     where
         A: ResultAdapter<T> + Send + Sync + 'static,
+        P: ErrorPolicy<E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: From<IdempotencyError> + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.run_detached_with_outcome(action)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// [`Call::run_detached`], also returning how the call got its value (see
+    /// [`Outcome`]).
+    ///
+    /// # Errors
+    /// As [`Call::run_detached`].
+    pub async fn run_detached_with_outcome<T, E, F, Fut>(self, action: F) -> Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T> + Send + Sync + 'static,
+        P: ErrorPolicy<E> + Send + Sync + 'static,
         T: Send + 'static,
         E: From<IdempotencyError> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
@@ -137,9 +249,17 @@ impl<S: ReservationStore, A> Call<'_, S, A> {
         let key = self.key.map(str::to_owned);
         let options = self.options;
         let adapter = self.adapter;
+        let errors = self.errors;
         let task = tokio::spawn(async move {
             coordinator
-                .execute(&operation, key.as_deref(), &options, &adapter, action)
+                .execute_with(
+                    &operation,
+                    key.as_deref(),
+                    &options,
+                    &adapter,
+                    &errors,
+                    action,
+                )
                 .await
         });
         match task.await {

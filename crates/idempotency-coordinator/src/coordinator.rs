@@ -12,7 +12,10 @@ use idempotency_core::{
 };
 use tracing::Instrument;
 
+use crate::action::Action;
+use crate::error_policy::{ErrorPolicy, ReleaseOnError};
 use crate::modes::{InFlight, OnStorageError};
+use crate::outcome::Outcome;
 
 /// How often a waiter re-reads the key when no wake-up came: the safety net behind push
 /// wake-ups, so a lost message costs at most this much.
@@ -25,6 +28,55 @@ pub struct CallOptions {
     pub ttl: Option<Duration>,
     /// The request's fingerprint; a record with another one is a key reuse.
     pub fingerprint: Option<String>,
+    /// What this call does when another caller holds the key (default: the
+    /// coordinator's mode).
+    pub in_flight: Option<InFlight>,
+    /// How long this call waits for the holder of the key in [`InFlight::Wait`] before
+    /// [`IdempotencyError::InProgress`] (default: one lease).
+    pub max_wait: Option<Duration>,
+}
+
+/// How one reserved call behaves: its mode, TTL and options, resolved once.
+pub(crate) struct Flow<'a> {
+    pub(crate) in_flight: InFlight,
+    pub(crate) ttl: Duration,
+    pub(crate) options: &'a CallOptions,
+}
+
+/// Why a call failed, kept apart until the end so the outcome can be named.
+pub(crate) enum Failed<E> {
+    /// The library's own error (validation, conflict, key reuse, storage, data).
+    Library(IdempotencyError),
+    /// The action's error, from this call's run.
+    Action(E),
+    /// A stored error of an earlier run, replayed.
+    Replayed(E),
+}
+
+impl<E: From<IdempotencyError>> Failed<E> {
+    /// The error the caller gets.
+    pub(crate) fn into_error(self) -> E {
+        match self {
+            Self::Library(e) => e.into(),
+            Self::Action(e) | Self::Replayed(e) => e,
+        }
+    }
+
+    /// The outcome recorded on the span for this failure, when it has one.
+    fn span_name(&self) -> Option<&'static str> {
+        match self {
+            Self::Library(IdempotencyError::InProgress { .. }) => Some("conflict"),
+            Self::Library(IdempotencyError::KeyReuse { .. }) => Some("key_reuse"),
+            Self::Replayed(_) => Some("replayed"),
+            Self::Library(_) | Self::Action(_) => None,
+        }
+    }
+}
+
+impl<E> From<IdempotencyError> for Failed<E> {
+    fn from(e: IdempotencyError) -> Self {
+        Self::Library(e)
+    }
 }
 
 /// Runs async actions at most once per `(operation, idempotency key)` and replays the
@@ -110,24 +162,61 @@ impl<S: ReservationStore> Coordinator<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
+        self.execute_with(operation, key, options, adapter, &ReleaseOnError, action)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// [`Coordinator::execute`] with an error policy, returning the call's [`Outcome`].
+    pub(crate) async fn execute_with<T, E, A, P, F>(
+        &self,
+        operation: &str,
+        key: Option<&str>,
+        options: &CallOptions,
+        adapter: &A,
+        errors: &P,
+        action: F,
+    ) -> std::result::Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
+        E: From<IdempotencyError>,
+        F: Action<T, E>,
+    {
         let Some(key) = key.filter(|_| self.inner.enabled) else {
-            return action().await;
+            return action.start().await.map(|value| (value, Outcome::Bypassed));
         };
         // The one validation of the call: everything below carries the typed identity.
         let id = RecordId::new(operation, key)?;
         let ttl = self.resolve_ttl(id.operation(), options.ttl)?;
-        let span = tracing::info_span!("idempotency", operation = id.operation());
-        async move {
-            if self.inner.in_flight == InFlight::Run {
-                self.execute_unreserved(&id, ttl, options, adapter, action)
+        let span = tracing::info_span!(
+            "idempotency",
+            operation = id.operation(),
+            outcome = tracing::field::Empty
+        );
+        let in_flight = options.in_flight.unwrap_or(self.inner.in_flight);
+        let call = async move {
+            let done = if in_flight == InFlight::Run {
+                self.execute_unreserved(&id, ttl, options, adapter, errors, action)
                     .await
             } else {
-                self.execute_reserved(id, ttl, options, adapter, action)
+                let flow = Flow {
+                    in_flight,
+                    ttl,
+                    options,
+                };
+                self.execute_reserved(id, &flow, adapter, errors, action)
                     .await
+            };
+            if let Some(name) = match &done {
+                Ok((_, outcome)) => Some(outcome.as_str()),
+                Err(failed) => failed.span_name(),
+            } {
+                tracing::Span::current().record("outcome", name);
             }
-        }
-        .instrument(span)
-        .await
+            done.map_err(Failed::into_error)
+        };
+        call.instrument(span).await
     }
 
     fn resolve_ttl(&self, operation: &str, ttl: Option<Duration>) -> Result<Duration> {
@@ -159,26 +248,36 @@ impl<S: ReservationStore> Coordinator<S> {
         }
     }
 
-    /// The stored result of a completed record, decoded; a result this adapter cannot
-    /// decode is an error (counted), never a reason to run the action again: it ran once
-    /// already.
-    pub(crate) fn replay<T, A: ResultAdapter<T>>(
+    /// The stored result of a finished record, decoded: the value, or the stored error
+    /// of an earlier run. A result this call cannot decode is an error (counted), never a
+    /// reason to run the action again: it ran once already.
+    pub(crate) fn replay<T, E, A, P>(
         &self,
         record: &IdempotencyRecord,
         adapter: &A,
-    ) -> Result<T> {
-        match adapter.decode(record.result()) {
-            Ok(value) => {
+        errors: &P,
+    ) -> std::result::Result<T, Failed<E>>
+    where
+        A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
+    {
+        let decoded = if record.is_stored_error() {
+            errors.decode(record.result()).map(Err)
+        } else {
+            adapter.decode(record.result()).map(Ok)
+        };
+        match decoded {
+            Ok(replayed) => {
                 self.inner.metrics.record_hit(record.operation());
                 tracing::debug!("idempotency hit: replaying the stored result");
-                Ok(value)
+                replayed.map_err(Failed::Replayed)
             }
             Err(e) => {
                 self.inner
                     .metrics
                     .record_error(record.operation(), ErrorType::Decode);
                 tracing::error!(error = %e, "stored result cannot be decoded into this call's type");
-                Err(e)
+                Err(Failed::Library(e))
             }
         }
     }

@@ -44,8 +44,10 @@ mod action;
 mod builder;
 mod call;
 mod coordinator;
+mod error_policy;
 mod lease;
 mod modes;
+mod outcome;
 mod reserved;
 mod settings;
 mod unreserved;
@@ -61,9 +63,10 @@ pub use call::Call;
 pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
 // The facade: what a user of the coordinator needs, so an application depends on this
 // crate alone.
+pub use error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
 pub use idempotency_core::{
     Clock, ErrorClass, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRepository,
-    JsonAdapter, LatencyMethod, MemoryStore, NoopMetrics, RecordId, ReservationStore,
+    JsonAdapter, LatencyMethod, MemoryStore, NoopMetrics, RecordId, RecordStatus, ReservationStore,
     ResultAdapter, SerdeAdapter, Unfenced, VoidAdapter, fingerprint_of,
 };
 #[cfg(feature = "macros")]
@@ -75,6 +78,7 @@ pub use idempotency_metrics::PrometheusMetrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotency_redis::{ConnectOptions, RedisStore, connect_client};
 pub use modes::{InFlight, OnStorageError};
+pub use outcome::Outcome;
 pub use settings::IdempotencySettings;
 #[cfg(feature = "redis")]
 pub use wiring::redis_coordinator;

@@ -4,22 +4,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Claim, ErrorClass, ErrorType, Fence, IdempotencyError, LatencyMethod, Lease, RawValue,
-    RecordId, ReservationStore, Result, ResultAdapter,
+    Claim, ErrorClass, ErrorType, Fence, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease,
+    RawValue, RecordId, ReservationStore, Result, ResultAdapter,
 };
 
 use crate::action::Action;
-use crate::coordinator::{CallOptions, Coordinator};
+use crate::coordinator::{Coordinator, Failed, Flow};
+use crate::error_policy::ErrorPolicy;
 use crate::lease::{ReleaseGuard, run_renewing};
 use crate::modes::{InFlight, OnStorageError};
+use crate::outcome::Outcome;
 use crate::wait::Waiter;
 
 /// What the claim step decided.
-enum Claimed<T> {
-    /// A stored result, decoded.
-    Hit(T),
-    /// The key holds our pending record: run under the lease.
-    Owned,
+enum Claimed {
+    /// A finished record (another call's result or stored error) to replay; `waited`
+    /// when this call waited for its holder first.
+    Replay {
+        record: IdempotencyRecord,
+        waited: bool,
+    },
+    /// The key holds our pending record: run under the lease. `took_over` when another
+    /// caller held the key first and gave it up while this call waited.
+    Owned { took_over: bool },
     /// The store failed and `on_storage_error` is `run`: run without a confirmed
     /// reservation (our claim may still have landed; the fenced completion covers both).
     Unconfirmed,
@@ -35,17 +42,26 @@ enum Holding {
     Unconfirmed,
 }
 
+/// What a finished action leaves under the key.
+enum Finish {
+    /// Its result.
+    Value(Option<Box<RawValue>>),
+    /// A stored error.
+    Error(Box<RawValue>),
+}
+
 impl<S: ReservationStore> Coordinator<S> {
-    pub(crate) async fn execute_reserved<T, E, A, F>(
+    pub(crate) async fn execute_reserved<T, E, A, P, F>(
         &self,
         id: RecordId,
-        ttl: Duration,
-        options: &CallOptions,
+        flow: &Flow<'_>,
         adapter: &A,
+        errors: &P,
         action: F,
-    ) -> std::result::Result<T, E>
+    ) -> std::result::Result<(T, Outcome), Failed<E>>
     where
         A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
         E: From<IdempotencyError>,
         F: Action<T, E>,
     {
@@ -54,23 +70,42 @@ impl<S: ReservationStore> Coordinator<S> {
         // a timeout) releases whatever our claim wrote; the release is fenced, so it is
         // harmless when nothing was written. The guard is disarmed only after the last
         // write of this call.
-        let lease = Lease::new(id, options.fingerprint.as_deref(), self.inner.clock);
+        let lease = Lease::new(id, flow.options.fingerprint.as_deref(), self.inner.clock);
         let mut guard = ReleaseGuard::new(Arc::clone(&self.inner), lease);
-        match self.claim(guard.lease(), adapter).await {
-            Ok(Claimed::Hit(value)) => {
+        match self.claim(guard.lease(), flow).await {
+            Ok(Claimed::Replay { record, waited }) => {
                 // Every claim of this call was answered with another's record: ours wrote
                 // nothing.
                 guard.disarm();
-                Ok(value)
+                let value = self.replay(&record, adapter, errors)?;
+                let outcome = if waited {
+                    Outcome::WaitedThenReplayed
+                } else {
+                    Outcome::Replayed
+                };
+                Ok((value, outcome))
             }
-            Ok(Claimed::Owned) => {
-                self.run_owned(guard, ttl, adapter, action, Holding::Lease)
+            Ok(Claimed::Owned { took_over }) => {
+                let outcome = if took_over {
+                    Outcome::TookOver
+                } else {
+                    Outcome::Executed
+                };
+                self.run_owned(guard, flow.ttl, adapter, errors, action, Holding::Lease)
                     .await
+                    .map(|value| (value, outcome))
             }
-            Ok(Claimed::Unconfirmed) => {
-                self.run_owned(guard, ttl, adapter, action, Holding::Unconfirmed)
-                    .await
-            }
+            Ok(Claimed::Unconfirmed) => self
+                .run_owned(
+                    guard,
+                    flow.ttl,
+                    adapter,
+                    errors,
+                    action,
+                    Holding::Unconfirmed,
+                )
+                .await
+                .map(|value| (value, Outcome::Unprotected)),
             // A failed store may have applied the claim before its reply was lost: the
             // guard's release (on drop) removes it. Any other error came with a reply
             // that wrote nothing.
@@ -82,30 +117,32 @@ impl<S: ReservationStore> Coordinator<S> {
         }
     }
 
-    /// Reserves the key, replays what holds it, or waits for the caller that holds it.
-    async fn claim<T, A: ResultAdapter<T>>(
-        &self,
-        lease: &Lease,
-        adapter: &A,
-    ) -> Result<Claimed<T>> {
+    /// Reserves the key, finds the record to replay, or waits for the caller that holds
+    /// it.
+    async fn claim(&self, lease: &Lease, flow: &Flow<'_>) -> Result<Claimed> {
         let inner = &self.inner;
         let operation = lease.operation();
         let mut waiter: Option<Waiter<S::Watch>> = None;
         loop {
             let started = Instant::now();
             let claimed = inner.store.claim(lease, inner.lease).await;
-            inner.metrics.record_latency(
-                operation,
-                LatencyMethod::Reserve,
-                started.elapsed().as_secs_f64(),
-            );
+            if waiter.is_none() {
+                // The call's reservation round trip; a waiter's re-claims are not (they
+                // would count one observation per wake-up or poll).
+                inner.metrics.record_latency(
+                    operation,
+                    LatencyMethod::Reserve,
+                    started.elapsed().as_secs_f64(),
+                );
+            }
             let record = match claimed {
                 Ok(Claim::Acquired) => {
-                    if waiter.is_none() {
-                        inner.metrics.record_miss(operation);
-                    }
+                    // A waiter that takes the key over runs the action: a miss too.
+                    inner.metrics.record_miss(operation);
                     tracing::debug!(key = lease.key(), "idempotency miss: running the action");
-                    return Ok(Claimed::Owned);
+                    return Ok(Claimed::Owned {
+                        took_over: waiter.is_some(),
+                    });
                 }
                 Ok(Claim::Found(record)) => record,
                 Err(e) if e.is_storage() => {
@@ -131,42 +168,45 @@ impl<S: ReservationStore> Coordinator<S> {
             // refused now rather than handed someone else's result later.
             self.check_fingerprint(&record, lease.fingerprint())?;
             if !record.is_pending() {
-                return self.replay(&record, adapter).map(Claimed::Hit);
+                return Ok(Claimed::Replay {
+                    record,
+                    waited: waiter.is_some(),
+                });
             }
             let waiter = match &mut waiter {
                 Some(w) => w,
                 None => {
                     inner.metrics.record_collision(operation);
-                    tracing::info!(in_flight = ?inner.in_flight, "idempotency key in flight");
-                    waiter.insert(Waiter::new(inner.lease))
+                    tracing::info!(in_flight = ?flow.in_flight, "idempotency key in flight");
+                    waiter.insert(Waiter::new(flow.options.max_wait.unwrap_or(inner.lease)))
                 }
             };
-            if inner.in_flight == InFlight::Raise {
+            if flow.in_flight == InFlight::Raise {
                 return Err(IdempotencyError::in_progress(operation, lease.key()));
             }
             if !waiter
                 .wait(&inner.store, lease.id(), inner.safety_poll)
                 .await
             {
-                tracing::warn!(
-                    "idempotency key still in flight after a whole lease; refusing the call"
-                );
+                tracing::warn!("idempotency key still in flight after the wait; refusing the call");
                 return Err(IdempotencyError::in_progress(operation, lease.key()));
             }
         }
     }
 
     /// Runs the action, then completes or releases the reservation, and disarms the guard.
-    async fn run_owned<T, E, A, F>(
+    async fn run_owned<T, E, A, P, F>(
         &self,
         mut guard: ReleaseGuard<S>,
         ttl: Duration,
         adapter: &A,
+        errors: &P,
         action: F,
         holding: Holding,
-    ) -> std::result::Result<T, E>
+    ) -> std::result::Result<T, Failed<E>>
     where
         A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
         E: From<IdempotencyError>,
         F: Action<T, E>,
     {
@@ -175,24 +215,24 @@ impl<S: ReservationStore> Coordinator<S> {
             Holding::Unconfirmed => (action.start().await, false),
         };
         let lease = guard.lease();
-        match outcome {
-            Err(e) => {
-                // Failures are not cached: free the key so the retry runs again.
-                self.release(lease).await;
-                guard.disarm();
-                Err(e)
-            }
+        // Encoded before any await, so the call's future holds no `&T` or `&E` across one
+        // (a detached call then needs `T: Send` only).
+        let (finish, outcome) = match outcome {
             Ok(value) => {
-                // Encoded before any await, so the call's future holds no `&T` across one
-                // (a detached call then needs `T: Send` only).
                 let result = self.encode(lease.operation(), adapter, &value);
-                if !self.complete(lease, ttl, result, lost, holding).await {
-                    self.release(lease).await;
-                }
-                guard.disarm();
-                Ok(value)
+                (Finish::Value(result), Ok(value))
             }
+            Err(e) => match errors.encode(&e) {
+                Some(stored) => (Finish::Error(stored), Err(Failed::Action(e))),
+                // Failures are not cached: free the key so the retry runs again.
+                None => (Finish::Value(None), Err(Failed::Action(e))),
+            },
+        };
+        if !self.complete(lease, ttl, finish, lost, holding).await {
+            self.release(lease).await;
         }
+        guard.disarm();
+        outcome
     }
 
     /// Stores the result over our reservation; `false` when nothing was stored and the
@@ -201,17 +241,18 @@ impl<S: ReservationStore> Coordinator<S> {
         &self,
         lease: &Lease,
         ttl: Duration,
-        result: Option<Box<RawValue>>,
+        finish: Finish,
         lost_already: bool,
         holding: Holding,
     ) -> bool {
         let inner = &self.inner;
         let operation = lease.operation();
-        let Some(result) = result else {
-            return false;
-        };
         let started = Instant::now();
-        let outcome = inner.store.complete(lease, &result, ttl).await;
+        let outcome = match finish {
+            Finish::Value(None) => return false,
+            Finish::Value(Some(result)) => inner.store.complete(lease, &result, ttl).await,
+            Finish::Error(error) => inner.store.complete_with_error(lease, &error, ttl).await,
+        };
         inner.metrics.record_latency(
             operation,
             LatencyMethod::Save,

@@ -4,25 +4,29 @@
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    ErrorType, IdempotencyError, LatencyMethod, Lease, RawValue, RecordId, ReservationStore,
-    ResultAdapter,
+    ErrorType, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease, RawValue, RecordId,
+    RecordStatus, ReservationStore, ResultAdapter,
 };
 
 use crate::action::Action;
-use crate::coordinator::{CallOptions, Coordinator};
+use crate::coordinator::{CallOptions, Coordinator, Failed};
+use crate::error_policy::ErrorPolicy;
 use crate::modes::OnStorageError;
+use crate::outcome::Outcome;
 
 impl<S: ReservationStore> Coordinator<S> {
-    pub(crate) async fn execute_unreserved<T, E, A, F>(
+    pub(crate) async fn execute_unreserved<T, E, A, P, F>(
         &self,
         id: &RecordId,
         ttl: Duration,
         options: &CallOptions,
         adapter: &A,
+        errors: &P,
         action: F,
-    ) -> std::result::Result<T, E>
+    ) -> std::result::Result<(T, Outcome), Failed<E>>
     where
         A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
         E: From<IdempotencyError>,
         F: Action<T, E>,
     {
@@ -35,11 +39,13 @@ impl<S: ReservationStore> Coordinator<S> {
             LatencyMethod::Get,
             started.elapsed().as_secs_f64(),
         );
+        let mut outcome = Outcome::Executed;
         match read {
             Ok(Some(record)) => {
                 self.check_fingerprint(&record, options.fingerprint.as_deref())?;
                 if !record.is_pending() {
-                    return Ok(self.replay(&record, adapter)?);
+                    let value = self.replay(&record, adapter, errors)?;
+                    return Ok((value, Outcome::Replayed));
                 }
             }
             Ok(None) => inner.metrics.record_miss(operation),
@@ -49,35 +55,55 @@ impl<S: ReservationStore> Coordinator<S> {
                 if !e.is_storage() || inner.on_storage_error == OnStorageError::Raise {
                     return Err(e.into());
                 }
+                outcome = Outcome::Unprotected;
             }
         }
-        let value = action.start().await?;
+        let done = action.start().await;
         // Encoded before the write, so no `&T` is held across an await.
-        let Some(raw) = self.encode(operation, adapter, &value) else {
-            return Ok(value);
+        let (raw, status) = match &done {
+            Ok(value) => (
+                self.encode(operation, adapter, value),
+                RecordStatus::Completed,
+            ),
+            Err(e) => (errors.encode(e), RecordStatus::StoredError),
         };
-        Ok(self
-            .store_unreserved(id, ttl, options, adapter, &raw)
+        let Some(raw) = raw else {
+            return done.map(|value| (value, outcome)).map_err(Failed::Action);
+        };
+        // On a collision the winner's value, when it is a completed record for the same
+        // request (the action ran here too: the mode's documented cost).
+        let winner = self
+            .store_unreserved(id, ttl, options, status, &raw)
             .await
-            .unwrap_or(value))
+            .filter(|record| !record.is_stored_error())
+            .and_then(|record| adapter.decode(record.result()).ok());
+        match winner {
+            Some(value) => Ok((value, outcome)),
+            None => done.map(|value| (value, outcome)).map_err(Failed::Action),
+        }
     }
 
-    /// Stores a result with insert-if-absent; on a collision, the winner's value when it
-    /// is a completed record for the same request.
-    async fn store_unreserved<T, A: ResultAdapter<T>>(
+    /// Stores a finished record with insert-if-absent; on a collision, the winner's
+    /// record when it is a finished record for the same request.
+    async fn store_unreserved(
         &self,
         id: &RecordId,
         ttl: Duration,
         options: &CallOptions,
-        adapter: &A,
+        status: RecordStatus,
         raw: &RawValue,
-    ) -> Option<T> {
+    ) -> Option<IdempotencyRecord> {
         let inner = &self.inner;
         let operation = id.operation();
         let fingerprint = options.fingerprint.as_deref();
-        let record = Lease::new(id.clone(), fingerprint, inner.clock)
-            .completed_record(raw, ttl)
-            .ok()?;
+        let lease = Lease::new(id.clone(), fingerprint, inner.clock);
+        let now = inner.clock.now();
+        let record = if status == RecordStatus::StoredError {
+            lease.stored_error_record_at(now, raw, ttl)
+        } else {
+            lease.completed_record_at(now, raw, ttl)
+        }
+        .ok()?;
         let started = Instant::now();
         let written = inner.store.save(&record).await;
         inner.metrics.record_latency(
@@ -93,7 +119,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 if self.check_fingerprint(&winner, fingerprint).is_err() || winner.is_pending() {
                     return None;
                 }
-                adapter.decode(winner.result()).ok()
+                Some(winner)
             }
             Err(e) => {
                 inner

@@ -107,6 +107,23 @@ impl State {
 }
 
 impl MemoryStore {
+    /// Writes a final record over our pending one (or into a free key): the fence of
+    /// `complete` and `complete_with_error`.
+    fn finish(&self, lease: &Lease, record: IdempotencyRecord, ttl: Duration) -> Fence {
+        let mut state = self.lock();
+        // Invariant: the owner check and the write happen under one lock (the fence).
+        let ours = match state.live(lease.id(), Instant::now()) {
+            None => true,
+            Some(e) => holds_lease(&e.record, lease.token()),
+        };
+        if !ours {
+            return Fence::Lost;
+        }
+        state.insert(lease.id().clone(), record, ttl);
+        state.wake(lease.id());
+        Fence::Held
+    }
+
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -336,18 +353,17 @@ impl ReservationStore for MemoryStore {
 
     async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
         let record = lease.completed_record(result, ttl)?;
-        let mut state = self.lock();
-        // Invariant: the owner check and the write happen under one lock (the fence).
-        let ours = match state.live(lease.id(), Instant::now()) {
-            None => true,
-            Some(e) => holds_lease(&e.record, lease.token()),
-        };
-        if !ours {
-            return Ok(Fence::Lost);
-        }
-        state.insert(lease.id().clone(), record, ttl);
-        state.wake(lease.id());
-        Ok(Fence::Held)
+        Ok(self.finish(lease, record, ttl))
+    }
+
+    async fn complete_with_error(
+        &self,
+        lease: &Lease,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> Result<Fence> {
+        let record = lease.stored_error_record_at(lease.clock().now(), error, ttl)?;
+        Ok(self.finish(lease, record, ttl))
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {

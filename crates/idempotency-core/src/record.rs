@@ -24,6 +24,12 @@ pub enum RecordStatus {
     Pending,
     /// The action finished and `result` holds what it returned.
     Completed,
+    /// The action failed with an error the caller chose to store: `result` holds the
+    /// error, replayed to retries as the same error. Written only by this kit (spelled
+    /// `stored_error`); the Python library 0.5.0 reads it as a corrupted record, so it
+    /// never replays it as a success.
+    #[serde(rename = "stored_error")]
+    StoredError,
 }
 
 impl RecordStatus {
@@ -32,6 +38,7 @@ impl RecordStatus {
         match self {
             Self::Pending => "pending",
             Self::Completed => "completed",
+            Self::StoredError => "stored_error",
         }
     }
 }
@@ -269,6 +276,12 @@ impl IdempotencyRecord {
         self.status == RecordStatus::Pending
     }
 
+    /// Whether the result is a stored error of the action (see
+    /// [`RecordStatus::StoredError`]).
+    pub fn is_stored_error(&self) -> bool {
+        self.status == RecordStatus::StoredError
+    }
+
     /// Whether the record has expired now.
     pub fn is_expired(&self) -> bool {
         self.is_expired_at(OffsetDateTime::now_utc())
@@ -467,6 +480,7 @@ impl IdempotencyRecord {
         let status = match wire.status {
             None | Some("completed") => RecordStatus::Completed,
             Some("pending") => RecordStatus::Pending,
+            Some("stored_error") => RecordStatus::StoredError,
             Some(_) => return None,
         };
         let Ok(Stamp::Aware(expires_at)) = parse_timestamp_str(wire.expires_at) else {
@@ -627,6 +641,7 @@ fn field_status(
         None => Some(RecordStatus::Completed),
         Some(Json::Str(s)) if s == "pending" => Some(RecordStatus::Pending),
         Some(Json::Str(s)) if s == "completed" => Some(RecordStatus::Completed),
+        Some(Json::Str(s)) if s == "stored_error" => Some(RecordStatus::StoredError),
         Some(_) => {
             problems.push(FieldProblem::new(
                 "status",

@@ -114,6 +114,17 @@ impl<R: IdempotencyRepository> Unfenced<R> {
             .await?
             .filter(|r| holds_lease(r, lease.token())))
     }
+
+    /// Writes a final record unless another caller's record holds the key (checked, then
+    /// written: not atomic, the reason this wrapper is unfenced).
+    async fn finish(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
+        let current = self.inner.get(lease.id()).await?;
+        if current.is_some_and(|r| !holds_lease(&r, lease.token())) {
+            return Ok(Fence::Lost);
+        }
+        self.inner.replace(record).await?;
+        Ok(Fence::Held)
+    }
 }
 
 impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
@@ -146,12 +157,17 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
 
     async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
         let record = lease.completed_record(result, ttl)?;
-        let current = self.inner.get(lease.id()).await?;
-        if current.is_some_and(|r| !holds_lease(&r, lease.token())) {
-            return Ok(Fence::Lost);
-        }
-        self.inner.replace(&record).await?;
-        Ok(Fence::Held)
+        self.finish(lease, &record).await
+    }
+
+    async fn complete_with_error(
+        &self,
+        lease: &Lease,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> Result<Fence> {
+        let record = lease.stored_error_record_at(lease.clock().now(), error, ttl)?;
+        self.finish(lease, &record).await
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {

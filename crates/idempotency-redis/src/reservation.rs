@@ -38,6 +38,22 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl RedisStore {
+    /// Writes a final record over our pending one (or into a free key) with the
+    /// `complete` script: the fence of `complete` and `complete_with_error`.
+    async fn finish(
+        &self,
+        lease: &Lease,
+        record: &IdempotencyRecord,
+        ttl: Duration,
+    ) -> Result<Fence> {
+        let args = vec![
+            Value::from(lease.token()),
+            Value::from(record.to_json()),
+            Value::from(millis(ttl)),
+        ];
+        self.fenced(&self.inner.scripts.complete, lease, args).await
+    }
+
     /// One claim command: `SET … NX GET`, or the script where the server lacks it.
     async fn send_claim(
         &self,
@@ -168,12 +184,17 @@ impl ReservationStore for RedisStore {
 
     async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
         let record = lease.completed_record_at(self.stamp(lease).await, result, ttl)?;
-        let args = vec![
-            Value::from(lease.token()),
-            Value::from(record.to_json()),
-            Value::from(millis(ttl)),
-        ];
-        self.fenced(&self.inner.scripts.complete, lease, args).await
+        self.finish(lease, &record, ttl).await
+    }
+
+    async fn complete_with_error(
+        &self,
+        lease: &Lease,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> Result<Fence> {
+        let record = lease.stored_error_record_at(self.stamp(lease).await, error, ttl)?;
+        self.finish(lease, &record, ttl).await
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {

@@ -3,6 +3,8 @@
 usage: fleet.py URL complete OP KEY VALUE_JSON   -> prints the call's result
        fleet.py URL replay OP KEY                -> prints the result; the action returns {"ran": "python"}
        fleet.py URL race OP KEY N COUNTER_KEY    -> N concurrent calls; each run INCRs COUNTER_KEY
+       fleet.py URL attempt OP KEY               -> {"returned": result} or {"raised": error class};
+                                                    the action returns {"ran": "python"}
 """
 
 import asyncio
@@ -35,6 +37,15 @@ async def main() -> None:
             return {"ran": "python"}
 
         print(json.dumps(await coordinator.coordinate(op, key, None, adapter, action)))
+    elif cmd == "attempt":
+
+        async def action():
+            return {"ran": "python"}
+
+        try:
+            print(json.dumps({"returned": await coordinator.coordinate(op, key, None, adapter, action)}))
+        except Exception as e:  # noqa: BLE001 - the test reports whatever Python raised
+            print(json.dumps({"raised": type(e).__name__}))
     elif cmd == "race":
         n, counter = int(sys.argv[5]), sys.argv[6]
 

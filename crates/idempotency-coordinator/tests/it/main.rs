@@ -11,6 +11,7 @@ mod history;
 mod macro_runtime;
 mod macro_ui;
 mod mixed_fleet;
+mod outcomes;
 mod protocol_v2;
 mod review_v2;
 mod security;

@@ -132,3 +132,47 @@ async fn concurrent_callers_from_both_sides_run_the_action_once() {
         assert_eq!(results.len(), 16);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_never_replays_a_stored_error_as_a_success() {
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Refused {
+        Declined { reason: String },
+        Idempotency(String),
+    }
+    impl From<IdempotencyError> for Refused {
+        fn from(e: IdempotencyError) -> Self {
+            Self::Idempotency(e.to_string())
+        }
+    }
+    let declined = || Refused::Declined {
+        reason: "card declined".to_owned(),
+    };
+    let server = RedisServer::start();
+    let url = server.url();
+    let coordinator = coordinator(&url).await;
+    let rust_call = |value: Result<Value, Refused>| {
+        coordinator
+            .call("order.create", Some("rs-error"))
+            .adapter(JsonAdapter)
+            .store_errors(|_: &Refused| true)
+            .run(move || async move { value })
+    };
+    assert_eq!(rust_call(Err(declined())).await, Err(declined()));
+    // Python reads the stored error as an invalid record: it never returns the stored
+    // payload as its result. It treats it as Python treats every error (not cached): it
+    // runs its own action, and (0.5.0 completes an unconfirmed run with a plain write)
+    // its result replaces the stored error.
+    let python = fleet(&url, &["attempt", "order.create", "rs-error"]);
+    assert_ne!(
+        python.get("returned"),
+        Some(&json!({"Declined": {"reason": "card declined"}})),
+        "python replayed the stored error as a success: {python}"
+    );
+    assert_eq!(python, json!({"returned": {"ran": "python"}}));
+    // From then on every caller replays Python's result: Rust's action does not run.
+    assert_eq!(
+        rust_call(Ok(json!({"ran": "rust"}))).await,
+        Ok(json!({"ran": "python"}))
+    );
+}

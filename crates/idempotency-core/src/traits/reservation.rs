@@ -162,10 +162,37 @@ impl Lease {
         result: &RawValue,
         ttl: Duration,
     ) -> Result<IdempotencyRecord> {
+        self.finished_record_at(now, RecordStatus::Completed, result, ttl)
+    }
+
+    /// The record of this lease holding a stored error of the action (see
+    /// [`RecordStatus::StoredError`]), stamped on a clock whose time is now `now`.
+    ///
+    /// # Errors
+    /// As [`Lease::completed_record`].
+    pub fn stored_error_record_at(
+        &self,
+        now: OffsetDateTime,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> Result<IdempotencyRecord> {
+        self.finished_record_at(now, RecordStatus::StoredError, error, ttl)
+    }
+
+    /// The final record of this lease with `status` (completed or stored error, never
+    /// pending: a pending record carries the owner token and is made by
+    /// [`Lease::pending_record_at`]).
+    fn finished_record_at(
+        &self,
+        now: OffsetDateTime,
+        status: RecordStatus,
+        result: &RawValue,
+        ttl: Duration,
+    ) -> Result<IdempotencyRecord> {
         let now = crate::timestamp::to_micros(now);
         Ok(self.record(
             result.to_owned(),
-            RecordStatus::Completed,
+            status,
             now,
             later(now, ttl, "ttl")?,
             None,
@@ -319,6 +346,32 @@ pub trait ReservationStore: IdempotencyRepository {
         result: &RawValue,
         ttl: Duration,
     ) -> impl Future<Output = Result<Fence>> + Send;
+
+    /// Writes the lease's record holding a stored error of the action (status
+    /// [`RecordStatus::StoredError`], living `ttl`) under the same fence as
+    /// [`ReservationStore::complete`]: retries replay the error instead of running again.
+    ///
+    /// The default refuses with a configuration error (the caller then releases the key,
+    /// so the retry runs again, as for an error that is not stored); stores that can
+    /// write it override this.
+    ///
+    /// # Errors
+    /// Storage errors; the configuration error of the default.
+    fn complete_with_error(
+        &self,
+        lease: &Lease,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Fence>> + Send {
+        let _ = (error, ttl);
+        let operation = lease.operation().to_owned();
+        async move {
+            Err(IdempotencyError::configuration(
+                format!("this store cannot store errors (operation {operation})"),
+                None,
+            ))
+        }
+    }
 
     /// Pushes our pending record's expiry `duration` ahead, if we still own it.
     ///

@@ -105,6 +105,15 @@ impl<S: ReservationStore> ReservationStore for Faulty<S> {
         lost_reply(&self.faults.complete_reply_lost, lease.operation())?;
         Ok(fence)
     }
+    async fn complete_with_error(
+        &self,
+        lease: &Lease,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> Result<Fence> {
+        injected(&self.faults.complete, lease.operation())?;
+        self.inner.complete_with_error(lease, error, ttl).await
+    }
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
         injected(&self.faults.renew, lease.operation())?;
         self.inner.renew(lease, duration).await
