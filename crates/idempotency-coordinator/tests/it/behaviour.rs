@@ -598,7 +598,11 @@ on_all!(ttl_precedence_is_override_then_call_then_default, |env| {
         .run(|| async { Ok::<_, IdempotencyError>(1) })
         .await
         .expect("c");
-    assert_eq!(ttl_of("pinned", a).await, 120_000, "the operation's override wins");
+    assert_eq!(
+        ttl_of("pinned", a).await,
+        120_000,
+        "the operation's override wins"
+    );
     assert_eq!(ttl_of("free", b).await, 600_000, "then the call's TTL");
     assert_eq!(ttl_of("free", c).await, 1_800_000, "then the default");
     let err = coordinator
