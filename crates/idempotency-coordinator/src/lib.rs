@@ -70,6 +70,7 @@ pub use idempotency_core::{
     ResultAdapter, SerdeAdapter, Unfenced, VoidAdapter, fingerprint_of,
 };
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use idempotency_macros::idempotent;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
@@ -81,4 +82,5 @@ pub use modes::{InFlight, OnStorageError};
 pub use outcome::Outcome;
 pub use settings::IdempotencySettings;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use wiring::redis_coordinator;

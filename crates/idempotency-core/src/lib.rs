@@ -34,6 +34,8 @@
 //! # Features
 //! None: the crate is small and always whole.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod clock;
 pub mod constants;
 mod error;

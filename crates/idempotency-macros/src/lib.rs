@@ -2,6 +2,8 @@
 //! `idempotency_coordinator::idempotent`; the expansion refers to that crate. Every
 //! argument is shown with a compiling example on [`macro@idempotent`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod attr;
 mod expand;
 

@@ -31,6 +31,8 @@
 //! # Features
 //! None.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod collector;
 
 pub use collector::{DURATION_BUCKETS, PrometheusMetrics};

@@ -72,6 +72,7 @@ impl ConnectOptions {
     /// `rustls::ClientConfig` that trusts your CA. Without it, `rediss://` uses the
     /// system's root certificates.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[must_use]
     pub fn with_tls(mut self, connector: impl Into<fred::types::config::TlsConnector>) -> Self {
         self.tls = Some(connector.into());

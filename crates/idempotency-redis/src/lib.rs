@@ -30,6 +30,8 @@
 //! See `docs/redis.md` for the key layout, the scripts and their guarantees, cluster
 //! behaviour and failure modes.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod config;
 mod errors;
 mod keys;

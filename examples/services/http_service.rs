@@ -2,7 +2,7 @@
 //! coordinator on Redis, and `GET /metrics` serves the Prometheus scrape.
 //!
 //! ```text
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples --example http_service
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples-services --example http_service
 //! curl -s -XPOST -H 'Idempotency-Key: k1' -d '{"item":"book","quantity":2}' -H 'content-type: application/json' localhost:3000/orders
 //! curl -s localhost:3000/metrics | grep idempotency_
 //! ```
@@ -89,6 +89,15 @@ async fn metrics(State(state): State<AppState>) -> Result<String, StatusCode> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Logs to stderr, filtered by `RUST_LOG` (default `warn`; `RUST_LOG=debug` shows the
+    // library's hits and misses).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let settings = IdempotencySettings {
         metrics_enabled: true,

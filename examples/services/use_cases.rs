@@ -7,7 +7,7 @@
 //! - `SetPasswordUseCase`, an upsert through `coordinator.call(...)`.
 //!
 //! ```text
-//! cargo run -p idempotency-examples --example use_cases
+//! cargo run -p idempotency-examples-services --example use_cases
 //! ```
 
 use std::collections::HashMap;
@@ -169,6 +169,15 @@ impl ConfirmSignupUseCase {
 
 #[tokio::main]
 async fn main() -> Result<(), AppError> {
+    // Logs to stderr, filtered by `RUST_LOG` (default `warn`; `RUST_LOG=debug` shows the
+    // library's hits and misses).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     // One coordinator (one store) shared by every use case, as a DI container would.
     let coordinator = Coordinator::in_memory();
     let users = Arc::new(Users::default());

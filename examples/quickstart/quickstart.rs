@@ -1,20 +1,21 @@
 //! Quickstart: a first call, a replay, ten concurrent duplicates that wait for one
 //! action, and a reused key refused.
 //!
-//! Runs on the in-memory store; set `REDIS_URL` (for example `redis://127.0.0.1:6379`)
-//! to run the same on Redis:
+//! Runs on the in-memory store and compiles only the coordinator (default features off).
+//! Set `REDIS_URL` (for example `redis://127.0.0.1:6379`) and add `--features redis` to
+//! run the same on Redis; `RUST_LOG=debug` shows the library's events (hits, misses):
 //!
 //! ```text
 //! cargo run -p idempotency-examples --example quickstart
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples --example quickstart
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples --example quickstart --features redis
+//! RUST_LOG=debug cargo run -p idempotency-examples --example quickstart
 //! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use idempotency_coordinator::{Coordinator, IdempotencyError, fingerprint_of};
-use idempotency_core::ReservationStore;
+use idempotency_coordinator::{Coordinator, IdempotencyError, ReservationStore, fingerprint_of};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,24 +109,52 @@ async fn demo<S: ReservationStore>(
     Ok(())
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`; `RUST_LOG=debug` shows every
+/// hit and miss).
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(feature = "redis")]
+async fn on_redis(url: &str, run: &str) -> Result<(), IdempotencyError> {
+    println!("store: Redis at {url}");
+    let store = idempotency_coordinator::RedisStore::connect(
+        url,
+        &idempotency_coordinator::ConnectOptions::default(),
+    )
+    .await?;
+    demo(Coordinator::builder(store).build()?, run).await
+}
+
+#[cfg(not(feature = "redis"))]
+#[allow(clippy::unused_async)] // the same signature as the Redis variant
+async fn on_redis(url: &str, _run: &str) -> Result<(), IdempotencyError> {
+    Err(IdempotencyError::configuration(
+        format!(
+            "REDIS_URL is set ({url}) but this build has no Redis store: run \
+             `cargo run -p idempotency-examples --example quickstart --features redis`, \
+             or unset REDIS_URL to run in memory"
+        ),
+        None,
+    ))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), IdempotencyError> {
+    install_tracing();
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
         .to_string();
     match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            println!("store: Redis at {url}");
-            let store = idempotency_redis::RedisStore::connect(
-                &url,
-                &idempotency_redis::ConnectOptions::default(),
-            )
-            .await?;
-            demo(Coordinator::builder(store).build()?, &run).await
-        }
+        Ok(url) => on_redis(&url, &run).await,
         Err(_) => {
-            println!("store: in memory (set REDIS_URL to use Redis)");
+            println!("store: in memory (set REDIS_URL and add `--features redis` to use Redis)");
             demo(Coordinator::in_memory(), &run).await
         }
     }
