@@ -3,6 +3,7 @@
 #[macro_use]
 mod common;
 
+mod admin;
 mod conformance;
 mod fleet_decode;
 mod hostile;

@@ -1,0 +1,95 @@
+//! Waiting for a reservation to end.
+
+use std::time::{Duration, Instant};
+
+use idempotency_core::{KeyWatch, RecordId, ReservationStore, Result};
+
+use super::{Admin, Inspection};
+
+/// How often a watch re-reads the key without a wake-up: the Python library does not
+/// publish, and a wake-up can be lost on a reconnect.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// How [`Admin::watch`] ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum WatchOutcome {
+    /// The key holds a completed record (it may have been completed before the watch).
+    Completed(Box<Inspection>),
+    /// The reservation seen is gone: released by its owner, or its lease ran out.
+    Released,
+    /// Redis held nothing under the key when the watch began.
+    NotFound,
+    /// The key holds a value that is not a record.
+    Unreadable(Box<Inspection>),
+    /// The key still held a reservation when the timeout passed.
+    TimedOut(Box<Inspection>),
+}
+
+impl Admin {
+    /// Waits until the key's reservation completes or is released, or `timeout` passes.
+    /// Woken by the store's push wake-ups ([`ReservationStore::watch`]), and re-reads the
+    /// key every second as a safety net (Python writers publish nothing).
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Storage`](idempotency_core::IdempotencyError::Storage) when
+    /// Redis fails or cannot be reached.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn run(admin: idempotency_redis::admin::Admin) -> Result<(), idempotency_core::IdempotencyError> {
+    /// use std::time::Duration;
+    /// use idempotency_core::RecordId;
+    /// use idempotency_redis::admin::WatchOutcome;
+    /// let id = RecordId::new("order.create", "k1")?;
+    /// if let WatchOutcome::Completed(found) = admin.watch(&id, Duration::from_secs(60)).await? {
+    ///     println!("completed: {}", found.redis_key);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch(&self, id: &RecordId, timeout: Duration) -> Result<WatchOutcome> {
+        self.watch_with(id, timeout, |_| {}).await
+    }
+
+    /// [`Admin::watch`], calling `on_wait` with the reservation the first time it is found
+    /// pending (to say whose reservation is awaited). A reservation released before that
+    /// is [`WatchOutcome::NotFound`], after it [`WatchOutcome::Released`].
+    ///
+    /// # Errors
+    /// As [`Admin::watch`].
+    pub async fn watch_with(
+        &self,
+        id: &RecordId,
+        timeout: Duration,
+        mut on_wait: impl FnMut(&Inspection) + Send,
+    ) -> Result<WatchOutcome> {
+        let deadline = Instant::now() + timeout;
+        // Subscribed before the first read, so a completion right after it is not missed.
+        let mut watch = ReservationStore::watch(&self.store, id).await?;
+        let mut seen_pending = false;
+        loop {
+            let Some(found) = self.inspect(id).await? else {
+                return Ok(if seen_pending {
+                    WatchOutcome::Released
+                } else {
+                    WatchOutcome::NotFound
+                });
+            };
+            match found.record() {
+                Some(r) if r.is_pending() => {
+                    if !seen_pending {
+                        on_wait(&found);
+                    }
+                    seen_pending = true;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(WatchOutcome::TimedOut(Box::new(found)));
+                    }
+                    watch.changed(left.min(SAFETY_POLL)).await;
+                }
+                Some(_) => return Ok(WatchOutcome::Completed(Box::new(found))),
+                None => return Ok(WatchOutcome::Unreadable(Box::new(found))),
+            }
+        }
+    }
+}
