@@ -7,7 +7,7 @@ use idempotency_core::{IdempotencyError, ReservationStore, ResultAdapter, SerdeA
 
 use crate::coordinator::{CallOptions, Coordinator};
 use crate::error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
-use crate::modes::InFlight;
+use crate::modes::{InFlight, OnStorageError};
 use crate::outcome::Outcome;
 
 /// One call being set up; finish it with [`Call::run`] (or a variant).
@@ -83,6 +83,14 @@ impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
     /// finishes within it is replayed; one that gives the key up lets this call run.
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.options.max_wait = Some(max_wait);
+        self
+    }
+
+    /// What this call does when the store fails before the action, overriding the
+    /// coordinator's mode for this call only (an HTTP route that must fail closed on a
+    /// coordinator that fails open, or the reverse).
+    pub fn on_storage_error(mut self, mode: OnStorageError) -> Self {
+        self.options.on_storage_error = Some(mode);
         self
     }
 

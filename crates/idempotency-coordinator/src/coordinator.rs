@@ -34,11 +34,15 @@ pub struct CallOptions {
     /// How long this call waits for the holder of the key in [`InFlight::Wait`] before
     /// [`IdempotencyError::InProgress`] (default: one lease).
     pub max_wait: Option<Duration>,
+    /// What this call does when the store fails before the action (default: the
+    /// coordinator's mode).
+    pub on_storage_error: Option<OnStorageError>,
 }
 
-/// How one reserved call behaves: its mode, TTL and options, resolved once.
+/// How one reserved call behaves: its modes, TTL and options, resolved once.
 pub(crate) struct Flow<'a> {
     pub(crate) in_flight: InFlight,
+    pub(crate) on_storage_error: OnStorageError,
     pub(crate) ttl: Duration,
     pub(crate) options: &'a CallOptions,
 }
@@ -194,17 +198,19 @@ impl<S: ReservationStore> Coordinator<S> {
             operation = id.operation(),
             outcome = tracing::field::Empty
         );
-        let in_flight = options.in_flight.unwrap_or(self.inner.in_flight);
+        let flow = Flow {
+            in_flight: options.in_flight.unwrap_or(self.inner.in_flight),
+            on_storage_error: options
+                .on_storage_error
+                .unwrap_or(self.inner.on_storage_error),
+            ttl,
+            options,
+        };
         let call = async move {
-            let done = if in_flight == InFlight::Run {
-                self.execute_unreserved(&id, ttl, options, adapter, errors, action)
+            let done = if flow.in_flight == InFlight::Run {
+                self.execute_unreserved(&id, &flow, adapter, errors, action)
                     .await
             } else {
-                let flow = Flow {
-                    in_flight,
-                    ttl,
-                    options,
-                };
                 self.execute_reserved(id, &flow, adapter, errors, action)
                     .await
             };

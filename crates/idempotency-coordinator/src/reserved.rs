@@ -150,7 +150,7 @@ impl<S: ReservationStore> Coordinator<S> {
                         .metrics
                         .record_error(operation, ErrorType::StorageReserve);
                     tracing::warn!(error = %e, "idempotency storage failed before the action");
-                    return match inner.on_storage_error {
+                    return match flow.on_storage_error {
                         OnStorageError::Raise => Err(e),
                         OnStorageError::Run => Ok(Claimed::Unconfirmed),
                     };

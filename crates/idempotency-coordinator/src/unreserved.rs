@@ -9,7 +9,7 @@ use idempotency_core::{
 };
 
 use crate::action::Action;
-use crate::coordinator::{CallOptions, Coordinator, Failed};
+use crate::coordinator::{CallOptions, Coordinator, Failed, Flow};
 use crate::error_policy::ErrorPolicy;
 use crate::modes::OnStorageError;
 use crate::outcome::Outcome;
@@ -18,8 +18,7 @@ impl<S: ReservationStore> Coordinator<S> {
     pub(crate) async fn execute_unreserved<T, E, A, P, F>(
         &self,
         id: &RecordId,
-        ttl: Duration,
-        options: &CallOptions,
+        flow: &Flow<'_>,
         adapter: &A,
         errors: &P,
         action: F,
@@ -31,6 +30,7 @@ impl<S: ReservationStore> Coordinator<S> {
         F: Action<T, E>,
     {
         let inner = &self.inner;
+        let (ttl, options) = (flow.ttl, flow.options);
         let operation = id.operation();
         let started = Instant::now();
         let read = inner.store.get(id).await;
@@ -52,7 +52,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Err(e) => {
                 inner.metrics.record_error(operation, ErrorType::StorageGet);
                 // Only an outage may fail open; data that is not a record is refused.
-                if !e.is_storage() || inner.on_storage_error == OnStorageError::Raise {
+                if !e.is_storage() || flow.on_storage_error == OnStorageError::Raise {
                     return Err(e.into());
                 }
                 outcome = Outcome::Unprotected;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode, header};
 use idempotency_coordinator::{
@@ -16,6 +17,7 @@ use crate::constants::{
     DEFAULT_KEY_HEADER, DEFAULT_MAX_KEY_CHARS, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
     DEFAULT_PROBLEM_BASE, DEFAULT_REPLAYED_HEADER, DEFAULT_RETRY_AFTER,
 };
+use crate::fingerprint::FingerprintBy;
 use crate::policy::store_by_default;
 use crate::service::IdempotencyService;
 
@@ -35,8 +37,9 @@ pub enum WhileInFlight {
     /// 409 with `Retry-After` at once (the draft's behaviour).
     #[default]
     Conflict,
-    /// Wait for the first request's response (at most one lease), then replay it; 409
-    /// if it is still in flight after that.
+    /// Wait for the first request's response (at most the layer's maximum wait, default
+    /// one lease: [`IdempotencyLayerBuilder::with_max_wait`]), then replay it; 409 if it
+    /// is still in flight after that.
     Wait,
 }
 
@@ -93,6 +96,7 @@ pub(crate) struct Config {
     pub(crate) operation: Option<String>,
     pub(crate) tenant: Option<Arc<TenantFn>>,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) fingerprint_by: FingerprintBy,
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
     pub(crate) deny_headers: Vec<HeaderName>,
@@ -100,6 +104,9 @@ pub(crate) struct Config {
     pub(crate) retry_after: Duration,
     pub(crate) problem_base: String,
     pub(crate) ttl: Option<Duration>,
+    pub(crate) in_flight: InFlight,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) on_storage_error: OnStorageError,
     pub(crate) stats: Arc<LayerStats>,
 }
 
@@ -128,6 +135,7 @@ impl Default for Config {
             operation: None,
             tenant: None,
             fingerprint_headers: vec![header::CONTENT_TYPE],
+            fingerprint_by: FingerprintBy::Request,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             deny_headers: vec![header::SET_COOKIE],
@@ -135,6 +143,9 @@ impl Default for Config {
             retry_after: DEFAULT_RETRY_AFTER,
             problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
             ttl: None,
+            in_flight: InFlight::Raise,
+            max_wait: None,
+            on_storage_error: OnStorageError::Raise,
             stats: Arc::default(),
         }
     }
@@ -182,19 +193,47 @@ impl<S> fmt::Debug for IdempotencyLayer<S> {
 
 impl<S: ReservationStore> IdempotencyLayer<S> {
     /// A builder over `store`, with the coordinator's defaults for everything the layer
-    /// does not set itself (the in-flight and storage-down modes).
+    /// does not set itself (the in-flight and storage-down modes are the layer's).
     pub fn builder(store: S) -> IdempotencyLayerBuilder<S> {
         Self::builder_from(Coordinator::builder(store))
     }
 
     /// A builder over a configured coordinator builder (metrics, lease, TTL policy);
-    /// its in-flight and storage-error modes are overridden by the layer's.
+    /// the layer's in-flight and storage-down modes apply to its calls.
     pub fn builder_from(coordinator: CoordinatorBuilder<S>) -> IdempotencyLayerBuilder<S> {
         IdempotencyLayerBuilder {
-            coordinator,
+            coordinator: Source::Build(Box::new(coordinator)),
             config: Config::default(),
-            in_flight: WhileInFlight::default(),
-            storage_down: StorageDown::default(),
+        }
+    }
+
+    /// A builder over a coordinator already built, to share it (one store connection,
+    /// one set of metrics) between the layers of different routes, each with its own
+    /// configuration: the in-flight and storage-down modes, the maximum wait, the TTL
+    /// and everything else are per layer (per call on the coordinator).
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
+    /// use std::time::Duration;
+    /// use idempotency_coordinator::Coordinator;
+    /// use idempotency_http::{IdempotencyLayer, WhileInFlight};
+    ///
+    /// let coordinator = Coordinator::in_memory();
+    /// let orders = IdempotencyLayer::on(coordinator.clone()).build()?;
+    /// let payments = IdempotencyLayer::on(coordinator)
+    ///     .with_in_flight(WhileInFlight::Wait)
+    ///     .with_max_wait(Duration::from_secs(5))
+    ///     .build()?;
+    /// // axum: .route("/orders", post(create).layer(orders))
+    /// //       .route("/payments", post(pay).layer(payments))
+    /// # drop((orders, payments));
+    /// # Ok(()) }
+    /// ```
+    pub fn on(coordinator: Coordinator<S>) -> IdempotencyLayerBuilder<S> {
+        IdempotencyLayerBuilder {
+            coordinator: Source::Ready(coordinator),
+            config: Config::default(),
         }
     }
 
@@ -217,21 +256,25 @@ impl<S, I> Layer<I> for IdempotencyLayer<S> {
     }
 }
 
+/// Where the layer's coordinator comes from.
+enum Source<S> {
+    /// Built by the layer (boxed: a builder is large, and built once).
+    Build(Box<CoordinatorBuilder<S>>),
+    /// Given, possibly shared with other layers.
+    Ready(Coordinator<S>),
+}
+
 /// Configures an [`IdempotencyLayer`]; finish with [`IdempotencyLayerBuilder::build`].
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct IdempotencyLayerBuilder<S> {
-    coordinator: CoordinatorBuilder<S>,
+    coordinator: Source<S>,
     config: Config,
-    in_flight: WhileInFlight,
-    storage_down: StorageDown,
 }
 
 impl<S> fmt::Debug for IdempotencyLayerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayerBuilder")
             .field("config", &self.config)
-            .field("in_flight", &self.in_flight)
-            .field("storage_down", &self.storage_down)
             .finish_non_exhaustive()
     }
 }
@@ -290,6 +333,40 @@ impl<S: ReservationStore> IdempotencyLayerBuilder<S> {
         self
     }
 
+    /// Fingerprints JSON bodies by these members only (JSON pointers, RFC 6901, such as
+    /// `/amount` or `/to/iban`), compared as JSON values: another key order, spacing or
+    /// other members do not make a different request, a changed selected member does
+    /// (422). A missing member counts as `null`; a body that is not JSON is compared
+    /// whole. Method and route are part of the key's scope either way.
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
+    /// let layer = idempotency_http::IdempotencyLayer::builder(idempotency_coordinator::MemoryStore::new())
+    ///     .with_fingerprint_json_pointers(["/amount", "/currency", "/to/iban"])
+    ///     .build()?;
+    /// # drop(layer);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_fingerprint_json_pointers(
+        mut self,
+        pointers: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.config.fingerprint_by =
+            FingerprintBy::JsonPointers(pointers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Fingerprints requests with the application's function over the parts and the
+    /// buffered body (two requests with the same key and different strings → 422).
+    pub fn with_fingerprint_fn(
+        mut self,
+        fingerprint: impl Fn(&Parts, &Bytes) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.config.fingerprint_by = FingerprintBy::Custom(Arc::new(fingerprint));
+        self
+    }
+
     /// The largest request body buffered for the fingerprint (default 1 MiB); larger → 413.
     pub fn with_max_request_body(mut self, bytes: usize) -> Self {
         self.config.max_request_body = bytes;
@@ -339,32 +416,38 @@ impl<S: ReservationStore> IdempotencyLayerBuilder<S> {
 
     /// What a duplicate gets while the first request is in flight (default 409).
     pub fn with_in_flight(mut self, mode: WhileInFlight) -> Self {
-        self.in_flight = mode;
+        self.config.in_flight = match mode {
+            WhileInFlight::Conflict => InFlight::Raise,
+            WhileInFlight::Wait => InFlight::Wait,
+        };
+        self
+    }
+
+    /// How long a duplicate waits in [`WhileInFlight::Wait`] before its 409 (default:
+    /// the coordinator's lease). Keep it under the clients' and proxies' timeouts.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.config.max_wait = Some(max_wait);
         self
     }
 
     /// What a request gets when the store is down (default fail closed: 503).
     pub fn with_storage_down(mut self, mode: StorageDown) -> Self {
-        self.storage_down = mode;
+        self.config.on_storage_error = match mode {
+            StorageDown::FailClosed => OnStorageError::Raise,
+            StorageDown::FailOpen => OnStorageError::Run,
+        };
         self
     }
 
-    /// Builds the layer and its coordinator.
+    /// Builds the layer (and its coordinator, unless it was given one).
     ///
     /// # Errors
     /// The coordinator's configuration errors.
     pub fn build(self) -> Result<IdempotencyLayer<S>, IdempotencyError> {
-        let coordinator = self
-            .coordinator
-            .in_flight(match self.in_flight {
-                WhileInFlight::Conflict => InFlight::Raise,
-                WhileInFlight::Wait => InFlight::Wait,
-            })
-            .on_storage_error(match self.storage_down {
-                StorageDown::FailClosed => OnStorageError::Raise,
-                StorageDown::FailOpen => OnStorageError::Run,
-            })
-            .build()?;
+        let coordinator = match self.coordinator {
+            Source::Build(builder) => builder.build()?,
+            Source::Ready(coordinator) => coordinator,
+        };
         Ok(IdempotencyLayer {
             coordinator,
             config: Arc::new(self.config),

@@ -37,6 +37,7 @@ mod encoding;
 mod fingerprint;
 mod key;
 mod layer;
+mod outcome;
 mod policy;
 mod problem;
 mod scope;
@@ -45,10 +46,12 @@ mod stored;
 
 pub use body::{BoxError, ResponseBody};
 pub use constants::DEFAULT_PROBLEM_BASE;
+pub use fingerprint::FingerprintFn;
 pub use layer::{
     IdempotencyLayer, IdempotencyLayerBuilder, KeyRequirement, LayerStats, StorageDown,
     StorePolicyFn, TenantFn, WhileInFlight,
 };
+pub use outcome::HttpOutcome;
 pub use policy::store_by_default;
 pub use problem::Problem;
 pub use service::{IdempotencyService, ResponseFuture};

@@ -2,6 +2,7 @@
 //! never names the key, the tenant or a fingerprint. The `type` URIs identify; under the
 //! default base they never resolve (see [`crate::DEFAULT_PROBLEM_BASE`]).
 
+use crate::outcome::HttpOutcome;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +35,19 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// What the layer did with a request answered by this problem.
+    pub fn outcome(self) -> HttpOutcome {
+        match self {
+            Self::KeyMissing | Self::KeyMalformed | Self::KeyRepeated | Self::RequestTooLarge => {
+                HttpOutcome::Rejected
+            }
+            Self::KeyInFlight => HttpOutcome::Conflict,
+            Self::KeyReused => HttpOutcome::Mismatch,
+            Self::StorageUnavailable => HttpOutcome::Unavailable,
+            Self::Internal => HttpOutcome::Failed,
+        }
+    }
+
     /// The last segment of the `type` URI.
     pub fn slug(self) -> &'static str {
         match self {

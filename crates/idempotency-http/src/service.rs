@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -13,11 +12,13 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idempotency_coordinator::{Coordinator, ErrorClass, IdempotencyError, ReservationStore};
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::{BoxError, Buffered, ResponseBody, boxed, buffer};
-use crate::fingerprint::fingerprint;
+use crate::fingerprint::fingerprint_by;
 use crate::key::{KeyProblem, parse_key};
 use crate::layer::{Config, KeyRequirement};
+use crate::outcome::HttpOutcome;
 use crate::problem::Problem;
 use crate::scope::{operation_label, storage_key};
 use crate::stored::StoredResponse;
@@ -106,8 +107,32 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let coordinator = self.coordinator.clone();
         let config = Arc::clone(&self.config);
-        Box::pin(handle(inner, coordinator, config, request))
+        let span = tracing::info_span!(
+            "idempotency_http",
+            method = %request.method(),
+            outcome = tracing::field::Empty
+        );
+        Box::pin(
+            async move {
+                let mut response = handle(inner, coordinator, config, request).await?;
+                let outcome = response
+                    .extensions()
+                    .get::<HttpOutcome>()
+                    .copied()
+                    .unwrap_or(HttpOutcome::Bypassed);
+                response.extensions_mut().insert(outcome);
+                tracing::Span::current().record("outcome", outcome.as_str());
+                Ok(response)
+            }
+            .instrument(span),
+        )
     }
+}
+
+/// A response carrying the layer's outcome as an extension.
+fn marked(mut response: Response<ResponseBody>, outcome: HttpOutcome) -> Response<ResponseBody> {
+    response.extensions_mut().insert(outcome);
+    response
 }
 
 async fn handle<I, S, ReqB, ResB>(
@@ -127,7 +152,12 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let problem = |p: Problem| Ok(p.response(&config.problem_base, config.retry_after));
+    let problem = |p: Problem| {
+        Ok(marked(
+            p.response(&config.problem_base, config.retry_after),
+            p.outcome(),
+        ))
+    };
     if !config.methods.contains(request.method()) {
         return pass_through(inner, request).await;
     }
@@ -149,7 +179,7 @@ where
             return problem(Problem::KeyMalformed);
         }
     };
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let body = match Limited::new(body, config.max_request_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return problem(Problem::RequestTooLarge),
@@ -166,31 +196,38 @@ where
     let tenant = config.tenant.as_ref().and_then(|f| f(&parts));
     let operation = operation_label(&parts.method, &route);
     let storage_key = storage_key(tenant.as_deref(), &parts.method, &route, &key);
-    let fingerprint = fingerprint(&parts, &config.fingerprint_headers, &body);
+    let fingerprint = fingerprint_by(
+        &config.fingerprint_by,
+        &parts,
+        &config.fingerprint_headers,
+        &body,
+    );
+    // What the handler sees: it runs only when the layer executes the request.
+    parts.extensions.insert(HttpOutcome::Executed);
     let request = Request::from_parts(parts, ReqB::from(body));
 
-    let ran = Arc::new(AtomicBool::new(false));
     let action = {
-        let ran = Arc::clone(&ran);
         let config = Arc::clone(&config);
-        move || async move {
-            ran.store(true, Ordering::Relaxed);
-            run_handler(&mut inner, request, &config).await
-        }
+        move || async move { run_handler(&mut inner, request, &config).await }
     };
     let mut call = coordinator
         .call(&operation, Some(&storage_key))
-        .fingerprint(fingerprint);
+        .fingerprint(fingerprint)
+        .in_flight(config.in_flight)
+        .on_storage_error(config.on_storage_error);
     if let Some(ttl) = config.ttl {
         call = call.ttl(ttl);
     }
-    match call.run_detached(action).await {
-        Ok(stored) => {
-            let replayed = !ran.load(Ordering::Relaxed);
+    if let Some(max_wait) = config.max_wait {
+        call = call.max_wait(max_wait);
+    }
+    match call.run_detached_with_outcome(action).await {
+        Ok((stored, outcome)) => {
+            let outcome = HttpOutcome::from(outcome);
             match stored.into_response(&config.replayed_header) {
                 Some(response) => {
-                    tracing::debug!(operation, replayed, "idempotent response");
-                    Ok(response)
+                    tracing::debug!(operation, %outcome, "idempotent response");
+                    Ok(marked(response, outcome))
                 }
                 None => {
                     tracing::error!(operation, "stored response cannot be replayed");
@@ -198,7 +235,8 @@ where
                 }
             }
         }
-        Err(ActionError::NotStored(response)) => Ok(response),
+        // Returned to this client, not stored: the handler ran.
+        Err(ActionError::NotStored(response)) => Ok(marked(response, HttpOutcome::Executed)),
         Err(ActionError::Service(e)) => Err(e),
         Err(ActionError::Idempotency(e)) => problem(match e.class() {
             ErrorClass::Conflict => Problem::KeyInFlight,
@@ -264,14 +302,18 @@ where
 
 async fn pass_through<I, ReqB, ResB>(
     mut inner: I,
-    request: Request<ReqB>,
+    mut request: Request<ReqB>,
 ) -> Result<Response<ResponseBody>, I::Error>
 where
     I: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    Ok(inner.call(request).await?.map(boxed))
+    request.extensions_mut().insert(HttpOutcome::Bypassed);
+    Ok(marked(
+        inner.call(request).await?.map(boxed),
+        HttpOutcome::Bypassed,
+    ))
 }
 
 #[cfg(feature = "axum")]

@@ -403,3 +403,27 @@ async fn the_outcome_is_a_field_of_the_calls_span() {
         ["executed", "replayed", "key_reuse", "conflict", "executed"]
     );
 }
+
+on_all!(a_call_sets_its_own_storage_failure_mode, |env| {
+    let open = env.coordinator(|b| b.on_storage_error(OnStorageError::Run));
+    let closed = env.coordinator(|b| b.on_storage_error(OnStorageError::Raise));
+    env.faults()
+        .claim
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let runs = Runs::default();
+    let err = open
+        .call("op", Some(&unique("storage-mode")))
+        .on_storage_error(OnStorageError::Raise)
+        .run(counted(&runs, Duration::ZERO, 1))
+        .await
+        .expect_err("this call fails closed");
+    assert!(err.is_storage(), "{err:?}");
+    assert_eq!(runs.get(), 0, "the action did not run");
+    let (_, outcome) = closed
+        .call("op", Some(&unique("storage-mode")))
+        .on_storage_error(OnStorageError::Run)
+        .run_with_outcome(counted(&runs, Duration::ZERO, 2))
+        .await
+        .expect("this call fails open");
+    assert_eq!((outcome, runs.get()), (Outcome::Unprotected, 1));
+});

@@ -8,4 +8,5 @@ mod behaviour;
 mod concurrency;
 mod conformance;
 mod faults;
+mod outcomes;
 mod storage;
