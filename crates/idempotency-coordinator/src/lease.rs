@@ -94,30 +94,42 @@ impl<S: ReservationStore> ReleaseGuard<S> {
     }
 }
 
+impl<S: ReservationStore> ReleaseGuard<S> {
+    /// Releases the reservation in a spawned task and disarms: for a call whose store
+    /// just failed, so the caller does not wait out another timeout for the release.
+    /// Fenced like every release: harmless if the failed write did land.
+    pub(crate) fn release_in_background(mut self) {
+        self.armed = false;
+        spawn_release(&self.inner, &self.lease, "the store failed; releasing in the background");
+    }
+}
+
 impl<S: ReservationStore> Drop for ReleaseGuard<S> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         // Cancelled mid-call. The release only deletes our own pending record, so it is
-        // harmless if a completion already landed. Without a runtime (shutdown) the lease
-        // simply expires.
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let inner = Arc::clone(&self.inner);
-        let lease = self.lease.clone();
-        handle.spawn(async move {
-            tracing::info!(
-                operation = lease.operation(),
-                "call cancelled; releasing its reservation"
-            );
-            if let Err(e) = inner.store.release(&lease).await {
-                inner
-                    .metrics
-                    .record_error(lease.operation(), ErrorType::StorageRelease);
-                tracing::warn!(error = %e, "could not release a cancelled call's reservation");
-            }
-        });
+        // harmless if a completion already landed.
+        spawn_release(&self.inner, &self.lease, "call cancelled; releasing its reservation");
     }
+}
+
+/// Releases `lease` in a spawned task. Without a runtime (shutdown) the lease simply
+/// expires.
+fn spawn_release<S: ReservationStore>(inner: &Arc<Inner<S>>, lease: &Lease, why: &'static str) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let inner = Arc::clone(inner);
+    let lease = lease.clone();
+    handle.spawn(async move {
+        tracing::info!(operation = lease.operation(), "{why}");
+        if let Err(e) = inner.store.release(&lease).await {
+            inner
+                .metrics
+                .record_error(lease.operation(), ErrorType::StorageRelease);
+            tracing::warn!(error = %e, "could not release the reservation; it expires with its lease");
+        }
+    });
 }

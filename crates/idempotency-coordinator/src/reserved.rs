@@ -42,6 +42,17 @@ enum Holding {
     Unconfirmed,
 }
 
+/// How the completion went.
+enum Completion {
+    /// A final record is under the key (ours, or a newer owner's that stands).
+    Written,
+    /// Nothing to write (an error not stored, a result that cannot be encoded, a record
+    /// that cannot be built): the reservation should go.
+    NothingToWrite,
+    /// The store failed: the reservation should go, without waiting on the store again.
+    StoreFailed,
+}
+
 /// What a finished action leaves under the key.
 enum Finish {
     /// Its result.
@@ -228,15 +239,22 @@ impl<S: ReservationStore> Coordinator<S> {
                 None => (Finish::Value(None), Err(Failed::Action(e))),
             },
         };
-        if !self.complete(lease, ttl, finish, lost, holding).await {
-            self.release(lease).await;
+        match self.complete(lease, ttl, finish, lost, holding).await {
+            Completion::Written => guard.disarm(),
+            Completion::NothingToWrite => {
+                // Awaited: a retry right after this call returns must find the key free.
+                self.release(lease).await;
+                guard.disarm();
+            }
+            // The store just failed: a release now would most likely wait out another
+            // command timeout on the caller's path. It goes in the background; a retry
+            // meanwhile finds the key still held (409 or a wait), never a second run.
+            Completion::StoreFailed => guard.release_in_background(),
         }
-        guard.disarm();
         outcome
     }
 
-    /// Stores the result over our reservation; `false` when nothing was stored and the
-    /// reservation should go.
+    /// Stores the result (or stored error) over our reservation.
     async fn complete(
         &self,
         lease: &Lease,
@@ -244,12 +262,12 @@ impl<S: ReservationStore> Coordinator<S> {
         finish: Finish,
         lost_already: bool,
         holding: Holding,
-    ) -> bool {
+    ) -> Completion {
         let inner = &self.inner;
         let operation = lease.operation();
         let started = Instant::now();
         let outcome = match finish {
-            Finish::Value(None) => return false,
+            Finish::Value(None) => return Completion::NothingToWrite,
             Finish::Value(Some(result)) => inner.store.complete(lease, &result, ttl).await,
             Finish::Error(error) => inner.store.complete_with_error(lease, &error, ttl).await,
         };
@@ -259,21 +277,25 @@ impl<S: ReservationStore> Coordinator<S> {
             started.elapsed().as_secs_f64(),
         );
         match outcome {
-            Ok(Fence::Held) => true,
+            Ok(Fence::Held) => Completion::Written,
             Ok(Fence::Lost) => {
                 // One loss, counted once per call (the renewal may have seen it first).
                 if holding == Holding::Lease && !lost_already {
                     inner.metrics.record_error(operation, ErrorType::LeaseLost);
                 }
                 tracing::warn!("the key holds another caller's record; it stands");
-                true
+                Completion::Written
             }
             Err(e) => {
                 inner
                     .metrics
                     .record_error(operation, ErrorType::StorageSave);
                 tracing::warn!(error = %e, "could not store the result");
-                false
+                if e.is_storage() {
+                    Completion::StoreFailed
+                } else {
+                    Completion::NothingToWrite
+                }
             }
         }
     }

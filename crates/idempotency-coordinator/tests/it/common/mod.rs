@@ -34,6 +34,8 @@ pub struct Faults {
     pub claim_stall: AtomicBool,
     /// How long a stalled claim reply takes, in ms (0: the 10 s default).
     pub claim_stall_ms: std::sync::atomic::AtomicU64,
+    /// How long every release takes before it is sent, in ms (0: no delay).
+    pub release_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 fn lost_reply(flag: &AtomicBool, operation: &str) -> Result<()> {
@@ -120,6 +122,10 @@ impl<S: ReservationStore> ReservationStore for Faulty<S> {
     }
     async fn release(&self, lease: &Lease) -> Result<Fence> {
         injected(&self.faults.release, lease.operation())?;
+        match self.faults.release_delay_ms.load(Ordering::SeqCst) {
+            0 => {}
+            ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
         self.inner.release(lease).await
     }
     async fn watch(&self, id: &RecordId) -> Result<S::Watch> {
