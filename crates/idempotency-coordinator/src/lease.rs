@@ -100,7 +100,11 @@ impl<S: ReservationStore> ReleaseGuard<S> {
     /// Fenced like every release: harmless if the failed write did land.
     pub(crate) fn release_in_background(mut self) {
         self.armed = false;
-        spawn_release(&self.inner, &self.lease, "the store failed; releasing in the background");
+        spawn_release(
+            &self.inner,
+            &self.lease,
+            "the store failed; releasing in the background",
+        );
     }
 }
 
@@ -111,7 +115,11 @@ impl<S: ReservationStore> Drop for ReleaseGuard<S> {
         }
         // Cancelled mid-call. The release only deletes our own pending record, so it is
         // harmless if a completion already landed.
-        spawn_release(&self.inner, &self.lease, "call cancelled; releasing its reservation");
+        spawn_release(
+            &self.inner,
+            &self.lease,
+            "call cancelled; releasing its reservation",
+        );
     }
 }
 

@@ -428,26 +428,29 @@ on_all!(a_call_sets_its_own_storage_failure_mode, |env| {
     assert_eq!((outcome, runs.get()), (Outcome::Unprotected, 1));
 });
 
-on_all!(a_failed_completion_releases_without_holding_up_the_caller, |env| {
-    let coordinator = env.coordinator(|b| b);
-    let faults = env.faults();
-    faults
-        .complete
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    // A release that takes 20 s stands for a store that times out again.
-    faults
-        .release_delay_ms
-        .store(20_000, std::sync::atomic::Ordering::SeqCst);
-    let started = std::time::Instant::now();
-    let value: u32 = coordinator
-        .call("op", Some(&unique("slow-release")))
-        .run(|| async { Ok::<_, IdempotencyError>(1) })
-        .await
-        .expect("the value, though it was not stored");
-    assert_eq!(value, 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the caller waited for the release: {:?}",
-        started.elapsed()
-    );
-});
+on_all!(
+    a_failed_completion_releases_without_holding_up_the_caller,
+    |env| {
+        let coordinator = env.coordinator(|b| b);
+        let faults = env.faults();
+        faults
+            .complete
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // A release that takes 20 s stands for a store that times out again.
+        faults
+            .release_delay_ms
+            .store(20_000, std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let value: u32 = coordinator
+            .call("op", Some(&unique("slow-release")))
+            .run(|| async { Ok::<_, IdempotencyError>(1) })
+            .await
+            .expect("the value, though it was not stored");
+        assert_eq!(value, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the caller waited for the release: {:?}",
+            started.elapsed()
+        );
+    }
+);
