@@ -1,24 +1,37 @@
-//! An HTTP service: `POST /orders` honours an `Idempotency-Key` header through the
-//! coordinator on Redis, and `GET /metrics` serves the Prometheus scrape.
+//! An HTTP service behind the `Idempotency-Key` layer: `POST /orders` creates an order at
+//! most once per key (a retry gets the stored response replayed, with
+//! `Idempotent-Replayed: true`), `GET /metrics` serves the Prometheus scrape.
+//!
+//! In memory by default; on Redis when `REDIS_URL` is set. Listens on `LISTEN` (default
+//! `127.0.0.1:3000`); stops on Ctrl-C or SIGTERM, finishing the requests in flight.
 //!
 //! ```text
+//! cargo run -p idempotency-examples-services --example http_service
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples-services --example http_service
-//! curl -s -XPOST -H 'Idempotency-Key: k1' -d '{"item":"book","quantity":2}' -H 'content-type: application/json' localhost:3000/orders
+//!
+//! curl -si -XPOST localhost:3000/orders -H 'Idempotency-Key: k1' -H 'x-account: ann' \
+//!      -H 'content-type: application/json' -d '{"item":"book","quantity":2}'
+//! # the same again: the same order, with Idempotent-Replayed: true
+//! # another body with the same key: 422; a duplicate while the first runs: 409
 //! curl -s localhost:3000/metrics | grep idempotency_
 //! ```
+//!
+//! `RUST_LOG=debug` shows each request's outcome (executed, replayed, conflict, …).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use idempotency_coordinator::{
-    Coordinator, IdempotencyError, IdempotencySettings, fingerprint_of, redis_coordinator,
+    Coordinator, IdempotencySettings, MemoryStore, ReservationStore, redis_coordinator,
 };
-use idempotency_redis::RedisStore;
+use idempotency_http::{HttpOutcome, IdempotencyLayer, KeyRequirement};
+use idempotency_metrics::PrometheusMetrics;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,70 +40,97 @@ struct NewOrder {
     quantity: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Order {
     order_id: u64,
     item: String,
     quantity: u32,
 }
 
-#[derive(Clone)]
-struct AppState {
-    coordinator: Coordinator<RedisStore>,
-    registry: prometheus::Registry,
-    next_id: Arc<AtomicU64>,
-}
-
-/// Library errors as HTTP answers: 400 invalid key, 409 in flight, 422 key reused, 503
-/// storage down (when failing closed).
-struct ApiError(IdempotencyError);
-
-impl From<IdempotencyError> for ApiError {
-    fn from(e: IdempotencyError) -> Self {
-        Self(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, self.0.to_string()).into_response()
-    }
-}
-
+/// The handler knows nothing of idempotency: the layer runs it at most once per key.
 async fn create_order(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(body): Json<NewOrder>,
-) -> Result<Json<Order>, ApiError> {
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    let order = state
-        .coordinator
-        .call("order.create", key)
-        .fingerprint(fingerprint_of(&body)?)
-        .run(|| async {
-            let order_id = state.next_id.fetch_add(1, Ordering::SeqCst) + 1;
-            Ok::<_, ApiError>(Order {
-                order_id,
-                item: body.item.clone(),
-                quantity: body.quantity,
-            })
-        })
-        .await?;
-    Ok(Json(order))
+    State(next_id): State<Arc<AtomicU64>>,
+    Json(order): Json<NewOrder>,
+) -> (StatusCode, Json<Order>) {
+    let order_id = next_id.fetch_add(1, Ordering::SeqCst) + 1;
+    (
+        StatusCode::CREATED,
+        Json(Order {
+            order_id,
+            item: order.item,
+            quantity: order.quantity,
+        }),
+    )
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<String, StatusCode> {
-    prometheus::TextEncoder::new()
-        .encode_to_string(&state.registry.gather())
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+/// Logs what the layer did with each request (its `HttpOutcome` response extension).
+async fn log_outcome(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(outcome) = response.extensions().get::<HttpOutcome>() {
+        tracing::debug!(path, %outcome, status = response.status().as_u16(), "request");
+    }
+    response
+}
+
+/// The routes behind the layer, on whichever store the coordinator has.
+fn app<S: ReservationStore>(
+    coordinator: Coordinator<S>,
+    registry: prometheus::Registry,
+) -> Result<Router, idempotency_coordinator::IdempotencyError> {
+    let idempotency = IdempotencyLayer::on(coordinator)
+        .with_key_requirement(KeyRequirement::Required)
+        // Keys are scoped per account, so one client can never replay another's order.
+        // (A real service takes the account from its authentication, not a header.)
+        .with_tenant(|parts| {
+            parts
+                .headers
+                .get("x-account")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .build()?;
+    let scrape = move || {
+        let registry = registry.clone();
+        async move {
+            prometheus::TextEncoder::new()
+                .encode_to_string(&registry.gather())
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    };
+    Ok(Router::new()
+        .route("/orders", post(create_order).layer(idempotency))
+        .with_state(Arc::new(AtomicU64::new(0)))
+        .route("/metrics", get(scrape))
+        .layer(axum::middleware::from_fn(log_outcome)))
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    println!("shutting down: finishing the requests in flight");
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Logs to stderr, filtered by `RUST_LOG` (default `warn`; `RUST_LOG=debug` shows the
-    // library's hits and misses).
+    // Logs to stderr, filtered by `RUST_LOG` (default `warn`).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,32 +138,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let settings = IdempotencySettings {
-        metrics_enabled: true,
-        key_prefix: "example:idempotency:".into(),
-        ..Default::default()
-    };
-    let registry = prometheus::Registry::new();
-    let client =
-        idempotency_redis::connect_client(&url, &idempotency_redis::ConnectOptions::default())
+    let (collector, registry) = PrometheusMetrics::with_own_registry(None)?;
+    let collector = collector.shared();
+    let (router, store) = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            let settings = IdempotencySettings {
+                metrics_enabled: true,
+                key_prefix: "example:idempotency:".into(),
+                ..Default::default()
+            };
+            let client = idempotency_redis::connect_client(
+                &url,
+                &idempotency_redis::ConnectOptions::default(),
+            )
             .await?;
-    let collector = idempotency_metrics::PrometheusMetrics::register(&registry, None)?.shared();
-    let coordinator = redis_coordinator(&settings, client, Some(collector))?;
-    let state = AppState {
-        coordinator,
-        registry,
-        next_id: Arc::new(AtomicU64::new(0)),
+            let coordinator = redis_coordinator(&settings, client, Some(collector))?;
+            (app(coordinator, registry)?, format!("Redis at {url}"))
+        }
+        Err(_) => {
+            let coordinator = Coordinator::builder(MemoryStore::new())
+                .metrics(collector)
+                .build()?;
+            (
+                app(coordinator, registry)?,
+                "in memory (set REDIS_URL for Redis)".to_owned(),
+            )
+        }
     };
-    let app = Router::new()
-        .route("/orders", post(create_order))
-        .route("/metrics", get(metrics))
-        .with_state(state);
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("listening on http://{addr} (Redis at {url})");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
+    println!("listening on http://{addr}, records {store}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown())
         .await?;
     Ok(())
 }
