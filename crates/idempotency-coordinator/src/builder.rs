@@ -11,6 +11,7 @@ use idempotency_core::{
 };
 
 use crate::coordinator::{Coordinator, Inner, WAIT_SAFETY_POLL};
+use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
 use crate::settings::IdempotencySettings;
 
@@ -31,7 +32,6 @@ use crate::settings::IdempotencySettings;
 /// # let _ = coordinator;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct CoordinatorBuilder<S> {
     store: S,
     policy: IdempotencyDomainService,
@@ -44,6 +44,19 @@ pub struct CoordinatorBuilder<S> {
     policy_given: bool,
     safety_poll: Duration,
     clock: Clock,
+    on_record_created: Option<Arc<RecordCreatedHook>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CoordinatorBuilder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorBuilder")
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .field("settings", &self.settings)
+            .field("lease", &self.lease)
+            .field("on_record_created", &self.on_record_created.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: ReservationStore> Coordinator<S> {
@@ -64,6 +77,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
             policy_given: false,
             safety_poll: WAIT_SAFETY_POLL,
             clock: Clock::system(),
+            on_record_created: None,
         }
     }
 
@@ -71,6 +85,36 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     #[must_use]
     pub fn metrics(mut self, metrics: Arc<dyn IdempotencyMetrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Calls `hook` whenever a call of this coordinator stores a record (see
+    /// [`RecordCreated`]).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// use std::sync::{Arc, Mutex};
+    /// use idempotency_coordinator::{Coordinator, MemoryStore};
+    ///
+    /// let created = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&created);
+    /// let coordinator = Coordinator::builder(MemoryStore::new())
+    ///     .on_record_created(move |r| seen.lock().unwrap().push(r.idempotency_key.to_owned()))
+    ///     .build()?;
+    /// let run = || async { Ok::<_, idempotency_core::IdempotencyError>(1u8) };
+    /// coordinator.call("op", Some("k-1")).run(run).await?;
+    /// coordinator.call("op", Some("k-1")).run(run).await?; // a replay stores nothing
+    /// assert_eq!(*created.lock().unwrap(), ["k-1"]);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn on_record_created(
+        mut self,
+        hook: impl Fn(&RecordCreated<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_record_created = Some(Arc::new(hook));
         self
     }
 
@@ -211,6 +255,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                 operation_ttls,
                 safety_poll: self.safety_poll,
                 clock: self.clock,
+                on_record_created: self.on_record_created,
             }),
         }
     }

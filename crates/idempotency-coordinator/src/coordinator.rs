@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use idempotency_core::{
     Clock, ErrorType, IdempotencyDomainService, IdempotencyError, IdempotencyMetrics,
-    IdempotencyRecord, RawValue, RecordId, ReservationStore, Result, ResultAdapter,
+    IdempotencyRecord, RawValue, RecordId, RecordStatus, ReservationStore, Result, ResultAdapter,
 };
 use tracing::Instrument;
 
 use crate::action::Action;
 use crate::error_policy::{ErrorPolicy, ReleaseOnError};
+use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
 use crate::outcome::Outcome;
 
@@ -135,6 +136,21 @@ pub(crate) struct Inner<S> {
     pub(crate) operation_ttls: HashMap<String, Duration>,
     pub(crate) safety_poll: Duration,
     pub(crate) clock: Clock,
+    pub(crate) on_record_created: Option<Arc<RecordCreatedHook>>,
+}
+
+impl<S> Inner<S> {
+    /// Tells the hook, if any, that `id`'s record was stored.
+    pub(crate) fn record_created(&self, id: &RecordId, status: RecordStatus, ttl: Duration) {
+        if let Some(hook) = &self.on_record_created {
+            hook(&RecordCreated {
+                operation: id.operation(),
+                idempotency_key: id.key(),
+                status,
+                ttl,
+            });
+        }
+    }
 }
 
 impl<S: ReservationStore> Coordinator<S> {

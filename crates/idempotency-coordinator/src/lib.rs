@@ -45,6 +45,7 @@ mod builder;
 mod call;
 mod coordinator;
 mod error_policy;
+mod hook;
 mod lease;
 mod modes;
 mod outcome;
@@ -64,6 +65,7 @@ pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
 // The facade: what a user of the coordinator needs, so an application depends on this
 // crate alone.
 pub use error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
+pub use hook::{RecordCreated, RecordCreatedHook};
 pub use idempotency_core::{
     Clock, ErrorClass, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRepository,
     JsonAdapter, LatencyMethod, MemoryStore, NoopMetrics, RecordId, RecordStatus, ReservationStore,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Claim, ErrorClass, ErrorType, Fence, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease,
-    RawValue, RecordId, ReservationStore, Result, ResultAdapter,
+    RawValue, RecordId, RecordStatus, ReservationStore, Result, ResultAdapter,
 };
 
 use crate::action::Action;
@@ -266,10 +266,16 @@ impl<S: ReservationStore> Coordinator<S> {
         let inner = &self.inner;
         let operation = lease.operation();
         let started = Instant::now();
-        let outcome = match finish {
+        let (outcome, status) = match finish {
             Finish::Value(None) => return Completion::NothingToWrite,
-            Finish::Value(Some(result)) => inner.store.complete(lease, &result, ttl).await,
-            Finish::Error(error) => inner.store.complete_with_error(lease, &error, ttl).await,
+            Finish::Value(Some(result)) => (
+                inner.store.complete(lease, &result, ttl).await,
+                RecordStatus::Completed,
+            ),
+            Finish::Error(error) => (
+                inner.store.complete_with_error(lease, &error, ttl).await,
+                RecordStatus::StoredError,
+            ),
         };
         inner.metrics.record_latency(
             operation,
@@ -277,7 +283,10 @@ impl<S: ReservationStore> Coordinator<S> {
             started.elapsed().as_secs_f64(),
         );
         match outcome {
-            Ok(Fence::Held) => Completion::Written,
+            Ok(Fence::Held) => {
+                inner.record_created(lease.id(), status, ttl);
+                Completion::Written
+            }
             Ok(Fence::Lost) => {
                 // One loss, counted once per call (the renewal may have seen it first).
                 if holding == Holding::Lease && !lost_already {

@@ -112,7 +112,10 @@ impl<S: ReservationStore> Coordinator<S> {
             started.elapsed().as_secs_f64(),
         );
         match written {
-            Ok(()) => None,
+            Ok(()) => {
+                inner.record_created(id, status, ttl);
+                None
+            }
             Err(e) if e.is_collision() => {
                 inner.metrics.record_collision(operation);
                 let winner = inner.store.get(id).await.ok().flatten()?;

@@ -454,3 +454,56 @@ on_all!(
         );
     }
 );
+
+on_all!(
+    the_record_created_hook_sees_each_stored_record_once,
+    |env| {
+        let created = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&created);
+        let coordinator = env.coordinator(|b| {
+            b.on_record_created(move |r| {
+                seen.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((r.idempotency_key.to_owned(), r.status, r.ttl));
+            })
+        });
+        let (ok, failed, unstored) = (unique("hook"), unique("hook"), unique("hook"));
+        let run = || async { Ok::<_, IdempotencyError>(1u32) };
+        coordinator
+            .call("op", Some(&ok))
+            .run(run)
+            .await
+            .expect("run");
+        coordinator
+            .call("op", Some(&ok))
+            .run(run)
+            .await
+            .expect("replay");
+        let _: Result<u64, ChargeError> = coordinator
+            .call("op", Some(&failed))
+            .ttl(Duration::from_secs(120))
+            .store_errors(|_: &ChargeError| true)
+            .run(|| async { Err(declined()) })
+            .await;
+        env.faults()
+            .complete
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        coordinator
+            .call("op", Some(&unstored))
+            .run(run)
+            .await
+            .expect("returned, not stored");
+        let created = created
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            created,
+            [
+                (ok, RecordStatus::Completed, Duration::from_secs(1800)),
+                (failed, RecordStatus::StoredError, Duration::from_secs(120)),
+            ],
+            "once per stored record; not for the replay nor the failed write"
+        );
+    }
+);
