@@ -26,6 +26,8 @@
 //!
 //! # Features
 //! - `tls`: `rediss://` URLs, through rustls (ring provider).
+//! - `local-cache`: [`cache::CachedStore`], a local cache of finished records invalidated
+//!   by the server (`CLIENT TRACKING`, RESP3).
 //!
 //! See `docs/redis.md` for the key layout, the scripts and their guarantees, cluster
 //! behaviour and failure modes.
@@ -33,6 +35,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
+#[cfg(feature = "local-cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
+pub mod cache;
 mod config;
 mod errors;
 mod keys;

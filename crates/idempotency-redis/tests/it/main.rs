@@ -4,6 +4,7 @@
 mod common;
 
 mod admin;
+mod cache;
 mod conformance;
 mod fleet_decode;
 mod hostile;

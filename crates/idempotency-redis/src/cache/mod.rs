@@ -1,0 +1,304 @@
+//! An opt-in local cache of finished records in front of a [`RedisStore`], invalidated
+//! by the server (feature `local-cache`).
+//!
+//! [`CachedStore`] wraps a store and implements the same traits, so a coordinator opts in
+//! by wrapping its store. Reads (`get`, `get_many`, and `claim` before it goes to Redis)
+//! are answered from memory when the cache holds a finished (completed or stored-error)
+//! record for the key; the coordinator checks the fingerprint of a cached record exactly
+//! as it does a stored one. Pending records and unreadable values are never cached.
+//!
+//! Invalidation: a dedicated RESP3 connection runs `CLIENT TRACKING ON BCAST PREFIX
+//! <key prefix>` on every master, so a write by any client (another process, the Python
+//! library, an operator) to a key under the prefix drops its entry. A dropped or
+//! re-made connection flushes the cache, and the cache is served only while a check on
+//! that connection succeeded less than [`CacheConfig::max_staleness`] ago. See
+//! `docs/redis.md` ("Local cache") for the design and what staleness remains.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), idempotency_core::IdempotencyError> {
+//! use idempotency_core::{IdempotencyRepository, RecordId};
+//! use idempotency_redis::cache::{CacheConfig, CachedStore};
+//! use idempotency_redis::{ConnectOptions, RedisStore};
+//!
+//! let store = RedisStore::connect("redis://127.0.0.1:6379", &ConnectOptions::default()).await?;
+//! let cached = CachedStore::new(store, CacheConfig::default()).await?;
+//! // Coordinator::builder(cached.clone()) …
+//! let found = cached.get(&RecordId::new("order.create", "k1")?).await?;
+//! println!("{found:?} {:?}", cached.stats());
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod entries;
+mod stats;
+mod tracking;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use idempotency_core::{
+    BulkRepository, Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository,
+    Lease, RawValue, RecordId, ReservationStore, Result, SaveManyOptions, validate_all,
+};
+
+pub use config::CacheConfig;
+pub use stats::CacheStats;
+
+use crate::store::RedisStore;
+use crate::wake::RedisWatch;
+use entries::{Entries, Ticket};
+use stats::Counters;
+
+/// A [`RedisStore`] with a local cache of finished records, invalidated by the server.
+///
+/// Cheap to clone; clones share the cache and its invalidation connection, which close
+/// when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct CachedStore {
+    store: RedisStore,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    entries: Arc<Entries>,
+    _tracker: tracking::Tracker,
+}
+
+impl CachedStore {
+    /// Wraps `store`: opens the invalidation connection (RESP3, with the store's
+    /// configuration), switches tracking on for the store's key prefix on every master,
+    /// and returns once the server confirmed it.
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Storage`] when the connection cannot be made or the server
+    /// refuses `CLIENT TRACKING` (Redis before 6.0, or an ACL without it).
+    pub async fn new(store: RedisStore, config: CacheConfig) -> Result<Self> {
+        let entries = Arc::new(Entries::new(&config));
+        let tracker = tracking::start(
+            store.connection().client(),
+            store.key_prefix(),
+            Arc::clone(&entries),
+            &config,
+        )
+        .await
+        .map_err(|e| IdempotencyError::storage(None, e))?;
+        Ok(Self {
+            store,
+            shared: Arc::new(Shared {
+                entries,
+                _tracker: tracker,
+            }),
+        })
+    }
+
+    /// The wrapped store (its writes bypass the local cache, but the server's
+    /// invalidation still reaches it).
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    /// The cache's counters now.
+    pub fn stats(&self) -> CacheStats {
+        let e = &self.shared.entries;
+        let c = &e.counters;
+        CacheStats {
+            local_hits: Counters::load(&c.hits),
+            local_misses: Counters::load(&c.misses),
+            fills: Counters::load(&c.fills),
+            fenced_fills: Counters::load(&c.fenced),
+            invalidations: Counters::load(&c.invalidations),
+            flushes: Counters::load(&c.flushes),
+            retracks: Counters::load(&c.retracks),
+            entries: e.len() as u64,
+            weight: e.weight(),
+            fresh: e.is_fresh(),
+        }
+    }
+
+    /// Drops every local entry.
+    pub fn clear(&self) {
+        self.shared.entries.flush();
+    }
+
+    fn entries(&self) -> &Entries {
+        &self.shared.entries
+    }
+
+    /// The cached record of `id`, counted as a local hit or miss.
+    fn local(&self, id: &RecordId) -> Option<IdempotencyRecord> {
+        let found = self.entries().get(id.as_str());
+        let counter = if found.is_some() {
+            &self.entries().counters.hits
+        } else {
+            &self.entries().counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Caches a record read under `ticket`, judged on the server's clock (nothing is
+    /// cached while the store has no fresh sample of it).
+    fn fill(&self, ticket: Ticket, id: &RecordId, record: &IdempotencyRecord) {
+        if record.is_pending() {
+            return;
+        }
+        if let Some(server_now) = self.store.inner.server_clock.estimate() {
+            self.entries()
+                .insert(ticket, id.as_str(), record, server_now);
+        }
+    }
+
+    fn invalidate(&self, id: &RecordId) {
+        self.entries().invalidate(id.as_str());
+    }
+}
+
+impl IdempotencyRepository for CachedStore {
+    async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
+        if let Some(record) = self.local(id) {
+            return Ok(Some(record));
+        }
+        let ticket = self.entries().ticket(id.as_str());
+        let found = self.store.get(id).await?;
+        if let Some(record) = &found {
+            self.fill(ticket, id, record);
+        }
+        Ok(found)
+    }
+
+    async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
+        let saved = self.store.save(record).await;
+        // After the write, whatever it returned: a read sent before it must not fill.
+        self.invalidate(&record.id());
+        saved
+    }
+
+    async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
+        let replaced = self.store.replace(record).await;
+        self.invalidate(&record.id());
+        replaced
+    }
+
+    async fn delete(&self, id: &RecordId) -> Result<bool> {
+        let deleted = self.store.delete(id).await;
+        self.invalidate(id);
+        deleted
+    }
+}
+
+impl BulkRepository for CachedStore {
+    async fn get_many<K: AsRef<str> + Sync>(
+        &self,
+        operation: &str,
+        keys: &[K],
+    ) -> Result<HashMap<String, IdempotencyRecord>> {
+        let ids = validate_all(operation, keys)?;
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut rest = Vec::new();
+        for id in ids {
+            match self.local(&id) {
+                Some(record) => {
+                    found.insert(id.key().to_owned(), record);
+                }
+                None => {
+                    let ticket = self.entries().ticket(id.as_str());
+                    rest.push((id, ticket));
+                }
+            }
+        }
+        if !found.is_empty() {
+            // The store's bulk series counts every hit, wherever it was answered from.
+            self.store
+                .inner
+                .metrics
+                .record_bulk_hit(operation.trim(), found.len() as u64);
+        }
+        if rest.is_empty() {
+            return Ok(found);
+        }
+        let keys: Vec<&str> = rest.iter().map(|(id, _)| id.key()).collect();
+        let read = self.store.get_many(operation, &keys).await?;
+        for (id, ticket) in &rest {
+            if let Some(record) = read.get(id.key()) {
+                self.fill(*ticket, id, record);
+            }
+        }
+        found.extend(read);
+        Ok(found)
+    }
+
+    async fn save_many(
+        &self,
+        records: &[IdempotencyRecord],
+        options: SaveManyOptions,
+    ) -> Result<()> {
+        let saved = self.store.save_many(records, options).await;
+        for record in records {
+            self.invalidate(&record.id());
+        }
+        saved
+    }
+
+    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
+        let ids = validate_all(operation, keys)?;
+        let deleted = self.store.delete_many(operation, keys).await;
+        for id in &ids {
+            self.invalidate(id);
+        }
+        deleted
+    }
+}
+
+impl ReservationStore for CachedStore {
+    type Watch = RedisWatch;
+
+    async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
+        let id = lease.id();
+        // A finished record under the key is what the claim would find (its `SET NX`
+        // writes nothing over it); the coordinator checks its fingerprint either way.
+        if let Some(record) = self.local(id) {
+            return Ok(Claim::Found(record));
+        }
+        let ticket = self.entries().ticket(id.as_str());
+        let claim = self.store.claim(lease, duration).await?;
+        if let Claim::Found(record) = &claim {
+            self.fill(ticket, id, record);
+        }
+        Ok(claim)
+    }
+
+    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+        let fence = self.store.complete(lease, result, ttl).await;
+        self.invalidate(lease.id());
+        fence
+    }
+
+    async fn complete_with_error(
+        &self,
+        lease: &Lease,
+        error: &RawValue,
+        ttl: Duration,
+    ) -> Result<Fence> {
+        let fence = self.store.complete_with_error(lease, error, ttl).await;
+        self.invalidate(lease.id());
+        fence
+    }
+
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
+        self.store.renew(lease, duration).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<Fence> {
+        let fence = self.store.release(lease).await;
+        self.invalidate(lease.id());
+        fence
+    }
+
+    async fn watch(&self, id: &RecordId) -> Result<RedisWatch> {
+        self.store.watch(id).await
+    }
+}

@@ -1,0 +1,53 @@
+//! Counters of the local cache, separate from the store's metrics (whose series match
+//! the Python library's and are left unchanged).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a [`CachedStore`](super::CachedStore)'s counters.
+///
+/// A local hit is a read (`get`, `claim`, `get_many`) answered from memory without a
+/// round trip; the coordinator still counts it as a hit in its own series, so
+/// `local_hits` is the share of those hits that cost no round trip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Reads answered from the local cache.
+    pub local_hits: u64,
+    /// Reads that went to Redis.
+    pub local_misses: u64,
+    /// Finished records put into the cache.
+    pub fills: u64,
+    /// Fills dropped because an invalidation or flush came after their read was sent.
+    pub fenced_fills: u64,
+    /// Keys invalidated by the server.
+    pub invalidations: u64,
+    /// Whole-cache flushes (connection loss, lagging invalidations, re-tracking).
+    pub flushes: u64,
+    /// Times tracking was switched on again on the servers (after a reconnect or a
+    /// failed liveness check).
+    pub retracks: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Weight held now: the estimated bytes of the entries, each counted at least
+    /// `max_bytes / max_entries`.
+    pub weight: u64,
+    /// Whether the cache is being served now.
+    pub fresh: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) fills: AtomicU64,
+    pub(crate) fenced: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) retracks: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn load(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,357 @@
+//! The invalidation connection: a RESP3 client with `CLIENT TRACKING ON BCAST PREFIX
+//! <key prefix>` on every master, a task that applies the server's invalidations to the
+//! local entries, and a liveness check that keeps the cache served only while tracking
+//! demonstrably works.
+//!
+//! Why broadcast mode: in the default mode Redis remembers only keys this very connection
+//! read with read-only commands; the store's claim is `SET … NX GET` (a write, on another
+//! connection) and its reads go through the command connection too, so nothing would be
+//! tracked without a second read per fill. Broadcast by prefix needs no read on the
+//! tracking connection and no tracking table on the server, and covers every writer
+//! (another process, the Python library, an operator's `DEL`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::interfaces::{ClientInterface, ClusterInterface, EventInterface, TrackingInterface};
+use fred::prelude::{Builder, Client, ClientLike, ReconnectPolicy, Value};
+use fred::types::RespVersion;
+use fred::types::cluster::ClusterRouting;
+use fred::types::config::{Options, Server};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
+
+use super::CacheConfig;
+use super::entries::Entries;
+
+/// How many invalidation messages fred buffers for the task before it lags (a lag
+/// flushes the whole cache).
+const INVALIDATION_BUFFER: usize = 8192;
+
+/// The running tracker; stops its tasks and closes its connection when dropped.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    client: Client,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            handle.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+/// One liveness check's outcome, sent by the heartbeat task to the invalidation task.
+struct Beat {
+    /// When the check was sent (after tracking was switched on, if it was).
+    sent: Instant,
+    /// Every master answered that this connection tracks in broadcast mode.
+    ok: bool,
+    /// Tracking was switched on again before the check.
+    retracked: bool,
+}
+
+/// Builds the tracking client from the store's client configuration (same servers,
+/// credentials, TLS, sentinel), switches tracking on and waits for the first successful
+/// check, then leaves the tasks running.
+pub(crate) async fn start(
+    source: &Client,
+    prefix: &str,
+    entries: Arc<Entries>,
+    config: &CacheConfig,
+) -> fred::prelude::FredResult<Tracker> {
+    let mut client_config = source.client_config();
+    client_config.version = RespVersion::RESP3;
+    let mut perf = source.perf_config();
+    perf.broadcast_channel_capacity = INVALIDATION_BUFFER;
+    let mut builder = Builder::from_config(client_config);
+    builder
+        .set_connection_config(source.connection_config().clone())
+        .set_performance_config(perf)
+        .set_policy(
+            source
+                .client_reconnect_policy()
+                .unwrap_or_else(|| ReconnectPolicy::new_exponential(0, 50, 2000, 2)),
+        );
+    let client = builder.build()?;
+    // Subscribed before tracking is switched on: no invalidation can be missed.
+    let invalidations = client.invalidation_rx();
+    let mut reconnects = client.reconnect_rx();
+    let mut cluster_changes = client.cluster_change_rx();
+    client.init().await?;
+    let check = Check {
+        client: client.clone(),
+        prefix: prefix.to_owned(),
+        timeout: config.max_staleness.max(Duration::from_millis(100)),
+        retrack: Arc::new(AtomicBool::new(true)),
+    };
+    // The first check switches tracking on; the cache is served only after it.
+    let first = check.run().await;
+    if !first.ok {
+        let _ = client.quit().await;
+        return Err(fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "CLIENT TRACKING could not be switched on",
+        ));
+    }
+    // The connections made while starting announced themselves; the check above ran on
+    // them (and verified tracking on each), so those events are no loss.
+    while reconnects.try_recv().is_ok() {}
+    while cluster_changes.try_recv().is_ok() {}
+    entries.flush();
+    entries.fresh_until(first.sent, config.max_staleness);
+    let (beats_tx, beats) = mpsc::channel(4);
+    let heartbeat = tokio::spawn(heartbeat(check.clone(), config.heartbeat(), beats_tx));
+    let apply = tokio::spawn(apply(
+        Applier {
+            entries,
+            prefix: prefix.as_bytes().to_vec(),
+            staleness: config.max_staleness,
+            retrack: Arc::clone(&check.retrack),
+        },
+        invalidations,
+        reconnects,
+        cluster_changes,
+        beats,
+    ));
+    Ok(Tracker {
+        client,
+        tasks: vec![heartbeat, apply],
+    })
+}
+
+/// The liveness check: per master, `CLIENT TRACKINGINFO` must show broadcast mode on
+/// this connection (a connection fred re-made after a drop shows it off).
+#[derive(Clone)]
+struct Check {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    /// Set when tracking must be switched on again before the next check.
+    retrack: Arc<AtomicBool>,
+}
+
+impl Check {
+    /// The servers to track on: every master of a cluster, or the one server.
+    fn servers(&self) -> Option<Vec<Server>> {
+        if self.client.is_clustered() {
+            self.client
+                .cached_cluster_state()
+                .as_ref()
+                .map(ClusterRouting::unique_primary_nodes)
+                .filter(|nodes| !nodes.is_empty())
+        } else {
+            Some(Vec::new())
+        }
+    }
+
+    fn on(&self, server: Option<&Server>) -> fred::clients::WithOptions<Client> {
+        self.client.with_options(&Options {
+            cluster_node: server.cloned(),
+            timeout: Some(self.timeout),
+            max_attempts: Some(1),
+            ..Options::default()
+        })
+    }
+
+    async fn run(&self) -> Beat {
+        let retracked = self.retrack.swap(false, Ordering::AcqRel);
+        let beat = |sent, ok| Beat {
+            sent,
+            ok,
+            retracked,
+        };
+        let Some(servers) = self.servers() else {
+            self.retrack.store(true, Ordering::Release);
+            return beat(Instant::now(), false);
+        };
+        let targets: Vec<Option<&Server>> = if servers.is_empty() {
+            vec![None]
+        } else {
+            servers.iter().map(Some).collect()
+        };
+        if retracked {
+            let switched = futures::future::join_all(targets.iter().map(|s| async {
+                let node = self.on(*s);
+                // Off first: switching broadcast on over an earlier broadcast registration
+                // is refused by some servers; a fresh connection answers OK either way.
+                let _ = node
+                    .client_tracking::<Value, _, _>(
+                        "OFF",
+                        None,
+                        Vec::<String>::new(),
+                        false,
+                        false,
+                        false,
+                        false,
+                    )
+                    .await;
+                node.client_tracking::<Value, _, _>(
+                    "ON",
+                    None,
+                    self.prefix.as_str(),
+                    true,
+                    false,
+                    false,
+                    false,
+                )
+                .await
+            }))
+            .await;
+            if let Some(e) = switched.into_iter().find_map(Result::err) {
+                tracing::debug!(error = %e, "switching CLIENT TRACKING on failed; the local cache is not served");
+                self.retrack.store(true, Ordering::Release);
+                return beat(Instant::now(), false);
+            }
+        }
+        let sent = Instant::now();
+        let infos = futures::future::join_all(
+            targets
+                .iter()
+                .map(|s| async { self.on(*s).client_trackinginfo::<Value>().await }),
+        )
+        .await;
+        let ok = infos
+            .iter()
+            .all(|info| info.as_ref().is_ok_and(broadcasting));
+        if !ok {
+            self.retrack.store(true, Ordering::Release);
+        }
+        beat(sent, ok)
+    }
+}
+
+/// Whether a `CLIENT TRACKINGINFO` reply lists the `bcast` flag.
+fn broadcasting(info: &Value) -> bool {
+    let flags = match info {
+        Value::Map(map) => map
+            .iter()
+            .find(|(k, _)| k.as_str().is_some_and(|k| k == "flags"))
+            .map(|(_, v)| v.clone()),
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|kv| {
+                kv.first()
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k == "flags")
+            })
+            .and_then(|kv| kv.get(1).cloned()),
+        _ => None,
+    };
+    match flags {
+        Some(Value::Array(flags)) => flags
+            .iter()
+            .any(|f| f.as_str().is_some_and(|f| f == "bcast")),
+        _ => false,
+    }
+}
+
+async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if beats.send(check.run().await).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Applier {
+    entries: Arc<Entries>,
+    prefix: Vec<u8>,
+    staleness: Duration,
+    retrack: Arc<AtomicBool>,
+}
+
+impl Applier {
+    fn invalidate(&self, invalidation: &fred::types::client::Invalidation) {
+        for key in &invalidation.keys {
+            let Some(id) = key
+                .as_bytes()
+                .strip_prefix(self.prefix.as_slice())
+                .and_then(|id| std::str::from_utf8(id).ok())
+            else {
+                continue;
+            };
+            self.entries.invalidate(id);
+            self.entries
+                .counters
+                .invalidations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The connection was lost or may have been: stop serving, drop everything, and
+    /// switch tracking on again at the next check.
+    fn lost(&self) {
+        self.entries.unfresh();
+        self.retrack.store(true, Ordering::Release);
+        self.entries.flush();
+    }
+}
+
+async fn apply(
+    applier: Applier,
+    mut invalidations: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+    mut reconnects: tokio::sync::broadcast::Receiver<Server>,
+    mut cluster_changes: tokio::sync::broadcast::Receiver<Vec<fred::types::ClusterStateChange>>,
+    mut beats: mpsc::Receiver<Beat>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            message = invalidations.recv() => match message {
+                Ok(invalidation) => applier.invalidate(&invalidation),
+                // Some invalidations were dropped: nothing cached can be trusted.
+                Err(RecvError::Lagged(_)) => applier.entries.flush(),
+                Err(RecvError::Closed) => {
+                    applier.entries.unfresh();
+                    applier.entries.flush();
+                    return;
+                }
+            },
+            // A connection was re-made (tracking is off on it) or the cluster changed:
+            // invalidations may have been lost.
+            Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv() => applier.lost(),
+            Ok(_) | Err(RecvError::Lagged(_)) = cluster_changes.recv() => applier.lost(),
+            beat = beats.recv() => {
+                let Some(beat) = beat else { return };
+                // Invariant (freshness): the check's answer came after every invalidation
+                // the server sent before it, on the same connection, and fred queued those
+                // before it completed the answer: apply them all before serving again.
+                loop {
+                    match invalidations.try_recv() {
+                        Ok(invalidation) => applier.invalidate(&invalidation),
+                        Err(TryRecvError::Lagged(_)) => applier.entries.flush(),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+                if !beat.ok {
+                    applier.lost();
+                    continue;
+                }
+                if beat.retracked {
+                    // Tracking was off for a while: whatever was cached may be stale.
+                    applier.entries.counters.retracks.fetch_add(1, Ordering::Relaxed);
+                    applier.entries.flush();
+                }
+                if applier.retrack.load(Ordering::Acquire) {
+                    // A loss was seen after this check was sent: wait for the re-tracking.
+                    continue;
+                }
+                applier.entries.fresh_until(beat.sent, applier.staleness);
+            }
+        }
+    }
+}
