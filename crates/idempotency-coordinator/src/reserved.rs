@@ -287,8 +287,20 @@ impl<S: ReservationStore> Coordinator<S> {
                 inner.record_created(lease.id(), status, ttl);
                 Completion::Written
             }
-            Ok(Fence::Lost) => {
-                // One loss, counted once per call (the renewal may have seen it first).
+            Ok(Fence::Vacated) => {
+                // Our reservation was gone when the result was written (it expired while
+                // the action ran, or was removed): a duplicate may have run and given the
+                // key up meanwhile, so this is a lost lease, counted once per call, though
+                // our record now stands.
+                if holding == Holding::Lease && !lost_already {
+                    inner.metrics.record_error(operation, ErrorType::LeaseLost);
+                    tracing::warn!("the reservation was gone when the result was stored; a duplicate may have run");
+                }
+                inner.record_created(lease.id(), status, ttl);
+                Completion::Written
+            }
+            Ok(_) => {
+                // Lost: one loss, counted once per call (the renewal may have seen it first).
                 if holding == Holding::Lease && !lost_already {
                     inner.metrics.record_error(operation, ErrorType::LeaseLost);
                 }

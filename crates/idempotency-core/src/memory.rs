@@ -112,16 +112,14 @@ impl MemoryStore {
     fn finish(&self, lease: &Lease, record: IdempotencyRecord, ttl: Duration) -> Fence {
         let mut state = self.lock();
         // Invariant: the owner check and the write happen under one lock (the fence).
-        let ours = match state.live(lease.id(), Instant::now()) {
-            None => true,
-            Some(e) => holds_lease(&e.record, lease.token()),
+        let fence = match state.live(lease.id(), Instant::now()) {
+            None => Fence::Vacated,
+            Some(e) if holds_lease(&e.record, lease.token()) => Fence::Held,
+            Some(_) => return Fence::Lost,
         };
-        if !ours {
-            return Fence::Lost;
-        }
         state.insert(lease.id().clone(), record, ttl);
         state.wake(lease.id());
-        Fence::Held
+        fence
     }
 
     /// An empty store.

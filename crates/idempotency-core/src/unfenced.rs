@@ -118,12 +118,13 @@ impl<R: IdempotencyRepository> Unfenced<R> {
     /// Writes a final record unless another caller's record holds the key (checked, then
     /// written: not atomic, the reason this wrapper is unfenced).
     async fn finish(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
-        let current = self.inner.get(lease.id()).await?;
-        if current.is_some_and(|r| !holds_lease(&r, lease.token())) {
-            return Ok(Fence::Lost);
-        }
+        let fence = match self.inner.get(lease.id()).await? {
+            None => Fence::Vacated,
+            Some(r) if holds_lease(&r, lease.token()) => Fence::Held,
+            Some(_) => return Ok(Fence::Lost),
+        };
         self.inner.replace(record).await?;
-        Ok(Fence::Held)
+        Ok(fence)
     }
 }
 

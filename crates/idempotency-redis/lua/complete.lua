@@ -3,8 +3,11 @@
 -- a record, so nobody holds the key through them). A re-sent call that finds exactly the
 -- record it writes has already succeeded.
 -- KEYS[1] record key; ARGV[1] owner token; ARGV[2] completed JSON; ARGV[3] TTL ms.
--- Returns 1 when written (or already written by this very call), 0 when the key holds
--- something else (another owner's reservation, a completed record, other JSON).
+-- Returns 1 when written over our reservation (or already written by this very call),
+-- 2 when written though our reservation was gone (the key was empty or held bytes that
+-- are not JSON: the lease was lost meanwhile, so a duplicate may have run), 0 when the
+-- key holds something else (another owner's reservation, a completed record, other JSON).
+local written = 2
 local current = redis.call('GET', KEYS[1])
 if current then
   if current == ARGV[2] then
@@ -13,9 +16,12 @@ if current then
   -- The owner check is exact: the stored value must decode to a pending record whose
   -- owner field is our token; text inside the result never counts.
   local ok, record = pcall(cjson.decode, current)
-  if ok and (type(record) ~= 'table' or record['status'] ~= 'pending'
-      or record['owner'] ~= ARGV[1]) then
-    return 0
+  if ok then
+    if type(record) ~= 'table' or record['status'] ~= 'pending'
+        or record['owner'] ~= ARGV[1] then
+      return 0
+    end
+    written = 1
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -23,4 +29,4 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if type(redis.pcall('SPUBLISH', KEYS[1], 'c')) == 'table' then
   redis.pcall('PUBLISH', KEYS[1], 'c')
 end
-return 1
+return written

@@ -25,11 +25,13 @@ use crate::wake::RedisWatch;
 /// another writer to plant a new unreadable value between our read and our script.
 const TAKEOVER_ROUNDS: usize = 3;
 
+/// A fenced script's reply: 1 written over our reservation, 2 (`complete.lua` only)
+/// written though our reservation was gone, anything else nothing written.
 fn fence(value: &Value) -> Fence {
-    if value.as_i64() == Some(1) {
-        Fence::Held
-    } else {
-        Fence::Lost
+    match value.as_i64() {
+        Some(1) => Fence::Held,
+        Some(2) => Fence::Vacated,
+        _ => Fence::Lost,
     }
 }
 

@@ -232,7 +232,8 @@ pub async fn complete_writes_into_an_empty_key<S: ReservationStore>(store: &S) {
             .complete(&lease, &raw("5"), TTL)
             .await
             .expect("complete"),
-        Fence::Held
+        Fence::Vacated,
+        "written, and reported as written without our reservation (a lost lease)"
     );
     let record = store.get(&id).await.expect("get").expect("written");
     assert_eq!(record.result().get(), "5");

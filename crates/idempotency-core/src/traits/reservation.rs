@@ -281,12 +281,18 @@ pub enum Claim {
 
 /// Whether a fenced write found our reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fence {
-    /// It was ours (or, for `complete`, the key was empty or already held exactly our
-    /// completed record) and the write was made.
+    /// It was ours (or, for `complete`, the key already held exactly our completed
+    /// record: a re-sent completion) and the write was made.
     Held,
     /// Another owner's record (or a completed one) is there; nothing was written.
     Lost,
+    /// `complete` only: our reservation was gone (it expired, was removed, or was
+    /// overwritten by bytes no client can read) and nobody else's record was there, so
+    /// the write was made. The lease was lost while the action ran: a duplicate may have
+    /// run and given the key up meanwhile, so callers count it as a lost lease.
+    Vacated,
 }
 
 /// A subscription to changes of one key, made by [`ReservationStore::watch`].
