@@ -162,8 +162,10 @@ impl<S: ReservationStore> Coordinator<S> {
                         .record_error(operation, ErrorType::StorageReserve);
                     tracing::warn!(error = %e, "idempotency storage failed before the action");
                     return match flow.on_storage_error {
-                        OnStorageError::Raise => Err(e),
-                        OnStorageError::Run => Ok(Claimed::Unconfirmed),
+                        // A waiter has seen a live holder: running now would run next to
+                        // it. Only a call that never found the key held fails open.
+                        OnStorageError::Run if waiter.is_none() => Ok(Claimed::Unconfirmed),
+                        OnStorageError::Run | OnStorageError::Raise => Err(e),
                     };
                 }
                 Err(e) => {

@@ -17,7 +17,8 @@ enum Watching<W> {
 
 /// One caller waiting for the holder of a key, for at most a lease.
 pub(crate) struct Waiter<W> {
-    deadline: Instant,
+    /// `None` when the patience is beyond what the clock can represent: no deadline.
+    deadline: Option<Instant>,
     watching: Watching<W>,
 }
 
@@ -25,9 +26,9 @@ impl<W: KeyWatch> Waiter<W> {
     /// Starts waiting now, for at most `patience`.
     pub(crate) fn new(patience: Duration) -> Self {
         Self {
-            deadline: Instant::now()
-                .checked_add(patience)
-                .unwrap_or_else(Instant::now),
+            // A patience the clock cannot add (`Duration::MAX`) waits as long as it takes,
+            // never not at all.
+            deadline: Instant::now().checked_add(patience),
             watching: Watching::NotYet,
         }
     }
@@ -38,11 +39,16 @@ impl<W: KeyWatch> Waiter<W> {
     where
         S: ReservationStore<Watch = W>,
     {
-        let now = Instant::now();
-        if now >= self.deadline {
-            return false;
-        }
-        let budget = (self.deadline - now).min(poll);
+        let budget = match self.deadline {
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                (deadline - now).min(poll)
+            }
+            None => poll,
+        };
         match &mut self.watching {
             Watching::NotYet => {
                 // Boxed: subscribing is the rare path and would grow every call's future.
