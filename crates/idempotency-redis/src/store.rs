@@ -258,6 +258,20 @@ impl RedisStore {
         };
         let record = self.decode(id, bytes)?;
         let server_now = self.inner.server_clock.now(self.client()).await;
+        self.judge_found(id, redis_key, bytes, record, server_now)
+            .await
+    }
+
+    /// The found record, or `None` when it has expired by `server_now` (the server's
+    /// clock, or the local one when no sample exists: then nothing is deleted).
+    pub(crate) async fn judge_found(
+        &self,
+        id: &RecordId,
+        redis_key: &str,
+        bytes: &[u8],
+        record: IdempotencyRecord,
+        server_now: Option<time::OffsetDateTime>,
+    ) -> Result<Option<IdempotencyRecord>> {
         let now = server_now.unwrap_or_else(time::OffsetDateTime::now_utc);
         if !record.is_expired_at(now) {
             return Ok(Some(record));
@@ -416,6 +430,8 @@ impl BulkRepository for RedisStore {
             .await;
         let mut found = HashMap::with_capacity(ids.len());
         let (mut hits, mut misses) = (0u64, 0u64);
+        // One reading of the server's clock for the whole batch.
+        let server_now = self.inner.server_clock.now(self.client()).await;
         for (idx, reply) in replies {
             let values = match reply.map_err(|e| self.fail(operation, e))? {
                 Value::Array(values) => values,
@@ -423,7 +439,15 @@ impl BulkRepository for RedisStore {
             };
             for (i, value) in idx.into_iter().zip(values) {
                 let id = &ids[i];
-                match self.decode_found(id, &redis_keys[i], value).await? {
+                let decoded = match value.as_bytes() {
+                    Some(bytes) => {
+                        let record = self.decode(id, bytes)?;
+                        self.judge_found(id, &redis_keys[i], bytes, record, server_now)
+                            .await?
+                    }
+                    None => self.decode_found(id, &redis_keys[i], value).await?,
+                };
+                match decoded {
                     Some(record) => {
                         hits += 1;
                         found.insert(id.key().to_owned(), record);
