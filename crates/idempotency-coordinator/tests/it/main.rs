@@ -14,6 +14,7 @@ mod mixed_fleet;
 mod outcomes;
 mod protocol_v2;
 mod review_v2;
+mod review_v3;
 mod security;
 mod sentinel;
 mod settings;
