@@ -999,3 +999,52 @@ on_all!(
         assert_eq!(runs.get(), 1);
     }
 );
+
+// A detached call dropped while its action runs (a client gone): the action finishes in
+// the task and its result, or its stored error, answers every retry; nothing runs twice.
+on_all!(a_dropped_detached_call_still_stores_its_answer, |env| {
+    let (coordinator, _gate) = gated(&env, Duration::from_secs(30), None);
+    for answer in [Ok(11), Err(Charge::Declined)] {
+        let key = unique("detached-drop");
+        let runs = Runs::default();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let detached = {
+            let runs = runs.clone();
+            let answer = answer.clone();
+            coordinator
+                .call("op", Some(&key))
+                .store_errors(store_declines)
+                .run_detached(move || async move {
+                    runs.tick();
+                    let _ = started_tx.send(());
+                    let _ = go_rx.await;
+                    answer
+                })
+        };
+        tokio::select! {
+            early = detached => panic!("finished before its action was let go: {early:?}"),
+            started = started_rx => started.expect("the action started"),
+        }
+        // The caller's future is gone; the action is let go now.
+        go_tx.send(()).expect("the action still waits");
+        let retry = tokio::time::timeout(
+            DEADLINE,
+            coordinator
+                .call("op", Some(&key))
+                .store_errors(store_declines)
+                .max_wait(DEADLINE)
+                .run_with_outcome(counted_charge(&runs)),
+        )
+        .await
+        .expect("in time");
+        match &answer {
+            Ok(v) => assert!(
+                matches!(retry, Ok((got, Outcome::Replayed | Outcome::WaitedThenReplayed)) if got == *v),
+                "{retry:?}"
+            ),
+            Err(e) => assert_eq!(retry, Err(e.clone())),
+        }
+        assert_eq!(runs.get(), 1, "the retry ran the action again");
+    }
+});
