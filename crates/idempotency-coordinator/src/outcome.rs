@@ -9,7 +9,8 @@ use std::fmt;
 /// [`IdempotencyError::InProgress`](idempotency_core::IdempotencyError::InProgress), a key
 /// reuse [`IdempotencyError::KeyReuse`](idempotency_core::IdempotencyError::KeyReuse), and
 /// both are also recorded on the span (`conflict`, `key_reuse`), as is a replayed stored
-/// error (`replayed`).
+/// error (`replayed`, whether or not the call waited for it). An action error that is
+/// not stored records no outcome.
 ///
 /// # Examples
 /// ```
@@ -27,7 +28,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// The key was free: this call ran the action (and stored its result).
+    /// The key was free: this call ran the action. Its result was stored unless the
+    /// store failed or the lease was lost meanwhile (both counted in the metrics).
     Executed,
     /// A completed record was there: its stored value was returned; nothing ran.
     Replayed,
