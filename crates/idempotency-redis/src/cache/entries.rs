@@ -111,7 +111,11 @@ impl Entries {
 
     /// Whether the cache may be served now (see the freshness invariant).
     pub(crate) fn is_fresh(&self) -> bool {
-        let now = self.base.elapsed().as_nanos() as u64;
+        self.is_fresh_at(Instant::now())
+    }
+
+    fn is_fresh_at(&self, now: Instant) -> bool {
+        let now = now.saturating_duration_since(self.base).as_nanos() as u64;
         now < self.fresh_until.load(Ordering::Acquire)
     }
 
@@ -130,11 +134,12 @@ impl Entries {
 
     /// The cached record of `id` (the `operation:key` text), if it is fresh and alive.
     pub(crate) fn get(&self, id: &str) -> Option<IdempotencyRecord> {
-        if !self.is_fresh() {
+        let now = Instant::now();
+        if !self.is_fresh_at(now) {
             return None;
         }
         let entry = self.map.get(id)?;
-        if entry.deadline <= Instant::now() {
+        if entry.deadline <= now {
             // Only this very entry: a newer one filled meanwhile stays.
             self.map.remove_if(id, |e| Arc::ptr_eq(e, &entry));
             return None;

@@ -36,7 +36,6 @@ mod tracking;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use idempotency_core::{
@@ -106,8 +105,8 @@ impl CachedStore {
         let e = &self.shared.entries;
         let c = &e.counters;
         CacheStats {
-            local_hits: Counters::load(&c.hits),
-            local_misses: Counters::load(&c.misses),
+            local_hits: c.hits.sum(),
+            local_misses: c.misses.sum(),
             fills: Counters::load(&c.fills),
             fenced_fills: Counters::load(&c.fenced),
             invalidations: Counters::load(&c.invalidations),
@@ -136,7 +135,7 @@ impl CachedStore {
         } else {
             &self.entries().counters.misses
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.add();
         found
     }
 

@@ -35,10 +35,40 @@ pub struct CacheStats {
     pub fresh: bool,
 }
 
+/// A counter bumped on every read: one cache line per stripe, threads spread over the
+/// stripes, so concurrent hits on several cores do not fight over one line.
+#[derive(Debug, Default)]
+pub(crate) struct Striped([Padded; 16]);
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    pub(crate) fn add(&self) {
+        use std::cell::Cell;
+        thread_local! {
+            static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let stripe = STRIPE.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT.fetch_add(1, Ordering::Relaxed) as usize % 16);
+            }
+            s.get()
+        });
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
+    pub(crate) hits: Striped,
+    pub(crate) misses: Striped,
     pub(crate) fills: AtomicU64,
     pub(crate) fenced: AtomicU64,
     pub(crate) invalidations: AtomicU64,
