@@ -239,3 +239,111 @@ impl Entries {
         self.map.weight()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use idempotency_core::{Clock, IdempotencyDomainService, IdempotencyRecord, Lease, RecordId};
+    use time::OffsetDateTime;
+
+    use super::{CacheConfig, Entries};
+
+    fn record(key: &str) -> IdempotencyRecord {
+        IdempotencyDomainService::default()
+            .create_record("op", key, &1)
+            .expect("record")
+    }
+
+    fn fresh(config: &CacheConfig) -> Entries {
+        let entries = Entries::new(config);
+        entries.fresh_until(std::time::Instant::now(), Duration::from_secs(600));
+        entries
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn a_fill_read_before_an_invalidation_of_its_key_is_dropped() {
+        let entries = fresh(&CacheConfig::default());
+        let ticket = entries.ticket("op:a");
+        let other = entries.ticket("op:b");
+        entries.invalidate("op:a");
+        entries.insert(ticket, "op:a", &record("a"), now());
+        assert!(entries.get("op:a").is_none());
+        // A key of another stripe is not fenced by it.
+        assert_ne!(Entries::stripe("op:a"), Entries::stripe("op:b"));
+        entries.insert(other, "op:b", &record("b"), now());
+        assert!(entries.get("op:b").is_some());
+        // A ticket taken after the invalidation fills.
+        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
+        assert!(entries.get("op:a").is_some());
+    }
+
+    #[test]
+    fn a_flush_fences_every_earlier_read_and_empties_the_map() {
+        let entries = fresh(&CacheConfig::default());
+        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
+        let ticket = entries.ticket("op:b");
+        entries.flush();
+        entries.insert(ticket, "op:b", &record("b"), now());
+        assert_eq!(entries.len(), 0);
+        assert!(entries.get("op:a").is_none());
+    }
+
+    #[test]
+    fn nothing_is_served_or_filled_while_not_fresh() {
+        let entries = fresh(&CacheConfig::default());
+        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
+        entries.unfresh();
+        assert!(entries.get("op:a").is_none());
+        entries.insert(entries.ticket("op:b"), "op:b", &record("b"), now());
+        entries.fresh_until(std::time::Instant::now(), Duration::from_secs(600));
+        assert!(entries.get("op:b").is_none());
+        assert!(entries.get("op:a").is_some());
+    }
+
+    #[test]
+    fn pending_and_expired_records_are_never_filled() {
+        let entries = fresh(&CacheConfig::default());
+        let lease = Lease::new(RecordId::new("op", "p").expect("id"), None, Clock::system());
+        let pending = lease
+            .pending_record(Duration::from_secs(30))
+            .expect("pending");
+        entries.insert(entries.ticket("op:p"), "op:p", &pending, now());
+        assert_eq!(entries.len(), 0);
+        // Past its `expires_at` on the server's clock (an hour ahead of ours).
+        let late = now() + time::Duration::hours(1);
+        entries.insert(entries.ticket("op:e"), "op:e", &record("e"), late);
+        assert_eq!(entries.len(), 0);
+    }
+
+    #[test]
+    fn an_entry_lives_no_longer_than_max_ttl() {
+        let entries = fresh(&CacheConfig {
+            max_ttl: Some(Duration::from_millis(50)),
+            ..CacheConfig::default()
+        });
+        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
+        assert!(entries.get("op:a").is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(entries.get("op:a").is_none());
+    }
+
+    #[test]
+    fn the_weight_floor_bounds_the_entries() {
+        let entries = fresh(&CacheConfig {
+            max_entries: 10,
+            max_bytes: 1 << 20,
+            ..CacheConfig::default()
+        });
+        for i in 0..1000 {
+            let key = format!("op:k{i}");
+            entries.insert(entries.ticket(&key), &key, &record(&format!("k{i}")), now());
+        }
+        assert!(entries.len() <= 10, "{}", entries.len());
+        assert!(entries.weight() <= 1 << 20);
+    }
+}
