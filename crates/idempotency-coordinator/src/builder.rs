@@ -10,6 +10,7 @@ use idempotency_core::{
     MemoryStore, NoopMetrics, ReservationStore, Result,
 };
 
+use crate::coalesce::Coalescer;
 use crate::coordinator::{Coordinator, Inner, WAIT_SAFETY_POLL};
 use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
@@ -45,6 +46,7 @@ pub struct CoordinatorBuilder<S> {
     safety_poll: Duration,
     clock: Clock,
     on_record_created: Option<Arc<RecordCreatedHook>>,
+    coalesce: bool,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CoordinatorBuilder<S> {
@@ -55,6 +57,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CoordinatorBuilder<S> {
             .field("settings", &self.settings)
             .field("lease", &self.lease)
             .field("on_record_created", &self.on_record_created.is_some())
+            .field("coalesce", &self.coalesce)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +81,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
             safety_poll: WAIT_SAFETY_POLL,
             clock: Clock::system(),
             on_record_created: None,
+            coalesce: false,
         }
     }
 
@@ -162,6 +166,38 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
         self.settings
             .operation_ttls
             .insert(operation.into(), ttl.as_secs());
+        self
+    }
+
+    /// Whether concurrent calls for the same `(operation, key)` in this process share one
+    /// store claim (default: off). The first caller claims; the others wait in memory for
+    /// its outcome and replay it (each decoding with its own adapter), or one of them
+    /// claims when the first gives up the key; each keeps its own in-flight mode, maximum
+    /// wait and fingerprint check. It costs an uncontended call about 0.1 µs (a lookup
+    /// before the claim) and saves every duplicate's round trips: turn it on where bursts
+    /// of duplicates hit one process (retry storms, redelivered batches, hot keys). See
+    /// `docs/coordinator.md`, *In-process coalescing*.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// use idempotency_coordinator::{Coordinator, MemoryStore, Outcome};
+    ///
+    /// let coordinator = Coordinator::builder(MemoryStore::new()).coalesce(true).build()?;
+    /// let slow = || async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    ///     Ok::<_, idempotency_core::IdempotencyError>(7u8)
+    /// };
+    /// let first = coordinator.call("op", Some("k")).run_with_outcome(slow);
+    /// let second = coordinator.call("op", Some("k")).run_with_outcome(slow);
+    /// let (a, b) = tokio::join!(first, second);
+    /// assert_eq!((a?.1, b?.1), (Outcome::Executed, Outcome::WaitedThenReplayed));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn coalesce(mut self, on: bool) -> Self {
+        self.coalesce = on;
         self
     }
 
@@ -256,6 +292,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                 safety_poll: self.safety_poll,
                 clock: self.clock,
                 on_record_created: self.on_record_created,
+                coalescer: self.coalesce.then(Coalescer::new),
             }),
         }
     }

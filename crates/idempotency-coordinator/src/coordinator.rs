@@ -13,6 +13,7 @@ use idempotency_core::{
 use tracing::Instrument;
 
 use crate::action::Action;
+use crate::coalesce::Coalescer;
 use crate::error_policy::{ErrorPolicy, ReleaseOnError};
 use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
@@ -121,6 +122,7 @@ impl<S> fmt::Debug for Coordinator<S> {
             .field("in_flight", &self.inner.in_flight)
             .field("lease", &self.inner.lease)
             .field("on_storage_error", &self.inner.on_storage_error)
+            .field("coalesce", &self.inner.coalescer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +139,8 @@ pub(crate) struct Inner<S> {
     pub(crate) safety_poll: Duration,
     pub(crate) clock: Clock,
     pub(crate) on_record_created: Option<Arc<RecordCreatedHook>>,
+    /// In-process coalescing of concurrent calls per key (`None`: off).
+    pub(crate) coalescer: Option<Coalescer>,
 }
 
 impl<S> Inner<S> {

@@ -10,7 +10,8 @@ use crate::coordinator::Inner;
 
 /// Drives `action` to completion while renewing the lease every third of a lease.
 /// Returns the action's output and whether the lease was found lost (counted once; no
-/// renewal is tried after that).
+/// renewal is tried after that). `doubt` is called (once) as soon as a renewal fails or
+/// finds the lease lost: from then on the caller cannot vouch that it holds the key.
 ///
 /// Invariant: a renewal that has started is always finished before this returns, even
 /// when the action completes meanwhile, so no renewal write is cut off mid-way and none
@@ -19,9 +20,11 @@ pub(crate) async fn run_renewing<S: ReservationStore, Fut: Future>(
     inner: &Inner<S>,
     lease: &Lease,
     action: Fut,
+    doubt: impl FnOnce(),
 ) -> (Fut::Output, bool) {
     let period = inner.lease / 3;
     let mut action = pin!(action);
+    let mut doubt = Some(doubt);
     loop {
         tokio::select! {
             biased;
@@ -29,16 +32,21 @@ pub(crate) async fn run_renewing<S: ReservationStore, Fut: Future>(
             () = tokio::time::sleep(period) => {
                 // Boxed: renewals are rare (every lease/3), and inline they would grow every
                 // call's future by the size of a store round trip.
-                let mut renewal = Box::pin(renew(inner, lease));
-                let lost = tokio::select! {
-                    biased;
-                    lost = &mut renewal => lost,
-                    out = &mut action => {
-                        let lost = renewal.await;
-                        return (out, lost);
+                let lost = {
+                    let mut renewal = Box::pin(renew(inner, lease, &mut doubt));
+                    tokio::select! {
+                        biased;
+                        lost = &mut renewal => lost,
+                        out = &mut action => {
+                            let lost = renewal.await;
+                            return (out, lost);
+                        }
                     }
                 };
                 if lost {
+                    if let Some(doubt) = doubt.take() {
+                        doubt();
+                    }
                     // Someone else holds the key now: renewing is futile.
                     return (action.await, true);
                 }
@@ -47,8 +55,12 @@ pub(crate) async fn run_renewing<S: ReservationStore, Fut: Future>(
     }
 }
 
-/// One renewal; `true` when the lease turned out lost.
-async fn renew<S: ReservationStore>(inner: &Inner<S>, lease: &Lease) -> bool {
+/// One renewal; `true` when the lease turned out lost. A failed renewal calls `doubt`.
+async fn renew<S: ReservationStore>(
+    inner: &Inner<S>,
+    lease: &Lease,
+    doubt: &mut Option<impl FnOnce()>,
+) -> bool {
     match inner.store.renew(lease, inner.lease).await {
         // A renewal never vacates: it writes only over our own reservation.
         Ok(Fence::Held | Fence::Vacated) => false,
@@ -64,6 +76,9 @@ async fn renew<S: ReservationStore>(inner: &Inner<S>, lease: &Lease) -> bool {
                 .metrics
                 .record_error(lease.operation(), ErrorType::StorageRenew);
             tracing::warn!(error = %e, "could not renew the reservation");
+            if let Some(doubt) = doubt.take() {
+                doubt();
+            }
             false
         }
     }

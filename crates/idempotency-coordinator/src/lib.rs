@@ -43,6 +43,7 @@
 mod action;
 mod builder;
 mod call;
+mod coalesce;
 mod coordinator;
 mod error_policy;
 mod hook;

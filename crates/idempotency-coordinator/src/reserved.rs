@@ -9,6 +9,7 @@ use idempotency_core::{
 };
 
 use crate::action::Action;
+use crate::coalesce::{Followed, Joined, Phase, Prior, Ticket};
 use crate::coordinator::{Coordinator, Failed, Flow};
 use crate::error_policy::ErrorPolicy;
 use crate::lease::{ReleaseGuard, run_renewing};
@@ -44,8 +45,8 @@ enum Holding {
 
 /// How the completion went.
 enum Completion {
-    /// A final record is under the key (ours, or a newer owner's that stands).
-    Written,
+    /// A final record is under the key: ours (`ours`), or a newer owner's that stands.
+    Written { ours: bool },
     /// Nothing to write (an error not stored, a result that cannot be encoded, a record
     /// that cannot be built): the reservation should go.
     NothingToWrite,
@@ -76,6 +77,32 @@ impl<S: ReservationStore> Coordinator<S> {
         E: From<IdempotencyError>,
         F: Action<T, E>,
     {
+        // In-process coalescing (see `coalesce.rs`): lead this key's one claim in the
+        // process, or follow the caller that leads it.
+        let mut prior = Prior::default();
+        let mut ticket = None;
+        if let Some(coalescer) = &self.inner.coalescer {
+            loop {
+                match coalescer.join(&id, flow.options.fingerprint.as_deref()) {
+                    Joined::Leader(t) => {
+                        ticket = Some(t);
+                        break;
+                    }
+                    Joined::Alone => break,
+                    Joined::Follower(rx) => {
+                        // Boxed: following is the contended path; inline it would grow
+                        // every call's future.
+                        let followed =
+                            Box::pin(self.follow(rx, &id, flow, adapter, errors, &mut prior)).await;
+                        match followed {
+                            Followed::Done(done) => return done,
+                            Followed::Lead => {}
+                            Followed::Alone => break,
+                        }
+                    }
+                }
+            }
+        }
         // Invariant: the owner token exists and the guard is armed before the claim is
         // sent, so dropping this future at any await from here on (a client disconnect,
         // a timeout) releases whatever our claim wrote; the release is fenced, so it is
@@ -83,18 +110,26 @@ impl<S: ReservationStore> Coordinator<S> {
         // write of this call.
         let lease = Lease::new(id, flow.options.fingerprint.as_deref(), self.inner.clock);
         let mut guard = ReleaseGuard::new(Arc::clone(&self.inner), lease);
-        match self.claim(guard.lease(), flow).await {
+        match self.claim(guard.lease(), flow, &mut ticket, &prior).await {
             Ok(Claimed::Replay { record, waited }) => {
                 // Every claim of this call was answered with another's record: ours wrote
                 // nothing.
                 guard.disarm();
-                let value = self.replay(&record, adapter, errors)?;
+                let value = self.replay(&record, adapter, errors);
+                // Shared whatever this call's own decoding made of it (followers decode
+                // with their own adapters).
+                if let Some(ticket) = ticket {
+                    ticket.finish(move || Phase::Found {
+                        record: Arc::new(record),
+                        waited,
+                    });
+                }
                 let outcome = if waited {
                     Outcome::WaitedThenReplayed
                 } else {
                     Outcome::Replayed
                 };
-                Ok((value, outcome))
+                Ok((value?, outcome))
             }
             Ok(Claimed::Owned { took_over }) => {
                 let outcome = if took_over {
@@ -102,9 +137,17 @@ impl<S: ReservationStore> Coordinator<S> {
                 } else {
                     Outcome::Executed
                 };
-                self.run_owned(guard, flow.ttl, adapter, errors, action, Holding::Lease)
-                    .await
-                    .map(|value| (value, outcome))
+                self.run_owned(
+                    guard,
+                    flow.ttl,
+                    adapter,
+                    errors,
+                    action,
+                    Holding::Lease,
+                    ticket,
+                )
+                .await
+                .map(|value| (value, outcome))
             }
             Ok(Claimed::Unconfirmed) => self
                 .run_owned(
@@ -114,6 +157,7 @@ impl<S: ReservationStore> Coordinator<S> {
                     errors,
                     action,
                     Holding::Unconfirmed,
+                    None,
                 )
                 .await
                 .map(|value| (value, Outcome::Unprotected)),
@@ -129,8 +173,15 @@ impl<S: ReservationStore> Coordinator<S> {
     }
 
     /// Reserves the key, finds the record to replay, or waits for the caller that holds
-    /// it.
-    async fn claim(&self, lease: &Lease, flow: &Flow<'_>) -> Result<Claimed> {
+    /// it. A leader's `ticket` tells its followers when the key is held, and shares a
+    /// storage failure, a key reuse or a data fault at once.
+    async fn claim(
+        &self,
+        lease: &Lease,
+        flow: &Flow<'_>,
+        ticket: &mut Option<Ticket<'_>>,
+        prior: &Prior,
+    ) -> Result<Claimed> {
         let inner = &self.inner;
         let operation = lease.operation();
         let mut waiter: Option<Waiter<S::Watch>> = None;
@@ -139,7 +190,8 @@ impl<S: ReservationStore> Coordinator<S> {
             let claimed = inner.store.claim(lease, inner.lease).await;
             if waiter.is_none() {
                 // The call's reservation round trip; a waiter's re-claims are not (they
-                // would count one observation per wake-up or poll).
+                // would count one observation per wake-up or poll). A follower that leads
+                // after its leader left makes its first claim here.
                 inner.metrics.record_latency(
                     operation,
                     LatencyMethod::Reserve,
@@ -151,8 +203,11 @@ impl<S: ReservationStore> Coordinator<S> {
                     // A waiter that takes the key over runs the action: a miss too.
                     inner.metrics.record_miss(operation);
                     tracing::debug!(key = lease.key(), "idempotency miss: running the action");
+                    if let Some(ticket) = ticket {
+                        ticket.held();
+                    }
                     return Ok(Claimed::Owned {
-                        took_over: waiter.is_some(),
+                        took_over: waiter.is_some() || prior.waited,
                     });
                 }
                 Ok(Claim::Found(record)) => record,
@@ -161,10 +216,18 @@ impl<S: ReservationStore> Coordinator<S> {
                         .metrics
                         .record_error(operation, ErrorType::StorageReserve);
                     tracing::warn!(error = %e, "idempotency storage failed before the action");
+                    let held = waiter.is_some() || prior.waited;
+                    if let Some(ticket) = ticket.take() {
+                        ticket.finish(|| Phase::StoreDown {
+                            message: e.to_string().into(),
+                            held,
+                        });
+                    }
                     return match flow.on_storage_error {
-                        // A waiter has seen a live holder: running now would run next to
-                        // it. Only a call that never found the key held fails open.
-                        OnStorageError::Run if waiter.is_none() => Ok(Claimed::Unconfirmed),
+                        // A waiter has seen a live holder (itself, or the flight it
+                        // followed): running now would run next to it. Only a call that
+                        // never found the key held fails open.
+                        OnStorageError::Run if !held => Ok(Claimed::Unconfirmed),
                         OnStorageError::Run | OnStorageError::Raise => Err(e),
                     };
                 }
@@ -174,24 +237,47 @@ impl<S: ReservationStore> Coordinator<S> {
                         inner.metrics.record_error(operation, ErrorType::StorageGet);
                         tracing::error!(error = %e, key = lease.key(), "the key holds data that is not a record; refusing the call");
                     }
+                    if let Some(ticket) = ticket.take() {
+                        ticket.finish(|| Phase::Alone);
+                    }
                     return Err(e);
                 }
             };
             // Before the pending check on purpose: a waiter with another payload is
             // refused now rather than handed someone else's result later.
-            self.check_fingerprint(&record, lease.fingerprint())?;
+            if let Err(e) = self.check_fingerprint(&record, lease.fingerprint()) {
+                // Followers share this call's fingerprint: each refuses the same record.
+                if let Some(ticket) = ticket.take() {
+                    let held_first = waiter.is_some() || prior.waited;
+                    ticket.finish(move || Phase::Found {
+                        record: Arc::new(record),
+                        waited: held_first,
+                    });
+                }
+                return Err(e);
+            }
             if !record.is_pending() {
                 return Ok(Claimed::Replay {
                     record,
-                    waited: waiter.is_some(),
+                    waited: waiter.is_some() || prior.waited,
                 });
             }
             let waiter = match &mut waiter {
                 Some(w) => w,
                 None => {
-                    inner.metrics.record_collision(operation);
-                    tracing::info!(in_flight = ?flow.in_flight, "idempotency key in flight");
-                    waiter.insert(Waiter::new(flow.options.max_wait.unwrap_or(inner.lease)))
+                    if !prior.collided {
+                        inner.metrics.record_collision(operation);
+                        tracing::info!(in_flight = ?flow.in_flight, "idempotency key in flight");
+                    }
+                    if let Some(ticket) = ticket {
+                        ticket.held();
+                    }
+                    // A follower that leads now keeps the patience it has left.
+                    let patience = match prior.deadline {
+                        Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                        None => flow.options.max_wait.unwrap_or(inner.lease),
+                    };
+                    waiter.insert(Waiter::new(patience))
                 }
             };
             if flow.in_flight == InFlight::Raise {
@@ -208,6 +294,10 @@ impl<S: ReservationStore> Coordinator<S> {
     }
 
     /// Runs the action, then completes or releases the reservation, and disarms the guard.
+    /// A leader's `ticket` shares the record it wrote; dropped otherwise (after the
+    /// release when there is one), it lets a follower claim.
+    // The flow's pieces, each needed here once; bundling them would only move the list.
+    #[allow(clippy::too_many_arguments)]
     async fn run_owned<T, E, A, P, F>(
         &self,
         mut guard: ReleaseGuard<S>,
@@ -216,6 +306,7 @@ impl<S: ReservationStore> Coordinator<S> {
         errors: &P,
         action: F,
         holding: Holding,
+        mut ticket: Option<Ticket<'_>>,
     ) -> std::result::Result<T, Failed<E>>
     where
         A: ResultAdapter<T>,
@@ -224,7 +315,13 @@ impl<S: ReservationStore> Coordinator<S> {
         F: Action<T, E>,
     {
         let (outcome, lost) = match holding {
-            Holding::Lease => run_renewing(&self.inner, guard.lease(), action.start()).await,
+            Holding::Lease => {
+                // A renewal that fails or finds the lease lost ends the flight: local
+                // callers then go to the store, which lets one of them take the key over
+                // once the lease runs out, as a caller in another process would.
+                let doubt = || drop(ticket.take());
+                run_renewing(&self.inner, guard.lease(), action.start(), doubt).await
+            }
             Holding::Unconfirmed => (action.start().await, false),
         };
         let lease = guard.lease();
@@ -241,8 +338,28 @@ impl<S: ReservationStore> Coordinator<S> {
                 None => (Finish::Value(None), Err(Failed::Action(e))),
             },
         };
-        match self.complete(lease, ttl, finish, lost, holding).await {
-            Completion::Written => guard.disarm(),
+        match self.complete(lease, ttl, &finish, lost, holding).await {
+            Completion::Written { ours } => {
+                guard.disarm();
+                // Another owner's record stands after a lost fence (`!ours`): the
+                // ticket's drop lets a follower claim and find it.
+                if let Some(ticket) = ticket
+                    && ours
+                {
+                    ticket.finish(|| {
+                        let (lease, now) = (guard.lease(), self.inner.clock.now());
+                        let written = match &finish {
+                            Finish::Value(Some(raw)) => lease.completed_record_at(now, raw, ttl),
+                            Finish::Error(raw) => lease.stored_error_record_at(now, raw, ttl),
+                            Finish::Value(None) => return Phase::Vacated,
+                        };
+                        written.map_or(Phase::Vacated, |record| Phase::Found {
+                            record: Arc::new(record),
+                            waited: true,
+                        })
+                    });
+                }
+            }
             Completion::NothingToWrite => {
                 // Awaited: a retry right after this call returns must find the key free.
                 self.release(lease).await;
@@ -261,7 +378,7 @@ impl<S: ReservationStore> Coordinator<S> {
         &self,
         lease: &Lease,
         ttl: Duration,
-        finish: Finish,
+        finish: &Finish,
         lost_already: bool,
         holding: Holding,
     ) -> Completion {
@@ -271,11 +388,11 @@ impl<S: ReservationStore> Coordinator<S> {
         let (outcome, status) = match finish {
             Finish::Value(None) => return Completion::NothingToWrite,
             Finish::Value(Some(result)) => (
-                inner.store.complete(lease, &result, ttl).await,
+                inner.store.complete(lease, result, ttl).await,
                 RecordStatus::Completed,
             ),
             Finish::Error(error) => (
-                inner.store.complete_with_error(lease, &error, ttl).await,
+                inner.store.complete_with_error(lease, error, ttl).await,
                 RecordStatus::StoredError,
             ),
         };
@@ -287,7 +404,7 @@ impl<S: ReservationStore> Coordinator<S> {
         match outcome {
             Ok(Fence::Held) => {
                 inner.record_created(lease.id(), status, ttl);
-                Completion::Written
+                Completion::Written { ours: true }
             }
             Ok(Fence::Vacated) => {
                 // Our reservation was gone when the result was written (it expired while
@@ -296,10 +413,12 @@ impl<S: ReservationStore> Coordinator<S> {
                 // our record now stands.
                 if holding == Holding::Lease && !lost_already {
                     inner.metrics.record_error(operation, ErrorType::LeaseLost);
-                    tracing::warn!("the reservation was gone when the result was stored; a duplicate may have run");
+                    tracing::warn!(
+                        "the reservation was gone when the result was stored; a duplicate may have run"
+                    );
                 }
                 inner.record_created(lease.id(), status, ttl);
-                Completion::Written
+                Completion::Written { ours: true }
             }
             Ok(_) => {
                 // Lost: one loss, counted once per call (the renewal may have seen it first).
@@ -307,7 +426,7 @@ impl<S: ReservationStore> Coordinator<S> {
                     inner.metrics.record_error(operation, ErrorType::LeaseLost);
                 }
                 tracing::warn!("the key holds another caller's record; it stands");
-                Completion::Written
+                Completion::Written { ours: false }
             }
             Err(e) => {
                 inner

@@ -4,6 +4,7 @@
 mod common;
 
 mod behaviour;
+mod coalescing;
 mod failover;
 mod faults;
 mod future_size;
