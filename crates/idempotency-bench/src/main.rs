@@ -5,13 +5,48 @@
 //! cargo run --release -p idempotency-bench                 # its own redis-server
 //! cargo run --release -p idempotency-bench -- --cluster    # its own 3+3 cluster
 //! REDIS_URL=redis://… cargo run --release -p idempotency-bench   # a server no one else uses
-//! options: --calls N (default 20000)  --no-python  --quick
+//! options: --calls N (default 20000)  --no-python  --quick  --coalesce
+//!          --only throughput,contended,storm,bulk (sections; modules always run)
 //! ```
+//!
+//! The last lines are a summary: the hot-key storm, then the hit, miss, cached-hit and
+//! bulk ratios of this run, one per line.
 
 mod commands;
 mod load;
 mod python;
 mod scenarios;
+mod storm;
+
+/// A section of the report.
+pub(crate) struct Section {
+    /// Its Markdown (a heading, a table, notes).
+    pub(crate) markdown: String,
+    /// Ratios for the summary, `(name, value)`: `hit@64`, `miss@64`, `get_many`,
+    /// `save_many`; a bench module's ratio named `cached-hit…` fills the cached-hit line.
+    pub(crate) ratios: Vec<(String, f64)>,
+}
+
+/// Bench modules beyond the built-in scenarios, one line each: `name,` declares
+/// `src/name.rs`, which provides `pub(crate) async fn run(ctx: &Ctx) -> Section`; its
+/// section is printed after the built-in ones and its ratios join the summary.
+macro_rules! bench_modules {
+    ($($name:ident,)*) => {
+        $(mod $name;)*
+
+        async fn module_sections(ctx: &Ctx) -> Vec<Section> {
+            #[allow(unused_mut)]
+            let mut sections = Vec::new();
+            $(sections.push($name::run(ctx).await);)*
+            let _ = ctx;
+            sections
+        }
+    };
+}
+
+bench_modules! {
+    // The local cache's module goes here (`cache,`: src/cache.rs).
+}
 
 use std::time::Duration;
 
@@ -29,6 +64,22 @@ pub(crate) struct Options {
     pub(crate) python: bool,
     pub(crate) contended_keys: u64,
     pub(crate) bulk_rounds: u64,
+    /// Storm rounds (one key each) per setting.
+    pub(crate) storm_rounds: u64,
+    /// Whether the coordinator under test coalesces concurrent calls (default: no, as
+    /// the library's default; the contended and storm sections measure both).
+    pub(crate) coalesce: bool,
+    /// The sections to run (`None`: all).
+    pub(crate) only: Option<Vec<String>>,
+}
+
+impl Options {
+    /// Whether the section `name` runs.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
 }
 
 fn options() -> Options {
@@ -38,18 +89,28 @@ fn options() -> Options {
         python: true,
         contended_keys: 50,
         bulk_rounds: 20,
+        storm_rounds: 10,
+        coalesce: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--cluster" => o.cluster = true,
             "--no-python" => o.python = false,
+            "--coalesce" => o.coalesce = true,
             "--quick" => {
                 o.calls = 2_000;
                 o.contended_keys = 10;
                 o.bulk_rounds = 3;
+                o.storm_rounds = 3;
             }
             "--calls" => o.calls = args.next().and_then(|v| v.parse().ok()).unwrap_or(o.calls),
+            "--only" => {
+                o.only = args
+                    .next()
+                    .map(|v| v.split(',').map(str::to_owned).collect());
+            }
             other => eprintln!("ignoring unknown argument {other}"),
         }
     }
@@ -71,6 +132,10 @@ pub(crate) struct Ctx {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--storm-worker") {
+        return storm::worker(&args[2..]).await;
+    }
     let options = options();
     // Keep the servers alive for the whole run; dropped (stopped) at the end.
     let mut _server = None;
@@ -100,7 +165,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &ConnectOptions::default().with_command_timeout(Duration::from_secs(10)),
     )
     .await?;
-    let coordinator = Coordinator::builder(store.clone()).build()?;
+    let coordinator = Coordinator::builder(store.clone())
+        .coalesce(options.coalesce)
+        .build()?;
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
@@ -111,7 +178,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let target = std::net::SocketAddr::from(([127, 0, 0, 1], ports[0]));
         let proxy = idempotency_testkit::proxy::Proxy::start(target);
         let store = RedisStore::connect(&proxy.url(), &ConnectOptions::default()).await?;
-        Some((Coordinator::builder(store).build()?, proxy))
+        Some((
+            Coordinator::builder(store)
+                .coalesce(options.coalesce)
+                .build()?,
+            proxy,
+        ))
     };
     let ctx = Ctx {
         coordinator,
@@ -135,15 +207,67 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!(
-        "# idempotency-kit benchmark\n\nRedis {version} ({}), {cores} cores, {} calls per throughput row; command counts from INFO commandstats on the masters.\n",
+        "# idempotency-kit benchmark\n\nRedis {version} ({}), {cores} cores, {} calls per throughput row, coalescing {}; command counts from INFO commandstats on the masters.\n",
         if ctx.options.cluster {
             "cluster, 3 masters + 3 replicas"
         } else {
             "standalone"
         },
-        ctx.options.calls
+        ctx.options.calls,
+        if ctx.options.coalesce { "on" } else { "off" },
     );
-    let report = scenarios::run_all(&ctx).await?;
-    println!("{report}");
+    let mut sections = vec![scenarios::run_all(&ctx).await?];
+    let storm_stats = if ctx.options.wants("storm") {
+        let (markdown, stats) = storm::run(&ctx)?;
+        println!("{markdown}");
+        Some(stats)
+    } else {
+        None
+    };
+    for section in module_sections(&ctx).await {
+        println!("{}", section.markdown);
+        sections.push(section);
+    }
+    print!("{}", summary(&sections, storm_stats.as_ref()));
     Ok(())
+}
+
+/// The last lines: the storm, then the hit, miss, cached-hit and bulk ratios.
+fn summary(sections: &[Section], storm: Option<&storm::StormStats>) -> String {
+    use std::fmt::Write as _;
+    let ratio = |prefix: &str| {
+        sections
+            .iter()
+            .flat_map(|s| &s.ratios)
+            .find(|(name, _)| name.starts_with(prefix))
+            .map(|(name, value)| (name.clone(), *value))
+    };
+    let mut out = String::from("## Summary\n\n");
+    if let Some(s) = storm {
+        let _ = writeln!(
+            out,
+            "storm (2 × 1000 callers, one key): {:.4} commands per caller, wake-up p99 {:.2} ms, action runs per key {}",
+            s.commands_per_caller, s.wake_p99_ms, s.max_runs
+        );
+    }
+    for (prefix, label) in [
+        ("hit@64", "hit@64 Rust/raw"),
+        ("miss@64", "miss@64 Rust/raw"),
+        ("cached-hit", "cached-hit@64 cached/raw GET"),
+        ("get_many", "get_many Rust/raw"),
+        ("save_many", "save_many Rust/raw"),
+    ] {
+        match ratio(prefix) {
+            Some((_, value)) => {
+                let _ = writeln!(out, "{label}: {value:.2}");
+            }
+            None if prefix == "cached-hit" => {
+                let _ = writeln!(out, "{label}: skipped (no local-cache module registered)");
+            }
+            None => {
+                let _ = writeln!(out, "{label}: skipped");
+            }
+        }
+    }
+    out
 }

@@ -11,9 +11,9 @@ use idempotency_redis::fred::prelude::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::Ctx;
 use crate::load::{Stats, drive, percentile};
 use crate::python;
+use crate::{Ctx, Section};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Order {
@@ -334,20 +334,101 @@ fn python_row(ctx: &Ctx, scenario: &str, c: usize, calls: u64) -> Option<(Stats,
     Some((stats, out.commands_per_call))
 }
 
-/// 32 callers on one fresh key whose action sleeps 20 ms, over many keys.
+/// The contended figures of one coordinator.
+struct Contended {
+    max_runs: usize,
+    delays: Vec<Duration>,
+    commands_per_caller: f64,
+}
+
+/// 32 callers on one fresh key whose action sleeps 20 ms, over many keys: the
+/// coordinator under test, and one with in-process coalescing off.
 async fn contended(ctx: &Ctx) -> String {
     let callers = 32;
+    let keys = ctx.options.contended_keys;
+    // Both settings, whichever one the coordinator under test has.
+    let other = idempotency_coordinator::Coordinator::builder(ctx.store.clone())
+        .coalesce(!ctx.options.coalesce)
+        .build()
+        .expect("coordinator");
+    let (off, on) = if ctx.options.coalesce {
+        (&other, &ctx.coordinator)
+    } else {
+        (&ctx.coordinator, &other)
+    };
+    let rows = vec![
+        (
+            "Rust, coalescing off (the default)",
+            contended_run(ctx, off, "cont", callers).await,
+        ),
+        (
+            "Rust, coalescing on",
+            contended_run(ctx, on, "cont-on", callers).await,
+        ),
+    ];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Contended: {callers} callers on one fresh key, action sleeps 20 ms, {keys} keys\n"
+    );
+    let _ = writeln!(
+        out,
+        "| library | action runs per key (max) | wake delay p50 | p99 | max | commands per caller |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    for (name, c) in rows {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} |",
+            c.max_runs,
+            ms(percentile(&c.delays, 0.5)),
+            ms(percentile(&c.delays, 0.99)),
+            ms(c.delays.last().copied().unwrap_or_default()),
+            c.commands_per_caller
+        );
+    }
+    if !ctx.options.python {
+        let _ = writeln!(
+            out,
+            "| Python 0.5.0 | skipped | skipped | skipped | skipped | skipped |"
+        );
+    } else if let Some(py) =
+        python::run(&ctx.counter, &ctx.url, "contended", callers, keys, &ctx.run)
+    {
+        let j = &py.json;
+        let _ = writeln!(
+            out,
+            "| Python 0.5.0 | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} |",
+            j["max_runs_per_key"],
+            j["wake_p50_ms"].as_f64().unwrap_or(0.0),
+            j["wake_p99_ms"].as_f64().unwrap_or(0.0),
+            j["wake_max_ms"].as_f64().unwrap_or(0.0),
+            py.commands_per_call
+        );
+    } else {
+        let _ = writeln!(out, "| Python 0.5.0 | failed | – | – | – | – |");
+    }
+    out
+}
+
+async fn contended_run(
+    ctx: &Ctx,
+    coordinator: &idempotency_coordinator::Coordinator<idempotency_redis::RedisStore>,
+    prefix: &str,
+    callers: usize,
+) -> Contended {
     let keys = ctx.options.contended_keys;
     let before = ctx.counter.total();
     let mut delays = Vec::new();
     let mut max_runs = 0;
     for k in 0..keys {
-        let key = Arc::new(format!("cont-{}-{k}", ctx.run));
+        let key = Arc::new(format!("{prefix}-{}-{k}", ctx.run));
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let barrier = Arc::new(tokio::sync::Barrier::new(callers));
         let tasks: Vec<_> = (0..callers)
             .map(|_| {
-                let coordinator = ctx.coordinator.clone();
+                let coordinator = coordinator.clone();
                 let (key, runs, barrier) =
                     (Arc::clone(&key), Arc::clone(&runs), Arc::clone(&barrier));
                 tokio::spawn(async move {
@@ -382,45 +463,18 @@ async fn contended(ctx: &Ctx) -> String {
         );
         max_runs = max_runs.max(runs.load(std::sync::atomic::Ordering::SeqCst));
     }
-    let cmds = (ctx.counter.total() - before) as f64 / (keys * callers as u64) as f64;
+    let commands_per_caller =
+        (ctx.counter.total() - before) as f64 / (keys * callers as u64) as f64;
     delays.sort_unstable();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "## Contended: {callers} callers on one fresh key, action sleeps 20 ms, {keys} keys\n"
-    );
-    let _ = writeln!(
-        out,
-        "| library | action runs per key (max) | wake delay p50 | p99 | max | commands per caller |"
-    );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
-    let _ = writeln!(
-        out,
-        "| Rust | {max_runs} | {:.2} ms | {:.2} ms | {:.2} ms | {cmds:.2} |",
-        ms(percentile(&delays, 0.5)),
-        ms(percentile(&delays, 0.99)),
-        ms(delays.last().copied().unwrap_or_default())
-    );
-    if ctx.options.python
-        && let Some(py) = python::run(&ctx.counter, &ctx.url, "contended", callers, keys, &ctx.run)
-    {
-        let j = &py.json;
-        let _ = writeln!(
-            out,
-            "| Python 0.5.0 | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} |",
-            j["max_runs_per_key"],
-            j["wake_p50_ms"].as_f64().unwrap_or(0.0),
-            j["wake_p99_ms"].as_f64().unwrap_or(0.0),
-            j["wake_max_ms"].as_f64().unwrap_or(0.0),
-            py.commands_per_call
-        );
+    Contended {
+        max_runs,
+        delays,
+        commands_per_caller,
     }
-    out
 }
 
-/// `get_many` and `save_many` of 1,000 keys.
-async fn bulk(ctx: &Ctx) -> String {
+/// `get_many` and `save_many` of 1,000 keys; the section and the Rust/raw ratios.
+async fn bulk(ctx: &Ctx) -> (String, Vec<(String, f64)>) {
     let rounds = ctx.options.bulk_rounds;
     let svc = IdempotencyDomainService::default();
     let keys: Vec<String> = (0..1000).map(|i| format!("bulk-{}-{i}", ctx.run)).collect();
@@ -436,6 +490,7 @@ async fn bulk(ctx: &Ctx) -> String {
         .await
         .expect("seed");
     let mut out = String::new();
+    let mut ratios = Vec::new();
     let _ = writeln!(out, "## Bulk: 1,000 keys per call, {rounds} calls\n");
     let _ = writeln!(
         out,
@@ -475,20 +530,32 @@ async fn bulk(ctx: &Ctx) -> String {
         } else {
             None
         };
-        let (py_rate, py_cmds) = py.map_or((f64::NAN, f64::NAN), |p| {
-            (
-                p.json["keys_per_sec"].as_f64().unwrap_or(f64::NAN),
-                p.commands_per_call,
-            )
+        let py_rate = py.as_ref().and_then(|p| {
+            p.json["keys_per_sec"]
+                .as_f64()
+                .map(|r| (r, p.commands_per_call))
         });
+        let python = match py_rate {
+            Some((rate, py_cmds)) => {
+                format!("{rate:.0} | {py_cmds:.1} | {:.1}×", rust / rate)
+            }
+            None => {
+                let why = if ctx.options.python {
+                    "failed"
+                } else {
+                    "skipped"
+                };
+                format!("{why} | {why} | {why}")
+            }
+        };
         let _ = writeln!(
             out,
-            "| {op} | {rust:.0} | {cmds:.1} | {raw:.0} | {:.2} | {py_rate:.0} | {py_cmds:.1} | {:.1}× |",
+            "| {op} | {rust:.0} | {cmds:.1} | {raw:.0} | {:.2} | {python} |",
             rust / raw,
-            rust / py_rate
         );
+        ratios.push((op.to_owned(), rust / raw));
     }
-    out
+    (out, ratios)
 }
 
 async fn raw_bulk(ctx: &Ctx, op: &str, keys: &[String], rounds: u64) -> f64 {
@@ -543,7 +610,7 @@ async fn raw_bulk(ctx: &Ctx, op: &str, keys: &[String], rounds: u64) -> f64 {
     (rounds * 1000) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn throughput_table(rows: &[Row]) -> String {
+fn throughput_table(rows: &[Row], skipped: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## Throughput and latency per call\n");
     let _ = writeln!(
@@ -562,7 +629,10 @@ fn throughput_table(rows: &[Row]) -> String {
                 format!("{cmds:.2}"),
                 format!("{:.1}×", r.rust.ops_per_sec / s.ops_per_sec),
             ),
-            None => ("–".into(), "–".into(), "–".into(), "–".into()),
+            None => {
+                let why = if skipped { "skipped" } else { "failed" };
+                (why.into(), why.into(), why.into(), why.into())
+            }
         };
         let _ = writeln!(
             out,
@@ -583,17 +653,41 @@ fn throughput_table(rows: &[Row]) -> String {
     out
 }
 
-pub(crate) async fn run_all(ctx: &Ctx) -> Result<String, Box<dyn std::error::Error>> {
-    let keys = seed_hits(ctx, "hit").await;
-    let mut rows = Vec::new();
-    for c in [1, 64] {
-        rows.push(hit(ctx, c, &keys).await);
-        rows.push(miss(ctx, c).await);
+/// The built-in sections (as `--only` selects them), printed as they finish, and their
+/// ratios for the summary.
+pub(crate) async fn run_all(ctx: &Ctx) -> Result<Section, Box<dyn std::error::Error>> {
+    let mut report = String::new();
+    let mut ratios = Vec::new();
+    if ctx.options.wants("throughput") {
+        let keys = seed_hits(ctx, "hit").await;
+        let mut rows = Vec::new();
+        for c in [1, 64] {
+            rows.push(hit(ctx, c, &keys).await);
+            rows.push(miss(ctx, c).await);
+        }
+        for r in rows.iter().filter(|r| r.concurrency == 64) {
+            ratios.push((
+                format!("{}@64", r.scenario),
+                r.rust.ops_per_sec / r.raw.ops_per_sec,
+            ));
+        }
+        let table = throughput_table(&rows, !ctx.options.python);
+        println!("{table}");
+        report.push_str(&table);
     }
-    let mut report = throughput_table(&rows);
-    report.push('\n');
-    report.push_str(&contended(ctx).await);
-    report.push('\n');
-    report.push_str(&bulk(ctx).await);
-    Ok(report)
+    if ctx.options.wants("contended") {
+        let table = contended(ctx).await;
+        println!("{table}");
+        report.push_str(&table);
+    }
+    if ctx.options.wants("bulk") {
+        let (table, bulk_ratios) = bulk(ctx).await;
+        println!("{table}");
+        report.push_str(&table);
+        ratios.extend(bulk_ratios);
+    }
+    Ok(Section {
+        markdown: report,
+        ratios,
+    })
 }
