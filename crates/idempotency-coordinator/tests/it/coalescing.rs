@@ -206,6 +206,49 @@ on_all!(a_thousand_callers_on_one_key_cost_one_claim, |env| {
     assert_eq!(env.metrics.count("collision", ""), 999);
 });
 
+on_all!(
+    waiting_on_another_process_costs_one_subscription_and_one_reread,
+    |env| {
+        // The holder is another coordinator on the same store (another process, as far as
+        // this one can tell); 500 callers here wait on it through one leader.
+        let elsewhere = Coordinator::builder(env.store.clone())
+            .build()
+            .expect("valid settings");
+        let (coordinator, store) = counting(&env, true);
+        let runs = Runs::default();
+        let key = unique("remote");
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let holder = {
+            let key = key.clone();
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                elsewhere
+                    .call("op", Some(&key))
+                    .run(|| async move {
+                        runs.tick();
+                        let _ = started_tx.send(());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Ok::<_, IdempotencyError>(7u32)
+                    })
+                    .await
+            })
+        };
+        started_rx.await.expect("holder started");
+        let outcomes = storm(&coordinator, &key, 500, &runs, Duration::ZERO).await;
+        assert_eq!(holder.await.expect("task").expect("holder"), 7);
+        assert_eq!(runs.get(), 1);
+        assert_eq!(count(&outcomes, Outcome::WaitedThenReplayed), 500);
+        // The leader's claim, its subscription, its re-check after subscribing and its
+        // re-read after the wake-up (a safety poll or two on a loaded machine at most).
+        assert_eq!(store.steps() - store.claims(), 1, "one subscription");
+        assert!(
+            store.claims() <= 5,
+            "{} claims for 500 callers",
+            store.claims()
+        );
+    }
+);
+
 on_all!(without_coalescing_every_caller_claims, |env| {
     let (coordinator, store) = counting(&env, false);
     let runs = Runs::default();
