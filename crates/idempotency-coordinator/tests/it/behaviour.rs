@@ -485,7 +485,19 @@ on_all!(
         assert_eq!(v, 9);
         assert_eq!(env.metrics.count("error", error_type::STORAGE_SAVE), 1);
         assert!(env.metrics.count("error", error_type::STORAGE_RENEW) >= 1);
-        // Not stored, and the reservation was released: the retry runs.
+        // Not stored, and the reservation is released in the background (the store just
+        // failed, so the caller does not wait for it): wait for it to land before the
+        // release fault below is switched on.
+        let id = idempotency_testkit::record_id("op", &key);
+        let mut released = false;
+        for _ in 0..250 {
+            if env.store.get(&id).await.expect("get").is_none() {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(released, "the background release freed the key");
         env.faults().complete.store(false, Ordering::SeqCst);
         env.faults().release.store(true, Ordering::SeqCst);
         let err_key = unique("after-release");

@@ -508,43 +508,47 @@ on_all!(
     }
 );
 
-on_all!(a_result_stored_after_the_lease_ran_out_counts_a_lost_lease, |env| {
-    // Renewals fail (a storage error, not a lost fence), so the 1 s lease runs out while
-    // the owner's action runs; a second caller runs meanwhile and gives the key up (its
-    // action fails). The owner then stores its result into the empty key: two runs, and
-    // the checker's rule "double runs ≤ counted lease losses" needs this loss counted.
-    let coordinator = env.coordinator(|b| b.lease(Duration::from_secs(1)));
-    // Another process's coordinator on the same store.
-    let other = env.coordinator(|b| b.lease(Duration::from_secs(1)));
-    env.faults()
-        .renew
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let key = unique("vacated");
-    let owner = start_holder(&coordinator, &key, None, Duration::from_secs(4), Ok(1)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let runs = Runs::default();
-    let second = {
-        let runs = runs.clone();
-        other
+on_all!(
+    a_result_stored_after_the_lease_ran_out_counts_a_lost_lease,
+    |env| {
+        // Renewals fail (a storage error, not a lost fence), so the 1 s lease runs out while
+        // the owner's action runs; a second caller runs meanwhile and gives the key up (its
+        // action fails). The owner then stores its result into the empty key: two runs, and
+        // the checker's rule "double runs ≤ counted lease losses" needs this loss counted.
+        let coordinator = env.coordinator(|b| b.lease(Duration::from_secs(1)));
+        // Another process's coordinator on the same store.
+        let other = env.coordinator(|b| b.lease(Duration::from_secs(1)));
+        env.faults()
+            .renew
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let key = unique("vacated");
+        let owner = start_holder(&coordinator, &key, None, Duration::from_secs(4), Ok(1)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let runs = Runs::default();
+        let second = {
+            let runs = runs.clone();
+            other
+                .call("op", Some(&key))
+                .run(move || async move {
+                    runs.tick();
+                    Err::<u32, _>(IdempotencyError::configuration("the duplicate fails", None))
+                })
+                .await
+        };
+        assert!(second.is_err());
+        assert_eq!(runs.get(), 1, "the duplicate ran: the lease had run out");
+        assert_eq!(owner.await.expect("task").expect("owner"), 1);
+        assert_eq!(
+            env.metrics
+                .count("error", idempotency_core::error_type::LEASE_LOST),
+            1,
+            "the owner's completion found its reservation gone: a lost lease"
+        );
+        let replay: u32 = coordinator
             .call("op", Some(&key))
-            .run(move || async move {
-                runs.tick();
-                Err::<u32, _>(IdempotencyError::configuration("the duplicate fails", None))
-            })
+            .run(|| async { Ok::<_, IdempotencyError>(9) })
             .await
-    };
-    assert!(second.is_err());
-    assert_eq!(runs.get(), 1, "the duplicate ran: the lease had run out");
-    assert_eq!(owner.await.expect("task").expect("owner"), 1);
-    assert_eq!(
-        env.metrics.count("error", idempotency_core::error_type::LEASE_LOST),
-        1,
-        "the owner's completion found its reservation gone: a lost lease"
-    );
-    let replay: u32 = coordinator
-        .call("op", Some(&key))
-        .run(|| async { Ok::<_, IdempotencyError>(9) })
-        .await
-        .expect("replay");
-    assert_eq!(replay, 1, "the owner's result stands");
-});
+            .expect("replay");
+        assert_eq!(replay, 1, "the owner's result stands");
+    }
+);
