@@ -2,12 +2,13 @@
 //! action, and a reused key refused.
 //!
 //! Runs on the in-memory store and compiles only the coordinator (default features off).
-//! Set `REDIS_URL` (for example `redis://127.0.0.1:6379`) and add `--features redis` to
-//! run the same on Redis; `RUST_LOG=debug` shows the library's events (hits, misses):
+//! Set `REDIS_URL` (for example `redis://127.0.0.1:6379`) to run the same on Redis
+//! (`--no-default-features` builds it in memory only, without the Redis client);
+//! `RUST_LOG=debug` shows the library's events (hits, misses):
 //!
 //! ```text
 //! cargo run -p idempotency-examples --example quickstart
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples --example quickstart --features redis
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p idempotency-examples --example quickstart
 //! RUST_LOG=debug cargo run -p idempotency-examples --example quickstart
 //! ```
 
@@ -136,9 +137,9 @@ async fn on_redis(url: &str, run: &str) -> Result<(), IdempotencyError> {
 async fn on_redis(url: &str, _run: &str) -> Result<(), IdempotencyError> {
     Err(IdempotencyError::configuration(
         format!(
-            "REDIS_URL is set ({url}) but this build has no Redis store: run \
-             `cargo run -p idempotency-examples --example quickstart --features redis`, \
-             or unset REDIS_URL to run in memory"
+            "REDIS_URL is set ({url}) but this build has no Redis store (built with \
+             --no-default-features): run `cargo run -p idempotency-examples --example \
+             quickstart`, or unset REDIS_URL to run in memory"
         ),
         None,
     ))
@@ -154,7 +155,7 @@ async fn main() -> Result<(), IdempotencyError> {
     match std::env::var("REDIS_URL") {
         Ok(url) => on_redis(&url, &run).await,
         Err(_) => {
-            println!("store: in memory (set REDIS_URL and add `--features redis` to use Redis)");
+            println!("store: in memory (set REDIS_URL to use Redis)");
             demo(Coordinator::in_memory(), &run).await
         }
     }
