@@ -1,7 +1,8 @@
 //! Quickstart: a first call, a replay, ten concurrent duplicates that wait for one
 //! action, and a reused key refused.
 //!
-//! Runs on the in-memory store and compiles only the coordinator (default features off).
+//! Runs on the in-memory store; its one dependency is the coordinator (with its Redis
+//! store, the package's default feature `redis`).
 //! Set `REDIS_URL` (for example `redis://127.0.0.1:6379`) to run the same on Redis
 //! (`--no-default-features` builds it in memory only, without the Redis client);
 //! `RUST_LOG=debug` shows the library's events (hits, misses):

@@ -44,7 +44,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use idempotency_core::{
     ErrorType, IdempotencyError, IdempotencyRecord, RecordId, ReservationStore, ResultAdapter,
@@ -55,6 +55,9 @@ use crate::coordinator::{Coordinator, Failed, Flow};
 use crate::error_policy::ErrorPolicy;
 use crate::modes::{InFlight, OnStorageError};
 use crate::outcome::Outcome;
+
+/// The longest a follower waits, standing in for "no limit" (`max_wait(Duration::MAX)`).
+const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// How many independent locks the map is split into.
 const SHARDS: usize = 16;
@@ -385,12 +388,16 @@ impl<S: ReservationStore> Coordinator<S> {
             tracing::info!(in_flight = ?flow.in_flight, "idempotency key in flight (in this process)");
         }
         if prior.deadline.is_none() {
-            let patience = flow.options.max_wait.unwrap_or(self.inner.lease);
-            prior.deadline = Some(
-                Instant::now()
-                    .checked_add(patience)
-                    .unwrap_or_else(Instant::now),
-            );
+            // A wait the clock cannot add (`Duration::MAX`: as long as it takes) is held
+            // to a year, which no lease outlives; never to "now", which would give up at
+            // once.
+            let patience = flow
+                .options
+                .max_wait
+                .unwrap_or(self.inner.lease)
+                .min(LONGEST_WAIT);
+            let now = Instant::now();
+            prior.deadline = Some(now.checked_add(patience).unwrap_or(now));
         }
     }
 }

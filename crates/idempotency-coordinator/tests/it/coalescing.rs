@@ -674,3 +674,29 @@ async fn a_storm_sends_under_five_hundredths_of_a_command_per_caller() {
     assert_eq!(runs.get(), 1);
     assert!(sent < 50, "{sent} commands for 1000 callers");
 }
+
+on_all!(
+    a_follower_with_an_unbounded_max_wait_waits_for_its_leader,
+    |env| {
+        // `max_wait(Duration::MAX)` (as long as it takes) is a wait the clock cannot add: a
+        // follower must not read it as "give up now".
+        let coordinator = env.coordinator(|b| b.coalesce(true));
+        let key = unique("coalesce-max-wait");
+        let leader = crate::common::start_holder(
+            &coordinator,
+            &key,
+            None,
+            Duration::from_millis(800),
+            Ok(7),
+        )
+        .await;
+        let (value, outcome) = coordinator
+            .call("op", Some(&key))
+            .max_wait(Duration::MAX)
+            .run_with_outcome(|| async { Ok::<_, idempotency_core::IdempotencyError>(8u32) })
+            .await
+            .expect("waited for the leader");
+        assert_eq!((value, outcome), (7, Outcome::WaitedThenReplayed));
+        assert_eq!(leader.await.expect("task").expect("leader"), 7);
+    }
+);

@@ -63,7 +63,10 @@ impl Admin {
         timeout: Duration,
         mut on_wait: impl FnMut(&Inspection) + Send,
     ) -> Result<WatchOutcome> {
-        let deadline = Instant::now() + timeout;
+        // A timeout the clock cannot add (`Duration::MAX`) is waited as a year.
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 60 * 60));
         // Subscribed before the first read, so a completion right after it is not missed.
         let mut watch = ReservationStore::watch(&self.store, id).await?;
         let mut seen_pending = false;

@@ -122,9 +122,14 @@ impl Entries {
     /// Serves the cache until `sent + staleness`, `sent` being when the confirming check
     /// was sent.
     pub(crate) fn fresh_until(&self, sent: Instant, staleness: Duration) {
-        let until = (sent + staleness).saturating_duration_since(self.base);
-        self.fresh_until
-            .store(until.as_nanos() as u64, Ordering::Release);
+        // A staleness the clock cannot add serves until the counter's end.
+        let until = sent.checked_add(staleness).map_or(Duration::MAX, |end| {
+            end.saturating_duration_since(self.base)
+        });
+        self.fresh_until.store(
+            u64::try_from(until.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
     }
 
     /// Stops serving until the next confirmation.
