@@ -1,5 +1,6 @@
 //! Base64 (RFC 4648), standard alphabet with padding for stored bodies, URL-safe without
-//! padding for storage keys. Small enough to keep rather than add a dependency.
+//! padding for storage keys (small enough to keep rather than add a dependency); and the
+//! length-prefixed fields the storage key and the fingerprint hash.
 
 const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -50,6 +51,14 @@ pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// Feeds `bytes` into `hasher` length-prefixed (8 bytes, big endian), so no two sequences
+/// of fields hash the same input: the storage key and the fingerprint are built from them.
+pub(crate) fn hash_field(hasher: &mut sha2::Sha256, bytes: &[u8]) {
+    use sha2::Digest;
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
 }
 
 #[cfg(test)]

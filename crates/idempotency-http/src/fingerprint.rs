@@ -11,6 +11,7 @@ use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use crate::constants::FINGERPRINT_DOMAIN;
+use crate::encoding::hash_field;
 
 /// A fingerprint function over the request's parts and buffered body.
 pub type FingerprintFn = dyn Fn(&Parts, &Bytes) -> String + Send + Sync;
@@ -73,11 +74,11 @@ pub(crate) fn fingerprint_by(
 pub(crate) fn fingerprint(parts: &Parts, headers: &[HeaderName], body: &Bytes) -> String {
     let mut hasher = Sha256::new();
     hasher.update(FINGERPRINT_DOMAIN);
-    field(&mut hasher, parts.method.as_str().as_bytes());
+    hash_field(&mut hasher, parts.method.as_str().as_bytes());
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    field(&mut hasher, target.as_bytes());
+    hash_field(&mut hasher, target.as_bytes());
     for name in headers {
-        field(&mut hasher, name.as_str().as_bytes());
+        hash_field(&mut hasher, name.as_str().as_bytes());
         let values: Vec<&[u8]> = parts
             .headers
             .get_all(name)
@@ -86,10 +87,10 @@ pub(crate) fn fingerprint(parts: &Parts, headers: &[HeaderName], body: &Bytes) -
             .collect();
         hasher.update((values.len() as u64).to_be_bytes());
         for value in values {
-            field(&mut hasher, value);
+            hash_field(&mut hasher, value);
         }
     }
-    field(&mut hasher, body);
+    hash_field(&mut hasher, body);
     let digest = hasher.finalize();
     let mut out = String::with_capacity(64);
     for b in digest {
@@ -97,11 +98,6 @@ pub(crate) fn fingerprint(parts: &Parts, headers: &[HeaderName], body: &Bytes) -
         out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
     }
     out
-}
-
-fn field(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use http::Method;
 use sha2::{Digest, Sha256};
 
 use crate::constants::STORAGE_KEY_DOMAIN;
-use crate::encoding::encode_url_safe;
+use crate::encoding::{encode_url_safe, hash_field};
 
 /// The core's longest operation, in characters.
 const MAX_OPERATION_CHARS: usize = 100;
@@ -42,18 +42,13 @@ pub(crate) fn storage_key(tenant: Option<&str>, method: &Method, route: &str, ke
         None => hasher.update([0u8]),
         Some(tenant) => {
             hasher.update([1u8]);
-            field(&mut hasher, tenant.as_bytes());
+            hash_field(&mut hasher, tenant.as_bytes());
         }
     }
-    field(&mut hasher, method.as_str().as_bytes());
-    field(&mut hasher, route.as_bytes());
-    field(&mut hasher, key.as_bytes());
+    hash_field(&mut hasher, method.as_str().as_bytes());
+    hash_field(&mut hasher, route.as_bytes());
+    hash_field(&mut hasher, key.as_bytes());
     encode_url_safe(&hasher.finalize())
-}
-
-fn field(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
 }
 
 #[cfg(test)]
