@@ -40,8 +40,7 @@ pub const DEFAULT_KEY_PREFIX: &str = "idempotency:";
 pub const KEY_SEPARATOR: char = ':';
 
 /// How far past its `expires_at` (by the store's clock) a pending record must be before a
-/// store treats it as abandoned: taken over by a claim and deleted by a read, as the
-/// Python library does with any expired record. Our Redis store stamps records with the
-/// server's clock, so this margin protects writers that do not: Python 0.5.0 clients (and
-/// ours when the server refuses `TIME`) whose clocks run behind by less than an hour.
+/// store treats it as abandoned: taken over by a claim, and only when the store will
+/// never expire the key itself (a reservation Redis holds with a TTL is live, whatever
+/// its `expires_at` says). Reads never delete a pending record.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);

@@ -28,11 +28,8 @@ const TAKEOVER_ROUNDS: usize = 3;
 /// A fenced script's reply: 1 written over our reservation, 2 (`complete.lua` only)
 /// written though our reservation was gone, anything else nothing written.
 fn fence(value: &Value) -> Fence {
-    match value.as_i64() {
-        Some(1) => Fence::Held,
-        Some(2) => Fence::Vacated,
-        _ => Fence::Lost,
-    }
+    // Core's decision, shared with the model that checks the scripts (`idempotency-model`).
+    Fence::from_script_reply(value.as_i64())
 }
 
 fn millis(d: Duration) -> i64 {
@@ -101,10 +98,11 @@ impl RedisStore {
 
     /// Why a found value must be taken over, or `None` when it is a record to answer
     /// with. Never asks the server: an abandoned reservation is recognised only with a
-    /// fresh sample of the server's clock, never by the local clock.
-    fn unusable(&self, decoded: &Result<IdempotencyRecord>) -> Option<String> {
+    /// fresh sample of the server's clock, never by the local clock, and `takeover.lua`
+    /// then takes it only if Redis will never expire the key.
+    fn unusable(&self, decoded: &Result<IdempotencyRecord>) -> Option<Unusable> {
         match decoded {
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(Unusable::Unreadable(e.to_string())),
             // Only a pending record can be abandoned: a hit never reads the clock.
             Ok(record) if !record.is_pending() => None,
             Ok(record) => self
@@ -112,7 +110,25 @@ impl RedisStore {
                 .server_clock
                 .estimate()
                 .filter(|now| is_abandoned(record, *now))
-                .map(|_| "an abandoned reservation".to_owned()),
+                .map(|_| Unusable::Abandoned),
+        }
+    }
+}
+
+/// Why a claim tries to take a found value over.
+enum Unusable {
+    /// No client can read it (the decoder's error).
+    Unreadable(String),
+    /// A reservation past its `expires_at` by more than `ABANDONED_AFTER` on the server's
+    /// clock: taken over only when the key has no expiry (nobody will ever free it).
+    Abandoned,
+}
+
+impl Unusable {
+    fn describe(&self) -> &str {
+        match self {
+            Self::Unreadable(why) => why,
+            Self::Abandoned => "an abandoned reservation that Redis never expires",
         }
     }
 }
@@ -129,6 +145,9 @@ impl ReservationStore for RedisStore {
         let lease_ms = millis(duration);
         let mut reply = self.send_claim(&redis_key, &json, lease_ms).await;
         let mut takeovers = 0;
+        // The abandoned reservation the last takeover was refused on because Redis still
+        // expires it: alive by Redis's word, so found, not taken over again.
+        let mut refused: Option<Vec<u8>> = None;
         // Every reply is decoded, the last takeover's included: a takeover that wrote our
         // record answers nil, which is ours.
         loop {
@@ -146,7 +165,11 @@ impl ReservationStore for RedisStore {
                 ));
             };
             let decoded = self.decode(id, bytes);
-            let Some(why) = self.unusable(&decoded) else {
+            let why = match self.unusable(&decoded) {
+                Some(Unusable::Abandoned) if refused.as_deref() == Some(bytes) => None,
+                other => other,
+            };
+            let Some(why) = why else {
                 return match decoded {
                     // Held by Redis, so alive: no client clock judges it. Our own pending
                     // record is a re-sent claim finding its first write.
@@ -167,13 +190,16 @@ impl ReservationStore for RedisStore {
             tracing::warn!(
                 operation = id.operation(),
                 key = id.key(),
-                found = %why,
+                found = why.describe(),
                 "taking the key over"
             );
+            let abandoned = matches!(why, Unusable::Abandoned);
+            refused = abandoned.then(|| bytes.to_vec());
             let args = vec![
                 Value::Bytes(bytes.to_vec().into()),
                 Value::from(json.as_str()),
                 Value::from(lease_ms),
+                Value::from(if abandoned { "1" } else { "0" }),
             ];
             reply = self
                 .inner

@@ -10,7 +10,7 @@ use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
     BulkRepository, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
     IdempotencyRepository, LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions,
-    bulk_outcome, is_abandoned, validate_all,
+    bulk_outcome, validate_all,
 };
 
 use crate::errors::{classify, label, storage};
@@ -262,8 +262,11 @@ impl RedisStore {
             .await
     }
 
-    /// The found record, or `None` when it has expired by `server_now` (the server's
-    /// clock, or the local one when no sample exists: then nothing is deleted).
+    /// The found record, or `None` when it has expired by `server_now`, the server's
+    /// clock. Without a sample of it the record is shown: Redis still holds the key, and
+    /// no reader's clock judges it. An expired completed record is deleted (if unchanged),
+    /// as the Python library does; a pending one is hidden but never deleted (only its
+    /// owner's release, Redis's expiry or a claim's takeover remove a reservation).
     pub(crate) async fn judge_found(
         &self,
         id: &RecordId,
@@ -272,12 +275,13 @@ impl RedisStore {
         record: IdempotencyRecord,
         server_now: Option<time::OffsetDateTime>,
     ) -> Result<Option<IdempotencyRecord>> {
-        let now = server_now.unwrap_or_else(time::OffsetDateTime::now_utc);
+        let Some(now) = server_now else {
+            return Ok(Some(record));
+        };
         if !record.is_expired_at(now) {
             return Ok(Some(record));
         }
-        let delete = server_now.is_some() && (!record.is_pending() || is_abandoned(&record, now));
-        if delete {
+        if !record.is_pending() {
             self.delete_if_equal(id.operation(), redis_key, bytes).await;
         }
         Ok(None)

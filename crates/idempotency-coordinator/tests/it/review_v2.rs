@@ -189,6 +189,27 @@ async fn a_claim_that_found_a_live_owner_never_fails_open_into_a_duplicate() {
     );
 }
 
+// Without a sample of the server's clock (`TIME` refused), a read must not judge a
+// record's `expires_at` with the reader's clock: a result written by a clock behind the
+// reader's (here: stamped in 2020) that Redis still holds is shown, not hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_server_time_a_read_shows_what_redis_holds() {
+    let (server, store) = least_privilege_store().await;
+    let key = unique("no-time-stale");
+    let rid = idempotency_testkit::record_id("op", &key);
+    let redis_key = store.redis_key(&rid);
+    let stale = format!(
+        r#"{{"operation":"op","idempotency_key":"{key}","result":7,"created_at":"2020-01-01T00:00:00+00:00","expires_at":"2020-01-01T01:00:00+00:00","status":"completed","fingerprint":null}}"#
+    );
+    idempotency_testkit::resp::command(server.port(), &["SET", &redis_key, &stale, "EX", "600"])
+        .expect("plant");
+    let read = store.get(&rid).await.expect("get");
+    assert!(
+        read.is_some(),
+        "a record Redis holds was judged expired by the reader's clock"
+    );
+}
+
 /// A server with a least-privilege ACL user `app` (no `TIME`), and a store as that user.
 pub(crate) async fn least_privilege_store() -> (RedisServer, RedisStore) {
     let server = RedisServer::start_with(&ServerOptions {

@@ -17,7 +17,8 @@
 //! Liveness is the store's: a key the store still holds is alive, whatever its
 //! `expires_at` says to a client's clock. Nothing deletes a pending record except its
 //! owner's release, the store's own expiry, or the takeover of an abandoned one (past
-//! its `expires_at` by more than an hour on the store's clock, see [`is_abandoned`]).
+//! its `expires_at` by more than an hour on the store's clock, see [`is_abandoned`], and
+//! held with no expiry, so that nobody would ever free it).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -251,8 +252,10 @@ pub fn holds_lease(record: &IdempotencyRecord, token: &str) -> bool {
 
 /// Whether `record` is a reservation nobody can still be running: pending, and past its
 /// `expires_at` by more than [`ABANDONED_AFTER`](crate::constants::ABANDONED_AFTER) on
-/// the **store's** clock `store_now` (never a client's). Stores take such a record over
-/// on claim, as they do with unreadable values.
+/// the **store's** clock `store_now` (never a client's). A store takes such a record over
+/// on claim, as it does with unreadable values, only when it will never expire the key
+/// itself (Redis: `PTTL` -1): while the store still expires the key, it is alive, since a
+/// writer whose clock runs behind stamps such records on live reservations.
 ///
 /// # Examples
 /// ```
@@ -315,7 +318,8 @@ pub trait KeyWatch: Send {
 ///   newer owner's record, nor a completed record;
 /// - liveness is the store's: a held key is never judged dead by a client clock, and
 ///   nothing but `release`, the store's expiry or the takeover of an abandoned record
-///   ([`is_abandoned`], on the store's clock) removes a pending record;
+///   ([`is_abandoned`], on the store's clock, and only one the store never expires)
+///   removes a pending record;
 /// - `claim` is idempotent for its lease: repeating it (a re-sent command) returns
 ///   [`Claim::Acquired`] while our pending record is there;
 /// - no value under the key makes `claim` return without either the key held by us or a

@@ -105,12 +105,16 @@ impl Inspection {
         }
     }
 
-    /// Whether this is a reservation whose owner may still be running: pending and not
-    /// abandoned by the server's clock (Redis still holds it, so its lease has not run
-    /// out; without the server's time, every pending record counts as live).
+    /// Whether this is a reservation whose owner may still be running: pending, and
+    /// either Redis will expire the key (its lease has not run out, whatever the writer's
+    /// clock stamped) or it is not abandoned by the server's clock. Claims take over the
+    /// same ones (a key with no TTL, an hour past its `expires_at`); without the server's
+    /// time, every pending record counts as live.
     pub fn is_live_reservation(&self) -> bool {
         match (self.record(), self.server_time) {
-            (Some(r), Some(now)) => r.is_pending() && !is_abandoned(r, now),
+            (Some(r), Some(now)) => {
+                r.is_pending() && (self.pttl.is_some() || !is_abandoned(r, now))
+            }
             (Some(r), None) => r.is_pending(),
             (None, _) => false,
         }

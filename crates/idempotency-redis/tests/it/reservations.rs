@@ -186,6 +186,37 @@ on_both!(
     }
 );
 
+// Liveness is Redis's: a pending record past its `expires_at` by hours (a Python writer
+// whose clock runs behind stamps such records) is a live reservation as long as Redis
+// expires the key; only one Redis will never expire is taken over as abandoned.
+on_both!(
+    an_abandoned_reservation_is_taken_over_only_when_redis_never_expires_it,
+    |env| {
+        let key = unique("abandoned");
+        let rid = id("op", &key);
+        let redis_key = env.store.redis_key(&rid);
+        let stale = format!(
+            r#"{{"operation":"op","idempotency_key":"{key}","result":null,"created_at":"2020-01-01T00:00:00+00:00","expires_at":"2020-01-01T00:00:30+00:00","status":"pending","fingerprint":null}}"#
+        );
+        plant(&env, &redis_key, stale.as_bytes());
+        let lease = Lease::new(rid.clone(), None, Clock::system());
+        match env.store.claim(&lease, LONG).await.expect("claim") {
+            Claim::Found(record) => assert!(record.is_pending(), "{record:?}"),
+            Claim::Acquired => panic!("a reservation Redis still expires was taken over"),
+        }
+        let held = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
+        assert_eq!(held.as_bytes(), Some(stale.as_bytes()), "left as it was");
+        // The same bytes with no expiry: nobody would ever free the key.
+        env.raw(&redis_key, &[b"PERSIST", redis_key.as_bytes()]);
+        let lease = Lease::new(rid, None, Clock::system());
+        assert_eq!(
+            env.store.claim(&lease, LONG).await.expect("claim"),
+            Claim::Acquired,
+            "a reservation Redis never expires, abandoned for years, is taken over"
+        );
+    }
+);
+
 on_both!(
     a_value_of_another_type_is_a_data_error_naming_the_key,
     |env| {
