@@ -28,10 +28,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use idempotency_coordinator::{
-    Coordinator, IdempotencySettings, MemoryStore, ReservationStore, redis_coordinator,
+    ConnectOptions, Coordinator, IdempotencySettings, MemoryStore, PrometheusMetrics,
+    ReservationStore, connect_client, redis_coordinator,
 };
 use idempotency_http::{HttpOutcome, IdempotencyLayer, KeyRequirement};
-use idempotency_metrics::PrometheusMetrics;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -147,11 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 key_prefix: "example:idempotency:".into(),
                 ..Default::default()
             };
-            let client = idempotency_redis::connect_client(
-                &url,
-                &idempotency_redis::ConnectOptions::default(),
-            )
-            .await?;
+            let client = connect_client(&url, &ConnectOptions::default()).await?;
             let coordinator = redis_coordinator(&settings, client, Some(collector))?;
             (app(coordinator, registry)?, format!("Redis at {url}"))
         }

@@ -68,9 +68,11 @@ pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
 pub use error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
 pub use hook::{RecordCreated, RecordCreatedHook};
 pub use idempotency_core::{
-    Clock, ErrorClass, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRepository,
-    JsonAdapter, LatencyMethod, MemoryStore, NoopMetrics, RecordId, RecordStatus, ReservationStore,
-    ResultAdapter, SerdeAdapter, Unfenced, VoidAdapter, fingerprint_of,
+    BulkRepository, Claim, Clock, ErrorClass, ErrorType, Fence, IdempotencyDomainService,
+    IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository, JsonAdapter,
+    KeyWatch, LatencyMethod, Lease, MemoryStore, NoopMetrics, RawValue, RecordId, RecordOptions,
+    RecordStatus, ReservationStore, ResultAdapter, SaveManyOptions, SerdeAdapter, Unfenced,
+    VoidAdapter, canonical_json, fingerprint_of,
 };
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
@@ -80,7 +82,7 @@ pub use idempotency_macros::idempotent;
 pub use idempotency_metrics::PrometheusMetrics;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use idempotency_redis::{ConnectOptions, RedisStore, connect_client};
+pub use idempotency_redis::{ConnectOptions, Connection, RedisStore, connect_client};
 pub use modes::{InFlight, OnStorageError};
 pub use outcome::Outcome;
 pub use settings::IdempotencySettings;

@@ -23,9 +23,10 @@ use crate::settings::IdempotencySettings;
 /// # Examples
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use idempotency_coordinator::{IdempotencySettings, redis_coordinator};
-/// use idempotency_metrics::PrometheusMetrics;
-/// let client = idempotency_redis::connect_client("redis://127.0.0.1:6379", &Default::default()).await?;
+/// use idempotency_coordinator::{
+///     IdempotencySettings, PrometheusMetrics, connect_client, redis_coordinator,
+/// };
+/// let client = connect_client("redis://127.0.0.1:6379", &Default::default()).await?;
 /// let registry = prometheus::Registry::new();
 /// let metrics = PrometheusMetrics::register(&registry, None)?.shared();
 /// let settings = IdempotencySettings { metrics_enabled: true, ..Default::default() };

@@ -116,8 +116,8 @@ pub type Identifiers = RecordId;
 ///
 /// # Examples
 /// ```
-/// let err = idempotency_core::validate_identifiers("", "a:b").unwrap_err();
-/// assert_eq!(err.problems().len(), 2);
+/// let refused = idempotency_core::validate_identifiers("", "a:b").err();
+/// assert_eq!(refused.map(|e| e.problems().len()), Some(2));
 /// ```
 pub fn validate_identifiers<'a>(operation: &'a str, key: &'a str) -> Result<(&'a str, &'a str)> {
     let operation = operation.trim();

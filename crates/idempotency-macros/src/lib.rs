@@ -76,8 +76,8 @@ use proc_macro::TokenStream;
 /// # async fn main() -> Result<(), IdempotencyError> {
 /// # let pay = Pay { idempotency_coordinator: Coordinator::in_memory() };
 /// assert_eq!(pay.charge(5, Some("k".into())).await?, 5);
-/// let reused = pay.charge(6, Some("k".into())).await.unwrap_err();
-/// assert_eq!(reused.http_status(), 422);
+/// let reused = pay.charge(6, Some("k".into())).await;
+/// assert!(reused.is_err_and(|e| e.http_status() == 422));
 /// # Ok(()) }
 /// ```
 ///

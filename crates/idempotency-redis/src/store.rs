@@ -422,52 +422,7 @@ impl BulkRepository for RedisStore {
         operation: &str,
         keys: &[K],
     ) -> Result<HashMap<String, IdempotencyRecord>> {
-        let ids = validate_all(operation, keys)?;
-        let Some(operation) = ids.first().map(RecordId::operation) else {
-            return Ok(HashMap::new());
-        };
-        let start = Instant::now();
-        let redis_keys: Vec<String> = ids.iter().map(|id| self.redis_key(id)).collect();
-        let client = self.client();
-        let replies = self
-            .per_slot(&redis_keys, |keys| client.mget::<Value, _>(keys))
-            .await;
-        let mut found = HashMap::with_capacity(ids.len());
-        let (mut hits, mut misses) = (0u64, 0u64);
-        // One reading of the server's clock for the whole batch.
-        let server_now = self.inner.server_clock.now(self.client()).await;
-        for (idx, reply) in replies {
-            let values = match reply.map_err(|e| self.fail(operation, e))? {
-                Value::Array(values) => values,
-                single => vec![single],
-            };
-            for (i, value) in idx.into_iter().zip(values) {
-                let id = &ids[i];
-                let decoded = match value.as_bytes() {
-                    Some(bytes) => {
-                        let record = self.decode(id, bytes)?;
-                        self.judge_found(id, &redis_keys[i], bytes, record, server_now)
-                            .await?
-                    }
-                    None => self.decode_found(id, &redis_keys[i], value).await?,
-                };
-                match decoded {
-                    Some(record) => {
-                        hits += 1;
-                        found.insert(id.key().to_owned(), record);
-                    }
-                    None => misses += 1,
-                }
-            }
-        }
-        if hits > 0 {
-            self.inner.metrics.record_bulk_hit(operation, hits);
-        }
-        if misses > 0 {
-            self.inner.metrics.record_bulk_miss(operation, misses);
-        }
-        self.latency(operation, LatencyMethod::GetMany, start);
-        Ok(found)
+        self.get_many_ids(&validate_all(operation, keys)?).await
     }
 
     async fn save_many(
@@ -566,7 +521,66 @@ impl BulkRepository for RedisStore {
     }
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        let ids = validate_all(operation, keys)?;
+        self.delete_many_ids(&validate_all(operation, keys)?).await
+    }
+}
+
+impl RedisStore {
+    /// [`BulkRepository::get_many`] of identities validated already (by the trait method,
+    /// or by a wrapper such as the local cache, so that no key is validated twice).
+    pub(crate) async fn get_many_ids(
+        &self,
+        ids: &[RecordId],
+    ) -> Result<HashMap<String, IdempotencyRecord>> {
+        let Some(operation) = ids.first().map(RecordId::operation) else {
+            return Ok(HashMap::new());
+        };
+        let start = Instant::now();
+        let redis_keys: Vec<String> = ids.iter().map(|id| self.redis_key(id)).collect();
+        let client = self.client();
+        let replies = self
+            .per_slot(&redis_keys, |keys| client.mget::<Value, _>(keys))
+            .await;
+        let mut found = HashMap::with_capacity(ids.len());
+        let (mut hits, mut misses) = (0u64, 0u64);
+        // One reading of the server's clock for the whole batch.
+        let server_now = self.inner.server_clock.now(self.client()).await;
+        for (idx, reply) in replies {
+            let values = match reply.map_err(|e| self.fail(operation, e))? {
+                Value::Array(values) => values,
+                single => vec![single],
+            };
+            for (i, value) in idx.into_iter().zip(values) {
+                let id = &ids[i];
+                let decoded = match value.as_bytes() {
+                    Some(bytes) => {
+                        let record = self.decode(id, bytes)?;
+                        self.judge_found(id, &redis_keys[i], bytes, record, server_now)
+                            .await?
+                    }
+                    None => self.decode_found(id, &redis_keys[i], value).await?,
+                };
+                match decoded {
+                    Some(record) => {
+                        hits += 1;
+                        found.insert(id.key().to_owned(), record);
+                    }
+                    None => misses += 1,
+                }
+            }
+        }
+        if hits > 0 {
+            self.inner.metrics.record_bulk_hit(operation, hits);
+        }
+        if misses > 0 {
+            self.inner.metrics.record_bulk_miss(operation, misses);
+        }
+        self.latency(operation, LatencyMethod::GetMany, start);
+        Ok(found)
+    }
+
+    /// [`BulkRepository::delete_many`] of identities validated already.
+    pub(crate) async fn delete_many_ids(&self, ids: &[RecordId]) -> Result<u64> {
         let Some(operation) = ids.first().map(RecordId::operation) else {
             return Ok(0);
         };

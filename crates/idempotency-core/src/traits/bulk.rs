@@ -73,9 +73,13 @@ pub trait BulkRepository: IdempotencyRepository {
 ///
 /// # Examples
 /// ```
-/// let ids = idempotency_core::validate_all("op", &["a", " b "]).expect("valid");
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use idempotency_core::validate_all;
+/// let ids = validate_all("op", &["a", " b "])?;
 /// assert_eq!(ids[1].key(), "b");
-/// assert_eq!(idempotency_core::validate_all("op", &["a:b", ""]).unwrap_err().problems().len(), 2);
+/// let refused = validate_all("op", &["a:b", ""]).err();
+/// assert_eq!(refused.map(|e| e.problems().len()), Some(2));
+/// # Ok(()) }
 /// ```
 pub fn validate_all<K: AsRef<str>>(operation: &str, keys: &[K]) -> Result<Vec<RecordId>> {
     let mut out = Vec::with_capacity(keys.len());
@@ -106,8 +110,8 @@ pub fn validate_all<K: AsRef<str>>(operation: &str, keys: &[K]) -> Result<Vec<Re
 /// ```
 /// use idempotency_core::{SaveManyOptions, bulk_outcome};
 /// assert!(bulk_outcome("op", vec![], vec![], vec!["a".into()], SaveManyOptions::default()).is_ok());
-/// let err = bulk_outcome("op", vec!["b".into()], vec![], vec![], SaveManyOptions::default()).unwrap_err();
-/// assert!(err.is_collision());
+/// let refused = bulk_outcome("op", vec!["b".into()], vec![], vec![], SaveManyOptions::default());
+/// assert!(refused.is_err_and(|e| e.is_collision()));
 /// ```
 pub fn bulk_outcome(
     operation: &str,

@@ -43,7 +43,7 @@ impl SaveManyOptions {
 /// let store = MemoryStore::new();
 /// let record = IdempotencyDomainService::default().create_record("op", "k", &1)?;
 /// store.save(&record).await?;
-/// assert!(store.save(&record).await.unwrap_err().is_collision());
+/// assert!(store.save(&record).await.is_err_and(|e| e.is_collision()));
 /// assert_eq!(store.get(&RecordId::new("op", "k")?).await?, Some(record));
 /// # Ok(()) }
 /// ```

@@ -219,8 +219,8 @@ impl BulkRepository for CachedStore {
         if rest.is_empty() {
             return Ok(found);
         }
-        let keys: Vec<&str> = rest.iter().map(|(id, _)| id.key()).collect();
-        let read = self.store.get_many(operation, &keys).await?;
+        let ids: Vec<RecordId> = rest.iter().map(|(id, _)| id.clone()).collect();
+        let read = self.store.get_many_ids(&ids).await?;
         for (id, ticket) in &rest {
             if let Some(record) = read.get(id.key()) {
                 self.fill(*ticket, id, record);
@@ -244,7 +244,7 @@ impl BulkRepository for CachedStore {
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
         let ids = validate_all(operation, keys)?;
-        let deleted = self.store.delete_many(operation, keys).await;
+        let deleted = self.store.delete_many_ids(&ids).await;
         for id in &ids {
             self.invalidate(id);
         }

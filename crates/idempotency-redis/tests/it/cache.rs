@@ -20,6 +20,7 @@ use idempotency_core::{
 };
 use idempotency_redis::cache::{CacheConfig, CachedStore};
 use idempotency_redis::{ConnectOptions, RedisStore};
+use idempotency_testkit::contract;
 use idempotency_testkit::resp::Reply;
 
 const OP: &str = "cache.op";
@@ -40,6 +41,13 @@ fn record(key: &str, result: &str) -> IdempotencyRecord {
         )
         .expect("record")
 }
+
+// The caching store keeps the store contract every store keeps (the same body as the
+// memory, Redis and sentinel stores run).
+on_both!(the_cached_store_keeps_the_store_contract, |env| {
+    let (cached, _writer, _prefix) = pair(&env, CacheConfig::default()).await;
+    contract::all(&cached).await;
+});
 
 /// A store on its own connection under `prefix`.
 async fn store_at(url: &str, prefix: &str) -> RedisStore {

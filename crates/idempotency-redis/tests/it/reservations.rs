@@ -20,32 +20,10 @@ fn id(op: &str, key: &str) -> RecordId {
     RecordId::new(op, key).expect("valid identifiers")
 }
 
-on_both!(contract_concurrent_claims, |env| {
-    contract::concurrent_claims_get_exactly_one_owner(&env.store).await;
-});
-on_both!(contract_repeated_claim, |env| {
-    contract::a_repeated_claim_is_acquired_by_its_own_lease(&env.store).await;
-});
-on_both!(contract_claim_on_completed, |env| {
-    contract::a_claim_on_a_completed_key_returns_the_record(&env.store).await;
-});
-on_both!(contract_stale_owner, |env| {
-    contract::a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one(&env.store).await;
-});
-on_both!(contract_lookalike_owner_text, |env| {
-    contract::the_owner_check_ignores_look_alike_text_in_the_result(&env.store).await;
-});
-on_both!(contract_completed_record_is_final, |env| {
-    contract::a_completed_record_is_final_even_for_its_own_lease(&env.store).await;
-});
-on_both!(contract_complete_into_empty_key, |env| {
-    contract::complete_writes_into_an_empty_key(&env.store).await;
-});
-on_both!(contract_client_clocks, |env| {
-    contract::client_clocks_never_decide_liveness(&env.store).await;
-});
-on_both!(contract_wake_ups, |env| {
-    contract::a_waiter_is_woken_by_completion_and_by_release(&env.store).await;
+// The store contract every store keeps, from one body (`contract::all`), so a check added
+// there runs here too.
+on_both!(the_store_contract, |env| {
+    contract::all(&env.store).await;
 });
 
 on_both!(the_lease_and_renewal_set_the_redis_ttl, |env| {
