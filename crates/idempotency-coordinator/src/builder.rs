@@ -221,6 +221,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     #[must_use]
     pub fn settings(mut self, settings: &IdempotencySettings) -> Self {
         self.settings = settings.clone();
+        self.coalesce = settings.coalesce;
         self.lease = None;
         self.policy_given = false;
         if let Ok(policy) = settings.domain_service() {

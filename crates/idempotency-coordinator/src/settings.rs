@@ -51,6 +51,10 @@ pub struct IdempotencySettings {
     pub in_flight_lease_seconds: u64,
     /// What a call gets when the store fails before the action.
     pub on_storage_error: OnStorageError,
+    /// In-process coalescing: concurrent calls for one key in this process share one
+    /// claim (see [`CoordinatorBuilder::coalesce`](crate::CoordinatorBuilder::coalesce)).
+    /// Not a setting of the Python library; off by default.
+    pub coalesce: bool,
 }
 
 impl Default for IdempotencySettings {
@@ -66,6 +70,7 @@ impl Default for IdempotencySettings {
             in_flight: InFlight::Wait,
             in_flight_lease_seconds: DEFAULT_IN_FLIGHT_LEASE.as_secs(),
             on_storage_error: OnStorageError::Run,
+            coalesce: false,
         }
     }
 }

@@ -700,3 +700,35 @@ on_all!(
         assert_eq!(leader.await.expect("task").expect("leader"), 7);
     }
 );
+
+// Coalescing is also a setting (`IdempotencySettings::coalesce`, read from a service's
+// configuration): the same storm costs one claim with it on and one per caller with it
+// off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_is_a_setting() {
+    let env = crate::common::memory();
+    for (coalesce, expected) in [(true, 1), (false, 20)] {
+        let settings: idempotency_coordinator::IdempotencySettings =
+            serde_json::from_value(serde_json::json!({ "coalesce": coalesce }))
+                .expect("settings");
+        let store = Counting::new(env.store.clone());
+        let coordinator = Coordinator::builder(store.clone())
+            .settings(&settings)
+            .build()
+            .expect("valid settings");
+        let runs = Runs::default();
+        let key = unique("setting");
+        let outcomes = storm(&coordinator, &key, 20, &runs, Duration::from_millis(300)).await;
+        assert_eq!(runs.get(), 1, "the action ran once");
+        assert_eq!(count(&outcomes, Outcome::Executed), 1);
+        assert!(
+            if coalesce {
+                store.claims() == expected
+            } else {
+                store.claims() >= expected
+            },
+            "coalesce {coalesce}: {} claims for 20 callers",
+            store.claims()
+        );
+    }
+}
