@@ -4,9 +4,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{IdempotencyError, Result};
-use crate::json_text::{
-    FINGERPRINT_MAX_DEPTH, FloatStyle, PythonFormatter, parse_python_json, write_canonical,
-};
+use crate::json_text::{FINGERPRINT_MAX_DEPTH, parse_python_json, write_canonical};
+use crate::python_floats::{CanonicalFormatter, NonFinite, Pending};
 
 /// Hashes named values into a request fingerprint, equal to the Python library's
 /// `fingerprint_of(**values)` for the same values.
@@ -79,15 +78,17 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 pub fn canonical_json<T: Serialize + ?Sized>(values: &T) -> Result<String> {
     // Integers of every width are written in full and raw text verbatim; the text is then
     // read back as Python would read it, keys sorted and numbers respelled.
+    // `NaN` and the infinities are written as Python writes them (`serde_json` alone
+    // writes `null`).
+    let pending = Pending::new(None);
     let mut buf = Vec::with_capacity(128);
-    let mut ser = serde_json::Serializer::with_formatter(
-        &mut buf,
-        PythonFormatter {
-            style: FloatStyle::PythonRepr,
-        },
-    );
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut buf, CanonicalFormatter { pending: &pending });
     values
-        .serialize(&mut ser)
+        .serialize(NonFinite {
+            inner: &mut ser,
+            pending: &pending,
+        })
         .map_err(IdempotencyError::fingerprint)?;
     let text = String::from_utf8(buf).map_err(IdempotencyError::fingerprint)?;
     let json =

@@ -187,7 +187,7 @@ pub(crate) const PYDANTIC_MAX_DEPTH: usize = 200;
 /// Deepest nesting accepted for a fingerprint's JSON text (Python's recursion limit).
 pub(crate) const FINGERPRINT_MAX_DEPTH: usize = 990;
 /// Python refuses integers of more digits (`sys.get_int_max_str_digits()`).
-const MAX_INT_DIGITS: usize = 4300;
+pub(crate) const MAX_INT_DIGITS: usize = 4300;
 
 /// Parses `text` as one JSON document the way Python does: whitespace is space, tab, CR
 /// and LF only (no BOM), nothing may follow the value, a value may sit inside at most

@@ -44,6 +44,7 @@ mod identifiers;
 mod json_text;
 mod memory;
 mod policy;
+mod python_floats;
 mod record;
 mod timestamp;
 pub mod traits;

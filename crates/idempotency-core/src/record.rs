@@ -10,7 +10,9 @@ use time::OffsetDateTime;
 use crate::constants::{MAX_KEY_LENGTH, MAX_OPERATION_LENGTH};
 use crate::error::{FieldProblem, IdempotencyError, Result};
 use crate::identifiers::{RecordId, check_field, validate_identifiers};
-use crate::json_text::{Json, PYDANTIC_MAX_DEPTH, dict_members, parse_python_json, write_replayed};
+use crate::json_text::{
+    Json, MAX_INT_DIGITS, PYDANTIC_MAX_DEPTH, dict_members, parse_python_json, write_replayed,
+};
 use crate::timestamp::{
     Stamp, StampError, from_unix_float, from_unix_int, parse_timestamp_str, to_micros,
     write_timestamp,
@@ -124,16 +126,6 @@ pub struct RecordParts {
     pub owner: Option<String>,
 }
 
-/// A record's fields beside its identity, for [`IdempotencyRecord::of_identity`].
-pub(crate) struct IdentityParts {
-    pub(crate) result: Box<RawValue>,
-    pub(crate) created_at: OffsetDateTime,
-    pub(crate) expires_at: OffsetDateTime,
-    pub(crate) status: RecordStatus,
-    pub(crate) fingerprint: Option<String>,
-    pub(crate) owner: Option<String>,
-}
-
 pub(crate) fn null_json() -> Box<RawValue> {
     RawValue::NULL.to_owned()
 }
@@ -145,18 +137,12 @@ impl IdempotencyRecord {
     /// [`IdempotencyError::Validation`] for invalid identifiers.
     pub fn from_parts(parts: RecordParts) -> Result<Self> {
         let (operation, key) = validate_identifiers(&parts.operation, &parts.idempotency_key)?;
-        Ok(Self::assemble(
+        let (operation, idempotency_key) = (operation.to_owned(), key.to_owned());
+        Ok(Self::of_valid_parts(RecordParts {
             operation,
-            key,
-            IdentityParts {
-                result: parts.result,
-                created_at: parts.created_at,
-                expires_at: parts.expires_at,
-                status: parts.status,
-                fingerprint: parts.fingerprint,
-                owner: parts.owner,
-            },
-        ))
+            idempotency_key,
+            ..parts
+        }))
     }
 
     /// The record's identity. Its identifiers were validated when it was made (by
@@ -166,16 +152,13 @@ impl IdempotencyRecord {
         RecordId::from_validated(&self.operation, &self.idempotency_key)
     }
 
-    /// A record of an identity (already valid: nothing is validated again).
-    pub(crate) fn of_identity(id: &RecordId, parts: IdentityParts) -> Self {
-        Self::assemble(id.operation(), id.key(), parts)
-    }
-
-    /// A record of identifiers already validated.
-    fn assemble(operation: &str, key: &str, parts: IdentityParts) -> Self {
+    /// A record of parts whose identifiers are valid already (validated by
+    /// [`IdempotencyRecord::from_parts`], or taken from a [`RecordId`]): nothing is
+    /// validated again.
+    pub(crate) fn of_valid_parts(parts: RecordParts) -> Self {
         Self {
-            operation: operation.to_owned(),
-            idempotency_key: key.to_owned(),
+            operation: parts.operation,
+            idempotency_key: parts.idempotency_key,
             result: parts.result,
             created_at: parts.created_at,
             expires_at: parts.expires_at,
@@ -459,13 +442,7 @@ impl IdempotencyRecord {
     /// Decodes a well-formed record in one typed pass; `None` sends the bytes to the
     /// detailed decoder. Accepts only what that decoder accepts, with the same outcome.
     fn from_json_fast(text: &str) -> Option<Self> {
-        // A struct also deserializes from a JSON array; Python wants an object.
-        if text
-            .trim_start_matches([' ', '\t', '\n', '\r'])
-            .as_bytes()
-            .first()
-            != Some(&b'{')
-        {
+        if !is_plain(text) {
             return None;
         }
         let wire: WireFast<'_> = serde_json::from_str(text).ok()?;
@@ -474,7 +451,7 @@ impl IdempotencyRecord {
         let mut problems = Vec::new();
         check_field("operation", operation, MAX_OPERATION_LENGTH, &mut problems);
         check_field("idempotency_key", key, MAX_KEY_LENGTH, &mut problems);
-        if !problems.is_empty() || !result_is_plain(wire.result.get()) {
+        if !problems.is_empty() {
             return None;
         }
         let status = match wire.status {
@@ -523,49 +500,78 @@ impl fmt::Display for NaiveExpiry {
 
 impl std::error::Error for NaiveExpiry {}
 
-/// Whether a result (text `serde_json` has already checked) reads the same to Python as
-/// it is written: no `\u` escape (surrogates are checked by the detailed decoder), no
-/// repeated key, no float beyond the `f64` range, no integer of more than 4300 digits,
-/// nesting well within pydantic's limit. Conservative: `false` only costs a slower decode.
-fn result_is_plain(text: &str) -> bool {
+/// Whether a stored value that `serde_json` reads as a record (so: valid JSON to it, no
+/// `NaN`, no control character in a string, no bad escape) also reads the same to
+/// Python and to the detailed decoder, everywhere in it: unknown fields included, since
+/// pydantic parses the whole text before it looks at any field.
+///
+/// It refuses, so that the detailed decoder decides:
+/// - a root that is not an object (a struct also deserializes from an array);
+/// - a `\u` escape (a lone surrogate is invalid to Python) and `\/` (re-spelt);
+/// - an integer part of more than 4300 digits, in any number (`1…1e-5000` included:
+///   Python refuses it), and a float beyond the `f64` range (replayed as `null`);
+/// - more than 199 nested containers (pydantic reads 200 at most);
+/// - inside a nested value: whitespace and a repeated key (both re-written by the
+///   detailed decoder), an escaped key or more than 32 keys (not compared here).
+///
+/// Repeated top-level fields are left to `serde_json` (a known field twice fails there;
+/// an unknown one is ignored by both libraries). Conservative: `false` only costs a
+/// slower decode, never another outcome.
+fn is_plain(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .unwrap_or(bytes.len());
+    if bytes.get(i) != Some(&b'{') {
+        return false;
+    }
     // Open containers: whether each is an object, and where its keys start in `keys`.
-    let mut stack: Vec<(bool, usize)> = Vec::new();
+    let mut stack: Vec<(bool, usize)> = Vec::with_capacity(8);
     let mut keys: Vec<&str> = Vec::new();
     let mut expect_key = false;
-    let bytes = text.as_bytes();
-    let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
                 let start = i + 1;
                 let mut j = start;
                 let mut escaped = false;
-                while j < bytes.len() && bytes[j] != b'"' {
-                    if bytes[j] == b'\\' {
-                        if bytes.get(j + 1) == Some(&b'u') {
-                            return false;
+                loop {
+                    // Runs before `serde_json` has seen the text: it may end anywhere.
+                    let rest = bytes.get(j..).unwrap_or_default();
+                    match rest.iter().position(|&b| b == b'"' || b == b'\\') {
+                        None => return false,
+                        Some(at) if bytes[j + at] == b'"' => {
+                            j += at;
+                            break;
                         }
-                        escaped = true;
-                        j += 1;
+                        Some(at) => {
+                            j += at;
+                            if matches!(bytes.get(j + 1), Some(b'u' | b'/')) {
+                                return false;
+                            }
+                            escaped = true;
+                            j += 2;
+                        }
                     }
-                    j += 1;
                 }
-                if expect_key {
+                // Keys of the top-level object are `serde_json`'s to check.
+                if expect_key && stack.len() > 1 {
                     let Some(&(_, from)) = stack.last() else {
                         return false;
                     };
-                    let key = &text[start..j.min(text.len())];
+                    let key = &text[start..j];
                     if escaped || keys.len() - from >= 32 || keys[from..].contains(&key) {
                         return false;
                     }
                     keys.push(key);
-                    expect_key = false;
                 }
+                expect_key = false;
                 i = j + 1;
                 continue;
             }
             open @ (b'{' | b'[') => {
-                if stack.len() >= PYDANTIC_MAX_DEPTH - 2 {
+                if stack.len() >= PYDANTIC_MAX_DEPTH - 1 {
                     return false;
                 }
                 stack.push((open == b'{', keys.len()));
@@ -577,17 +583,24 @@ fn result_is_plain(text: &str) -> bool {
                 }
             }
             b',' => expect_key = stack.last().is_some_and(|&(object, _)| object),
+            b' ' | b'\t' | b'\n' | b'\r' if stack.len() > 1 => return false,
             b'-' | b'0'..=b'9' => {
                 let start = i;
+                i += usize::from(bytes[i] == b'-');
+                let digits_from = i;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                // Python's limit is on the digits before the point or exponent.
+                let int_digits = i - digits_from;
+                let float_from = i;
                 while i < bytes.len()
                     && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
                 {
                     i += 1;
                 }
-                let number = &text[start..i];
-                let float = number.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'));
-                if (float && number.parse::<f64>().is_ok_and(f64::is_infinite))
-                    || (!float && number.len() > 4300)
+                if int_digits > MAX_INT_DIGITS
+                    || (i > float_from && text[start..i].parse::<f64>().is_ok_and(f64::is_infinite))
                 {
                     return false;
                 }
@@ -683,16 +696,18 @@ fn field_time(
         Some(Json::Str(s)) => parse_timestamp_str(s),
         Some(Json::Number(text)) => {
             if text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+                // A number pydantic cannot turn into a `datetime` is `datetime_parsing`,
+                // whichever way it fails.
                 text.parse::<f64>()
                     .ok()
-                    .and_then(from_unix_float)
+                    .and_then(|f| from_unix_float(f).ok())
                     .map(Stamp::Aware)
                     .ok_or(StampError::Parsing)
             } else {
                 match text.parse::<i64>() {
                     Ok(i) => from_unix_int(i)
                         .map(Stamp::Aware)
-                        .ok_or(StampError::Parsing),
+                        .map_err(|_| StampError::Parsing),
                     // An integer beyond 64 bits is not a number pydantic takes here.
                     Err(_) => Err(StampError::Type),
                 }

@@ -116,46 +116,89 @@ const MS_WATERSHED: i64 = 20_000_000_000;
 /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: Python's `datetime` range.
 const UNIX_MIN: i64 = -62_135_596_800;
 const UNIX_MAX: i64 = 253_402_300_799;
+/// 0000-01-01T00:00:00Z: the earliest instant pydantic's parser (speedate) builds from a
+/// Unix timestamp. Between it and [`UNIX_MIN`] the parse succeeds and only Python's
+/// `datetime` refuses the year 0, which pydantic reports differently.
+const SPEEDATE_MIN: i64 = -62_167_219_200;
+
+/// Why a Unix timestamp gives no `datetime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnixError {
+    /// In year 0: pydantic's parser accepts it, Python's `datetime` does not
+    /// (`datetime_parsing`, also for a string).
+    YearZero,
+    /// Outside what pydantic's parser accepts (before year 0, after 9999, not finite):
+    /// `datetime_parsing` for a JSON number, `datetime_from_date_parsing` for a string
+    /// (pydantic then tries the text as a date).
+    OutOfRange,
+}
+
+impl UnixError {
+    /// The error of a timestamp given as a JSON string.
+    fn in_string(self) -> StampError {
+        match self {
+            Self::YearZero => StampError::Parsing,
+            Self::OutOfRange => StampError::FromDateParsing,
+        }
+    }
+}
 
 /// A UTC timestamp from whole seconds and microseconds, within Python's range.
-fn from_seconds(seconds: i64, micros: u32) -> Option<OffsetDateTime> {
-    let seconds = seconds.checked_add(i64::from(micros / 1_000_000))?;
+fn from_seconds(seconds: i64, micros: u32) -> Result<OffsetDateTime, UnixError> {
+    let seconds = seconds
+        .checked_add(i64::from(micros / 1_000_000))
+        .ok_or(UnixError::OutOfRange)?;
     let micros = micros % 1_000_000;
+    if (SPEEDATE_MIN..UNIX_MIN).contains(&seconds) {
+        return Err(UnixError::YearZero);
+    }
     if !(UNIX_MIN..=UNIX_MAX).contains(&seconds) {
-        return None;
+        return Err(UnixError::OutOfRange);
     }
     let nanos = i128::from(seconds) * 1_000_000_000 + i128::from(micros) * 1000;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| UnixError::OutOfRange)
+}
+
+/// Whole milliseconds plus extra microseconds, as pydantic's parser adds them.
+fn from_millis(millis: i64, extra_micros: u32) -> Result<OffsetDateTime, UnixError> {
+    // Floor division: -20_000_000_001 ms is 1969-05-14T12:26:39.999.
+    let seconds = millis.div_euclid(1000);
+    let micros =
+        u32::try_from(millis.rem_euclid(1000) * 1000).map_err(|_| UnixError::OutOfRange)?;
+    from_seconds(seconds, micros + extra_micros)
 }
 
 /// A JSON integer as a Unix timestamp (seconds, or milliseconds above 2e10).
-pub(crate) fn from_unix_int(value: i64) -> Option<OffsetDateTime> {
-    if value.checked_abs()? <= MS_WATERSHED {
+pub(crate) fn from_unix_int(value: i64) -> Result<OffsetDateTime, UnixError> {
+    if value.checked_abs().ok_or(UnixError::OutOfRange)? <= MS_WATERSHED {
         return from_seconds(value, 0);
     }
-    // Floor division: -20_000_000_001 ms is 1969-05-14T12:26:39.999.
-    let seconds = value.div_euclid(1000);
-    let micros = (value.rem_euclid(1000) * 1000) as u32;
-    from_seconds(seconds, micros)
+    from_millis(value, 0)
 }
 
-/// A JSON float as a Unix timestamp: the fraction rounded to the microsecond.
-pub(crate) fn from_unix_float(value: f64) -> Option<OffsetDateTime> {
+/// A JSON float as a Unix timestamp, as pydantic's parser (speedate) reads it: seconds
+/// with the fraction rounded to the microsecond; above 2e10 milliseconds, whose whole
+/// part is exact and whose fraction is rounded to the microsecond (not the value divided
+/// by 1000 in floating point, which loses digits: `126715061817167.81` is `.167813`).
+pub(crate) fn from_unix_float(value: f64) -> Result<OffsetDateTime, UnixError> {
     if !value.is_finite() {
-        return None;
+        return Err(UnixError::OutOfRange);
     }
-    let value = if value.abs() > MS_WATERSHED as f64 {
-        value / 1000.0
-    } else {
-        value
-    };
     let floor = value.floor();
+    // Far outside the range either way; keeps the casts below exact.
     if floor.abs() > 1e15 {
-        return None;
+        return Err(UnixError::OutOfRange);
     }
-    let seconds = floor as i64;
-    let micros = ((value - floor) * 1_000_000.0).round() as u32;
-    from_seconds(seconds, micros)
+    let whole = floor as i64;
+    // The fraction is in [0, 1): the rounded value fits, and rounds half away from zero
+    // as Rust's `f64::round` does.
+    if value.abs() > MS_WATERSHED as f64 {
+        let micros = ((value - floor) * 1000.0).round() as u32;
+        from_millis(whole, micros)
+    } else {
+        let micros = ((value - floor) * 1_000_000.0).round() as u32;
+        from_seconds(whole, micros)
+    }
 }
 
 /// Parses a timestamp given as a JSON string, as pydantic 2 does: ISO 8601 (a `T`, `t`,
@@ -173,7 +216,7 @@ pub(crate) fn parse_timestamp_str(text: &str) -> Result<Stamp, StampError> {
             NumberText::Int(i) => from_unix_int(i),
             NumberText::Float(f) => from_unix_float(f),
         };
-        return t.map(Stamp::Aware).ok_or(StampError::FromDateParsing);
+        return t.map(Stamp::Aware).map_err(UnixError::in_string);
     }
     // A date alone is midnight without an offset.
     if bytes.len() == 10
@@ -493,14 +536,54 @@ mod tests {
         for bad in [
             "1e3",
             "253402300800000",
+            "253402300800000.5",
             " 1",
             "1.5e",
-            "-62135596800001",
             ".",
+            // Before year 0: pydantic's parser refuses it, then tries a date.
+            "-62167219200001",
+            "-62167219200000.5",
+            "-100000000000000",
         ] {
             assert_eq!(read(bad), Err(StampError::FromDateParsing), "{bad}");
         }
-        assert_eq!(read("0000-01-01T00:00:00Z"), Err(StampError::Parsing));
+        // In year 0: pydantic's parser reads it, Python's `datetime` refuses it.
+        for year_zero in [
+            "0000-01-01T00:00:00Z",
+            "-62135596800001",
+            "-62135596800000.5",
+            "-62167219200000",
+        ] {
+            assert_eq!(read(year_zero), Err(StampError::Parsing), "{year_zero}");
+        }
+        assert_eq!(
+            read("-62135596800000"),
+            Ok("0001-01-01T00:00:00Z".to_owned())
+        );
+    }
+
+    #[test]
+    fn reads_milliseconds_with_a_fraction_as_pydantic_does() {
+        // Whole milliseconds plus the fraction rounded to the microsecond (Python 0.5.0's
+        // outcomes); dividing by 1000 in floating point gave `.167816`.
+        let cases = [
+            (126_715_061_817_167.81, "5985-06-10T12:16:57.167813Z"),
+            (4_070_908_800_123.456_7, "2099-01-01T00:00:00.123457Z"),
+            (4_070_908_800_000.7, "2099-01-01T00:00:00.000700Z"),
+            (-20_000_000_001.5, "1969-05-14T12:26:39.998500Z"),
+        ];
+        for (value, want) in cases {
+            assert_eq!(
+                from_unix_float(value).map(format_timestamp),
+                Ok(want.to_owned()),
+                "{value}"
+            );
+        }
+        let read = |t: &str| parse_timestamp_str(t).map(|s| format_timestamp(s.instant()));
+        assert_eq!(
+            read("126715061817167.81"),
+            Ok("5985-06-10T12:16:57.167813Z".to_owned())
+        );
     }
 
     #[test]

@@ -37,7 +37,8 @@ def outcome(data):
         if any(x.get("type") == "json_invalid" for x in errs):
             return {"outcome": "error", "class": "corrupted"}
         return {"outcome": "error", "class": "invalid",
-                "fields": [str(x["loc"][0]) if x["loc"] else "" for x in errs]}
+                "fields": [str(x["loc"][0]) if x["loc"] else "" for x in errs],
+                "types": [x["type"] for x in errs]}
     except Exception:
         return {"outcome": "error", "class": "deserialization"}
     d = r.model_dump(mode="json")
@@ -125,6 +126,10 @@ fn json_result() -> impl Strategy<Value = String> {
             .prop_filter("finite", |x| x.is_finite())
             .prop_map(|x| format!("{x:?}")),
         "[a-z\u{e9}\u{4e2d} ]{0,6}".prop_map(|s| format!("\"{s}\"")),
+        // An integer part at Python's 4300-digit limit, whatever follows it.
+        (4299..4303usize, 0..3usize).prop_map(|(n, tail)| {
+            format!("{}{}", "3".repeat(n), [".5e-5000", "e-5000", ""][tail])
+        }),
     ];
     leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
@@ -197,7 +202,19 @@ fn stored_value() -> impl Strategy<Value = Vec<u8>> {
             r#","fingerprint":5"#,
             r#","fingerprint":NaN"#,
         ]),
-        field_value(&["", r#","owner":"o-1""#, r#","owner":7"#, r#","zz":[1,{"a":2}]"#]),
+        prop_oneof![
+            field_value(&["", r#","owner":"o-1""#, r#","owner":7"#, r#","zz":[1,{"a":2}]"#]),
+            // Unknown fields Python parses (and may refuse) before it reads the record.
+            field_value(&[
+                r#","zz":"\ud800""#,
+                r#","zz":{"\udc00":1}"#,
+                r#","zz":[1e400,NaN]"#,
+                r#","zz":"\ud83d\ude00 \/""#,
+            ]),
+            (4299..4303usize, any::<bool>()).prop_map(|(n, float)| {
+                format!(r#","zz":{}{}"#, "7".repeat(n), if float { ".5" } else { "" })
+            }),
+        ],
     )
         .prop_map(|(op, key, result, created, expires, status, fp, extra)| {
             format!(
@@ -335,6 +352,14 @@ fn check(bytes: &[u8], python: &Value) -> Result<(), String> {
                 if fields != want {
                     return Err(format!("fields: ours {fields:?} python {want:?}"));
                 }
+                let kinds: Vec<&str> = err.problems().iter().map(|p| p.kind).collect();
+                let want: Vec<&str> = python["types"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if kinds != want {
+                    return Err(format!("error types: ours {kinds:?} python {want:?}"));
+                }
             }
             Ok(())
         }
@@ -375,5 +400,78 @@ fn generated_stored_values_decode_as_the_python_library_decodes_them() {
             .cloned()
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// A Unix timestamp as pydantic may meet it: seconds or milliseconds (above 2e10), with
+/// or without a fraction, near the ends of Python's range (year 0 and year 10000
+/// included), as a JSON number or a numeric string.
+fn unix_timestamp() -> impl Strategy<Value = String> {
+    let number = prop_oneof![
+        (-2e10..2e10f64).prop_map(|v| format!("{v:?}")),
+        (2e10..2.6e14f64).prop_map(|v| format!("{v:?}")),
+        (-6.3e13..-2e10f64).prop_map(|v| format!("{v:?}")),
+        // Whole milliseconds plus a fraction of 1 to 4 digits (`.5` rounding included).
+        (
+            20_000_000_001..253_402_300_800_000i64,
+            any::<bool>(),
+            0..10_000u32,
+            1..5usize
+        )
+            .prop_map(|(ms, negative, frac, digits)| {
+                let sign = if negative && ms < 62_167_219_300_000 {
+                    "-"
+                } else {
+                    ""
+                };
+                let frac = format!("{frac:04}");
+                format!("{sign}{ms}.{}", &frac[..digits])
+            }),
+        // Around year 0 and the start of year 1, in milliseconds.
+        (62_135_596_700_000..62_167_219_300_000i64, 0..3usize)
+            .prop_map(|(ms, tail)| { format!("-{ms}{}", ["", ".5", ".0001"][tail]) }),
+        // Around the end of year 9999.
+        (253_402_300_700_000..253_402_300_900_000i64).prop_map(|ms| ms.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+    ];
+    (number, any::<bool>()).prop_map(
+        |(text, quoted)| {
+            if quoted { format!("\"{text}\"") } else { text }
+        },
+    )
+}
+
+#[test]
+fn generated_unix_timestamps_decode_as_the_python_library_decodes_them() {
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &[3; 32]),
+    );
+    let strategy = (unix_timestamp(), unix_timestamp());
+    let values: Vec<Vec<u8>> = (0..3000)
+        .map(|_| {
+            let (created, expires) = strategy.new_tree(&mut runner).expect("value").current();
+            format!(
+                r#"{{"operation":"user.create","idempotency_key":"k-1","result":1,"created_at":{created},"expires_at":{expires}}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    let outcomes = python_outcomes(&values);
+    let failures: Vec<String> = values
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(bytes, python)| {
+            check(bytes, python)
+                .err()
+                .map(|why| format!("{}\n    {why}", String::from_utf8_lossy(bytes)))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} timestamps decode differently:\n{}",
+        failures.len(),
+        values.len(),
+        failures[..failures.len().min(20)].join("\n")
     );
 }

@@ -4,4 +4,5 @@ mod conformance;
 mod differential;
 mod memory_store;
 mod properties;
+mod python_agreement;
 mod validation;
