@@ -41,6 +41,7 @@ fn main() {
             Config::three_callers(Stored::WrongType),
         ),
         ("python", Config::with_python()),
+        ("stored errors", Config::stored_errors()),
         ("two keys", Config::two_keys()),
         ("two keys, full", Config::two_keys_full()),
     ];

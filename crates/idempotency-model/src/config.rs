@@ -75,6 +75,19 @@ pub enum Mode {
     Detached,
 }
 
+/// Whether and how our callers' actions fail (Python's failures always `DEL` the key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failures {
+    /// Actions never fail.
+    Never,
+    /// An action may fail with an error the policy does not store: the key is released
+    /// for a retry.
+    Released,
+    /// An action may fail with an error the policy stores: `complete_with_error` writes a
+    /// `stored_error` record under the completion's fence, and retries replay the error.
+    Stored,
+}
+
 /// One model configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
@@ -94,8 +107,8 @@ pub struct Config {
     pub patience: u8,
     /// How many renewals an owner may make.
     pub renewals: u8,
-    /// Whether our actions may fail (the key is then released for a retry).
-    pub action_failures: bool,
+    /// Whether actions may fail, and what our callers do with the error.
+    pub failures: Failures,
     /// Network faults in total: lost requests, lost replies, re-sent commands.
     pub network_faults: u8,
     /// Lease expiries while the owner is slow.
@@ -118,7 +131,7 @@ impl Config {
             mode: Mode::Detached,
             patience: 1,
             renewals: 1,
-            action_failures: false,
+            failures: Failures::Never,
             network_faults: 1,
             lease_losses: 1,
             cancellations: 1,
@@ -139,13 +152,24 @@ impl Config {
         }
     }
 
-    /// One of our callers and the Python client on one key.
+    /// Two of our callers and the Python client on one key: Python renews with a plain
+    /// `SET` of its ownerless pending record and `DEL`s the key when its action fails
+    /// (ours release theirs), and a lease may run out under either.
     pub fn with_python() -> Self {
         Self {
             clients: vec![(Kind::Ours, 0, 0), (Kind::Python, 0, 0), (Kind::Ours, 0, 0)],
             network_faults: 0,
             cancellations: 0,
-            renewals: 0,
+            failures: Failures::Released,
+            ..Self::two_callers()
+        }
+    }
+
+    /// Two of our callers whose actions may fail with a stored error, every fault kind
+    /// once: the error is written under the completion's fence and replayed.
+    pub fn stored_errors() -> Self {
+        Self {
+            failures: Failures::Stored,
             ..Self::two_callers()
         }
     }

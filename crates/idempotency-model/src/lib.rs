@@ -1,10 +1,11 @@
 //! A model of the reservation protocol v2, explored exhaustively with
 //! [`stateright`](https://docs.rs/stateright).
 //!
-//! The model holds clients that claim, wait, run, renew, complete and release (our
+//! The model holds clients that claim, wait, run, renew, complete (a value, or an error
+//! the policy stores: a `stored_error` record under the same fence) and release (our
 //! coordinator's flow, the release guard armed before the claim, fail-open/closed,
-//! detached mode) and a Python 0.5.0 client that claims with `SET NX` and writes with
-//! plain `SET`/`DEL`; the store as Redis executes it (each command or script one atomic
+//! detached mode) and a Python 0.5.0 client that claims with `SET NX`, renews with a
+//! plain `SET` of its ownerless pending record and `DEL`s the key when its action fails; the store as Redis executes it (each command or script one atomic
 //! step, one FIFO connection per client); and the faults: lost requests, lost replies
 //! after the command was applied, commands re-sent after a reconnect, caller
 //! cancellation at every step, lease expiry while the owner is slow, client clocks that
@@ -13,7 +14,9 @@
 //! Every "is this record ours" and "is this record dead" decision is made by the core's
 //! own [`holds_lease`](idempotency_core::holds_lease),
 //! [`is_abandoned`](idempotency_core::is_abandoned) and record decoder on the real
-//! encoded bytes; what the Lua scripts do around them is restated in [`store::apply`],
+//! encoded bytes, and what a fenced script's answer means (written? a lost lease to
+//! count?) by the core's [`Fence`](idempotency_core::Fence) functions the Redis store
+//! and the coordinator use; what the Lua scripts do around them is restated in [`store::apply`],
 //! and a test runs the real scripts on a real redis-server against it.
 //!
 //! The properties ([`model::SAFETY`]) and the defects of issue 10 that the checker finds
@@ -32,7 +35,7 @@ pub mod store;
 
 use stateright::{Checker, Model};
 
-pub use config::{Config, Defect, InFlight, Kind, Mode, OnStorageError};
+pub use config::{Config, Defect, Failures, InFlight, Kind, Mode, OnStorageError};
 pub use model::{Action, ProtocolModel, SAFETY, State};
 
 /// What one exhaustive run found.

@@ -3,8 +3,8 @@
 
 use stateright::{Model, Property};
 
-use crate::config::{Config, Defect, InFlight, Kind, Mode, OnStorageError};
-use crate::store::{ClientId, LEASE_SECS, Op, Reply, Stored, Writer, apply, server_now};
+use crate::config::{Config, Defect, Failures, InFlight, Kind, Mode, OnStorageError};
+use crate::store::{ClientId, Finish, LEASE_SECS, Op, Reply, Stored, Writer, apply, server_now};
 
 /// How many unreadable values one claim takes over before giving up (as the Redis store).
 const TAKEOVER_ROUNDS: u8 = 3;
@@ -50,6 +50,9 @@ pub enum Holding {
 pub enum Outcome {
     /// A value: the value of client `.0`'s execution.
     Value(ClientId),
+    /// An error of the action, stored: the error of client `.0`'s execution (its own, or
+    /// replayed from the `stored_error` record).
+    Error(ClientId),
     /// `InProgress`.
     InProgress,
     /// An error (storage, data, the action's own failure).
@@ -84,8 +87,17 @@ pub struct Client {
     pub pipe: Vec<Req>,
     /// The action's side effect happened.
     pub effect: bool,
-    /// A renewal found the lease lost.
+    /// The call counted its lease as lost (a renewal found it lost, or the completion's
+    /// fence said so: core's [`Fence::lease_lost`](idempotency_core::Fence::lease_lost));
+    /// counted once per call, as the coordinator counts `LeaseLost`.
     pub lost: bool,
+    /// How its own execution ended (set when it completes or fails).
+    pub finish: Option<Finish>,
+    /// Ghost: its reservation expired while it held it and ran.
+    pub expired: bool,
+    /// Ghost: its completion was re-sent after a lost reply (the reply it reads is the
+    /// second send's).
+    pub completion_resent: bool,
     /// How it holds the key while running.
     pub holding: Holding,
     /// Renewals left.
@@ -108,8 +120,15 @@ pub struct Ledger {
     pub effects: u8,
     /// Side effects of the Python client's actions.
     pub python_effects: u8,
-    /// Leases that expired while their owner was still running (counted lease losses).
+    /// Leases that expired while their owner was still running (the environment's
+    /// count of lease losses).
     pub lease_losses: u8,
+    /// Lost leases as our callers count them (`LeaseLost`): from the renewal's and the
+    /// completion's fence, by core's own decision functions.
+    pub counted_losses: u8,
+    /// A caller of ours whose reservation expired while it ran read its completion's
+    /// reply and did not count the loss.
+    pub loss_uncounted: bool,
     /// Python writes (`SET`, `DEL`) over a record that was not its own reservation.
     pub python_clobbers: u8,
     /// Actions run fail-open after a storage error on the claim.
@@ -224,9 +243,9 @@ impl ProtocolModel {
         actions.is_empty()
     }
 
-    /// The completed record client `c` writes: its value; results carry any text, so
-    /// ours echo the owner object of the next client of ours.
-    fn completed(&self, c: ClientId) -> Stored {
+    /// The final record client `c` writes: its value or stored error; results carry any
+    /// text, so ours echo the owner object of the next client of ours.
+    fn final_record(&self, c: ClientId, finish: Finish) -> Stored {
         let python = self.kind(c) == Kind::Python;
         let n = self.config.clients.len() as u8;
         let mentions = (1..n)
@@ -234,8 +253,18 @@ impl ProtocolModel {
             .find(|&m| self.kind(m) == Kind::Ours && !python);
         Stored::Completed {
             exec: c,
+            finish,
             python,
             mentions,
+        }
+    }
+
+    /// What client `c` answers with its own execution's ending.
+    fn own_outcome(state: &State, c: ClientId) -> Outcome {
+        match state.clients[usize::from(c)].finish {
+            Some(Finish::Value) => Outcome::Value(c),
+            Some(Finish::Error) => Outcome::Error(c),
+            None => Outcome::Failed,
         }
     }
 
@@ -261,15 +290,7 @@ impl ProtocolModel {
         let op = state.clients[usize::from(c)].pipe[0].op;
         let k = self.key(c);
         let before = state.store[usize::from(k)];
-        let (after, reply) = apply(
-            k,
-            before,
-            op,
-            c,
-            self.completed(c),
-            self.skew(c),
-            self.config.defect,
-        );
+        let (after, reply) = apply(k, before, op, c, self.skew(c), self.config.defect);
         let ledger = &mut state.ledger[usize::from(k)];
         if after != before {
             match (self.kind(c), before) {
@@ -315,7 +336,9 @@ impl ProtocolModel {
                 }
             },
             Some(Reply::Nil) => acquired(state),
-            Some(Reply::WrongType | Reply::Done(_)) => Self::finish(state, c, Outcome::Failed),
+            Some(Reply::WrongType | Reply::Done(_) | Reply::Fenced(_)) => {
+                Self::finish(state, c, Outcome::Failed);
+            }
             Some(Reply::Found(v)) if v.needs_takeover(k) => {
                 if self.has(Defect::UnreadableRunsUnprotected) && v.record(k).is_none() {
                     let client = &mut state.clients[ci];
@@ -336,8 +359,12 @@ impl ProtocolModel {
             {
                 acquired(state);
             }
-            Some(Reply::Found(Stored::Completed { exec, .. })) => {
-                Self::finish(state, c, Outcome::Value(exec));
+            Some(Reply::Found(Stored::Completed { exec, finish, .. })) => {
+                let outcome = match finish {
+                    Finish::Value => Outcome::Value(exec),
+                    Finish::Error => Outcome::Error(exec),
+                };
+                Self::finish(state, c, outcome);
             }
             Some(Reply::Found(v)) => {
                 let client_now = server_now() + time::Duration::seconds(i64::from(self.skew(c)));
@@ -363,14 +390,44 @@ impl ProtocolModel {
         match (self.kind(c), phase) {
             (Kind::Ours, Phase::AwaitClaim) => self.on_claim(state, c, reply),
             (_, Phase::AwaitRenew) => {
+                let k = usize::from(self.key(c));
                 let client = &mut state.clients[ci];
                 client.phase = Phase::Running;
-                if reply == Some(Reply::Done(false)) && self.kind(c) == Kind::Ours {
+                // As `run_renewing` decides: a renewal that was not written lost the lease.
+                if let Some(Reply::Fenced(fence)) = reply
+                    && !fence.written()
+                    && !client.lost
+                {
                     client.lost = true;
+                    state.ledger[k].counted_losses += 1;
                 }
             }
             (Kind::Ours, Phase::AwaitComplete) => match reply {
-                Some(Reply::Done(_)) => Self::finish(state, c, Outcome::Value(c)),
+                Some(Reply::Fenced(fence)) => {
+                    // As the coordinator's `complete` decides, with core's functions: a
+                    // lost lease (another record, or ours gone: `Vacated`) is counted
+                    // once per call, when the call held a confirmed lease.
+                    let k = usize::from(self.key(c));
+                    let client = &mut state.clients[ci];
+                    if fence.lease_lost() && client.holding == Holding::Lease && !client.lost {
+                        client.lost = true;
+                        state.ledger[k].counted_losses += 1;
+                    }
+                    // Not required of a re-sent completion: the first send wrote (and
+                    // its lost reply said 2), the second finds exactly its record and
+                    // answers 1, so the loss goes uncounted. A known gap of the
+                    // implementation (docs/reliability.md), not a double run: the check
+                    // fails without this exclusion.
+                    if client.expired && !client.lost && !client.completion_resent {
+                        state.ledger[k].loss_uncounted = true;
+                    }
+                    let outcome = Self::own_outcome(state, c);
+                    Self::finish(state, c, outcome);
+                }
+                Some(Reply::Done(_)) => {
+                    let outcome = Self::own_outcome(state, c);
+                    Self::finish(state, c, outcome);
+                }
                 _ => {
                     // Not stored: free the key for a retry, then answer the value.
                     Self::send(state, c, Op::Release, true);
@@ -379,11 +436,7 @@ impl ProtocolModel {
             },
             (Kind::Python, Phase::AwaitComplete) => Self::finish(state, c, Outcome::Value(c)),
             (_, Phase::AwaitRelease) => {
-                let outcome = if state.clients[ci].effect {
-                    Outcome::Value(c)
-                } else {
-                    Outcome::Failed
-                };
+                let outcome = Self::own_outcome(state, c);
                 Self::finish(state, c, outcome);
             }
             (Kind::Python, Phase::PyAwaitClaim) => match reply {
@@ -399,7 +452,11 @@ impl ProtocolModel {
                 _ => Self::finish(state, c, Outcome::Failed),
             },
             (Kind::Python, Phase::PyAwaitGet) => match reply {
-                Some(Reply::Found(Stored::Completed { exec, .. })) => {
+                Some(Reply::Found(Stored::Completed {
+                    exec,
+                    finish: Finish::Value,
+                    ..
+                })) => {
                     Self::finish(state, c, Outcome::Value(exec));
                 }
                 Some(Reply::Found(Stored::Pending { .. })) => {
@@ -418,6 +475,9 @@ impl ProtocolModel {
             Action::Deliver(c) => {
                 let reply = self.apply_head(s, c);
                 let req = s.clients[usize::from(c)].pipe.remove(0);
+                if req.resent && matches!(req.op, Op::Complete(_)) {
+                    s.clients[usize::from(c)].completion_resent = true;
+                }
                 if req.awaited {
                     self.on_reply(s, c, Some(reply));
                 }
@@ -427,7 +487,9 @@ impl ProtocolModel {
                 let req = s.clients[usize::from(c)].pipe.remove(0);
                 let ledger = &mut s.ledger[usize::from(self.key(c))];
                 match req.op {
-                    Op::Complete | Op::Replace | Op::PySetCompleted => ledger.unstored += 1,
+                    Op::Complete(_) | Op::Replace(_) | Op::PySetCompleted(_) => {
+                        ledger.unstored += 1;
+                    }
                     Op::Release | Op::PyDel => ledger.releases_lost += 1,
                     _ => {}
                 }
@@ -494,6 +556,9 @@ impl Model for ProtocolModel {
             pipe: Vec::new(),
             effect: false,
             lost: false,
+            finish: None,
+            expired: false,
+            completion_resent: false,
             holding: Holding::Lease,
             renewals: self.config.renewals,
             patience: self.config.patience,
@@ -526,7 +591,12 @@ impl Model for ProtocolModel {
                         if client.renewals > 0 && !client.lost && client.holding == Holding::Lease {
                             actions.push(Action::Renew(c));
                         }
-                        if self.config.action_failures {
+                        let fails = match self.kind(c) {
+                            Kind::Ours => self.config.failures != Failures::Never,
+                            // Python releases (DEL) on a failure, like our `Released`.
+                            Kind::Python => self.config.failures == Failures::Released,
+                        };
+                        if fails {
                             actions.push(Action::Fail(c));
                         }
                     }
@@ -601,20 +671,28 @@ impl Model for ProtocolModel {
                 Self::send(&mut s, c, op, true);
             }
             Action::Complete(c) => {
+                let done = self.final_record(c, Finish::Value);
                 let op = match (self.kind(c), s.clients[usize::from(c)].holding) {
-                    (Kind::Python, _) => Op::PySetCompleted,
-                    (Kind::Ours, Holding::Unprotected) => Op::Replace,
-                    (Kind::Ours, _) => Op::Complete,
+                    (Kind::Python, _) => Op::PySetCompleted(done),
+                    (Kind::Ours, Holding::Unprotected) => Op::Replace(done),
+                    (Kind::Ours, _) => Op::Complete(done),
                 };
-                s.clients[usize::from(c)].phase = Phase::AwaitComplete;
+                let client = &mut s.clients[usize::from(c)];
+                client.finish = Some(Finish::Value);
+                client.phase = Phase::AwaitComplete;
                 Self::send(&mut s, c, op, true);
             }
             Action::Fail(c) => {
-                let op = match self.kind(c) {
-                    Kind::Ours => Op::Release,
-                    Kind::Python => Op::PyDel,
+                let (op, phase) = match (self.kind(c), self.config.failures) {
+                    (Kind::Python, _) => (Op::PyDel, Phase::AwaitRelease),
+                    (Kind::Ours, Failures::Stored) => {
+                        s.clients[usize::from(c)].finish = Some(Finish::Error);
+                        let error = self.final_record(c, Finish::Error);
+                        (Op::Complete(error), Phase::AwaitComplete)
+                    }
+                    (Kind::Ours, _) => (Op::Release, Phase::AwaitRelease),
                 };
-                s.clients[usize::from(c)].phase = Phase::AwaitRelease;
+                s.clients[usize::from(c)].phase = phase;
                 Self::send(&mut s, c, op, true);
             }
             Action::Poll(c) => {
@@ -633,6 +711,20 @@ impl Model for ProtocolModel {
             | Action::Resend(_) => self.network(&mut s, action),
             Action::ExpireLease(k) => {
                 s.lease_losses -= 1;
+                if let Some(Stored::Pending {
+                    writer: Writer::Ours(c),
+                    ..
+                }) = s.store[usize::from(k)]
+                {
+                    let client = &mut s.clients[usize::from(c)];
+                    let running = matches!(
+                        client.phase,
+                        Phase::Running | Phase::AwaitRenew | Phase::AwaitComplete
+                    );
+                    if running && client.holding == Holding::Lease {
+                        client.expired = true;
+                    }
+                }
                 s.store[usize::from(k)] = None;
                 s.ledger[usize::from(k)].lease_losses += 1;
             }
@@ -658,6 +750,9 @@ impl Model for ProtocolModel {
                 s.ledger.iter().all(|l| !l.stolen)
             }),
             Property::always(ONE_VALUE, one_value),
+            Property::always(LOSSES_COUNTED, |_, s: &State| {
+                s.ledger.iter().all(|l| !l.loss_uncounted)
+            }),
             Property::always(EVENTUALLY_FREE, |m: &Self, s: &State| {
                 !m.is_terminal(s) || eventually_free(s)
             }),
@@ -667,6 +762,12 @@ impl Model for ProtocolModel {
             Property::sometimes(REPLAYED, |m: &Self, s: &State| {
                 s.clients.iter().enumerate().any(|(c, client)| {
                     matches!(client.outcome, Some(Outcome::Value(e)) if usize::from(e) != c)
+                        && m.kind(c as ClientId) == Kind::Ours
+                })
+            }),
+            Property::sometimes(REPLAYED_ERROR, |m: &Self, s: &State| {
+                s.clients.iter().enumerate().any(|(c, client)| {
+                    matches!(client.outcome, Some(Outcome::Error(e)) if usize::from(e) != c)
                         && m.kind(c as ClientId) == Kind::Ours
                 })
             }),
@@ -680,8 +781,11 @@ pub const AT_MOST_ONCE: &str = "at most one effect per key outside counted losse
 pub const COMPLETED_STANDS: &str = "a completed record is never overwritten or deleted by us";
 /// "No write of ours changes or deletes another owner's live reservation."
 pub const NO_STEALING: &str = "no live reservation is taken from its owner";
-/// "Every caller that returns a value returns the value of the one execution."
+/// "Every caller that returns a value (or a stored error) returns the one execution's."
 pub const ONE_VALUE: &str = "every returned value is the one execution's";
+/// "A caller whose reservation expired while it ran, and that reads its completion's
+/// reply, counts the lost lease" (the `LeaseLost` count a double run is excused by).
+pub const LOSSES_COUNTED: &str = "a lease lost while running is counted";
 /// "No key stays reserved after every client stopped."
 pub const EVENTUALLY_FREE: &str = "eventually free";
 /// "Every caller, waiters included, finishes."
@@ -689,13 +793,16 @@ pub const WAITERS_TERMINATE: &str = "waiters terminate";
 /// Not a requirement: an example that a second caller replays the stored value (the
 /// model is not vacuous).
 pub const REPLAYED: &str = "a second caller replays the stored value";
+/// Not a requirement: an example that a second caller replays a stored error.
+pub const REPLAYED_ERROR: &str = "a second caller replays the stored error";
 
 /// Every safety property, by name.
-pub const SAFETY: [&str; 6] = [
+pub const SAFETY: [&str; 7] = [
     AT_MOST_ONCE,
     COMPLETED_STANDS,
     NO_STEALING,
     ONE_VALUE,
+    LOSSES_COUNTED,
     EVENTUALLY_FREE,
     WAITERS_TERMINATE,
 ];
@@ -707,7 +814,7 @@ fn one_value(m: &ProtocolModel, s: &State) -> bool {
         }
         let k = k as u8;
         let stored = match s.store[usize::from(k)] {
-            Some(Stored::Completed { exec, .. }) => Some(exec),
+            Some(Stored::Completed { exec, finish, .. }) => Some((exec, finish)),
             _ => None,
         };
         let mut values = s
@@ -716,7 +823,8 @@ fn one_value(m: &ProtocolModel, s: &State) -> bool {
             .enumerate()
             .filter(|(c, _)| m.key(*c as ClientId) == k)
             .filter_map(|(_, c)| match c.outcome {
-                Some(Outcome::Value(v)) => Some(v),
+                Some(Outcome::Value(v)) => Some((v, Finish::Value)),
+                Some(Outcome::Error(v)) => Some((v, Finish::Error)),
                 _ => None,
             })
             .chain(stored);

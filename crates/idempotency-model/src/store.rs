@@ -8,7 +8,7 @@
 //! redis-server and checks they agree with [`apply`] on every modelled value.
 
 use idempotency_core::{
-    IdempotencyRecord, RawValue, RecordParts, RecordStatus, holds_lease, is_abandoned,
+    Fence, IdempotencyRecord, RawValue, RecordParts, RecordStatus, holds_lease, is_abandoned,
 };
 use time::OffsetDateTime;
 
@@ -59,6 +59,16 @@ impl Writer {
     }
 }
 
+/// How an execution ended, as its final record stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Finish {
+    /// A result (status `completed`).
+    Value,
+    /// An error of the action the error policy stores (status `stored_error`): retries
+    /// replay it as an error instead of running the action again.
+    Error,
+}
+
 /// A value under a key, as the model tracks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stored {
@@ -69,12 +79,14 @@ pub enum Stored {
         /// The stamping clock's offset from the server's, in seconds.
         skew: i8,
     },
-    /// A completed record holding the value of execution `exec` (the executing client).
-    /// `mentions` is a token whose owner text (`"owner":"<token>"`) appears inside the
-    /// result: results are user data and may contain any text.
+    /// A final record holding the value (or stored error) of execution `exec` (the
+    /// executing client). `mentions` is a token whose owner text (`"owner":"<token>"`)
+    /// appears inside the result: results are user data and may contain any text.
     Completed {
         /// The client whose execution produced the value.
         exec: ClientId,
+        /// A value (`completed`) or a stored error (`stored_error`; never Python's).
+        finish: Finish,
         /// Written by the Python client (no owner, its bytes differ).
         python: bool,
         /// A client whose owner object appears inside the result.
@@ -123,16 +135,24 @@ impl Stored {
             ),
             Self::Completed {
                 exec,
+                finish,
                 python,
                 mentions,
             } => {
+                let (field, status) = match finish {
+                    Finish::Value => ("v", RecordStatus::Completed),
+                    Finish::Error => ("e", RecordStatus::StoredError),
+                };
                 let result = match mentions {
-                    None => format!("{{\"v\":{exec}}}"),
-                    Some(m) => format!("{{\"v\":{exec},\"echo\":{{\"owner\":\"{}\"}}}}", token(m)),
+                    None => format!("{{\"{field}\":{exec}}}"),
+                    Some(m) => format!(
+                        "{{\"{field}\":{exec},\"echo\":{{\"owner\":\"{}\"}}}}",
+                        token(m)
+                    ),
                 };
                 let mut bytes = record(
                     result,
-                    RecordStatus::Completed,
+                    status,
                     server_now() + time::Duration::hours(1),
                     None,
                 )?;
@@ -201,48 +221,67 @@ pub enum Op {
     Takeover(Stored),
     /// `renew.lua`.
     Renew,
-    /// `complete.lua` with our completed record.
-    Complete,
+    /// `complete.lua` with our final record (a completed record, or a stored error:
+    /// `complete_with_error` sends the same script).
+    Complete(Stored),
     /// `release.lua`.
     Release,
+    /// `delete_if_equal.lua` with the bytes read: deletes only while the key holds
+    /// exactly them (the repository's removal of an expired record it read, the admin
+    /// eviction). Not sent by the model's callers (not on the claim path); checked
+    /// against the real script.
+    DeleteIfEqual(Stored),
     /// Defect: a plain `DEL` of a record judged expired by a client clock.
     Del,
     /// Defect: an unconditional `SET` of our completed record.
-    Replace,
+    Replace(Stored),
     /// Python: `SET key pending NX`.
     PySetNx,
-    /// Python: plain `SET` of its pending record (renew).
+    /// Python: plain `SET` of its pending record with no owner token (its renewal,
+    /// `repository.replace`, whatever the key holds).
     PySetPending,
     /// Python: plain `SET` of its completed record.
-    PySetCompleted,
-    /// Python: `DEL` (release after a failure).
+    PySetCompleted(Stored),
+    /// Python: `DEL` (its release after the action failed, whatever the key holds).
     PyDel,
     /// Python: `GET`.
     PyGet,
 }
 
 /// A reply from the store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// Nil (a claim or takeover that wrote ours, a GET of an empty key).
     Nil,
     /// A value (a claim that found it, a GET).
     Found(Stored),
-    /// A script's 1/0, or `SET NX`'s OK/nil.
+    /// A fenced script's answer (`renew.lua`, `complete.lua`, `release.lua`), as the
+    /// Redis store reads the script's integer ([`Fence::from_script_reply`]).
+    Fenced(Fence),
+    /// A plain command's OK/nil or count (`SET NX`, `SET`, `DEL`).
     Done(bool),
     /// `WRONGTYPE`.
     WrongType,
 }
 
+/// The integer a fenced script answers with `fence` (the inverse of
+/// [`Fence::from_script_reply`] on the scripts' replies): 1 held, 2 vacated, 0 lost.
+pub fn script_reply(fence: Fence) -> i64 {
+    match fence {
+        Fence::Held => 1,
+        Fence::Vacated => 2,
+        _ => 0,
+    }
+}
+
 /// One atomic step of the store: the value under the key after `op` of `client` and the
-/// reply. `completed` is the completed record `client` writes (its result, with whatever
-/// text the result carries).
+/// reply. A completion carries the final record it writes (its result, or its stored
+/// error, with whatever text the result carries).
 pub fn apply(
     key: u8,
     current: Option<Stored>,
     op: Op,
     client: ClientId,
-    completed: Stored,
     skew: i8,
     defect: Option<Defect>,
 ) -> (Option<Stored>, Reply) {
@@ -263,17 +302,24 @@ pub fn apply(
             Some(v) if v != seen => (current, Reply::Found(v)),
             _ => (Some(ours), Reply::Nil),
         },
-        Op::Renew | Op::Complete | Op::Release if wrong_type => (current, Reply::WrongType),
-        Op::Renew if held => (Some(ours), Reply::Done(true)),
-        Op::Complete if current == Some(completed) => (current, Reply::Done(true)),
-        // Written over nothing, our own reservation, or bytes that are not JSON at all.
-        Op::Complete if current.is_none_or(|v| held || !v.is_json(key)) => {
-            (Some(completed), Reply::Done(true))
+        Op::Renew | Op::Complete(_) | Op::Release | Op::DeleteIfEqual(_) if wrong_type => {
+            (current, Reply::WrongType)
         }
-        Op::Release if held => (None, Reply::Done(true)),
-        Op::Renew | Op::Complete | Op::Release => (current, Reply::Done(false)),
+        Op::Renew if held => (Some(ours), Reply::Fenced(Fence::Held)),
+        // A re-sent completion finding exactly what it writes: already done.
+        Op::Complete(done) if current == Some(done) => (current, Reply::Fenced(Fence::Held)),
+        Op::Complete(done) if held => (Some(done), Reply::Fenced(Fence::Held)),
+        // Written though our reservation was gone: nothing there, or bytes no client
+        // reads (complete.lua answers 2).
+        Op::Complete(done) if current.is_none_or(|v| !v.is_json(key)) => {
+            (Some(done), Reply::Fenced(Fence::Vacated))
+        }
+        Op::Release if held => (None, Reply::Fenced(Fence::Held)),
+        Op::Renew | Op::Complete(_) | Op::Release => (current, Reply::Fenced(Fence::Lost)),
+        Op::DeleteIfEqual(seen) if current == Some(seen) => (None, Reply::Done(true)),
+        Op::DeleteIfEqual(_) => (current, Reply::Done(false)),
         Op::Del | Op::PyDel => (None, Reply::Done(current.is_some())),
-        Op::Replace | Op::PySetCompleted => (Some(completed), Reply::Done(true)),
+        Op::Replace(done) | Op::PySetCompleted(done) => (Some(done), Reply::Done(true)),
         Op::PySetNx => match current {
             None => (
                 Some(Stored::Pending {
@@ -314,6 +360,7 @@ mod tests {
         assert!(!ours.needs_takeover(0));
         let done = Stored::Completed {
             exec: 1,
+            finish: Finish::Value,
             python: false,
             mentions: Some(0),
         };
@@ -330,5 +377,14 @@ mod tests {
             skew: 0,
         };
         assert!(py.record(0).is_some_and(|r| r.owner().is_none()));
+        let error = Stored::Completed {
+            exec: 1,
+            finish: Finish::Error,
+            python: false,
+            mentions: Some(0),
+        };
+        assert!(error.record(0).is_some_and(|r| r.is_stored_error()));
+        assert!(!error.held_by(0, 0, None));
+        assert!(!error.needs_takeover(0));
     }
 }

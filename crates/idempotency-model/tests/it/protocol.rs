@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use idempotency_model::model::REPLAYED;
+use idempotency_model::model::{REPLAYED, REPLAYED_ERROR};
 use idempotency_model::store::Stored;
-use idempotency_model::{Config, InFlight, Mode, OnStorageError, ProtocolModel, check};
+use idempotency_model::{Config, Failures, InFlight, Mode, OnStorageError, ProtocolModel, check};
 use stateright::{Checker, Model};
 
 fn holds(name: &str, config: Config) {
@@ -49,8 +49,24 @@ fn three_skewed_callers_over_a_wrong_type_value() {
 }
 
 #[test]
-fn our_callers_next_to_the_python_client() {
+fn our_callers_next_to_the_python_client_renewing_and_deleting() {
     holds("python", Config::with_python());
+}
+
+#[test]
+fn stored_errors_with_every_fault_once() {
+    holds("stored errors", Config::stored_errors());
+}
+
+#[test]
+fn attached_calls_storing_errors() {
+    holds(
+        "attached, stored errors",
+        Config {
+            mode: Mode::Attached,
+            ..Config::stored_errors()
+        },
+    );
 }
 
 #[test]
@@ -75,7 +91,7 @@ fn attached_calls_count_cancellations_after_the_effect() {
         "attached",
         Config {
             mode: Mode::Attached,
-            action_failures: true,
+            failures: Failures::Released,
             ..Config::two_callers()
         },
     );
@@ -99,6 +115,15 @@ fn a_second_caller_replays_the_stored_value() {
         .spawn_bfs()
         .join();
     assert!(checker.discovery(REPLAYED).is_some());
+}
+
+#[test]
+fn a_second_caller_replays_the_stored_error() {
+    let checker = ProtocolModel::new(Config::stored_errors())
+        .checker()
+        .spawn_bfs()
+        .join();
+    assert!(checker.discovery(REPLAYED_ERROR).is_some());
 }
 
 /// The biggest configuration: about half a million states, seconds in release mode.

@@ -5,9 +5,16 @@
 //! the claim/complete/release fence under one lock (as `MemoryStore` does), a watch that
 //! takes its wake-up ticket *before* the caller re-reads the key (as `MemoryStore::watch`
 //! creates its `Notified` before returning), and a release guard that releases on drop
-//! unless disarmed. Checked: exactly one claimer acquires, a waiter is never left asleep
-//! after a completion (a lost wake-up shows as a deadlock), and no lease is released
-//! twice. A variant that takes the ticket after the re-read is shown to lose wake-ups.
+//! unless disarmed (`ReleaseGuard`; the flow releases and then disarms when there is
+//! nothing to write, as `run_owned` does). Checked: exactly one claimer acquires, a
+//! waiter is never left asleep after a completion (a lost wake-up shows as a deadlock),
+//! and no lease is released twice: every release *call* is counted, one that finds
+//! nothing included. Variants that take the ticket after the re-read, or forget to
+//! disarm after the explicit release, are shown to fail.
+//!
+//! RESTATED, not the real code (keep in step with `idempotency-core/src/memory.rs` and
+//! `idempotency-coordinator/src/lease.rs`): the fence's three decisions, the change
+//! counter that stands for `Notify`, and the guard's arm/disarm/drop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +32,8 @@ enum Value {
 struct Store {
     state: Mutex<(Option<Value>, u64)>,
     changed: Condvar,
-    releases: AtomicUsize,
+    /// Release calls per token, whatever each found.
+    releases: [AtomicUsize; 3],
 }
 
 impl Store {
@@ -54,13 +62,14 @@ impl Store {
     }
 
     fn release(&self, token: usize) -> bool {
+        // Counted before the fence: a second release is a bug even when it finds nothing.
+        self.releases[token].fetch_add(1, Ordering::SeqCst);
         let mut state = self.state.lock().expect("not poisoned");
         if state.0 != Some(Value::Pending(token)) {
             return false;
         }
         state.0 = None;
         state.1 += 1;
-        self.releases.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_all();
         true
     }
@@ -94,8 +103,21 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// How one call ends once it holds the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Completes with its value.
+    Complete,
+    /// Dropped mid-call: the guard releases.
+    Cancel,
+    /// Fails with nothing to write: releases, then disarms.
+    Fail,
+    /// Fails, releases, and forgets to disarm (the bug: the drop releases again).
+    FailNoDisarm,
+}
+
 /// One call: claim, then run-and-complete, or wait for the holder and look again.
-fn call(store: &Store, token: usize, cancel: bool, ticket_first: bool) -> Option<usize> {
+fn call(store: &Store, token: usize, ending: Ending, ticket_first: bool) -> Option<usize> {
     let mut guard = Guard {
         store,
         token,
@@ -104,14 +126,21 @@ fn call(store: &Store, token: usize, cancel: bool, ticket_first: bool) -> Option
     loop {
         let ticket = ticket_first.then(|| store.watch());
         match store.claim(token) {
-            None => {
-                if cancel {
-                    return None; // dropped mid-call: the guard releases
+            None => match ending {
+                Ending::Cancel => return None, // dropped mid-call: the guard releases
+                Ending::Fail | Ending::FailNoDisarm => {
+                    store.release(token);
+                    if ending == Ending::Fail {
+                        guard.armed = false;
+                    }
+                    return None;
                 }
-                store.complete(token);
-                guard.armed = false;
-                return Some(token);
-            }
+                Ending::Complete => {
+                    store.complete(token);
+                    guard.armed = false;
+                    return Some(token);
+                }
+            },
             Some(Value::Completed(v)) => {
                 guard.armed = false;
                 return Some(v);
@@ -124,12 +153,14 @@ fn call(store: &Store, token: usize, cancel: bool, ticket_first: bool) -> Option
     }
 }
 
-fn scenario(ticket_first: bool) {
+fn scenario(ticket_first: bool, fail: Ending) {
     let store = Arc::new(Store::default());
-    let handles: Vec<_> = (0..3)
-        .map(|token| {
+    let handles: Vec<_> = [Ending::Cancel, fail, Ending::Complete]
+        .into_iter()
+        .enumerate()
+        .map(|(token, ending)| {
             let store = Arc::clone(&store);
-            thread::spawn(move || call(&store, token, token == 0, ticket_first))
+            thread::spawn(move || call(&store, token, ending, ticket_first))
         })
         .collect();
     let values: Vec<_> = handles
@@ -142,17 +173,31 @@ fn scenario(ticket_first: bool) {
     };
     // Every caller that returned a value returned the one stored value.
     assert!(values.iter().flatten().all(|x| *x == v), "{values:?}");
-    // Only the cancelled caller's guard releases, at most once.
-    assert!(store.releases.load(Ordering::SeqCst) <= 1);
+    // Each lease is released at most once (the completing caller's never).
+    let releases: Vec<_> = store
+        .releases
+        .iter()
+        .map(|r| r.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        releases.iter().all(|n| *n <= 1),
+        "release calls {releases:?}"
+    );
 }
 
 #[test]
 fn one_owner_no_lost_wake_up_no_double_release() {
-    shuttle::check_random(|| scenario(true), 3000);
+    shuttle::check_random(|| scenario(true, Ending::Fail), 3000);
+}
+
+#[test]
+#[should_panic(expected = "release calls")]
+fn a_guard_left_armed_after_the_release_releases_twice() {
+    shuttle::check_random(|| scenario(true, Ending::FailNoDisarm), 3000);
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn a_ticket_taken_after_the_re_read_loses_wake_ups() {
-    shuttle::check_random(|| scenario(false), 3000);
+    shuttle::check_random(|| scenario(false, Ending::Fail), 3000);
 }

@@ -1,0 +1,15 @@
+//! The integration tests of this crate, one test binary (modules by subject):
+//! - `protocol`: every configuration of the model holds every safety property;
+//! - `defects`: each defect of issue 10 put back is found;
+//! - `lua_agreement`: the model's store step against the real scripts on a real
+//!   redis-server;
+//! - `in_process`: the memory store's fence, wake-up and release guard under shuttle;
+//! - `coalesce`: the coordinator's in-process coalescing registry under shuttle;
+//! - `wake`: the Redis store's wake-up registry under shuttle.
+
+mod coalesce;
+mod defects;
+mod in_process;
+mod lua_agreement;
+mod protocol;
+mod wake;
