@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 
-use idempotency_core::{ErrorType, Fence, Lease, ReservationStore};
+use idempotency_core::{ErrorType, Lease, ReservationStore};
 
 use crate::coordinator::Inner;
 
@@ -62,8 +62,9 @@ async fn renew<S: ReservationStore>(
     doubt: &mut Option<impl FnOnce()>,
 ) -> bool {
     match inner.store.renew(lease, inner.lease).await {
-        // A renewal never vacates: it writes only over our own reservation.
-        Ok(Fence::Held | Fence::Vacated) => false,
+        // Written: still ours (a renewal never vacates: it writes only over our own
+        // reservation). The decision is core's, shared with the model.
+        Ok(fence) if fence.written() => false,
         Ok(_) => {
             inner
                 .metrics

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    Claim, ErrorClass, ErrorType, Fence, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease,
+    Claim, ErrorClass, ErrorType, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease,
     RawValue, RecordId, RecordStatus, ReservationStore, Result, ResultAdapter,
 };
 
@@ -402,31 +402,27 @@ impl<S: ReservationStore> Coordinator<S> {
             started.elapsed().as_secs_f64(),
         );
         match outcome {
-            Ok(Fence::Held) => {
-                inner.record_created(lease.id(), status, ttl);
-                Completion::Written { ours: true }
-            }
-            Ok(Fence::Vacated) => {
-                // Our reservation was gone when the result was written (it expired while
-                // the action ran, or was removed): a duplicate may have run and given the
-                // key up meanwhile, so this is a lost lease, counted once per call, though
-                // our record now stands.
-                if holding == Holding::Lease && !lost_already {
+            Ok(fence) => {
+                // The fence's meaning is core's (`Fence::lease_lost`, `Fence::written`),
+                // shared with the model that checks this flow. A lost lease (another
+                // record there, or ours gone when the result was written: a duplicate may
+                // have run and given the key up meanwhile) is counted once per call (the
+                // renewal may have seen it first), though a vacated key now holds ours.
+                if fence.lease_lost() && holding == Holding::Lease && !lost_already {
                     inner.metrics.record_error(operation, ErrorType::LeaseLost);
-                    tracing::warn!(
-                        "the reservation was gone when the result was stored; a duplicate may have run"
-                    );
+                    if fence.written() {
+                        tracing::warn!(
+                            "the reservation was gone when the result was stored; a duplicate may have run"
+                        );
+                    }
                 }
-                inner.record_created(lease.id(), status, ttl);
-                Completion::Written { ours: true }
-            }
-            Ok(_) => {
-                // Lost: one loss, counted once per call (the renewal may have seen it first).
-                if holding == Holding::Lease && !lost_already {
-                    inner.metrics.record_error(operation, ErrorType::LeaseLost);
+                if fence.written() {
+                    inner.record_created(lease.id(), status, ttl);
+                    Completion::Written { ours: true }
+                } else {
+                    tracing::warn!("the key holds another caller's record; it stands");
+                    Completion::Written { ours: false }
                 }
-                tracing::warn!("the key holds another caller's record; it stands");
-                Completion::Written { ours: false }
             }
             Err(e) => {
                 inner

@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod bulk;
+mod fence;
 pub mod metrics;
 pub mod reservation;
 pub mod storage;
