@@ -60,12 +60,13 @@ pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
-pub use traits::bulk::{BulkRepository, bulk_outcome, validate_all};
+pub use traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
 pub use traits::metrics::{
     ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics, RecordingMetrics, error_type,
 };
 pub use traits::reservation::{
-    Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease, is_abandoned, new_owner_token,
+    Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, holds_lease, is_abandoned,
+    new_owner_token,
 };
 pub use traits::storage::{IdempotencyRepository, SaveManyOptions};
 pub use unfenced::{PollWatch, UNFENCED_POLL_INTERVAL, Unfenced};

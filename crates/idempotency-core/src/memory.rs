@@ -4,15 +4,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
-use crate::traits::bulk::{BulkRepository, bulk_outcome, validate_all};
-use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
+use crate::traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
+use crate::traits::reservation::{
+    Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, completion_fence, holds_lease,
+};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
 /// `now + ttl`, or as far as the monotonic clock goes (a TTL beyond it never ends).
@@ -107,21 +108,6 @@ impl State {
 }
 
 impl MemoryStore {
-    /// Writes a final record over our pending one (or into a free key): the fence of
-    /// `complete` and `complete_with_error`.
-    fn finish(&self, lease: &Lease, record: IdempotencyRecord, ttl: Duration) -> Fence {
-        let mut state = self.lock();
-        // Invariant: the owner check and the write happen under one lock (the fence).
-        let fence = match state.live(lease.id(), Instant::now()) {
-            None => Fence::Vacated,
-            Some(e) if holds_lease(&e.record, lease.token()) => Fence::Held,
-            Some(_) => return Fence::Lost,
-        };
-        state.insert(lease.id().clone(), record, ttl);
-        state.wake(lease.id());
-        fence
-    }
-
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -228,14 +214,7 @@ impl BulkRepository for MemoryStore {
         Ok(found)
     }
 
-    async fn save_many(
-        &self,
-        records: &[IdempotencyRecord],
-        options: SaveManyOptions,
-    ) -> Result<()> {
-        let Some(first) = records.first() else {
-            return Ok(());
-        };
+    async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
         let mut collisions = Vec::new();
         let mut invalid = Vec::new();
         let mut saved = Vec::new();
@@ -243,7 +222,7 @@ impl BulkRepository for MemoryStore {
         {
             let now = Instant::now();
             let mut state = self.lock();
-            for record in records {
+            for record in batch.records() {
                 let checked = Self::write_ttl(record).map(|ttl| (ttl, record.id()));
                 let (ttl, id) = match checked {
                     Ok(pair) => pair,
@@ -268,7 +247,7 @@ impl BulkRepository for MemoryStore {
                 }
             }
         }
-        bulk_outcome(first.operation(), collisions, invalid, saved, options)
+        bulk_outcome(batch.operation(), collisions, invalid, saved, options)
     }
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
@@ -349,19 +328,17 @@ impl ReservationStore for MemoryStore {
         Ok(Claim::Acquired)
     }
 
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
-        let record = lease.completed_record(result, ttl)?;
-        Ok(self.finish(lease, record, ttl))
-    }
-
-    async fn complete_with_error(
-        &self,
-        lease: &Lease,
-        error: &RawValue,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        let record = lease.stored_error_record_at(lease.clock().now(), error, ttl)?;
-        Ok(self.finish(lease, record, ttl))
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
+        let record = lease.finished_record_at(lease.clock().now(), finished, ttl)?;
+        let mut state = self.lock();
+        // Invariant: the owner check and the write happen under one lock (the fence).
+        let found = state.live(lease.id(), Instant::now()).map(|e| &e.record);
+        let fence = completion_fence(found, lease);
+        if fence != Fence::Lost {
+            state.insert(lease.id().clone(), record, ttl);
+            state.wake(lease.id());
+        }
+        Ok(fence)
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {

@@ -210,17 +210,13 @@ impl IdempotencyDomainService {
         result: &T,
         options: &RecordOptions,
     ) -> Result<IdempotencyRecord> {
-        let (operation, key) = validate_identifiers(operation, idempotency_key)?;
-        let ttl = self.resolve_ttl(options.ttl)?;
-        let result = to_result_json(result)?;
-        Ok(IdempotencyRecord::new_unchecked(
+        self.completed_record(
             operation,
-            key,
-            result,
-            ttl,
-            RecordStatus::Completed,
-            options.fingerprint.clone(),
-        ))
+            idempotency_key,
+            || to_result_json(result),
+            options.ttl,
+            options.fingerprint.as_deref(),
+        )
     }
 
     /// A completed record from a result that is already JSON text (what a result adapter
@@ -236,12 +232,26 @@ impl IdempotencyDomainService {
         ttl: Option<Duration>,
         fingerprint: Option<&str>,
     ) -> Result<IdempotencyRecord> {
+        self.completed_record(operation, idempotency_key, || Ok(result), ttl, fingerprint)
+    }
+
+    /// The one builder of completed records: identifiers, then TTL, then the result (made
+    /// last, so a bad identifier or TTL is reported before a result that cannot be
+    /// serialized).
+    fn completed_record(
+        &self,
+        operation: &str,
+        idempotency_key: &str,
+        result: impl FnOnce() -> Result<Box<RawValue>>,
+        ttl: Option<Duration>,
+        fingerprint: Option<&str>,
+    ) -> Result<IdempotencyRecord> {
         let (operation, key) = validate_identifiers(operation, idempotency_key)?;
         let ttl = self.resolve_ttl(ttl)?;
         Ok(IdempotencyRecord::new_unchecked(
             operation,
             key,
-            result,
+            result()?,
             ttl,
             RecordStatus::Completed,
             fingerprint.map(str::to_owned),

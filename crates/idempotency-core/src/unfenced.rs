@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
-
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
-use crate::traits::bulk::BulkRepository;
-use crate::traits::reservation::{Claim, Fence, KeyWatch, Lease, ReservationStore, holds_lease};
+use crate::traits::bulk::{Batch, BulkRepository};
+use crate::traits::reservation::{
+    Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, completion_fence, holds_lease,
+};
 use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 
 /// How often a waiter on an [`Unfenced`] store re-reads the key (the Python library's
@@ -82,12 +82,8 @@ impl<R: BulkRepository> BulkRepository for Unfenced<R> {
         self.inner.get_many(operation, keys).await
     }
 
-    async fn save_many(
-        &self,
-        records: &[IdempotencyRecord],
-        options: SaveManyOptions,
-    ) -> Result<()> {
-        self.inner.save_many(records, options).await
+    async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
+        self.inner.save_batch(batch, options).await
     }
 
     async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
@@ -113,18 +109,6 @@ impl<R: IdempotencyRepository> Unfenced<R> {
             .get(lease.id())
             .await?
             .filter(|r| holds_lease(r, lease.token())))
-    }
-
-    /// Writes a final record unless another caller's record holds the key (checked, then
-    /// written: not atomic, the reason this wrapper is unfenced).
-    async fn finish(&self, lease: &Lease, record: &IdempotencyRecord) -> Result<Fence> {
-        let fence = match self.inner.get(lease.id()).await? {
-            None => Fence::Vacated,
-            Some(r) if holds_lease(&r, lease.token()) => Fence::Held,
-            Some(_) => return Ok(Fence::Lost),
-        };
-        self.inner.replace(record).await?;
-        Ok(fence)
     }
 }
 
@@ -156,19 +140,14 @@ impl<R: IdempotencyRepository> ReservationStore for Unfenced<R> {
         ))
     }
 
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
-        let record = lease.completed_record(result, ttl)?;
-        self.finish(lease, &record).await
-    }
-
-    async fn complete_with_error(
-        &self,
-        lease: &Lease,
-        error: &RawValue,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        let record = lease.stored_error_record_at(lease.clock().now(), error, ttl)?;
-        self.finish(lease, &record).await
+    /// Checked, then written: not atomic, the reason this wrapper is unfenced.
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
+        let record = lease.finished_record_at(lease.clock().now(), finished, ttl)?;
+        let fence = completion_fence(self.inner.get(lease.id()).await?.as_ref(), lease);
+        if fence != Fence::Lost {
+            self.inner.replace(&record).await?;
+        }
+        Ok(fence)
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, Fence, IdempotencyError, IdempotencyRecord, Lease, RawValue, RecordId, ReservationStore,
+    Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId, ReservationStore,
     Result, holds_lease, is_abandoned,
 };
 
@@ -37,22 +37,6 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl RedisStore {
-    /// Writes a final record over our pending one (or into a free key) with the
-    /// `complete` script: the fence of `complete` and `complete_with_error`.
-    async fn finish(
-        &self,
-        lease: &Lease,
-        record: &IdempotencyRecord,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        let args = vec![
-            Value::from(lease.token()),
-            Value::from(record.to_json()),
-            Value::from(millis(ttl)),
-        ];
-        self.fenced(&self.inner.scripts.complete, lease, args).await
-    }
-
     /// One claim command: `SET … NX GET`, or the script where the server lacks it.
     async fn send_claim(
         &self,
@@ -210,19 +194,15 @@ impl ReservationStore for RedisStore {
         }
     }
 
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
-        let record = lease.completed_record_at(self.stamp(lease).await, result, ttl)?;
-        self.finish(lease, &record, ttl).await
-    }
-
-    async fn complete_with_error(
-        &self,
-        lease: &Lease,
-        error: &RawValue,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        let record = lease.stored_error_record_at(self.stamp(lease).await, error, ttl)?;
-        self.finish(lease, &record, ttl).await
+    /// With the `complete` script, stamped on the server's clock.
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
+        let record = lease.finished_record_at(self.stamp(lease).await, finished, ttl)?;
+        let args = vec![
+            Value::from(lease.token()),
+            Value::from(record.to_json()),
+            Value::from(millis(ttl)),
+        ];
+        self.fenced(&self.inner.scripts.complete, lease, args).await
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use fred::prelude::{Client, ClientLike, Expiration, KeysInterface, Pool, SetOptions, Value};
 use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
-    BulkRepository, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
+    Batch, BulkRepository, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
     IdempotencyRepository, LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions,
     bulk_outcome, validate_all,
 };
@@ -425,15 +425,8 @@ impl BulkRepository for RedisStore {
         self.get_many_ids(&validate_all(operation, keys)?).await
     }
 
-    async fn save_many(
-        &self,
-        records: &[IdempotencyRecord],
-        options: SaveManyOptions,
-    ) -> Result<()> {
-        let Some(first) = records.first() else {
-            return Ok(());
-        };
-        let batch_op = first.operation();
+    async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
+        let (batch_op, records) = (batch.operation(), batch.records());
         let start = Instant::now();
         let mut invalid = Vec::new();
         let pipeline = self.client().pipeline();

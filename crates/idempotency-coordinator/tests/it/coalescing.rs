@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use idempotency_coordinator::{Coordinator, InFlight, JsonAdapter, OnStorageError, Outcome};
 use idempotency_core::{
-    Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease, RawValue,
+    Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease,
     RecordId, ReservationStore, Result,
 };
 
@@ -70,18 +70,9 @@ impl<S: ReservationStore> ReservationStore for Counting<S> {
         self.claims.fetch_add(1, Ordering::SeqCst);
         self.inner.claim(lease, duration).await
     }
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
         self.tick();
-        self.inner.complete(lease, result, ttl).await
-    }
-    async fn complete_with_error(
-        &self,
-        lease: &Lease,
-        error: &RawValue,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        self.tick();
-        self.inner.complete_with_error(lease, error, ttl).await
+        self.inner.finish(lease, finished, ttl).await
     }
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
         self.tick();
@@ -709,8 +700,7 @@ async fn coalescing_is_a_setting() {
     let env = crate::common::memory();
     for (coalesce, expected) in [(true, 1), (false, 20)] {
         let settings: idempotency_coordinator::IdempotencySettings =
-            serde_json::from_value(serde_json::json!({ "coalesce": coalesce }))
-                .expect("settings");
+            serde_json::from_value(serde_json::json!({ "coalesce": coalesce })).expect("settings");
         let store = Counting::new(env.store.clone());
         let coordinator = Coordinator::builder(store.clone())
             .settings(&settings)

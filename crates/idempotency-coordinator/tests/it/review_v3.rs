@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use idempotency_coordinator::{Coordinator, InFlight, OnStorageError, Outcome};
 use idempotency_core::{
-    Claim, ErrorClass, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease,
-    RawValue, RecordId, RecordStatus, ReservationStore, Result as CoreResult, Unfenced,
+    Claim, ErrorClass, Fence, Finished, IdempotencyError, IdempotencyRecord, IdempotencyRepository,
+    Lease, RawValue, RecordId, RecordStatus, ReservationStore, Result as CoreResult, Unfenced,
 };
 use serde::{Deserialize, Serialize};
 
@@ -91,17 +91,17 @@ impl<S: ReservationStore> ReservationStore for Gate<S> {
     async fn claim(&self, lease: &Lease, duration: Duration) -> CoreResult<Claim> {
         self.inner.claim(lease, duration).await
     }
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> CoreResult<Fence> {
-        self.inner.complete(lease, result, ttl).await
-    }
-    async fn complete_with_error(
+    async fn finish(
         &self,
         lease: &Lease,
-        error: &RawValue,
+        finished: Finished<'_>,
         ttl: Duration,
     ) -> CoreResult<Fence> {
-        let fence = self.inner.complete_with_error(lease, error, ttl).await?;
-        if self.error_reply_lost.swap(false, Ordering::SeqCst) {
+        let fence = self.inner.finish(lease, finished, ttl).await?;
+        // The lost reply is a stored error's completion only.
+        if matches!(finished, Finished::Error(_))
+            && self.error_reply_lost.swap(false, Ordering::SeqCst)
+        {
             return Err(IdempotencyError::storage(
                 Some(lease.operation()),
                 std::io::Error::other("injected: reply lost after the command was applied"),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use idempotency_coordinator::{Coordinator, IdempotencyError, OnStorageError};
 use idempotency_core::{
-    Claim, ErrorClass, Fence, IdempotencyRecord, IdempotencyRepository, Lease, RawValue, RecordId,
+    Claim, ErrorClass, Fence, Finished, IdempotencyRecord, IdempotencyRepository, Lease, RecordId,
     RecordingMetrics, ReservationStore, Result,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
@@ -94,9 +94,9 @@ impl ReservationStore for Logged {
         }
         claim
     }
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
         let sent = Instant::now();
-        let fence = self.inner.complete(lease, result, ttl).await;
+        let fence = self.inner.finish(lease, finished, ttl).await;
         if matches!(fence, Ok(Fence::Held)) {
             with_key(&self.log, lease.key(), |k| k.acked.push(sent));
         }

@@ -42,15 +42,35 @@ pub trait BulkRepository: IdempotencyRepository {
 
     /// Inserts each record whose key is free. Not atomic: on error the records that were
     /// written stay, unless `options.rollback_on_error` is set, in which case exactly the
-    /// records this call wrote (and still unchanged) are deleted again.
+    /// records this call wrote (and still unchanged) are deleted again. An empty slice
+    /// does nothing; any other is a [`Batch`] handed to [`BulkRepository::save_batch`].
+    ///
+    /// # Errors
+    /// As [`BulkRepository::save_batch`].
+    fn save_many(
+        &self,
+        records: &[IdempotencyRecord],
+        options: SaveManyOptions,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let batch = Batch::new(records);
+        async move {
+            match batch {
+                Some(batch) => self.save_batch(batch, options).await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// [`BulkRepository::save_many`] of a batch that is not empty: what a store
+    /// implements.
     ///
     /// # Errors
     /// One [`IdempotencyError::KeyCollision`] naming every taken key when collisions were
     /// the only trouble; otherwise [`IdempotencyError::BulkSave`] listing collisions,
     /// invalid records and what was saved; storage errors.
-    fn save_many(
+    fn save_batch(
         &self,
-        records: &[IdempotencyRecord],
+        batch: Batch<'_>,
         options: SaveManyOptions,
     ) -> impl Future<Output = Result<()>> + Send;
 
@@ -63,6 +83,47 @@ pub trait BulkRepository: IdempotencyRepository {
         operation: &str,
         keys: &[K],
     ) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// The records of a bulk save, never empty, and the operation the save reports under
+/// (its first record's: in its errors and its metrics).
+///
+/// # Examples
+/// ```
+/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// use idempotency_core::{Batch, IdempotencyDomainService};
+/// let svc = IdempotencyDomainService::default();
+/// let records = vec![svc.create_record("op", "a", &1)?];
+/// let batch = Batch::new(&records).map(|b| b.operation().to_owned());
+/// assert_eq!(batch.as_deref(), Some("op"));
+/// assert!(Batch::new(&[]).is_none());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    operation: &'a str,
+    records: &'a [IdempotencyRecord],
+}
+
+impl<'a> Batch<'a> {
+    /// The batch of `records`; `None` when there are none (nothing to save).
+    pub fn new(records: &'a [IdempotencyRecord]) -> Option<Self> {
+        let first = records.first()?;
+        Some(Self {
+            operation: first.operation(),
+            records,
+        })
+    }
+
+    /// The operation the save reports under: the first record's.
+    pub fn operation(self) -> &'a str {
+        self.operation
+    }
+
+    /// The records, in the order given (at least one).
+    pub fn records(self) -> &'a [IdempotencyRecord] {
+        self.records
+    }
 }
 
 /// Validates every key of a bulk call before any I/O, reporting every problem; returns

@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::constants::MIN_IN_FLIGHT_LEASE;
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
-use crate::record::{IdempotencyRecord, IdentityParts, RecordStatus};
+use crate::record::{IdempotencyRecord, RecordParts, RecordStatus};
 use crate::traits::storage::IdempotencyRepository;
 
 /// What a caller holds while it reserves a key: the record's identity, a fresh owner
@@ -150,7 +150,7 @@ impl Lease {
     /// # Errors
     /// A `ttl` that ends past the year 9999.
     pub fn completed_record(&self, result: &RawValue, ttl: Duration) -> Result<IdempotencyRecord> {
-        self.completed_record_at(self.clock.now(), result, ttl)
+        self.finished_record_at(self.clock.now(), Finished::Value(result), ttl)
     }
 
     /// The completed record stamped on another clock whose time is now `now`.
@@ -163,7 +163,7 @@ impl Lease {
         result: &RawValue,
         ttl: Duration,
     ) -> Result<IdempotencyRecord> {
-        self.finished_record_at(now, RecordStatus::Completed, result, ttl)
+        self.finished_record_at(now, Finished::Value(result), ttl)
     }
 
     /// The record of this lease holding a stored error of the action (see
@@ -177,23 +177,39 @@ impl Lease {
         error: &RawValue,
         ttl: Duration,
     ) -> Result<IdempotencyRecord> {
-        self.finished_record_at(now, RecordStatus::StoredError, error, ttl)
+        self.finished_record_at(now, Finished::Error(error), ttl)
     }
 
-    /// The final record of this lease with `status` (completed or stored error, never
-    /// pending: a pending record carries the owner token and is made by
-    /// [`Lease::pending_record_at`]).
-    fn finished_record_at(
+    /// The final record of this lease (completed or stored error, never pending: a
+    /// pending record carries the owner token and is made by [`Lease::pending_record_at`]),
+    /// living `ttl`, stamped on a clock whose time is now `now`. It carries no owner.
+    ///
+    /// # Errors
+    /// As [`Lease::completed_record`].
+    ///
+    /// # Examples
+    /// ```
+    /// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// use std::time::Duration;
+    /// use idempotency_core::{Clock, Finished, Lease, RawValue, RecordId, RecordStatus};
+    /// let lease = Lease::new(RecordId::new("op", "k")?, None, Clock::system());
+    /// let now = lease.clock().now();
+    /// let error = Finished::Error(RawValue::NULL);
+    /// let record = lease.finished_record_at(now, error, Duration::from_secs(60))?;
+    /// assert_eq!(record.status(), RecordStatus::StoredError);
+    /// assert_eq!(record.owner(), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn finished_record_at(
         &self,
         now: OffsetDateTime,
-        status: RecordStatus,
-        result: &RawValue,
+        finished: Finished<'_>,
         ttl: Duration,
     ) -> Result<IdempotencyRecord> {
         let now = crate::timestamp::to_micros(now);
         Ok(self.record(
-            result.to_owned(),
-            status,
+            finished.raw().to_owned(),
+            finished.status(),
             now,
             later(now, ttl, "ttl")?,
             None,
@@ -209,17 +225,16 @@ impl Lease {
         owner: Option<String>,
     ) -> IdempotencyRecord {
         // Built from the lease's identity: a record under another key cannot be made here.
-        IdempotencyRecord::of_identity(
-            &self.id,
-            IdentityParts {
-                result,
-                created_at,
-                expires_at,
-                status,
-                fingerprint: self.fingerprint().map(str::to_owned),
-                owner,
-            },
-        )
+        IdempotencyRecord::of_valid_parts(RecordParts {
+            operation: self.id.operation().to_owned(),
+            idempotency_key: self.id.key().to_owned(),
+            result,
+            created_at,
+            expires_at,
+            status,
+            fingerprint: self.fingerprint().map(str::to_owned),
+            owner,
+        })
     }
 }
 
@@ -248,6 +263,18 @@ fn later(now: OffsetDateTime, after: Duration, field: &str) -> Result<OffsetDate
 /// ```
 pub fn holds_lease(record: &IdempotencyRecord, token: &str) -> bool {
     record.is_pending() && record.owner() == Some(token)
+}
+
+/// The fence of a completion, from what holds the key before it writes: nothing
+/// ([`Fence::Vacated`]: written, though our reservation was gone), our pending record
+/// ([`Fence::Held`]), anything else ([`Fence::Lost`]: nothing may be written). The
+/// decision every store's `finish` makes (Redis in `complete.lua`).
+pub(crate) fn completion_fence(found: Option<&IdempotencyRecord>, lease: &Lease) -> Fence {
+    match found {
+        None => Fence::Vacated,
+        Some(record) if holds_lease(record, lease.token()) => Fence::Held,
+        Some(_) => Fence::Lost,
+    }
 }
 
 /// Whether `record` is a reservation nobody can still be running: pending, and past its
@@ -298,6 +325,41 @@ pub enum Fence {
     Vacated,
 }
 
+/// What a completion writes over its reservation: the action's result, or an error of
+/// the action stored so that retries replay it (status [`RecordStatus::StoredError`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Finished<'a> {
+    /// The action's result, as JSON text (status [`RecordStatus::Completed`]).
+    Value(&'a RawValue),
+    /// A stored error of the action, as JSON text (status [`RecordStatus::StoredError`]).
+    Error(&'a RawValue),
+}
+
+impl<'a> Finished<'a> {
+    /// The status of the record it makes.
+    ///
+    /// # Examples
+    /// ```
+    /// use idempotency_core::{Finished, RawValue, RecordStatus};
+    /// let null = RawValue::NULL;
+    /// assert_eq!(Finished::Value(null).status(), RecordStatus::Completed);
+    /// assert_eq!(Finished::Error(null).status(), RecordStatus::StoredError);
+    /// ```
+    pub fn status(self) -> RecordStatus {
+        match self {
+            Self::Value(_) => RecordStatus::Completed,
+            Self::Error(_) => RecordStatus::StoredError,
+        }
+    }
+
+    /// The JSON text stored as the record's result.
+    pub fn raw(self) -> &'a RawValue {
+        match self {
+            Self::Value(raw) | Self::Error(raw) => raw,
+        }
+    }
+}
+
 /// A subscription to changes of one key, made by [`ReservationStore::watch`].
 pub trait KeyWatch: Send {
     /// Waits until the key is completed or released, or `timeout` passes; `true` when
@@ -345,42 +407,47 @@ pub trait ReservationStore: IdempotencyRepository {
         duration: Duration,
     ) -> impl Future<Output = Result<Claim>> + Send;
 
-    /// Writes the completed record of the lease (holding `result`, living `ttl`) if the
-    /// key still holds our pending record or nothing.
+    /// Writes the lease's final record (built from the lease, so it cannot land under
+    /// another key; living `ttl`) if the key still holds our pending record or nothing:
+    /// the one fenced write behind [`ReservationStore::complete`] and
+    /// [`ReservationStore::complete_with_error`].
     ///
     /// # Errors
-    /// Storage errors.
+    /// Storage errors; a `ttl` that ends past the year 9999.
+    fn finish(
+        &self,
+        lease: &Lease,
+        finished: Finished<'_>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Fence>> + Send;
+
+    /// Writes the completed record of the lease (holding `result`, living `ttl`) under the
+    /// fence of [`ReservationStore::finish`].
+    ///
+    /// # Errors
+    /// As [`ReservationStore::finish`].
     fn complete(
         &self,
         lease: &Lease,
         result: &RawValue,
         ttl: Duration,
-    ) -> impl Future<Output = Result<Fence>> + Send;
+    ) -> impl Future<Output = Result<Fence>> + Send {
+        self.finish(lease, Finished::Value(result), ttl)
+    }
 
     /// Writes the lease's record holding a stored error of the action (status
-    /// [`RecordStatus::StoredError`], living `ttl`) under the same fence as
-    /// [`ReservationStore::complete`]: retries replay the error instead of running again.
-    ///
-    /// The default refuses with a configuration error (the caller then releases the key,
-    /// so the retry runs again, as for an error that is not stored); stores that can
-    /// write it override this.
+    /// [`RecordStatus::StoredError`], living `ttl`) under the fence of
+    /// [`ReservationStore::finish`]: retries replay the error instead of running again.
     ///
     /// # Errors
-    /// Storage errors; the configuration error of the default.
+    /// As [`ReservationStore::finish`].
     fn complete_with_error(
         &self,
         lease: &Lease,
         error: &RawValue,
         ttl: Duration,
     ) -> impl Future<Output = Result<Fence>> + Send {
-        let _ = (error, ttl);
-        let operation = lease.operation().to_owned();
-        async move {
-            Err(IdempotencyError::configuration(
-                format!("this store cannot store errors (operation {operation})"),
-                None,
-            ))
-        }
+        self.finish(lease, Finished::Error(error), ttl)
     }
 
     /// Pushes our pending record's expiry `duration` ahead, if we still own it.

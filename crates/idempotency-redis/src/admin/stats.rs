@@ -33,14 +33,16 @@ const NO_EXPIRY: &str = "no expiry";
 /// ```
 #[derive(Debug, Clone)]
 pub struct StatsOptions {
-    operation: Option<String>,
+    /// The records to count: the scan [`Admin::list`] runs (its limit is set from
+    /// `max_keys`).
+    scan: ListFilter,
     max_keys: usize,
 }
 
 impl Default for StatsOptions {
     fn default() -> Self {
         Self {
-            operation: None,
+            scan: ListFilter::new(),
             max_keys: 10_000,
         }
     }
@@ -55,7 +57,7 @@ impl StatsOptions {
     /// Only this operation's records.
     #[must_use]
     pub fn operation(mut self, operation: impl Into<String>) -> Self {
-        self.operation = Some(operation.into());
+        self.scan = self.scan.operation(operation);
         self
     }
 
@@ -194,10 +196,10 @@ impl Admin {
     /// ```
     pub async fn stats(&self, options: &StatsOptions) -> Result<Stats> {
         // One key past the limit tells whether the keyspace was larger (a sample).
-        let mut filter = ListFilter::new().limit(options.max_keys.saturating_add(1));
-        if let Some(op) = &options.operation {
-            filter = filter.operation(op.clone());
-        }
+        let filter = options
+            .scan
+            .clone()
+            .limit(options.max_keys.saturating_add(1));
         let mut stats = Stats {
             ttl_histogram: TTL_BUCKETS
                 .iter()

@@ -39,8 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{
-    BulkRepository, Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository,
-    Lease, RawValue, RecordId, ReservationStore, Result, SaveManyOptions, validate_all,
+    Batch, BulkRepository, Claim, Fence, Finished, IdempotencyError, IdempotencyRecord,
+    IdempotencyRepository, Lease, RawValue, RecordId, ReservationStore, Result, SaveManyOptions,
+    validate_all,
 };
 
 pub use config::CacheConfig;
@@ -230,13 +231,9 @@ impl BulkRepository for CachedStore {
         Ok(found)
     }
 
-    async fn save_many(
-        &self,
-        records: &[IdempotencyRecord],
-        options: SaveManyOptions,
-    ) -> Result<()> {
-        let saved = self.store.save_many(records, options).await;
-        for record in records {
+    async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
+        let saved = self.store.save_batch(batch, options).await;
+        for record in batch.records() {
             self.invalidate(&record.id());
         }
         saved
@@ -270,19 +267,8 @@ impl ReservationStore for CachedStore {
         Ok(claim)
     }
 
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
-        let fence = self.store.complete(lease, result, ttl).await;
-        self.invalidate(lease.id());
-        fence
-    }
-
-    async fn complete_with_error(
-        &self,
-        lease: &Lease,
-        error: &RawValue,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        let fence = self.store.complete_with_error(lease, error, ttl).await;
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
+        let fence = self.store.finish(lease, finished, ttl).await;
         self.invalidate(lease.id());
         fence
     }

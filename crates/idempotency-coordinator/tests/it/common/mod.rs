@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use idempotency_coordinator::{Coordinator, CoordinatorBuilder};
 use idempotency_core::{
-    Claim, Fence, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease, MemoryStore,
-    RawValue, RecordId, RecordingMetrics, ReservationStore, Result,
+    Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease,
+    MemoryStore, RecordId, RecordingMetrics, ReservationStore, Result,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
@@ -101,20 +101,14 @@ impl<S: ReservationStore> ReservationStore for Faulty<S> {
         lost_reply(&self.faults.claim_reply_lost, lease.operation())?;
         Ok(claimed)
     }
-    async fn complete(&self, lease: &Lease, result: &RawValue, ttl: Duration) -> Result<Fence> {
+    async fn finish(&self, lease: &Lease, finished: Finished<'_>, ttl: Duration) -> Result<Fence> {
         injected(&self.faults.complete, lease.operation())?;
-        let fence = self.inner.complete(lease, result, ttl).await?;
-        lost_reply(&self.faults.complete_reply_lost, lease.operation())?;
+        let fence = self.inner.finish(lease, finished, ttl).await?;
+        // The lost reply is a result's completion only.
+        if let Finished::Value(_) = finished {
+            lost_reply(&self.faults.complete_reply_lost, lease.operation())?;
+        }
         Ok(fence)
-    }
-    async fn complete_with_error(
-        &self,
-        lease: &Lease,
-        error: &RawValue,
-        ttl: Duration,
-    ) -> Result<Fence> {
-        injected(&self.faults.complete, lease.operation())?;
-        self.inner.complete_with_error(lease, error, ttl).await
     }
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
         injected(&self.faults.renew, lease.operation())?;
