@@ -1,5 +1,6 @@
 //! The idempotency record and its wire format.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -442,9 +443,16 @@ impl IdempotencyRecord {
     /// Decodes a well-formed record in one typed pass; `None` sends the bytes to the
     /// detailed decoder. Accepts only what that decoder accepts, with the same outcome.
     fn from_json_fast(text: &str) -> Option<Self> {
-        if !is_plain(text) {
+        // A struct also deserializes from a JSON array; Python wants an object.
+        if text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .as_bytes()
+            .first()
+            != Some(&b'{')
+        {
             return None;
         }
+        // Fails (so defers) on a result or an unknown field that is not plain.
         let wire: WireFast<'_> = serde_json::from_str(text).ok()?;
         let operation = wire.operation.trim();
         let key = wire.idempotency_key.trim();
@@ -470,8 +478,8 @@ impl IdempotencyRecord {
             created_at: parse_timestamp_str(wire.created_at).ok()?.instant(),
             expires_at,
             status,
-            fingerprint: wire.fingerprint.map(std::borrow::Cow::into_owned),
-            owner: wire.owner.map(std::borrow::Cow::into_owned),
+            fingerprint: wire.fingerprint.map(Cow::into_owned),
+            owner: wire.owner.map(Cow::into_owned),
         })
     }
 }
@@ -500,34 +508,26 @@ impl fmt::Display for NaiveExpiry {
 
 impl std::error::Error for NaiveExpiry {}
 
-/// Whether a stored value that `serde_json` reads as a record (so: valid JSON to it, no
-/// `NaN`, no control character in a string, no bad escape) also reads the same to
-/// Python and to the detailed decoder, everywhere in it: unknown fields included, since
-/// pydantic parses the whole text before it looks at any field.
+/// Whether a value of a stored record (the result, or an unknown field), which
+/// `serde_json` has read (so: valid JSON to it, no `NaN`, no control character in a
+/// string, no bad escape), also reads the same to Python and to the detailed decoder.
+/// Unknown fields are checked too: pydantic parses the whole text before it looks at a
+/// field, so one bad value anywhere makes the record unreadable to it.
 ///
 /// It refuses, so that the detailed decoder decides:
-/// - a root that is not an object (a struct also deserializes from an array);
 /// - a `\u` escape (a lone surrogate is invalid to Python) and `\/` (re-spelt);
 /// - an integer part of more than 4300 digits, in any number (`1…1e-5000` included:
 ///   Python refuses it), and a float beyond the `f64` range (replayed as `null`);
-/// - more than 199 nested containers (pydantic reads 200 at most);
-/// - inside a nested value: whitespace and a repeated key (both re-written by the
+/// - nesting within 2 of pydantic's limit (the value sits inside the record);
+/// - inside a container: whitespace and a repeated key (both re-written by the
 ///   detailed decoder), an escaped key or more than 32 keys (not compared here).
 ///
-/// Repeated top-level fields are left to `serde_json` (a known field twice fails there;
-/// an unknown one is ignored by both libraries). Conservative: `false` only costs a
-/// slower decode, never another outcome.
-fn is_plain(text: &str) -> bool {
+/// Conservative: `false` only costs a slower decode, never another outcome.
+fn is_plain_value(text: &str) -> bool {
     let bytes = text.as_bytes();
-    let mut i = bytes
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .unwrap_or(bytes.len());
-    if bytes.get(i) != Some(&b'{') {
-        return false;
-    }
+    let mut i = 0;
     // Open containers: whether each is an object, and where its keys start in `keys`.
-    let mut stack: Vec<(bool, usize)> = Vec::with_capacity(8);
+    let mut stack: Vec<(bool, usize)> = Vec::new();
     let mut keys: Vec<&str> = Vec::new();
     let mut expect_key = false;
     while i < bytes.len() {
@@ -537,7 +537,6 @@ fn is_plain(text: &str) -> bool {
                 let mut j = start;
                 let mut escaped = false;
                 loop {
-                    // Runs before `serde_json` has seen the text: it may end anywhere.
                     let rest = bytes.get(j..).unwrap_or_default();
                     match rest.iter().position(|&b| b == b'"' || b == b'\\') {
                         None => return false,
@@ -555,8 +554,7 @@ fn is_plain(text: &str) -> bool {
                         }
                     }
                 }
-                // Keys of the top-level object are `serde_json`'s to check.
-                if expect_key && stack.len() > 1 {
+                if expect_key {
                     let Some(&(_, from)) = stack.last() else {
                         return false;
                     };
@@ -571,7 +569,7 @@ fn is_plain(text: &str) -> bool {
                 continue;
             }
             open @ (b'{' | b'[') => {
-                if stack.len() >= PYDANTIC_MAX_DEPTH - 1 {
+                if stack.len() >= PYDANTIC_MAX_DEPTH - 2 {
                     return false;
                 }
                 stack.push((open == b'{', keys.len()));
@@ -583,7 +581,7 @@ fn is_plain(text: &str) -> bool {
                 }
             }
             b',' => expect_key = stack.last().is_some_and(|&(object, _)| object),
-            b' ' | b'\t' | b'\n' | b'\r' if stack.len() > 1 => return false,
+            b' ' | b'\t' | b'\n' | b'\r' => return false,
             b'-' | b'0'..=b'9' => {
                 let start = i;
                 i += usize::from(bytes[i] == b'-');
@@ -729,32 +727,127 @@ fn field_time(
     }
 }
 
-/// A present `status` must be a string (`null` is refused by pydantic): no `Option` here.
-fn present_str<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<&'de str>, D::Error> {
-    <&str>::deserialize(d).map(Some)
-}
-
-/// The typed shape of a well-formed record. Strings with escapes, numbers for
-/// timestamps, `null` where a value is required, duplicate fields, `NaN`: all fail here
-/// and go to the detailed decoder.
-#[derive(Deserialize)]
+/// The typed shape of a well-formed record. Strings with escapes are owned; numbers for
+/// timestamps, `null` where a value is required, a field twice, `NaN`, a result or an
+/// unknown field that is not plain ([`is_plain_value`]): all fail here and go to the
+/// detailed decoder. Written by hand so that unknown fields are seen (and checked)
+/// rather than skipped, without a pass over the whole text.
 struct WireFast<'a> {
-    #[serde(borrow)]
-    operation: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    idempotency_key: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
+    operation: Cow<'a, str>,
+    idempotency_key: Cow<'a, str>,
     result: &'a RawValue,
     created_at: &'a str,
     expires_at: &'a str,
-    #[serde(borrow, default, deserialize_with = "present_str")]
+    /// A present `status` must be a string (`null` is refused by pydantic).
     status: Option<&'a str>,
-    #[serde(borrow, default)]
-    fingerprint: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    owner: Option<std::borrow::Cow<'a, str>>,
+    fingerprint: Option<Cow<'a, str>>,
+    owner: Option<Cow<'a, str>>,
+}
+
+/// A string borrowed from the input when it has no escape.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireFast<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = WireFast<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a record")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                fn set<T, E: serde::de::Error>(
+                    slot: &mut Option<T>,
+                    value: T,
+                    name: &'static str,
+                ) -> std::result::Result<(), E> {
+                    if slot.replace(value).is_some() {
+                        return Err(E::duplicate_field(name));
+                    }
+                    Ok(())
+                }
+                let (mut operation, mut key, mut result, mut created, mut expires) =
+                    (None, None, None, None, None);
+                let (mut status, mut fingerprint, mut owner) = (None, None, None);
+                while let Some(field) = map.next_key::<BorrowedStr<'de>>()? {
+                    match field.0.as_ref() {
+                        "operation" => set(
+                            &mut operation,
+                            map.next_value::<BorrowedStr<'de>>()?.0,
+                            "operation",
+                        )?,
+                        "idempotency_key" => set(
+                            &mut key,
+                            map.next_value::<BorrowedStr<'de>>()?.0,
+                            "idempotency_key",
+                        )?,
+                        "result" => {
+                            let raw: &'de RawValue = map.next_value()?;
+                            if !is_plain_value(raw.get()) {
+                                return Err(A::Error::custom("result is not plain"));
+                            }
+                            set(&mut result, raw, "result")?;
+                        }
+                        "created_at" => set(&mut created, map.next_value()?, "created_at")?,
+                        "expires_at" => set(&mut expires, map.next_value()?, "expires_at")?,
+                        "status" => set(&mut status, map.next_value::<&'de str>()?, "status")?,
+                        "fingerprint" => set(
+                            &mut fingerprint,
+                            map.next_value::<Option<BorrowedStr<'de>>>()?,
+                            "fingerprint",
+                        )?,
+                        "owner" => set(
+                            &mut owner,
+                            map.next_value::<Option<BorrowedStr<'de>>>()?,
+                            "owner",
+                        )?,
+                        // Ignored by both libraries, but parsed by Python first.
+                        _ => {
+                            let raw: &'de RawValue = map.next_value()?;
+                            if !is_plain_value(raw.get()) {
+                                return Err(A::Error::custom("unknown field is not plain"));
+                            }
+                        }
+                    }
+                }
+                Ok(WireFast {
+                    operation: operation.ok_or_else(|| A::Error::missing_field("operation"))?,
+                    idempotency_key: key
+                        .ok_or_else(|| A::Error::missing_field("idempotency_key"))?,
+                    result: result.ok_or_else(|| A::Error::missing_field("result"))?,
+                    created_at: created.ok_or_else(|| A::Error::missing_field("created_at"))?,
+                    expires_at: expires.ok_or_else(|| A::Error::missing_field("expires_at"))?,
+                    status,
+                    fingerprint: fingerprint.flatten().map(|f| f.0),
+                    owner: owner.flatten().map(|o| o.0),
+                })
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// Appends `s` as a JSON string with `serde_json`'s escaping (the same as orjson's).
