@@ -2,9 +2,7 @@
 
 use crate::common::unique;
 use idempotency_core::BulkRepository;
-use idempotency_core::{
-    IdempotencyError, IdempotencyRecord, IdempotencyRepository, RawValue, RecordParts,
-};
+use idempotency_core::{IdempotencyError, IdempotencyRecord, IdempotencyRepository, RecordParts};
 use idempotency_redis::RedisStore;
 use idempotency_testkit::conformance::{self, Case, Kind};
 use idempotency_testkit::{base64_decode, json_eq};
