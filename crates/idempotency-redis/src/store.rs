@@ -10,7 +10,7 @@ use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
     Batch, BulkRepository, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
     IdempotencyRepository, LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions,
-    bulk_outcome, validate_all,
+    bulk_outcome, is_abandoned, validate_all,
 };
 
 use crate::errors::{classify, label, storage};
@@ -265,8 +265,9 @@ impl RedisStore {
     /// The found record, or `None` when it has expired by `server_now`, the server's
     /// clock. Without a sample of it the record is shown: Redis still holds the key, and
     /// no reader's clock judges it. An expired completed record is deleted (if unchanged),
-    /// as the Python library does; a pending one is hidden but never deleted (only its
-    /// owner's release, Redis's expiry or a claim's takeover remove a reservation).
+    /// as the Python library does; a pending one is hidden, and deleted only when
+    /// abandoned (an hour past, as Python deletes it): a recently expired one may be the
+    /// live reservation of a writer whose clock runs behind.
     pub(crate) async fn judge_found(
         &self,
         id: &RecordId,
@@ -281,7 +282,7 @@ impl RedisStore {
         if !record.is_expired_at(now) {
             return Ok(Some(record));
         }
-        if !record.is_pending() {
+        if !record.is_pending() || is_abandoned(&record, now) {
             self.delete_if_equal(id.operation(), redis_key, bytes).await;
         }
         Ok(None)
