@@ -113,6 +113,82 @@ impl RedisCluster {
         );
     }
 
+    /// Waits until every replica's link to its master is up (a fresh cluster's replicas
+    /// sync first), so that a manual failover can start at once.
+    ///
+    /// # Panics
+    /// When that does not happen by `timeout`.
+    pub fn wait_replicas_linked(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self
+            .nodes
+            .iter()
+            .all(|n| match crate::resp::command(n.port(), &["ROLE"]) {
+                Ok(Reply::Array(items))
+                    if items.first() == Some(&Reply::Bulk(Some(b"slave".to_vec()))) =>
+                {
+                    items.get(3) == Some(&Reply::Bulk(Some(b"connected".to_vec())))
+                }
+                _ => true,
+            })
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replicas did not link up in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A manual failover (`CLUSTER FAILOVER` sent to a replica of the master on
+    /// `master_port`): the master stops taking writes, its replica catches up with every
+    /// write the master acknowledged, and is promoted. Nothing acknowledged is lost, unlike
+    /// a kill. Returns the promoted replica's port once it is master and the cluster is ok.
+    ///
+    /// # Panics
+    /// When the master has no replica or the switch does not happen by `timeout`.
+    pub fn fail_over(&self, master_port: u16, timeout: Duration) -> u16 {
+        let deadline = Instant::now() + timeout;
+        let replica = self
+            .nodes
+            .iter()
+            .map(RedisServer::port)
+            .find(|port| {
+                matches!(crate::resp::command(*port, &["ROLE"]), Ok(Reply::Array(items))
+                    if items.first() == Some(&Reply::Bulk(Some(b"slave".to_vec())))
+                        && items.get(2).and_then(Reply::as_int) == Some(i64::from(master_port)))
+            })
+            .unwrap_or_else(|| panic!("the master on port {master_port} has no replica"));
+        // A manual failover needs the replica's link to its master up (a fresh cluster's
+        // replicas may still be syncing), and Redis aborts one that does not finish in
+        // 5 s: ask again until the replica is master.
+        let mut asked: Option<Instant> = None;
+        while !self.master_ports().contains(&replica) {
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {replica} was not promoted in {timeout:?}"
+            );
+            let linked = matches!(crate::resp::command(replica, &["ROLE"]), Ok(Reply::Array(items))
+                if items.get(3) == Some(&Reply::Bulk(Some(b"connected".to_vec()))));
+            if linked && asked.is_none_or(|at| at.elapsed() > Duration::from_secs(6)) {
+                let reply = crate::resp::command(replica, &["CLUSTER", "FAILOVER"])
+                    .expect("send CLUSTER FAILOVER");
+                assert!(
+                    matches!(&reply, Reply::Status(s) if s == "OK"),
+                    "CLUSTER FAILOVER on port {replica}: {reply:?}"
+                );
+                asked = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_ok(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        );
+        replica
+    }
+
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
