@@ -14,7 +14,7 @@ use crate::coalesce::Coalescer;
 use crate::coordinator::{Coordinator, Inner, WAIT_SAFETY_POLL};
 use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
-use crate::settings::IdempotencySettings;
+use crate::settings::{IdempotencySettings, operation_ttl_problems};
 
 /// Builds a [`Coordinator`].
 ///
@@ -40,6 +40,8 @@ pub struct CoordinatorBuilder<S> {
     settings: IdempotencySettings,
     // Set by `lease()`; wins over the settings' whole seconds.
     lease: Option<Duration>,
+    // Set by `operation_ttl()`, exactly; each wins over the settings' whole seconds.
+    operation_ttls: HashMap<String, Duration>,
     // Whether `policy()` set the policy after the settings (then it is the one TTL
     // bounds are checked against).
     policy_given: bool,
@@ -77,6 +79,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
             metrics: Arc::new(NoopMetrics),
             settings: IdempotencySettings::default(),
             lease: None,
+            operation_ttls: HashMap::new(),
             policy_given: false,
             safety_poll: WAIT_SAFETY_POLL,
             clock: Clock::system(),
@@ -160,12 +163,12 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
         self
     }
 
-    /// A per-operation TTL that wins over the call's.
+    /// A per-operation TTL that wins over the call's, kept exactly as given (1.5 s stays
+    /// 1.5 s); [`build`](Self::build) refuses one outside the policy's TTL bounds. A
+    /// later [`CoordinatorBuilder::settings`] replaces it with the settings' own.
     #[must_use]
     pub fn operation_ttl(mut self, operation: impl Into<String>, ttl: Duration) -> Self {
-        self.settings
-            .operation_ttls
-            .insert(operation.into(), ttl.as_secs());
+        self.operation_ttls.insert(operation.into(), ttl);
         self
     }
 
@@ -223,6 +226,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
         self.settings = settings.clone();
         self.coalesce = settings.coalesce;
         self.lease = None;
+        self.operation_ttls.clear();
         self.policy_given = false;
         if let Ok(policy) = settings.domain_service() {
             self.policy = policy;
@@ -251,6 +255,11 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                     .collect(),
             }
         };
+        problems.extend(operation_ttl_problems(
+            self.operation_ttls.iter().map(|(op, ttl)| (op, *ttl)),
+            self.policy.min_ttl(),
+            self.policy.max_ttl(),
+        ));
         match self.lease {
             None => problems.extend(self.settings.lease_problems()),
             Some(l) if l < MIN_IN_FLIGHT_LEASE => problems.push(FieldProblem::new(
@@ -279,6 +288,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
             .operation_ttls
             .into_iter()
             .map(|(k, v)| (k, Duration::from_secs(v)))
+            .chain(self.operation_ttls)
             .collect();
         Coordinator {
             inner: Arc::new(Inner {

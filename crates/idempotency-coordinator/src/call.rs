@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use idempotency_core::{IdempotencyError, ReservationStore, ResultAdapter, SerdeAdapter};
 
+use crate::action::{Parts, Storing};
 use crate::coordinator::{CallOptions, Coordinator};
 use crate::error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
 use crate::modes::{InFlight, OnStorageError};
@@ -185,15 +186,13 @@ impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let storing = Storing {
+            adapter: &self.adapter,
+            errors: &self.errors,
+        };
+        let job = Parts { storing, action };
         self.coordinator
-            .execute_with(
-                self.operation,
-                self.key,
-                &self.options,
-                &self.adapter,
-                &self.errors,
-                action,
-            )
+            .execute_with(self.operation, self.key, &self.options, job)
             .await
     }
 }
@@ -259,15 +258,13 @@ impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
         let adapter = self.adapter;
         let errors = self.errors;
         let task = tokio::spawn(async move {
+            let storing = Storing {
+                adapter: &adapter,
+                errors: &errors,
+            };
+            let job = Parts { storing, action };
             coordinator
-                .execute_with(
-                    &operation,
-                    key.as_deref(),
-                    &options,
-                    &adapter,
-                    &errors,
-                    action,
-                )
+                .execute_with(&operation, key.as_deref(), &options, job)
                 .await
         });
         match task.await {

@@ -12,9 +12,9 @@ use idempotency_core::{
 };
 use tracing::Instrument;
 
-use crate::action::Action;
+use crate::action::{Codec, Job, Parts, Storing};
 use crate::coalesce::Coalescer;
-use crate::error_policy::{ErrorPolicy, ReleaseOnError};
+use crate::error_policy::ReleaseOnError;
 use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
 use crate::outcome::Outcome;
@@ -186,29 +186,30 @@ impl<S: ReservationStore> Coordinator<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<T, E>>,
     {
-        self.execute_with(operation, key, options, adapter, &ReleaseOnError, action)
+        let storing = Storing {
+            adapter,
+            errors: &ReleaseOnError,
+        };
+        self.execute_with(operation, key, options, Parts { storing, action })
             .await
             .map(|(value, _)| value)
     }
 
-    /// [`Coordinator::execute`] with an error policy, returning the call's [`Outcome`].
-    pub(crate) async fn execute_with<T, E, A, P, F>(
+    /// [`Coordinator::execute`] of a call's parts (with its error policy), returning the
+    /// call's [`Outcome`].
+    pub(crate) async fn execute_with<T, E, J>(
         &self,
         operation: &str,
         key: Option<&str>,
         options: &CallOptions,
-        adapter: &A,
-        errors: &P,
-        action: F,
+        job: J,
     ) -> std::result::Result<(T, Outcome), E>
     where
-        A: ResultAdapter<T>,
-        P: ErrorPolicy<E>,
+        J: Job<T, E>,
         E: From<IdempotencyError>,
-        F: Action<T, E>,
     {
         let Some(key) = key.filter(|_| self.inner.enabled) else {
-            return action.start().await.map(|value| (value, Outcome::Bypassed));
+            return job.start().await.map(|value| (value, Outcome::Bypassed));
         };
         // The one validation of the call: everything below carries the typed identity.
         let id = RecordId::new(operation, key)?;
@@ -228,11 +229,9 @@ impl<S: ReservationStore> Coordinator<S> {
         };
         let call = async move {
             let done = if flow.in_flight == InFlight::Run {
-                self.execute_unreserved(&id, &flow, adapter, errors, action)
-                    .await
+                self.execute_unreserved(&id, &flow, job).await
             } else {
-                self.execute_reserved(id, &flow, adapter, errors, action)
-                    .await
+                self.execute_reserved(id, &flow, job).await
             };
             if let Some(name) = match &done {
                 Ok((_, outcome)) => Some(outcome.as_str()),
@@ -277,20 +276,15 @@ impl<S: ReservationStore> Coordinator<S> {
     /// The stored result of a finished record, decoded: the value, or the stored error
     /// of an earlier run. A result this call cannot decode is an error (counted), never a
     /// reason to run the action again: it ran once already.
-    pub(crate) fn replay<T, E, A, P>(
+    pub(crate) fn replay<T, E>(
         &self,
         record: &IdempotencyRecord,
-        adapter: &A,
-        errors: &P,
-    ) -> std::result::Result<T, Failed<E>>
-    where
-        A: ResultAdapter<T>,
-        P: ErrorPolicy<E>,
-    {
+        codec: &impl Codec<T, E>,
+    ) -> std::result::Result<T, Failed<E>> {
         let decoded = if record.is_stored_error() {
-            errors.decode(record.result()).map(Err)
+            codec.decode_error(record.result()).map(Err)
         } else {
-            adapter.decode(record.result()).map(Ok)
+            codec.decode_value(record.result()).map(Ok)
         };
         match decoded {
             Ok(replayed) => {
@@ -311,13 +305,13 @@ impl<S: ReservationStore> Coordinator<S> {
     /// The stored form of a result, or `None` (reported and counted) when the adapter
     /// cannot encode it. The action has run by then: raising would make the caller retry
     /// a completed operation, so the value is returned uncached instead.
-    pub(crate) fn encode<T, A: ResultAdapter<T>>(
+    pub(crate) fn encode<T, E>(
         &self,
         operation: &str,
-        adapter: &A,
+        codec: &impl Codec<T, E>,
         value: &T,
     ) -> Option<Box<RawValue>> {
-        match adapter.encode(value) {
+        match codec.encode_value(value) {
             Ok(raw) => Some(raw),
             Err(e) => {
                 self.inner

@@ -21,56 +21,64 @@ pub(crate) async fn run_renewing<S: ReservationStore, Fut: Future>(
     lease: &Lease,
     action: Fut,
     doubt: impl FnOnce(),
-) -> (Fut::Output, bool) {
+) -> (Fut::Output, LeaseLoss) {
     let period = inner.lease / 3;
     let mut action = pin!(action);
     let mut doubt = Some(doubt);
     loop {
         tokio::select! {
             biased;
-            out = &mut action => return (out, false),
+            out = &mut action => return (out, LeaseLoss::NotSeen),
             () = tokio::time::sleep(period) => {
                 // Boxed: renewals are rare (every lease/3), and inline they would grow every
                 // call's future by the size of a store round trip.
-                let lost = {
+                let loss = {
                     let mut renewal = Box::pin(renew(inner, lease, &mut doubt));
                     tokio::select! {
                         biased;
-                        lost = &mut renewal => lost,
-                        out = &mut action => {
-                            let lost = renewal.await;
-                            return (out, lost);
-                        }
+                        loss = &mut renewal => loss,
+                        out = &mut action => return (out, renewal.await),
                     }
                 };
-                if lost {
+                if loss == LeaseLoss::Counted {
                     if let Some(doubt) = doubt.take() {
                         doubt();
                     }
                     // Someone else holds the key now: renewing is futile.
-                    return (action.await, true);
+                    return (action.await, LeaseLoss::Counted);
                 }
             }
         }
     }
 }
 
-/// One renewal; `true` when the lease turned out lost. A failed renewal calls `doubt`.
+/// Whether the renewals found the lease lost while the action ran. A loss they found is
+/// counted there, so the completion does not count it again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseLoss {
+    /// No renewal found the lease lost (or none ran).
+    NotSeen,
+    /// A renewal found it lost, and counted it.
+    Counted,
+}
+
+/// One renewal; [`LeaseLoss::Counted`] when the lease turned out lost. A failed renewal
+/// calls `doubt`.
 async fn renew<S: ReservationStore>(
     inner: &Inner<S>,
     lease: &Lease,
     doubt: &mut Option<impl FnOnce()>,
-) -> bool {
+) -> LeaseLoss {
     match inner.store.renew(lease, inner.lease).await {
         // Written: still ours (a renewal never vacates: it writes only over our own
         // reservation). The decision is core's, shared with the model.
-        Ok(fence) if fence.written() => false,
+        Ok(fence) if fence.written() => LeaseLoss::NotSeen,
         Ok(_) => {
             inner
                 .metrics
                 .record_error(lease.operation(), ErrorType::LeaseLost);
             tracing::warn!("reservation lost while the action runs; a duplicate may run");
-            true
+            LeaseLoss::Counted
         }
         Err(e) => {
             inner
@@ -80,7 +88,7 @@ async fn renew<S: ReservationStore>(
             if let Some(doubt) = doubt.take() {
                 doubt();
             }
-            false
+            LeaseLoss::NotSeen
         }
     }
 }

@@ -46,6 +46,7 @@ mod call;
 mod coalesce;
 mod coordinator;
 mod error_policy;
+mod follow;
 mod hook;
 mod lease;
 mod modes;

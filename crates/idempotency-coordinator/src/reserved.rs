@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 
 use idempotency_core::{
     Claim, ErrorClass, ErrorType, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease,
-    RawValue, RecordId, RecordStatus, ReservationStore, Result, ResultAdapter,
+    RawValue, RecordId, RecordStatus, ReservationStore, Result,
 };
 
-use crate::action::Action;
-use crate::coalesce::{Followed, Joined, Phase, Prior, Ticket};
+use crate::action::{Codec, Job};
+use crate::coalesce::{Joined, Phase, Prior, Ticket};
 use crate::coordinator::{Coordinator, Failed, Flow};
-use crate::error_policy::ErrorPolicy;
-use crate::lease::{ReleaseGuard, run_renewing};
+use crate::follow::Followed;
+use crate::lease::{LeaseLoss, ReleaseGuard, run_renewing};
 use crate::modes::{InFlight, OnStorageError};
 use crate::outcome::Outcome;
 use crate::wait::Waiter;
@@ -63,20 +63,13 @@ enum Finish {
 }
 
 impl<S: ReservationStore> Coordinator<S> {
-    pub(crate) async fn execute_reserved<T, E, A, P, F>(
+    pub(crate) async fn execute_reserved<T, E, J: Job<T, E>>(
         &self,
         id: RecordId,
         flow: &Flow<'_>,
-        adapter: &A,
-        errors: &P,
-        action: F,
-    ) -> std::result::Result<(T, Outcome), Failed<E>>
-    where
-        A: ResultAdapter<T>,
-        P: ErrorPolicy<E>,
-        E: From<IdempotencyError>,
-        F: Action<T, E>,
-    {
+        job: J,
+    ) -> std::result::Result<(T, Outcome), Failed<E>> {
+        let codec = job.codec();
         // In-process coalescing (see `coalesce.rs`): lead this key's one claim in the
         // process, or follow the caller that leads it.
         let mut prior = Prior::default();
@@ -93,7 +86,7 @@ impl<S: ReservationStore> Coordinator<S> {
                         // Boxed: following is the contended path; inline it would grow
                         // every call's future.
                         let followed =
-                            Box::pin(self.follow(rx, &id, flow, adapter, errors, &mut prior)).await;
+                            Box::pin(self.follow(rx, &id, flow, &codec, &mut prior)).await;
                         match followed {
                             Followed::Done(done) => return done,
                             Followed::Lead => {}
@@ -115,7 +108,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 // Every claim of this call was answered with another's record: ours wrote
                 // nothing.
                 guard.disarm();
-                let value = self.replay(&record, adapter, errors);
+                let value = self.replay(&record, &codec);
                 // Shared whatever this call's own decoding made of it (followers decode
                 // with their own adapters).
                 if let Some(ticket) = ticket {
@@ -137,28 +130,12 @@ impl<S: ReservationStore> Coordinator<S> {
                 } else {
                     Outcome::Executed
                 };
-                self.run_owned(
-                    guard,
-                    flow.ttl,
-                    adapter,
-                    errors,
-                    action,
-                    Holding::Lease,
-                    ticket,
-                )
-                .await
-                .map(|value| (value, outcome))
+                self.run_owned(guard, flow.ttl, job, Holding::Lease, ticket)
+                    .await
+                    .map(|value| (value, outcome))
             }
             Ok(Claimed::Unconfirmed) => self
-                .run_owned(
-                    guard,
-                    flow.ttl,
-                    adapter,
-                    errors,
-                    action,
-                    Holding::Unconfirmed,
-                    None,
-                )
+                .run_owned(guard, flow.ttl, job, Holding::Unconfirmed, None)
                 .await
                 .map(|value| (value, Outcome::Unprotected)),
             // A failed store may have applied the claim before its reply was lost: the
@@ -296,49 +273,40 @@ impl<S: ReservationStore> Coordinator<S> {
     /// Runs the action, then completes or releases the reservation, and disarms the guard.
     /// A leader's `ticket` shares the record it wrote; dropped otherwise (after the
     /// release when there is one), it lets a follower claim.
-    // The flow's pieces, each needed here once; bundling them would only move the list.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_owned<T, E, A, P, F>(
+    async fn run_owned<T, E, J: Job<T, E>>(
         &self,
         mut guard: ReleaseGuard<S>,
         ttl: Duration,
-        adapter: &A,
-        errors: &P,
-        action: F,
+        job: J,
         holding: Holding,
         mut ticket: Option<Ticket<'_>>,
-    ) -> std::result::Result<T, Failed<E>>
-    where
-        A: ResultAdapter<T>,
-        P: ErrorPolicy<E>,
-        E: From<IdempotencyError>,
-        F: Action<T, E>,
-    {
-        let (outcome, lost) = match holding {
+    ) -> std::result::Result<T, Failed<E>> {
+        let codec = job.codec();
+        let (outcome, loss) = match holding {
             Holding::Lease => {
                 // A renewal that fails or finds the lease lost ends the flight: local
                 // callers then go to the store, which lets one of them take the key over
                 // once the lease runs out, as a caller in another process would.
                 let doubt = || drop(ticket.take());
-                run_renewing(&self.inner, guard.lease(), action.start(), doubt).await
+                run_renewing(&self.inner, guard.lease(), job.start(), doubt).await
             }
-            Holding::Unconfirmed => (action.start().await, false),
+            Holding::Unconfirmed => (job.start().await, LeaseLoss::NotSeen),
         };
         let lease = guard.lease();
         // Encoded before any await, so the call's future holds no `&T` or `&E` across one
         // (a detached call then needs `T: Send` only).
         let (finish, outcome) = match outcome {
             Ok(value) => {
-                let result = self.encode(lease.operation(), adapter, &value);
+                let result = self.encode(lease.operation(), &codec, &value);
                 (Finish::Value(result), Ok(value))
             }
-            Err(e) => match errors.encode(&e) {
+            Err(e) => match codec.encode_error(&e) {
                 Some(stored) => (Finish::Error(stored), Err(Failed::Action(e))),
                 // Failures are not cached: free the key so the retry runs again.
                 None => (Finish::Value(None), Err(Failed::Action(e))),
             },
         };
-        match self.complete(lease, ttl, &finish, lost, holding).await {
+        match self.complete(lease, ttl, &finish, loss, holding).await {
             Completion::Written { ours } => {
                 guard.disarm();
                 // Another owner's record stands after a lost fence (`!ours`): the
@@ -379,7 +347,7 @@ impl<S: ReservationStore> Coordinator<S> {
         lease: &Lease,
         ttl: Duration,
         finish: &Finish,
-        lost_already: bool,
+        loss: LeaseLoss,
         holding: Holding,
     ) -> Completion {
         let inner = &self.inner;
@@ -408,7 +376,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 // record there, or ours gone when the result was written: a duplicate may
                 // have run and given the key up meanwhile) is counted once per call (the
                 // renewal may have seen it first), though a vacated key now holds ours.
-                if fence.lease_lost() && holding == Holding::Lease && !lost_already {
+                if fence.lease_lost() && holding == Holding::Lease && loss == LeaseLoss::NotSeen {
                     inner.metrics.record_error(operation, ErrorType::LeaseLost);
                     if fence.written() {
                         tracing::warn!(

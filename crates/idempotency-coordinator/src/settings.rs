@@ -120,17 +120,12 @@ impl IdempotencySettings {
     /// The per-operation TTLs outside `[min, max]` (the bounds of the policy the
     /// coordinator will use).
     pub(crate) fn operation_ttl_problems(&self, min: Duration, max: Duration) -> Vec<FieldProblem> {
-        let mut problems = Vec::new();
-        for (operation, ttl) in &self.operation_ttls {
-            if !(min..=max).contains(&Duration::from_secs(*ttl)) {
-                problems.push(FieldProblem::new(
-                    format!("operation_ttls.{operation}"),
-                    "out_of_range",
-                    format!("{ttl}s is outside [{}s, {}s]", min.as_secs(), max.as_secs()),
-                ));
-            }
-        }
-        problems
+        let ttls = self.operation_ttls.iter();
+        operation_ttl_problems(
+            ttls.map(|(op, ttl)| (op, Duration::from_secs(*ttl))),
+            min,
+            max,
+        )
     }
 
     /// The domain service these settings describe.
@@ -149,4 +144,27 @@ impl IdempotencySettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.in_flight_lease_seconds)
     }
+}
+
+/// The per-operation TTLs (whole seconds from settings, or exact ones given to the
+/// builder) outside `[min, max]`.
+pub(crate) fn operation_ttl_problems<'a>(
+    ttls: impl IntoIterator<Item = (&'a String, Duration)>,
+    min: Duration,
+    max: Duration,
+) -> Vec<FieldProblem> {
+    ttls.into_iter()
+        .filter(|(_, ttl)| !(min..=max).contains(ttl))
+        .map(|(operation, ttl)| {
+            FieldProblem::new(
+                format!("operation_ttls.{operation}"),
+                "out_of_range",
+                format!(
+                    "{ttl:?} is outside [{}s, {}s]",
+                    min.as_secs(),
+                    max.as_secs()
+                ),
+            )
+        })
+        .collect()
 }

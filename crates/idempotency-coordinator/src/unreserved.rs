@@ -4,31 +4,23 @@
 use std::time::{Duration, Instant};
 
 use idempotency_core::{
-    ErrorType, IdempotencyError, IdempotencyRecord, LatencyMethod, Lease, RawValue, RecordId,
-    RecordStatus, ReservationStore, ResultAdapter,
+    ErrorType, IdempotencyRecord, LatencyMethod, Lease, RawValue, RecordId, RecordStatus,
+    ReservationStore,
 };
 
-use crate::action::Action;
+use crate::action::{Codec, Job};
 use crate::coordinator::{CallOptions, Coordinator, Failed, Flow};
-use crate::error_policy::ErrorPolicy;
 use crate::modes::OnStorageError;
 use crate::outcome::Outcome;
 
 impl<S: ReservationStore> Coordinator<S> {
-    pub(crate) async fn execute_unreserved<T, E, A, P, F>(
+    pub(crate) async fn execute_unreserved<T, E, J: Job<T, E>>(
         &self,
         id: &RecordId,
         flow: &Flow<'_>,
-        adapter: &A,
-        errors: &P,
-        action: F,
-    ) -> std::result::Result<(T, Outcome), Failed<E>>
-    where
-        A: ResultAdapter<T>,
-        P: ErrorPolicy<E>,
-        E: From<IdempotencyError>,
-        F: Action<T, E>,
-    {
+        job: J,
+    ) -> std::result::Result<(T, Outcome), Failed<E>> {
+        let codec = job.codec();
         let inner = &self.inner;
         let (ttl, options) = (flow.ttl, flow.options);
         let operation = id.operation();
@@ -44,7 +36,7 @@ impl<S: ReservationStore> Coordinator<S> {
             Ok(Some(record)) => {
                 self.check_fingerprint(&record, options.fingerprint.as_deref())?;
                 if !record.is_pending() {
-                    let value = self.replay(&record, adapter, errors)?;
+                    let value = self.replay(&record, &codec)?;
                     return Ok((value, Outcome::Replayed));
                 }
             }
@@ -58,14 +50,14 @@ impl<S: ReservationStore> Coordinator<S> {
                 outcome = Outcome::Unprotected;
             }
         }
-        let done = action.start().await;
+        let done = job.start().await;
         // Encoded before the write, so no `&T` is held across an await.
         let (raw, status) = match &done {
             Ok(value) => (
-                self.encode(operation, adapter, value),
+                self.encode(operation, &codec, value),
                 RecordStatus::Completed,
             ),
-            Err(e) => (errors.encode(e), RecordStatus::StoredError),
+            Err(e) => (codec.encode_error(e), RecordStatus::StoredError),
         };
         let Some(raw) = raw else {
             return done.map(|value| (value, outcome)).map_err(Failed::Action);
@@ -76,7 +68,7 @@ impl<S: ReservationStore> Coordinator<S> {
             .store_unreserved(id, ttl, options, status, &raw)
             .await
             .filter(|record| !record.is_stored_error())
-            .and_then(|record| adapter.decode(record.result()).ok());
+            .and_then(|record| codec.decode_value(record.result()).ok());
         match winner {
             Some(value) => Ok((value, outcome)),
             None => done.map(|value| (value, outcome)).map_err(Failed::Action),

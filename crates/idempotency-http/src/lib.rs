@@ -54,4 +54,4 @@ pub use layer::{
 pub use outcome::HttpOutcome;
 pub use policy::store_by_default;
 pub use problem::Problem;
-pub use service::{IdempotencyService, ResponseFuture};
+pub use service::{Handler, HandlerBody, IdempotencyService, RequestBody, ResponseFuture};

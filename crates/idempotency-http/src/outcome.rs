@@ -47,29 +47,34 @@ pub enum HttpOutcome {
 }
 
 impl HttpOutcome {
-    /// The name used on the span, in snake case.
+    /// The name used on the span, in snake case: the coordinator's
+    /// ([`Outcome::as_str`]) for the outcomes both have.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Executed => "executed",
-            Self::Replayed => "replayed",
-            Self::WaitedThenReplayed => "waited_then_replayed",
-            Self::TookOver => "took_over",
-            Self::Unprotected => "unprotected",
-            Self::Conflict => "conflict",
-            Self::Mismatch => "mismatch",
-            Self::Unavailable => "unavailable",
-            Self::Rejected => "rejected",
-            Self::Bypassed => "bypassed",
-            Self::Failed => "failed",
-        }
+        self.shared().map_or_else(|label| label, Outcome::as_str)
     }
 
-    /// Whether the handler ran for this request.
+    /// Whether the handler ran for this request (as [`Outcome::ran_action`] says for the
+    /// outcomes both have; none of the layer's own).
     pub fn ran_handler(self) -> bool {
-        matches!(
-            self,
-            Self::Executed | Self::TookOver | Self::Unprotected | Self::Bypassed
-        )
+        self.shared().is_ok_and(Outcome::ran_action)
+    }
+
+    /// The coordinator's outcome of the same name, or the label of one only the layer
+    /// has (refusals and failures before or around the call).
+    fn shared(self) -> Result<Outcome, &'static str> {
+        match self {
+            Self::Executed => Ok(Outcome::Executed),
+            Self::Replayed => Ok(Outcome::Replayed),
+            Self::WaitedThenReplayed => Ok(Outcome::WaitedThenReplayed),
+            Self::TookOver => Ok(Outcome::TookOver),
+            Self::Unprotected => Ok(Outcome::Unprotected),
+            Self::Bypassed => Ok(Outcome::Bypassed),
+            Self::Conflict => Err("conflict"),
+            Self::Mismatch => Err("mismatch"),
+            Self::Unavailable => Err("unavailable"),
+            Self::Rejected => Err("rejected"),
+            Self::Failed => Err("failed"),
+        }
     }
 }
 

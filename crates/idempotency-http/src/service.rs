@@ -80,17 +80,50 @@ impl<E> From<IdempotencyError> for ActionError<E> {
     }
 }
 
+/// The wrapped service as the layer drives it: it answers `Request<ReqB>` with a
+/// `Response<ResB>`, and it and its future move into a spawned task (the handler runs
+/// detached). The bounds written once, for the `Service` impl and the handler.
+pub trait Handler<ReqB, ResB>:
+    Service<Request<ReqB>, Response = Response<ResB>, Future: Send + 'static, Error: Send + 'static>
+    + Send
+    + 'static
+{
+}
+
+impl<I, ReqB, ResB> Handler<ReqB, ResB> for I where
+    I: Service<
+            Request<ReqB>,
+            Response = Response<ResB>,
+            Future: Send + 'static,
+            Error: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+/// A request body the layer can buffer (to fingerprint it) and rebuild for the handler.
+pub trait RequestBody:
+    Body<Data: Send, Error: Into<BoxError>> + From<Bytes> + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: Body<Data: Send, Error: Into<BoxError>> + From<Bytes> + Send + 'static
+{
+}
+
+/// A response body of the handler the layer can buffer (to store it) or pass on.
+pub trait HandlerBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HandlerBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 impl<I, S, ReqB, ResB> Service<Request<ReqB>> for IdempotencyService<I, S>
 where
-    I: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    I::Future: Send + 'static,
-    I::Error: Send + 'static,
+    // The `Service` bound names `ResB` for the impl (a bound's own parameters do not).
+    I: Service<Request<ReqB>, Response = Response<ResB>> + Handler<ReqB, ResB> + Clone,
     S: ReservationStore,
-    ReqB: Body + From<Bytes> + Send + 'static,
-    ReqB::Data: Send,
-    ReqB::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ReqB: RequestBody,
+    ResB: HandlerBody,
 {
     type Response = Response<ResponseBody>;
     type Error = I::Error;
@@ -142,15 +175,10 @@ async fn handle<I, S, ReqB, ResB>(
     request: Request<ReqB>,
 ) -> Result<Response<ResponseBody>, I::Error>
 where
-    I: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
-    I::Future: Send + 'static,
-    I::Error: Send + 'static,
+    I: Handler<ReqB, ResB>,
     S: ReservationStore,
-    ReqB: Body + From<Bytes> + Send + 'static,
-    ReqB::Data: Send,
-    ReqB::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ReqB: RequestBody,
+    ResB: HandlerBody,
 {
     let problem = |p: Problem| {
         Ok(marked(
@@ -258,8 +286,7 @@ async fn run_handler<I, ReqB, ResB>(
 ) -> Result<StoredResponse, ActionError<I::Error>>
 where
     I: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: HandlerBody,
 {
     let response = inner.call(request).await.map_err(ActionError::Service)?;
     let (parts, body) = response.into_parts();
@@ -306,8 +333,7 @@ async fn pass_through<I, ReqB, ResB>(
 ) -> Result<Response<ResponseBody>, I::Error>
 where
     I: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: HandlerBody,
 {
     request.extensions_mut().insert(HttpOutcome::Bypassed);
     Ok(marked(

@@ -235,6 +235,49 @@ async fn a_lease_keeps_its_milliseconds_and_under_a_second_is_refused() {
     assert_eq!(owner.await.expect("task").expect("owner"), 1);
 }
 
+#[tokio::test]
+async fn an_operation_ttl_keeps_its_milliseconds() {
+    let policy = idempotency_core::IdempotencyDomainService::new(
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )
+    .expect("policy");
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&stored);
+    let coordinator =
+        idempotency_coordinator::Coordinator::builder(idempotency_coordinator::MemoryStore::new())
+            .policy(policy)
+            .operation_ttl("op", Duration::from_millis(1500))
+            .on_record_created(move |r| seen.lock().expect("hook lock").push(r.ttl))
+            .build()
+            .expect("1.5 s is inside the policy");
+    coordinator
+        .call("op", Some("k"))
+        .ttl(Duration::from_secs(300))
+        .run(|| async { Ok::<_, IdempotencyError>(1u8) })
+        .await
+        .expect("run");
+    // Not truncated to 1 s, and it wins over the call's TTL.
+    assert_eq!(
+        *stored.lock().expect("hook lock"),
+        [Duration::from_millis(1500)]
+    );
+    // Under the policy's minimum, it is refused at build, to the millisecond.
+    let err =
+        idempotency_coordinator::Coordinator::builder(idempotency_coordinator::MemoryStore::new())
+            .policy(policy)
+            .operation_ttl("op", Duration::from_millis(999))
+            .build()
+            .expect_err("under 1 s");
+    assert!(
+        err.problems()
+            .iter()
+            .any(|p| p.field == "operation_ttls.op" && p.message.contains("999ms")),
+        "{err}"
+    );
+}
+
 #[test]
 fn operation_ttls_are_checked_against_the_policy_in_use() {
     let policy = idempotency_core::IdempotencyDomainService::new(

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use idempotency_core::{
     Batch, BulkRepository, Claim, Fence, Finished, IdempotencyError, IdempotencyRecord,
-    IdempotencyRepository, Lease, RawValue, RecordId, ReservationStore, Result, SaveManyOptions,
+    IdempotencyRepository, Lease, RecordId, ReservationStore, Result, SaveManyOptions,
     validate_all,
 };
 
