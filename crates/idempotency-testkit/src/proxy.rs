@@ -26,6 +26,10 @@ pub enum Mode {
     CutReplies,
 }
 
+/// Rewrites each command a client sends (its arguments, the name first) before it goes
+/// on to the server; see [`Proxy::start_rewriting`].
+pub type Rewrite = Arc<dyn Fn(Vec<Vec<u8>>) -> Vec<Vec<u8>> + Send + Sync>;
+
 /// A running proxy in front of one target; stops when dropped.
 #[derive(Debug)]
 pub struct Proxy {
@@ -41,6 +45,21 @@ impl Proxy {
     /// # Panics
     /// When it cannot bind a port.
     pub fn start(target: SocketAddr) -> Self {
+        Self::start_with(target, None)
+    }
+
+    /// Starts a proxy that passes every command the clients send through `rewrite` (to
+    /// watch them, or to play a server that refuses some). Commands are parsed from the
+    /// stream (RESP arrays of bulk strings, as clients send them); replies pass as they
+    /// come, so the rewritten command's reply is the server's answer to it.
+    ///
+    /// # Panics
+    /// When it cannot bind a port.
+    pub fn start_rewriting(target: SocketAddr, rewrite: Rewrite) -> Self {
+        Self::start_with(target, Some(rewrite))
+    }
+
+    fn start_with(target: SocketAddr, rewrite: Option<Rewrite>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -56,7 +75,7 @@ impl Proxy {
         let counter = Arc::clone(&commands);
         runtime.spawn(async move {
             if let Ok(listener) = TcpListener::from_std(listener) {
-                accept_loop(listener, target, rx, counter).await;
+                accept_loop(listener, target, rx, counter, rewrite).await;
             }
         });
         Self {
@@ -106,6 +125,7 @@ async fn accept_loop(
     target: SocketAddr,
     mode: watch::Receiver<Mode>,
     commands: Arc<AtomicU64>,
+    rewrite: Option<Rewrite>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
         if *mode.borrow() == Mode::Drop {
@@ -114,6 +134,7 @@ async fn accept_loop(
         }
         let mode = mode.clone();
         let commands = Arc::clone(&commands);
+        let rewrite = rewrite.clone();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
@@ -121,8 +142,8 @@ async fn accept_loop(
             let (cr, cw) = client.into_split();
             let (sr, sw) = server.into_split();
             tokio::select! {
-                () = pump(cr, sw, mode.clone(), Some(commands)) => {}
-                () = pump(sr, cw, mode, None) => {}
+                () = pump(cr, sw, mode.clone(), Some(commands), rewrite) => {}
+                () = pump(sr, cw, mode, None, None) => {}
             }
         });
     }
@@ -133,9 +154,11 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
     commands: Option<Arc<AtomicU64>>,
+    rewrite: Option<Rewrite>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut counter = CommandCounter::default();
+    let mut pending: Vec<u8> = Vec::new();
     loop {
         let n = tokio::select! {
             r = from.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
@@ -165,7 +188,20 @@ async fn pump(
         if let Some(commands) = &commands {
             commands.fetch_add(counter.feed(&buf[..n]), Ordering::SeqCst);
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let out = match &rewrite {
+            None => buf[..n].to_vec(),
+            Some(rewrite) => {
+                // Whole commands only; a partial one waits for the rest of its bytes.
+                pending.extend_from_slice(&buf[..n]);
+                let mut out = Vec::new();
+                while let Some((args, used)) = parse_command(&pending) {
+                    pending.drain(..used);
+                    encode_command(&rewrite(args), &mut out);
+                }
+                out
+            }
+        };
+        if to.write_all(&out).await.is_err() {
             return;
         }
     }
@@ -197,6 +233,40 @@ fn line(bytes: &[u8]) -> Option<(&[u8], usize)> {
     Some((&bytes[..end], end + 2))
 }
 
+/// The arguments of the first complete command in `bytes` and its length, if it is all
+/// there.
+fn parse_command(bytes: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    let (header, mut at) = line(bytes)?;
+    let n: usize = std::str::from_utf8(header.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, used) = line(&bytes[at..])?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        at += used;
+        if at + len + 2 > bytes.len() {
+            return None;
+        }
+        args.push(bytes[at..at + len].to_vec());
+        at += len + 2;
+    }
+    Some((args, at))
+}
+
+fn encode_command(args: &[Vec<u8>], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The length of the first complete command in `bytes`, if it is all there.
 fn command_end(bytes: &[u8]) -> Option<usize> {
     let (header, mut at) = line(bytes)?;
@@ -220,7 +290,18 @@ fn command_end(bytes: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::CommandCounter;
+    use super::{CommandCounter, encode_command, parse_command};
+
+    #[test]
+    fn commands_parse_and_encode_back_to_the_same_bytes() {
+        let stream = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n";
+        let (args, used) = parse_command(stream).expect("a whole command");
+        assert_eq!(args, vec![b"GET".to_vec(), b"k".to_vec()]);
+        let mut out = Vec::new();
+        encode_command(&args, &mut out);
+        assert_eq!(out, stream[..used]);
+        assert_eq!(parse_command(&stream[..used - 1]), None);
+    }
 
     #[test]
     fn commands_are_counted_across_chunk_boundaries() {

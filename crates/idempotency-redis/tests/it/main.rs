@@ -8,6 +8,7 @@ mod cache;
 mod conformance;
 mod fleet_decode;
 mod hostile;
+mod races;
 mod repository;
 mod reservations;
 mod sentinel;
