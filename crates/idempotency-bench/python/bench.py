@@ -1,7 +1,7 @@
 """The Python idempotency-kit 0.5.0 on the same scenarios as the Rust benchmark.
 
 usage: bench.py URL SCENARIO CONCURRENCY CALLS RUN_ID   -> prints one JSON object
-scenarios: hit, miss, contended, get_many, save_many
+scenarios: hit, miss, contended, get_many, save_many, memory
 """
 
 import asyncio
@@ -106,6 +106,13 @@ async def main():
             "max_runs_per_key": max(runs_per_key),
             "calls": calls * concurrency,
         }
+    elif scenario == "memory":
+        # Completed records for the Rust side to measure with MEMORY USAGE.
+        for i in range(calls):
+            await coord.coordinate("bench.order", f"py-mem-{run}-{i}", None, adapter, action)
+        print("seeded", flush=True)
+        sys.stdin.readline()
+        out = {"calls": calls}
     elif scenario in ("get_many", "save_many"):
         keys = [f"py-bulk-{run}-{i}" for i in range(1000)]
         if scenario == "get_many":

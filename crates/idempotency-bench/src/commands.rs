@@ -14,6 +14,11 @@ impl CommandCounter {
         Self { ports }
     }
 
+    /// The masters' ports.
+    pub(crate) fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
     /// Commands executed so far, leaving out `INFO` itself and the cluster topology
     /// queries the client makes.
     pub(crate) fn total(&self) -> u64 {

@@ -6,7 +6,8 @@
 //! cargo run --release -p idempotency-bench -- --cluster    # its own 3+3 cluster
 //! REDIS_URL=redis://… cargo run --release -p idempotency-bench   # a server no one else uses
 //! options: --calls N (default 20000)  --no-python  --quick  --coalesce
-//!          --only throughput,contended,storm,bulk (sections; modules always run)
+//!          --only throughput,contended,storm,bulk,cpu,scale (sections; the cache module
+//!          always runs; scale is skipped by --quick)
 //! ```
 //!
 //! The last lines are a summary: the hot-key storm, then the hit, miss, cached-hit and
@@ -47,6 +48,10 @@ macro_rules! bench_modules {
 bench_modules! {
     // The local cache (src/cache.rs).
     cache,
+    // CPU per call of the hit and its raw command (src/cpu.rs).
+    cpu,
+    // A million live records, and memory per record (src/scale.rs).
+    scale,
 }
 
 use std::time::Duration;
@@ -72,6 +77,17 @@ pub(crate) struct Options {
     pub(crate) coalesce: bool,
     /// The sections to run (`None`: all).
     pub(crate) only: Option<Vec<String>>,
+    /// `--quick`: fewer calls, and the slow sections skipped.
+    pub(crate) pace: Pace,
+}
+
+/// How long the run may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// Every section, with the full number of calls.
+    Full,
+    /// `--quick`: under two minutes; slow sections say they were skipped.
+    Quick,
 }
 
 impl Options {
@@ -93,6 +109,7 @@ fn options() -> Options {
         storm_rounds: 10,
         coalesce: false,
         only: None,
+        pace: Pace::Full,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -101,6 +118,7 @@ fn options() -> Options {
             "--no-python" => o.python = false,
             "--coalesce" => o.coalesce = true,
             "--quick" => {
+                o.pace = Pace::Quick;
                 o.calls = 2_000;
                 o.contended_keys = 10;
                 o.bulk_rounds = 3;
@@ -255,6 +273,9 @@ fn summary(sections: &[Section], storm: Option<&storm::StormStats>) -> String {
         ("hit@64", "hit@64 Rust/raw"),
         ("miss@64", "miss@64 Rust/raw"),
         ("cached-hit", "cached-hit@64 cached/raw GET"),
+        ("cpu-hit", "hit@64 client CPU per call raw/Rust"),
+        ("scale hit", "hit@64 with 1M records / empty"),
+        ("scale miss", "miss@64 with 1M records / empty"),
         ("get_many", "get_many Rust/raw"),
         ("save_many", "save_many Rust/raw"),
     ] {

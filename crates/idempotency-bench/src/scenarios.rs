@@ -16,13 +16,13 @@ use crate::python;
 use crate::{Ctx, Section};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Order {
+pub(crate) struct Order {
     order_id: u64,
     status: String,
     amount: f64,
 }
 
-fn order() -> Order {
+pub(crate) fn order() -> Order {
     Order {
         order_id: 12_345,
         status: "created".into(),
@@ -32,7 +32,7 @@ fn order() -> Order {
 
 /// A pending record like the ones the coordinator claims with: the raw yardstick sends
 /// the same bytes, so "the same command" means the same payload too.
-fn pending_json() -> (Arc<String>, Arc<String>) {
+pub(crate) fn pending_json() -> (Arc<String>, Arc<String>) {
     let id = idempotency_testkit::record_id("bench.order", "2f1c6f3e-1b7e-4b8a-9d1e-0c2b3a4d5e6f");
     let lease = idempotency_core::Lease::new(id, None, idempotency_core::Clock::system());
     let record = lease
@@ -68,7 +68,7 @@ where
     (stats, (after - before) as f64 / calls.max(1) as f64)
 }
 
-async fn seed_hits(ctx: &Ctx, prefix: &str) -> Arc<Vec<String>> {
+pub(crate) async fn seed_hits(ctx: &Ctx, prefix: &str) -> Arc<Vec<String>> {
     let keys: Vec<String> = (0..1000)
         .map(|i| format!("{prefix}-{}-{i}", ctx.run))
         .collect();

@@ -1,0 +1,245 @@
+//! Scale: the hit and the miss at concurrency 64 on a nearly empty server, then again
+//! with a million live records in it (on the cluster spread over every slot by their
+//! keys' hashes); and the Redis memory a record costs, ours beside the Python library's
+//! for the same result. Skipped by `--quick` (filling takes a while); `--only scale`
+//! runs it alone.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use idempotency_core::{IdempotencyDomainService, IdempotencyError};
+use idempotency_redis::fred::prelude::{Expiration, KeysInterface};
+use idempotency_testkit::resp::{self, Reply};
+
+use crate::load::drive;
+use crate::scenarios::{Order, order};
+use crate::{Ctx, Section, python};
+
+const CONCURRENCY: usize = 64;
+/// Records filled in.
+const RECORDS: u64 = 1_000_000;
+/// Runs of each measurement; the median is reported.
+const RUNS: usize = 3;
+/// Records sampled with `MEMORY USAGE` per library.
+const SAMPLE: u64 = 1000;
+
+fn used_memory(ports: &[u16]) -> u64 {
+    ports
+        .iter()
+        .filter_map(|&port| match resp::command(port, &["INFO", "memory"]) {
+            Ok(Reply::Bulk(Some(text))) => String::from_utf8_lossy(&text)
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse::<u64>().ok()),
+            _ => None,
+        })
+        .sum()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Hit and miss throughput (median ops/s of `RUNS` runs each): hits over `hit_keys`.
+async fn hit_and_miss(ctx: &Ctx, hit_keys: &Arc<Vec<String>>, label: &str) -> (f64, f64) {
+    let calls = ctx.options.calls;
+    let (mut hits, mut misses) = (Vec::new(), Vec::new());
+    for round in 0..RUNS {
+        let coordinator = ctx.coordinator.clone();
+        let keys = Arc::clone(hit_keys);
+        let stats = drive(CONCURRENCY, calls, move |i| {
+            let coordinator = coordinator.clone();
+            let keys = Arc::clone(&keys);
+            async move {
+                let key = &keys[(i.wrapping_mul(7919) % keys.len() as u64) as usize];
+                let _: Order = coordinator
+                    .call("bench.scale", Some(key))
+                    .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                    .await
+                    .expect("hit");
+            }
+        })
+        .await;
+        hits.push(stats.ops_per_sec);
+        let coordinator = ctx.coordinator.clone();
+        let run = format!("{}-{label}-{round}", ctx.run);
+        let stats = drive(CONCURRENCY, calls, move |i| {
+            let coordinator = coordinator.clone();
+            let key = format!("miss-{run}-{i}");
+            async move {
+                let _: Order = coordinator
+                    .call("bench.scale", Some(&key))
+                    .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                    .await
+                    .expect("miss");
+            }
+        })
+        .await;
+        misses.push(stats.ops_per_sec);
+    }
+    (median(hits), median(misses))
+}
+
+/// Average `MEMORY USAGE` of `keys` (Redis keys), in bytes.
+fn memory_usage(ctx: &Ctx, keys: &[String]) -> Option<f64> {
+    let mut total = 0u64;
+    let mut seen = 0u64;
+    for key in keys {
+        for &port in ctx.counter.ports() {
+            if let Ok(Reply::Int(n)) = resp::command(port, &["MEMORY", "USAGE", key]) {
+                total += u64::try_from(n).unwrap_or(0);
+                seen += 1;
+                break;
+            }
+        }
+    }
+    (seen > 0).then(|| total as f64 / seen as f64)
+}
+
+/// Writes `RECORDS` completed records of the coordinator's format, keys `fill-{run}-{i}`.
+async fn fill(ctx: &Ctx) -> Arc<Vec<String>> {
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..RECORDS).map(|i| format!("fill-{}-{i}", ctx.run)).collect());
+    let client = ctx.store.connection().client().clone();
+    let store = ctx.store.clone();
+    let service = Arc::new(IdempotencyDomainService::default());
+    let fill_keys = Arc::clone(&keys);
+    drive(256, RECORDS, move |i| {
+        let client = client.clone();
+        let key = fill_keys[i as usize].clone();
+        let redis_key = store.redis_key(&idempotency_testkit::record_id("bench.scale", &key));
+        let json = service
+            .create_record("bench.scale", &key, &order())
+            .expect("record")
+            .to_json();
+        async move {
+            let () = client
+                .set(
+                    redis_key.as_str(),
+                    json.as_str(),
+                    Some(Expiration::EX(3600)),
+                    None,
+                    false,
+                )
+                .await
+                .expect("fill");
+        }
+    })
+    .await;
+    keys
+}
+
+/// Removes what `fill` wrote (the server may be shared, see `REDIS_URL`).
+async fn unfill(ctx: &Ctx, keys: &Arc<Vec<String>>) {
+    let client = ctx.store.connection().client().clone();
+    let store = ctx.store.clone();
+    let keys = Arc::clone(keys);
+    drive(256, keys.len() as u64, move |i| {
+        let client = client.clone();
+        let redis_key =
+            store.redis_key(&idempotency_testkit::record_id("bench.scale", &keys[i as usize]));
+        async move {
+            let _: i64 = client.unlink(redis_key.as_str()).await.unwrap_or(0);
+        }
+    })
+    .await;
+}
+
+/// Our completed records and the Python library's for the same result: average bytes
+/// per record (`MEMORY USAGE`) and the stored value's length.
+async fn memory_per_library(ctx: &Ctx) -> String {
+    let ours: Vec<String> = (0..SAMPLE)
+        .map(|i| format!("rs-mem-{}-{i}", ctx.run))
+        .collect();
+    for key in &ours {
+        let _: Order = ctx
+            .coordinator
+            .call("bench.order", Some(key))
+            .run(|| async { Ok::<_, IdempotencyError>(order()) })
+            .await
+            .expect("seed");
+    }
+    let redis_key = |k: &String| {
+        ctx.store
+            .redis_key(&idempotency_testkit::record_id("bench.order", k))
+    };
+    let ours: Vec<String> = ours.iter().map(redis_key).collect();
+    let rust_bytes = memory_usage(ctx, &ours);
+    let python_bytes = if ctx.options.python {
+        python::run(&ctx.counter, &ctx.url, "memory", 1, SAMPLE, &ctx.run).and_then(|_| {
+            let theirs: Vec<String> = (0..SAMPLE)
+                .map(|i| redis_key(&format!("py-mem-{}-{i}", ctx.run)))
+                .collect();
+            memory_usage(ctx, &theirs)
+        })
+    } else {
+        None
+    };
+    let show = |v: Option<f64>| v.map_or_else(|| "skipped".to_owned(), |b| format!("{b:.0}"));
+    format!(
+        "| completed record, `{{\"order_id\":12345,\"status\":\"created\",\"amount\":99.95}}` | {} | {} |\n",
+        show(rust_bytes),
+        show(python_bytes),
+    )
+}
+
+/// The section.
+pub(crate) async fn run(ctx: &Ctx) -> Section {
+    let empty = |markdown: String| Section {
+        markdown,
+        ratios: Vec::new(),
+    };
+    if !ctx.options.wants("scale") {
+        return empty(String::new());
+    }
+    if ctx.options.pace == crate::Pace::Quick {
+        return empty("## Scale\n\nskipped in --quick (run `--only scale`)\n".to_owned());
+    }
+    let hot: Arc<Vec<String>> =
+        Arc::new((0..1000).map(|i| format!("hot-{}-{i}", ctx.run)).collect());
+    for key in hot.iter() {
+        let _: Order = ctx
+            .coordinator
+            .call("bench.scale", Some(key))
+            .run(|| async { Ok::<_, IdempotencyError>(order()) })
+            .await
+            .expect("seed");
+    }
+    let (hit_empty, miss_empty) = hit_and_miss(ctx, &hot, "empty").await;
+    let before = used_memory(ctx.counter.ports());
+    let started = std::time::Instant::now();
+    let filled = fill(ctx).await;
+    let fill_secs = started.elapsed().as_secs_f64();
+    let per_record = used_memory(ctx.counter.ports()).saturating_sub(before) as f64 / RECORDS as f64;
+    let (hit_full, miss_full) = hit_and_miss(ctx, &filled, "full").await;
+    let memory = memory_per_library(ctx).await;
+    unfill(ctx, &filled).await;
+    let mut md = String::from("## Scale: a million live records\n\n");
+    let _ = writeln!(
+        md,
+        "Hit and miss at concurrency 64, {} calls per run, median of {RUNS} runs: first with 1,000 records in the server (hits over those), then with {RECORDS} more completed records filled in ({fill_secs:.1} s; hits spread over all of them, so Redis's lookups miss its CPU caches as a big keyspace does).\n",
+        ctx.options.calls
+    );
+    md.push_str("| scenario | ops/s, 1,000 records | ops/s, 1,000,000 records | full/empty |\n|---|---|---|---|\n");
+    for (name, empty, full) in [("hit", hit_empty, hit_full), ("miss", miss_empty, miss_full)] {
+        let _ = writeln!(
+            md,
+            "| {name} | {empty:.0} | {full:.0} | {:.2} |",
+            full / empty.max(f64::MIN_POSITIVE)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRedis memory per record: {per_record:.0} bytes (`used_memory` grew by that much per filled record, key, value, expiry and hash-table share included).\n\n| `MEMORY USAGE` per record (average of {SAMPLE}) | Rust coordinator | Python 0.5.0 |\n|---|---|---|\n{memory}"
+    );
+    Section {
+        markdown: md,
+        ratios: vec![
+            ("scale hit full/empty".to_owned(), hit_full / hit_empty.max(f64::MIN_POSITIVE)),
+            (
+                "scale miss full/empty".to_owned(),
+                miss_full / miss_empty.max(f64::MIN_POSITIVE),
+            ),
+        ],
+    }
+}
