@@ -20,10 +20,10 @@ use crate::settings::{IdempotencySettings, operation_ttl_problems};
 ///
 /// # Examples
 /// ```
-/// # fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// # fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
 /// use std::time::Duration;
 /// use idempotency_coordinator::{Coordinator, InFlight, MemoryStore};
-/// use idempotency_core::IdempotencyDomainService;
+/// use idempotency_coordinator::IdempotencyDomainService;
 /// let policy = IdempotencyDomainService::new(Duration::from_secs(30), Duration::from_secs(1), Duration::from_secs(600))?;
 /// let coordinator = Coordinator::builder(MemoryStore::new())
 ///     .policy(policy)
@@ -101,19 +101,19 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// # Examples
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
-    /// use std::sync::{Arc, Mutex};
+    /// # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
     /// use idempotency_coordinator::{Coordinator, MemoryStore};
     ///
-    /// let created = Arc::new(Mutex::new(Vec::new()));
-    /// let seen = Arc::clone(&created);
+    /// let (seen, created) = std::sync::mpsc::channel();
     /// let coordinator = Coordinator::builder(MemoryStore::new())
-    ///     .on_record_created(move |r| seen.lock().unwrap().push(r.idempotency_key.to_owned()))
+    ///     .on_record_created(move |r| {
+    ///         let _ = seen.send(r.idempotency_key.to_owned());
+    ///     })
     ///     .build()?;
-    /// let run = || async { Ok::<_, idempotency_core::IdempotencyError>(1u8) };
+    /// let run = || async { Ok::<_, idempotency_coordinator::IdempotencyError>(1u8) };
     /// coordinator.call("op", Some("k-1")).run(run).await?;
     /// coordinator.call("op", Some("k-1")).run(run).await?; // a replay stores nothing
-    /// assert_eq!(*created.lock().unwrap(), ["k-1"]);
+    /// assert_eq!(created.try_iter().collect::<Vec<_>>(), ["k-1"]);
     /// # Ok(()) }
     /// ```
     #[must_use]
@@ -184,13 +184,13 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// # Examples
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
     /// use idempotency_coordinator::{Coordinator, MemoryStore, Outcome};
     ///
     /// let coordinator = Coordinator::builder(MemoryStore::new()).coalesce(true).build()?;
     /// let slow = || async {
     ///     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    ///     Ok::<_, idempotency_core::IdempotencyError>(7u8)
+    ///     Ok::<_, idempotency_coordinator::IdempotencyError>(7u8)
     /// };
     /// let first = coordinator.call("op", Some("k")).run_with_outcome(slow);
     /// let second = coordinator.call("op", Some("k")).run_with_outcome(slow);

@@ -45,7 +45,7 @@ impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
         self
     }
 
-    /// The request's fingerprint (see [`idempotency_core::fingerprint_of`]).
+    /// The request's fingerprint (see [`fingerprint_of`](crate::fingerprint_of)).
     pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
         self.options.fingerprint = Some(fingerprint.into());
         self
@@ -63,13 +63,13 @@ impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
     /// # Examples
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
     /// use idempotency_coordinator::{Coordinator, InFlight};
     /// let coordinator = Coordinator::in_memory();
     /// let value: u8 = coordinator
     ///     .call("op", Some("k"))
     ///     .in_flight(InFlight::Raise)
-    ///     .run(|| async { Ok::<_, idempotency_core::IdempotencyError>(1) })
+    ///     .run(|| async { Ok::<_, idempotency_coordinator::IdempotencyError>(1) })
     ///     .await?;
     /// assert_eq!(value, 1);
     /// # Ok(()) }
@@ -214,11 +214,11 @@ impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
     /// # Examples
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+    /// # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
     /// let coordinator = idempotency_coordinator::Coordinator::in_memory();
     /// let charge: u64 = coordinator
     ///     .call("payment.charge", Some("k-1"))
-    ///     .run_detached(|| async { Ok::<_, idempotency_core::IdempotencyError>(1999) })
+    ///     .run_detached(|| async { Ok::<_, idempotency_coordinator::IdempotencyError>(1999) })
     ///     .await?;
     /// assert_eq!(charge, 1999);
     /// # Ok(()) }

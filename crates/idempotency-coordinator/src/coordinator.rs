@@ -94,12 +94,12 @@ impl<E> From<IdempotencyError> for Failed<E> {
 /// # Examples
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+/// # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
 /// use idempotency_coordinator::Coordinator;
 ///
 /// let coordinator = Coordinator::in_memory();
-/// let first: u32 = coordinator.call("order.create", Some("key-1")).run(|| async { Ok::<_, idempotency_core::IdempotencyError>(42) }).await?;
-/// let retry: u32 = coordinator.call("order.create", Some("key-1")).run(|| async { Ok::<_, idempotency_core::IdempotencyError>(7) }).await?;
+/// let first: u32 = coordinator.call("order.create", Some("key-1")).run(|| async { Ok::<_, idempotency_coordinator::IdempotencyError>(42) }).await?;
+/// let retry: u32 = coordinator.call("order.create", Some("key-1")).run(|| async { Ok::<_, idempotency_coordinator::IdempotencyError>(7) }).await?;
 /// assert_eq!((first, retry), (42, 42));
 /// # Ok(()) }
 /// ```

@@ -11,7 +11,7 @@
 //! # Example
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), idempotency_core::IdempotencyError> {
+//! # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
 //! use idempotency_coordinator::{Coordinator, IdempotencyError};
 //!
 //! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]

@@ -10,7 +10,7 @@ pub enum InFlight {
     /// lease; if the reservation vanishes, claim the key and run.
     #[default]
     Wait,
-    /// Fail at once with [`IdempotencyError::InProgress`](idempotency_core::IdempotencyError::InProgress).
+    /// Fail at once with [`IdempotencyError::InProgress`](crate::IdempotencyError::InProgress).
     Raise,
     /// No reservation: read, run, insert-if-absent, and on a collision return the
     /// winner's stored value (the Python library's flow before 0.5.0). Concurrent

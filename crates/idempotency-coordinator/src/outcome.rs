@@ -6,8 +6,8 @@ use std::fmt;
 /// How a call got its value.
 ///
 /// Errors have no outcome value: an in-flight conflict is
-/// [`IdempotencyError::InProgress`](idempotency_core::IdempotencyError::InProgress), a key
-/// reuse [`IdempotencyError::KeyReuse`](idempotency_core::IdempotencyError::KeyReuse), and
+/// [`IdempotencyError::InProgress`](crate::IdempotencyError::InProgress), a key
+/// reuse [`IdempotencyError::KeyReuse`](crate::IdempotencyError::KeyReuse), and
 /// both are also recorded on the span (`conflict`, `key_reuse`), as is a replayed stored
 /// error (`replayed`, whether or not the call waited for it). An action error that is
 /// not stored records no outcome.
