@@ -5,15 +5,12 @@
 //! hardly does, so this is where a regression of the hot path shows first.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency_core::IdempotencyError;
-use idempotency_redis::fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_testkit::resp::{self, Reply};
 
-use crate::load::{Stats, drive};
-use crate::scenarios::{Order, order, pending_json, seed_hits};
+use crate::load::Stats;
+use crate::scenarios::{RawHits, rust_hits, seed_hits};
 use crate::{Ctx, Section};
 
 const CONCURRENCY: usize = 64;
@@ -97,53 +94,9 @@ pub(crate) async fn run(ctx: &Ctx) -> Section {
     }
     let calls = ctx.options.calls;
     let keys = seed_hits(ctx, "cpu").await;
-    let redis_keys: Arc<Vec<String>> = Arc::new(
-        keys.iter()
-            .map(|k| {
-                ctx.store
-                    .redis_key(&idempotency_testkit::record_id("bench.order", k))
-            })
-            .collect(),
-    );
-    let (pending, _) = pending_json();
-    let rust_run = || {
-        let coordinator = ctx.coordinator.clone();
-        let keys = Arc::clone(&keys);
-        drive(CONCURRENCY, calls, move |i| {
-            let coordinator = coordinator.clone();
-            let keys = Arc::clone(&keys);
-            async move {
-                let _: Order = coordinator
-                    .call("bench.order", Some(&keys[(i % 1000) as usize]))
-                    .run(|| async { Ok::<_, IdempotencyError>(order()) })
-                    .await
-                    .expect("hit");
-            }
-        })
-    };
-    let raw_run = || {
-        let client = ctx.store.connection().client().clone();
-        let keys = Arc::clone(&redis_keys);
-        let pending = Arc::clone(&pending);
-        drive(CONCURRENCY, calls, move |i| {
-            let client = client.clone();
-            let keys = Arc::clone(&keys);
-            let pending = Arc::clone(&pending);
-            async move {
-                let v: Value = client
-                    .set(
-                        keys[(i % 1000) as usize].as_str(),
-                        pending.as_str(),
-                        Some(Expiration::PX(30_000)),
-                        Some(SetOptions::NX),
-                        true,
-                    )
-                    .await
-                    .expect("raw");
-                assert!(!v.is_null());
-            }
-        })
-    };
+    let raw_hits = RawHits::new(ctx, &keys);
+    let rust_run = || rust_hits(ctx, CONCURRENCY, calls, &keys);
+    let raw_run = || raw_hits.run(ctx, CONCURRENCY, calls);
     // Warm both paths, then alternate.
     rust_run().await;
     raw_run().await;

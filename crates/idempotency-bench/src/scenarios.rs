@@ -83,39 +83,50 @@ pub(crate) async fn seed_hits(ctx: &Ctx, prefix: &str) -> Arc<Vec<String>> {
     Arc::new(keys)
 }
 
-async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
-    let calls = ctx.options.calls;
-    let rust_run = async |n: u64| {
-        let coordinator = ctx.coordinator.clone();
-        let keys = Arc::clone(keys);
-        drive(c, n, move |i| {
-            let coordinator = coordinator.clone();
-            let keys = Arc::clone(&keys);
-            async move {
-                let _: Order = coordinator
-                    .call("bench.order", Some(&keys[(i % 1000) as usize]))
-                    .run(|| async { Ok::<_, IdempotencyError>(order()) })
-                    .await
-                    .expect("hit");
-            }
-        })
-        .await
-    };
-    // Raw: the same command the hit sends, `SET … NX GET` with a pending record on a
-    // present key.
-    let redis_keys: Arc<Vec<String>> = Arc::new(
-        keys.iter()
+/// `n` hits at concurrency `c` over `keys` (seeded by [`seed_hits`]).
+pub(crate) async fn rust_hits(ctx: &Ctx, c: usize, n: u64, keys: &Arc<Vec<String>>) -> Stats {
+    let coordinator = ctx.coordinator.clone();
+    let keys = Arc::clone(keys);
+    drive(c, n, move |i| {
+        let coordinator = coordinator.clone();
+        let keys = Arc::clone(&keys);
+        async move {
+            let _: Order = coordinator
+                .call("bench.order", Some(&keys[(i % 1000) as usize]))
+                .run(|| async { Ok::<_, IdempotencyError>(order()) })
+                .await
+                .expect("hit");
+        }
+    })
+    .await
+}
+
+/// The hit's raw yardstick: `n` of the same command the hit sends, `SET … NX GET` with
+/// a pending record on a present key, at concurrency `c` over the Redis keys of `keys`.
+pub(crate) struct RawHits {
+    redis_keys: Arc<Vec<String>>,
+    pending: Arc<String>,
+}
+
+impl RawHits {
+    pub(crate) fn new(ctx: &Ctx, keys: &[String]) -> Self {
+        let redis_keys = keys
+            .iter()
             .map(|k| {
                 ctx.store
                     .redis_key(&idempotency_testkit::record_id("bench.order", k))
             })
-            .collect(),
-    );
-    let (pending, _) = pending_json();
-    let raw_run = async |n: u64| {
+            .collect();
+        Self {
+            redis_keys: Arc::new(redis_keys),
+            pending: pending_json().0,
+        }
+    }
+
+    pub(crate) async fn run(&self, ctx: &Ctx, c: usize, n: u64) -> Stats {
         let client = ctx.store.connection().client().clone();
-        let keys = Arc::clone(&redis_keys);
-        let pending = Arc::clone(&pending);
+        let keys = Arc::clone(&self.redis_keys);
+        let pending = Arc::clone(&self.pending);
         drive(c, n, move |i| {
             let client = client.clone();
             let keys = Arc::clone(&keys);
@@ -135,7 +146,14 @@ async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
             }
         })
         .await
-    };
+    }
+}
+
+async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
+    let calls = ctx.options.calls;
+    let rust_run = async |n: u64| rust_hits(ctx, c, n, keys).await;
+    let raw = RawHits::new(ctx, keys);
+    let raw_run = async |n: u64| raw.run(ctx, c, n).await;
     let (rust, rust_cmds, raw) = abba(ctx, calls, &rust_run, &raw_run).await;
     let python = python_row(ctx, "hit", c, calls);
     let rust_sent = sent_per_call(ctx, |coordinator, i| {
