@@ -7,11 +7,21 @@
 //! (the first protocol let a clock ahead by more than 2/3 of a lease steal a live
 //! reservation).
 //!
+//! Every call is also logged by its worker (caller, key, start and end on the machine's
+//! wall clock, outcome, its own execution if its action ran, the value), with each
+//! worker's per-key lease losses (one operation label per key); the test gathers the
+//! logs of all workers into one history and runs the history checker
+//! (`idempotency_testkit::history`) over it: per key, at most one execution beyond the
+//! losses counted on that key, one value, no value before its execution produced it.
+//!
 //! `SOAK_CALLS` (calls per task, default 100) makes the run longer for manual soaks.
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::time::Duration;
 
+use idempotency_testkit::history::text::{Gathered, call_line, lost_line};
+use idempotency_testkit::history::{Attachment, Call, Report, Run};
 use idempotency_testkit::resp::{self, Reply};
 use idempotency_testkit::{RedisCluster, RedisServer};
 
@@ -28,8 +38,8 @@ fn calls_per_task() -> usize {
         .unwrap_or(100)
 }
 
-/// Runs the workers against `url`; returns every `(key, value)` they saw.
-fn run_workers(url: &str) -> Vec<(String, String)> {
+/// Runs the workers against `url`; returns what each printed.
+fn run_workers(url: &str) -> Vec<String> {
     let children: Vec<_> = (0..WORKERS)
         .map(|w| {
             Command::new(env!("CARGO_BIN_EXE_soak_worker"))
@@ -44,66 +54,113 @@ fn run_workers(url: &str) -> Vec<(String, String)> {
                 .output()
         })
         .collect();
-    let mut seen = Vec::new();
-    for child in children {
-        let out = child.expect("worker ran");
-        assert!(
-            out.status.success(),
-            "worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let (k, v) = line.split_once('\t').expect("key<TAB>value");
-            seen.push((k.to_owned(), v.to_owned()));
-        }
-    }
-    assert_eq!(seen.len(), WORKERS * TASKS * calls_per_task());
-    seen
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.expect("worker ran");
+            assert!(
+                out.status.success(),
+                "worker failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).expect("UTF-8 lines")
+        })
+        .collect()
 }
 
-fn check(seen: &[(String, String)], counter: impl Fn(&str) -> Reply) -> (usize, usize) {
-    let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (k, v) in seen {
-        by_key.entry(k).or_default().push(v);
+/// What the soak's checks found.
+#[derive(Debug)]
+struct Checked {
+    report: Report,
+    /// Calls beyond the first on their key.
+    duplicates: usize,
+}
+
+/// The soak's checks over what the workers printed: the history checker, then every
+/// call got a value, every caller of a key the same one, and every key's counter
+/// (`counter(redis_key)`) says its action ran once.
+fn check(
+    outputs: &[String],
+    expected_calls: usize,
+    counter: impl Fn(&str) -> Reply,
+) -> Result<Checked, String> {
+    let mut gathered = Gathered::new();
+    for output in outputs {
+        gathered
+            .read(output)
+            .map_err(|e| format!("worker output: {e}"))?;
     }
-    let mut duplicates = 0;
-    for (key, values) in &by_key {
-        assert!(
-            values.windows(2).all(|w| w[0] == w[1]),
-            "{key}: callers got different values {values:?}"
-        );
+    let report = gathered.check();
+    if !report.violations.is_empty() {
+        return Err(format!("history check: {:#?}", report.violations));
+    }
+    let calls = gathered.history().calls();
+    if calls.len() != expected_calls {
+        return Err(format!("{} calls logged of {expected_calls}", calls.len()));
+    }
+    let mut by_key: HashMap<&str, Vec<&Result<u64, String>>> = HashMap::new();
+    for call in &calls {
+        let outcome = call.outcome.as_ref().ok_or("a soak call was cancelled")?;
+        by_key.entry(&call.key).or_default().push(outcome);
+    }
+    for (key, outcomes) in &by_key {
+        if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+            return Err(format!("{key}: a call failed: {e}"));
+        }
+        if !outcomes.windows(2).all(|w| w[0] == w[1]) {
+            return Err(format!("{key}: callers got different values {outcomes:?}"));
+        }
         let runs = counter(&format!("soak:count:{key}"));
-        assert_eq!(
-            runs.as_bytes(),
-            Some(&b"1"[..]),
-            "{key}: the action ran {runs:?} times"
-        );
-        duplicates += values.len() - 1;
+        if runs.as_bytes() != Some(&b"1"[..]) {
+            return Err(format!("{key}: the action ran {runs:?} times"));
+        }
     }
-    (by_key.len(), duplicates)
+    Ok(Checked {
+        duplicates: calls.len() - by_key.len(),
+        report,
+    })
+}
+
+/// The run's line for the report (`docs/reliability.md`).
+fn summary(deployment: &str, checked: &Checked) {
+    let r = &checked.report;
+    eprintln!(
+        "{deployment}: {} calls on {} keys ({} duplicate calls), {} ok, {} errors, {} ran their action, {} executions, {} double runs, {} extra runs allowed (lease losses and fail-open runs counted per key), longest call {:?}; every counter 1",
+        r.calls,
+        r.keys,
+        checked.duplicates,
+        r.successes,
+        r.errors,
+        r.ran,
+        r.executions,
+        r.double_runs,
+        r.lease_losses,
+        r.longest_call,
+    );
 }
 
 #[test]
 fn exactly_once_across_processes_on_standalone_redis() {
     let server = RedisServer::start();
-    let seen = run_workers(&server.url());
-    let (keys, duplicates) = check(&seen, |k| server.cmd(&["GET", k]));
+    let outputs = run_workers(&server.url());
+    let checked = check(&outputs, WORKERS * TASKS * calls_per_task(), |k| {
+        server.cmd(&["GET", k])
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        duplicates > 0,
-        "the run produced duplicate calls ({keys} keys)"
+        checked.duplicates > 0,
+        "the run produced duplicate calls ({} keys)",
+        checked.report.keys
     );
-    eprintln!(
-        "standalone: {} calls, {keys} keys, {duplicates} duplicate calls, 0 double executions",
-        seen.len()
-    );
+    summary("standalone", &checked);
 }
 
 #[test]
 fn exactly_once_across_processes_on_a_cluster() {
     let cluster = RedisCluster::start();
-    let seen = run_workers(&cluster.url());
+    let outputs = run_workers(&cluster.url());
     let first = cluster.nodes()[0].port();
-    let (keys, duplicates) = check(&seen, |k| {
+    let checked = check(&outputs, WORKERS * TASKS * calls_per_task(), |k| {
         // Follow MOVED to the owner of the counter's slot.
         match resp::command(first, &["GET", k]).expect("get") {
             Reply::Error(e) if e.starts_with("MOVED") => {
@@ -116,10 +173,59 @@ fn exactly_once_across_processes_on_a_cluster() {
             }
             other => other,
         }
-    });
-    assert!(duplicates > 0);
-    eprintln!(
-        "cluster: {} calls, {keys} keys, {duplicates} duplicate calls, 0 double executions",
-        seen.len()
-    );
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(checked.duplicates > 0);
+    summary("cluster", &checked);
+}
+
+/// Worker output as the workers print it: worker 0's caller 1 runs `k1` and gets its
+/// value, worker 1's caller 2 replays it (or, `doubled`, runs the action again and gets
+/// its own value), and one call on `k2`; the counters are all 1.
+fn synthetic(doubled: bool) -> Vec<String> {
+    let ms = Duration::from_millis;
+    let call = |caller, key: &str, start, end, value| Call {
+        caller,
+        key: key.to_owned(),
+        start: ms(start),
+        end: ms(end),
+        outcome: Some(Ok(value)),
+        attachment: Attachment::Attached,
+    };
+    let ran = |caller, started, at| Run {
+        caller,
+        started: ms(started),
+        effect: Some((caller, ms(at))),
+    };
+    let worker0 = [
+        call_line(&call(1, "k1", 0, 10, 1), Some(&ran(1, 1, 2))),
+        call_line(&call(3, "k2", 0, 10, 3), Some(&ran(3, 1, 2))),
+    ];
+    let worker1 = if doubled {
+        call_line(&call(2, "k1", 5, 20, 2), Some(&ran(2, 6, 7)))
+    } else {
+        call_line(&call(2, "k1", 5, 20, 1), None)
+    };
+    vec![worker0.join("\n"), worker1]
+}
+
+#[test]
+fn the_soak_check_finds_a_double_run_the_counters_miss() {
+    let counters_say_once = |_: &str| Reply::Bulk(Some(b"1".to_vec()));
+    let checked = check(&synthetic(false), 3, counters_say_once).expect("a clean history");
+    assert_eq!(checked.duplicates, 1);
+    // The second execution bypassed the counter (the counters still say 1): only the
+    // history finds it.
+    let err = check(&synthetic(true), 3, counters_say_once).expect_err("a double run");
+    assert!(err.contains("k1: 2 executions"), "{err}");
+    // A lease loss counted on another key excuses nothing on this one.
+    let mut outputs = synthetic(true);
+    outputs.push(lost_line("k2", 1));
+    let err = check(&outputs, 3, counters_say_once).expect_err("a double run");
+    assert!(err.contains("k1: 2 executions"), "{err}");
+    // Counted on its own key, it is an allowed extra run, but the callers' values
+    // still differ.
+    outputs.push(lost_line("k1", 1));
+    let err = check(&outputs, 3, counters_say_once).expect_err("two values");
+    assert!(err.contains("different values"), "{err}");
 }

@@ -19,6 +19,10 @@
 //! The lease losses are the caller's to count truthfully per key (for example one
 //! operation label per key, so the metrics' per-operation `lease_lost` counts are per
 //! key): a total over all keys would let a loss on one key excuse a double run on another.
+//!
+//! Histories of several processes are printed as lines and gathered by [`text`].
+
+pub mod text;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
