@@ -10,7 +10,7 @@ use tokio::sync::futures::OwnedNotified;
 use crate::error::{IdempotencyError, Result};
 use crate::identifiers::RecordId;
 use crate::record::IdempotencyRecord;
-use crate::traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
+use crate::traits::bulk::{Batch, BulkRepository, bulk_outcome};
 use crate::traits::reservation::{
     Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, completion_fence, holds_lease,
 };
@@ -197,17 +197,12 @@ impl IdempotencyRepository for MemoryStore {
 }
 
 impl BulkRepository for MemoryStore {
-    async fn get_many<K: AsRef<str> + Sync>(
-        &self,
-        operation: &str,
-        keys: &[K],
-    ) -> Result<HashMap<String, IdempotencyRecord>> {
-        let ids = validate_all(operation, keys)?;
+    async fn get_by_ids(&self, ids: &[RecordId]) -> Result<HashMap<String, IdempotencyRecord>> {
         let now = Instant::now();
         let mut state = self.lock();
         let mut found = HashMap::with_capacity(ids.len());
         for id in ids {
-            if let Some(r) = Self::read(&mut state, &id, now) {
+            if let Some(r) = Self::read(&mut state, id, now) {
                 found.insert(id.key().to_owned(), r);
             }
         }
@@ -250,17 +245,16 @@ impl BulkRepository for MemoryStore {
         bulk_outcome(batch.operation(), collisions, invalid, saved, options)
     }
 
-    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        let ids = validate_all(operation, keys)?;
+    async fn delete_by_ids(&self, ids: &[RecordId]) -> Result<u64> {
         let now = Instant::now();
         let mut state = self.lock();
         let mut deleted = 0;
         for id in ids {
-            if state.live(&id, now).is_some() {
+            if state.live(id, now).is_some() {
                 deleted += 1;
             }
-            state.records.remove(&id);
-            state.wake(&id);
+            state.records.remove(id);
+            state.wake(id);
         }
         Ok(deleted)
     }

@@ -74,20 +74,16 @@ impl<R: IdempotencyRepository> IdempotencyRepository for Unfenced<R> {
 }
 
 impl<R: BulkRepository> BulkRepository for Unfenced<R> {
-    async fn get_many<K: AsRef<str> + Sync>(
-        &self,
-        operation: &str,
-        keys: &[K],
-    ) -> Result<HashMap<String, IdempotencyRecord>> {
-        self.inner.get_many(operation, keys).await
+    async fn get_by_ids(&self, ids: &[RecordId]) -> Result<HashMap<String, IdempotencyRecord>> {
+        self.inner.get_by_ids(ids).await
     }
 
     async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
         self.inner.save_batch(batch, options).await
     }
 
-    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        self.inner.delete_many(operation, keys).await
+    async fn delete_by_ids(&self, ids: &[RecordId]) -> Result<u64> {
+        self.inner.delete_by_ids(ids).await
     }
 }
 

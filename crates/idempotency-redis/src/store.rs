@@ -10,7 +10,7 @@ use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{
     Batch, BulkRepository, ErrorType, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
     IdempotencyRepository, LatencyMethod, NoopMetrics, RecordId, Result, SaveManyOptions,
-    bulk_outcome, is_abandoned, validate_all,
+    bulk_outcome, is_abandoned,
 };
 
 use crate::errors::{classify, label, storage};
@@ -418,12 +418,8 @@ impl IdempotencyRepository for RedisStore {
 }
 
 impl BulkRepository for RedisStore {
-    async fn get_many<K: AsRef<str> + Sync>(
-        &self,
-        operation: &str,
-        keys: &[K],
-    ) -> Result<HashMap<String, IdempotencyRecord>> {
-        self.get_many_ids(&validate_all(operation, keys)?).await
+    async fn get_by_ids(&self, ids: &[RecordId]) -> Result<HashMap<String, IdempotencyRecord>> {
+        self.get_many_ids(ids).await
     }
 
     async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
@@ -514,18 +510,14 @@ impl BulkRepository for RedisStore {
         bulk_outcome(batch_op, collisions, invalid, saved_keys, options)
     }
 
-    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        self.delete_many_ids(&validate_all(operation, keys)?).await
+    async fn delete_by_ids(&self, ids: &[RecordId]) -> Result<u64> {
+        self.delete_many_ids(ids).await
     }
 }
 
 impl RedisStore {
-    /// [`BulkRepository::get_many`] of identities validated already (by the trait method,
-    /// or by a wrapper such as the local cache, so that no key is validated twice).
-    pub(crate) async fn get_many_ids(
-        &self,
-        ids: &[RecordId],
-    ) -> Result<HashMap<String, IdempotencyRecord>> {
+    /// The body of [`BulkRepository::get_by_ids`].
+    async fn get_many_ids(&self, ids: &[RecordId]) -> Result<HashMap<String, IdempotencyRecord>> {
         let Some(operation) = ids.first().map(RecordId::operation) else {
             return Ok(HashMap::new());
         };
@@ -573,8 +565,8 @@ impl RedisStore {
         Ok(found)
     }
 
-    /// [`BulkRepository::delete_many`] of identities validated already.
-    pub(crate) async fn delete_many_ids(&self, ids: &[RecordId]) -> Result<u64> {
+    /// The body of [`BulkRepository::delete_by_ids`].
+    async fn delete_many_ids(&self, ids: &[RecordId]) -> Result<u64> {
         let Some(operation) = ids.first().map(RecordId::operation) else {
             return Ok(0);
         };

@@ -30,7 +30,9 @@ use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
 /// # Ok(()) }
 /// ```
 pub trait BulkRepository: IdempotencyRepository {
-    /// The found, unexpired records among `keys`, by idempotency key.
+    /// The found, unexpired records among `keys`, by idempotency key. Every key is
+    /// validated here, once, before any I/O; the store reads them with
+    /// [`BulkRepository::get_by_ids`].
     ///
     /// # Errors
     /// Validation (of any key), storage, corrupted or invalid record errors.
@@ -38,6 +40,19 @@ pub trait BulkRepository: IdempotencyRepository {
         &self,
         operation: &str,
         keys: &[K],
+    ) -> impl Future<Output = Result<HashMap<String, IdempotencyRecord>>> + Send {
+        let ids = validate_all(operation, keys);
+        async move { self.get_by_ids(&ids?).await }
+    }
+
+    /// [`BulkRepository::get_many`] of identities validated already: what a store
+    /// implements (and what a wrapper forwards, so no key is validated twice).
+    ///
+    /// # Errors
+    /// Storage, corrupted or invalid record errors.
+    fn get_by_ids(
+        &self,
+        ids: &[RecordId],
     ) -> impl Future<Output = Result<HashMap<String, IdempotencyRecord>>> + Send;
 
     /// Inserts each record whose key is free. Not atomic: on error the records that were
@@ -74,7 +89,8 @@ pub trait BulkRepository: IdempotencyRepository {
         options: SaveManyOptions,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Deletes the records under `keys`; returns how many there were.
+    /// Deletes the records under `keys`; returns how many there were. Every key is
+    /// validated here, once, before any I/O.
     ///
     /// # Errors
     /// Validation and storage errors.
@@ -82,7 +98,17 @@ pub trait BulkRepository: IdempotencyRepository {
         &self,
         operation: &str,
         keys: &[K],
-    ) -> impl Future<Output = Result<u64>> + Send;
+    ) -> impl Future<Output = Result<u64>> + Send {
+        let ids = validate_all(operation, keys);
+        async move { self.delete_by_ids(&ids?).await }
+    }
+
+    /// [`BulkRepository::delete_many`] of identities validated already: what a store
+    /// implements.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn delete_by_ids(&self, ids: &[RecordId]) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// The records of a bulk save, never empty, and the operation the save reports under

@@ -41,7 +41,6 @@ use std::time::Duration;
 use idempotency_core::{
     Batch, BulkRepository, Claim, Fence, Finished, IdempotencyError, IdempotencyRecord,
     IdempotencyRepository, Lease, RecordId, ReservationStore, Result, SaveManyOptions,
-    validate_all,
 };
 
 pub use config::CacheConfig;
@@ -191,15 +190,13 @@ impl IdempotencyRepository for CachedStore {
 }
 
 impl BulkRepository for CachedStore {
-    async fn get_many<K: AsRef<str> + Sync>(
-        &self,
-        operation: &str,
-        keys: &[K],
-    ) -> Result<HashMap<String, IdempotencyRecord>> {
-        let ids = validate_all(operation, keys)?;
+    async fn get_by_ids(&self, ids: &[RecordId]) -> Result<HashMap<String, IdempotencyRecord>> {
+        let Some(operation) = ids.first().map(RecordId::operation) else {
+            return Ok(HashMap::new());
+        };
         let mut found = HashMap::with_capacity(ids.len());
         let mut rest = Vec::new();
-        for id in ids {
+        for id in ids.iter().cloned() {
             match self.local(&id) {
                 Some(record) => {
                     found.insert(id.key().to_owned(), record);
@@ -215,13 +212,13 @@ impl BulkRepository for CachedStore {
             self.store
                 .inner
                 .metrics
-                .record_bulk_hit(operation.trim(), found.len() as u64);
+                .record_bulk_hit(operation, found.len() as u64);
         }
         if rest.is_empty() {
             return Ok(found);
         }
         let ids: Vec<RecordId> = rest.iter().map(|(id, _)| id.clone()).collect();
-        let read = self.store.get_many_ids(&ids).await?;
+        let read = self.store.get_by_ids(&ids).await?;
         for (id, ticket) in &rest {
             if let Some(record) = read.get(id.key()) {
                 self.fill(*ticket, id, record);
@@ -239,10 +236,9 @@ impl BulkRepository for CachedStore {
         saved
     }
 
-    async fn delete_many<K: AsRef<str> + Sync>(&self, operation: &str, keys: &[K]) -> Result<u64> {
-        let ids = validate_all(operation, keys)?;
-        let deleted = self.store.delete_many_ids(&ids).await;
-        for id in &ids {
+    async fn delete_by_ids(&self, ids: &[RecordId]) -> Result<u64> {
+        let deleted = self.store.delete_by_ids(ids).await;
+        for id in ids {
             self.invalidate(id);
         }
         deleted

@@ -104,8 +104,11 @@ on_both!(a_second_read_is_a_local_hit, |env| {
     let key = unique("hit");
     writer.save(&record(&key, "1")).await.expect("save");
     assert_eq!(result_of(&cached, &key).await.as_deref(), Some("1"));
+    // The first read fills the cache, unless the writer's own invalidation arrived while
+    // it was in flight (the fill fence then refuses it, rightly): read until cached.
+    warm(&cached, &key).await;
     let before = cached.stats();
-    assert_eq!(before.fills, 1, "{before:?}");
+    assert!(before.fills >= 1, "{before:?}");
     assert_eq!(result_of(&cached, &key).await.as_deref(), Some("1"));
     let lease = Lease::new(id(&key), None, Clock::system());
     let claim = cached
