@@ -99,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         caller_id(worker, t, n),
                         key,
                     );
-                    lines.push(call.await);
+                    lines.push(Box::pin(call).await);
                 }
                 lines
             })
