@@ -45,6 +45,12 @@ struct Delays {
 
 /// The rows of this module; errors become a note in the section instead of a panic.
 pub(crate) async fn run(ctx: &Ctx) -> Section {
+    if !ctx.options.wants("cache") {
+        return Section {
+            markdown: String::new(),
+            ratios: Vec::new(),
+        };
+    }
     match rows(ctx).await {
         Ok(section) => section,
         Err(e) => Section {

@@ -6,8 +6,8 @@
 //! cargo run --release -p idempotency-bench -- --cluster    # its own 3+3 cluster
 //! REDIS_URL=redis://… cargo run --release -p idempotency-bench   # a server no one else uses
 //! options: --calls N (default 20000)  --no-python  --quick  --coalesce
-//!          --only throughput,contended,storm,bulk,cpu,scale (sections; the cache module
-//!          always runs; scale is skipped by --quick)
+//!          --only throughput,contended,storm,bulk,cache,cpu,scale (sections; scale is
+//!          skipped by --quick)
 //! ```
 //!
 //! The last lines are a summary: the hot-key storm, then the hit, miss, cached-hit and
@@ -282,9 +282,6 @@ fn summary(sections: &[Section], storm: Option<&storm::StormStats>) -> String {
         match ratio(prefix) {
             Some((_, value)) => {
                 let _ = writeln!(out, "{label}: {value:.2}");
-            }
-            None if prefix == "cached-hit" => {
-                let _ = writeln!(out, "{label}: skipped (no local-cache module registered)");
             }
             None => {
                 let _ = writeln!(out, "{label}: skipped");

@@ -235,8 +235,8 @@ impl RedisStore {
     /// exactly those bytes; a pending one only when abandoned (past its `expires_at` by
     /// more than [`ABANDONED_AFTER`](idempotency_core::constants::ABANDONED_AFTER)), since
     /// only its owner or Redis may remove a live reservation. Without the server's time
-    /// (`TIME` refused) the reader's clock decides only whether the record is shown, and
-    /// nothing is deleted. The claim path never comes here.
+    /// (`TIME` refused) the record is shown as Redis holds it and nothing is deleted: no
+    /// reader's clock judges it. The claim path never comes here.
     pub(crate) async fn decode_found(
         &self,
         id: &RecordId,

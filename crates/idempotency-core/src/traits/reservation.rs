@@ -507,5 +507,35 @@ pub fn new_owner_token() -> String {
     // seed tells processes apart.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write_u64(a ^ n);
-    format!("{:016x}{:016x}", h.finish() ^ b, mix64(n ^ b))
+    hex_pair(h.finish() ^ b, mix64(n ^ b))
+}
+
+/// `hi` then `lo` as 32 lowercase hex digits (what `format!("{hi:016x}{lo:016x}")` writes,
+/// without the formatting machinery: a token is made on every claim).
+fn hex_pair(hi: u64, lo: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for word in [hi, lo] {
+        for shift in (0..16).rev() {
+            out.push(char::from(DIGITS[((word >> (shift * 4)) & 0xf) as usize]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_pair;
+
+    #[test]
+    fn hex_pair_writes_what_format_writes() {
+        for (hi, lo) in [
+            (0, 0),
+            (u64::MAX, 1),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+            (0xa, 0xb0),
+        ] {
+            assert_eq!(hex_pair(hi, lo), format!("{hi:016x}{lo:016x}"));
+        }
+    }
 }
