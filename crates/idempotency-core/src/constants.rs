@@ -40,8 +40,7 @@ pub const DEFAULT_KEY_PREFIX: &str = "idempotency:";
 pub const KEY_SEPARATOR: char = ':';
 
 /// How far past its `expires_at` (by the store's clock) a pending record must be before a
-/// store treats it as abandoned: taken over by a claim only when the store will never
-/// expire the key itself (a reservation Redis holds with a TTL is live, whatever its
-/// `expires_at` says), and deleted by the repository's `get` as the Python library
-/// deletes it (a recently expired one is left alone: its writer's clock may run behind).
+/// store treats it as abandoned: taken over by a claim, or deleted by a read, only when
+/// the store will never expire the key itself (a reservation Redis holds with a TTL is
+/// live, whatever its `expires_at` says: its writer's clock may run behind).
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);

@@ -138,6 +138,13 @@ impl ReservationStore for RedisStore {
             let value = reply.map_err(|e| self.fail_on(id, e))?;
             let Some(bytes) = value.as_bytes() else {
                 if value.is_null() {
+                    if takeovers > 0 {
+                        tracing::warn!(
+                            operation = id.operation(),
+                            key = id.key(),
+                            "took the key over from a value no caller could use"
+                        );
+                    }
                     return Ok(Claim::Acquired);
                 }
                 return Err(self.fail(
@@ -171,11 +178,13 @@ impl ReservationStore for RedisStore {
             takeovers += 1;
             // Replaced only if it still holds exactly these bytes: exactly one claimer
             // wins, and it holds the key fenced before its action runs.
-            tracing::warn!(
+            // Debug only: an abandoned reservation Redis still expires is refused by the
+            // script, and waiters would repeat the attempt on every look.
+            tracing::debug!(
                 operation = id.operation(),
                 key = id.key(),
                 found = why.describe(),
-                "taking the key over"
+                "trying to take the key over"
             );
             let abandoned = matches!(why, Unusable::Abandoned);
             refused = abandoned.then(|| bytes.to_vec());

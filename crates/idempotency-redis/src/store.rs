@@ -266,8 +266,9 @@ impl RedisStore {
     /// clock. Without a sample of it the record is shown: Redis still holds the key, and
     /// no reader's clock judges it. An expired completed record is deleted (if unchanged),
     /// as the Python library does; a pending one is hidden, and deleted only when
-    /// abandoned (an hour past, as Python deletes it): a recently expired one may be the
-    /// live reservation of a writer whose clock runs behind.
+    /// abandoned (an hour past) and held by Redis with no expiry: one Redis still expires
+    /// may be the live reservation of a writer whose clock runs behind (liveness is
+    /// Redis's), so Redis's TTL removes it.
     pub(crate) async fn judge_found(
         &self,
         id: &RecordId,
@@ -282,16 +283,32 @@ impl RedisStore {
         if !record.is_expired_at(now) {
             return Ok(Some(record));
         }
-        if !record.is_pending() || is_abandoned(&record, now) {
-            self.delete_if_equal(id.operation(), redis_key, bytes).await;
+        if !record.is_pending() {
+            self.delete_if_equal(id.operation(), redis_key, bytes, Deleting::Expired)
+                .await;
+        } else if is_abandoned(&record, now) {
+            self.delete_if_equal(id.operation(), redis_key, bytes, Deleting::Abandoned)
+                .await;
         }
         Ok(None)
     }
 
     /// Deletes `redis_key` if it still holds `bytes`; failures are logged, not raised
     /// (Redis expires the key within a second anyway).
-    pub(crate) async fn delete_if_equal(&self, operation: &str, redis_key: &str, bytes: &[u8]) {
-        let args = vec![Value::Bytes(bytes.to_vec().into())];
+    pub(crate) async fn delete_if_equal(
+        &self,
+        operation: &str,
+        redis_key: &str,
+        bytes: &[u8],
+        deleting: Deleting,
+    ) {
+        let args = vec![
+            Value::Bytes(bytes.to_vec().into()),
+            Value::from(match deleting {
+                Deleting::Expired => "0",
+                Deleting::Abandoned => "1",
+            }),
+        ];
         if let Err(e) = self
             .inner
             .scripts
@@ -587,4 +604,13 @@ impl RedisStore {
         self.latency(operation, LatencyMethod::DeleteMany, start);
         Ok(deleted)
     }
+}
+
+/// What a conditional delete of a record a read found expired removes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deleting {
+    /// A completed record past its `expires_at`: deleted if unchanged.
+    Expired,
+    /// An abandoned reservation: deleted if unchanged and Redis never expires the key.
+    Abandoned,
 }

@@ -46,7 +46,9 @@ pub trait BulkRepository: IdempotencyRepository {
     }
 
     /// [`BulkRepository::get_many`] of identities validated already: what a store
-    /// implements (and what a wrapper forwards, so no key is validated twice).
+    /// implements (and what a wrapper forwards, so no key is validated twice). The
+    /// identities are of one operation, as `get_many` makes them: the answer is keyed by
+    /// idempotency key alone, and counted under the first identity's operation.
     ///
     /// # Errors
     /// Storage, corrupted or invalid record errors.

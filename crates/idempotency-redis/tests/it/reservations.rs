@@ -184,6 +184,14 @@ on_both!(
         }
         let held = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
         assert_eq!(held.as_bytes(), Some(stale.as_bytes()), "left as it was");
+        // A read hides it but leaves it to Redis's TTL.
+        assert_eq!(env.store.get(&rid).await.expect("get"), None);
+        let held = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
+        assert_eq!(
+            held.as_bytes(),
+            Some(stale.as_bytes()),
+            "a read deleted a reservation Redis still expires"
+        );
         // The same bytes with no expiry: nobody would ever free the key.
         env.raw(&redis_key, &[b"PERSIST", redis_key.as_bytes()]);
         let lease = Lease::new(rid, None, Clock::system());
