@@ -169,13 +169,15 @@ async fn call(
 }
 
 /// The extra executions this process's counters allow, per key, as `lost` lines: its
-/// lease losses on the key's operation, and its fail-open runs there (the default
-/// `on_storage_error` runs the action when the claim cannot reach Redis).
+/// lease losses on the key's operation. Nothing else: the soak injects no storage fault,
+/// so a fail-open run would be a double run, and the soak fails on it (a storage error
+/// counted on a key is no measure of unprotected runs anyway: a waiter that fails closed
+/// counts one too).
 fn lost_lines(metrics: &RecordingMetrics) -> Vec<String> {
     let mut lost: BTreeMap<String, usize> = BTreeMap::new();
     for (kind, op, detail) in metrics.calls() {
         if kind == "error"
-            && (detail == error_type::LEASE_LOST || detail == error_type::STORAGE_RESERVE)
+            && detail == error_type::LEASE_LOST
             && let Some(key) = op.strip_prefix(OPERATION_PREFIX)
         {
             *lost.entry(key.to_owned()).or_default() += 1;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::common::{Faulty, unique};
-use idempotency_coordinator::{Coordinator, ErrorClass, InFlight, OnStorageError};
+use idempotency_coordinator::{Coordinator, ErrorClass, InFlight, OnStorageError, Outcome};
 use idempotency_core::{Clock, IdempotencyError, ReservationStore, error_type};
 use idempotency_testkit::RedisCluster;
 use idempotency_testkit::history::{Attachment, Call, History, Report};
@@ -60,6 +60,10 @@ struct Chaos<S> {
     /// How many keys the calls spread over.
     keys: u64,
     on_storage_error: OnStorageError,
+    /// Calls that ran their action unprotected (`Outcome::Unprotected`), per key: the
+    /// extra runs fail-open mode may make, counted from the calls themselves (a storage
+    /// error counted on the key is no measure: waiters that fail closed count one too).
+    unprotected: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl<S: ReservationStore + Clone> Chaos<S> {
@@ -91,6 +95,7 @@ impl<S: ReservationStore + Clone> Chaos<S> {
                 Attachment::Detached => KEYS,
             },
             on_storage_error,
+            unprotected: Arc::default(),
         }
     }
 
@@ -139,19 +144,29 @@ impl<S: ReservationStore + Clone> Chaos<S> {
         }
         let (outcome, end, attachment) = match (cancel_after, self.cancelled) {
             (None, _) => (
-                Some(call.run(action).await),
+                Some(call.run_with_outcome(action).await),
                 history.now(),
                 Attachment::Attached,
             ),
             (Some(after), Attachment::Attached) => {
-                let (outcome, end) = abandon(&history, call.run(action), after).await;
+                let (outcome, end) = abandon(&history, call.run_with_outcome(action), after).await;
                 (outcome, end, Attachment::Attached)
             }
             (Some(after), Attachment::Detached) => {
-                let (outcome, end) = abandon(&history, call.run_detached(action), after).await;
+                let (outcome, end) =
+                    abandon(&history, call.run_detached_with_outcome(action), after).await;
                 (outcome, end, Attachment::Detached)
             }
         };
+        if let Some(Ok((_, Outcome::Unprotected))) = &outcome {
+            *self
+                .unprotected
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(op.clone())
+                .or_default() += 1;
+        }
+        let outcome = outcome.map(|o| o.map(|(value, _)| value));
         history.call(Call {
             caller,
             key: op,
@@ -461,14 +476,26 @@ fn check<S>(
             .filter(|(kind, o, detail)| kind == "error" && o == op && detail == what)
             .count()
     };
+    let calls = chaos.history.calls();
     chaos.history.check(|op| {
-        // Fail-open runs unprotected after a storage error on the claim: at least once,
-        // counted on the key's operation.
-        let unprotected = if chaos.on_storage_error == OnStorageError::Run {
-            counted(op, error_type::STORAGE_RESERVE)
-        } else {
-            0
-        };
+        // Fail-open calls that ran unprotected on this key, by their own outcome; and, in
+        // fail-open mode, cancelled calls whose action ran (a detached call's action
+        // finishes after its caller is gone, and whether it ran unprotected died with the
+        // caller): a bound, tight where the outcome is known.
+        let mut unprotected = chaos
+            .unprotected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(op)
+            .copied()
+            .unwrap_or(0);
+        if chaos.on_storage_error == OnStorageError::Run {
+            let ran: BTreeSet<u64> = chaos.history.runs_of(op).iter().map(|r| r.caller).collect();
+            unprotected += calls
+                .iter()
+                .filter(|c| c.key == op && c.outcome.is_none() && ran.contains(&c.caller))
+                .count();
+        }
         counted(op, error_type::LEASE_LOST) + corrupted.get(op).copied().unwrap_or(0) + unprotected
     })
 }
