@@ -94,7 +94,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Section {
     }
     let calls = ctx.options.calls;
     let keys = seed_hits(ctx, "cpu").await;
-    let raw_hits = RawHits::new(ctx, &keys);
+    let raw_hits = RawHits::new(ctx, "bench.order", &keys);
     let rust_run = || rust_hits(ctx, CONCURRENCY, calls, &keys);
     let raw_run = || raw_hits.run(ctx, CONCURRENCY, calls);
     // Warm both paths, then alternate.

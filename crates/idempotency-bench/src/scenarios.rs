@@ -102,19 +102,20 @@ pub(crate) async fn rust_hits(ctx: &Ctx, c: usize, n: u64, keys: &Arc<Vec<String
 }
 
 /// The hit's raw yardstick: `n` of the same command the hit sends, `SET … NX GET` with
-/// a pending record on a present key, at concurrency `c` over the Redis keys of `keys`.
+/// a pending record on a present key, at concurrency `c` over the Redis keys of `keys`
+/// (call `i` takes key `i × 7919 mod len`, which visits them all).
 pub(crate) struct RawHits {
     redis_keys: Arc<Vec<String>>,
     pending: Arc<String>,
 }
 
 impl RawHits {
-    pub(crate) fn new(ctx: &Ctx, keys: &[String]) -> Self {
+    pub(crate) fn new(ctx: &Ctx, operation: &str, keys: &[String]) -> Self {
         let redis_keys = keys
             .iter()
             .map(|k| {
                 ctx.store
-                    .redis_key(&idempotency_testkit::record_id("bench.order", k))
+                    .redis_key(&idempotency_testkit::record_id(operation, k))
             })
             .collect();
         Self {
@@ -134,7 +135,7 @@ impl RawHits {
             async move {
                 let v: Value = client
                     .set(
-                        keys[(i % 1000) as usize].as_str(),
+                        keys[(i.wrapping_mul(7919) % keys.len() as u64) as usize].as_str(),
                         pending.as_str(),
                         Some(Expiration::PX(30_000)),
                         Some(SetOptions::NX),
@@ -152,7 +153,7 @@ impl RawHits {
 async fn hit(ctx: &Ctx, c: usize, keys: &Arc<Vec<String>>) -> Row {
     let calls = ctx.options.calls;
     let rust_run = async |n: u64| rust_hits(ctx, c, n, keys).await;
-    let raw = RawHits::new(ctx, keys);
+    let raw = RawHits::new(ctx, "bench.order", keys);
     let raw_run = async |n: u64| raw.run(ctx, c, n).await;
     let (rust, rust_cmds, raw) = abba(ctx, calls, &rust_run, &raw_run).await;
     let python = python_row(ctx, "hit", c, calls);
