@@ -316,17 +316,25 @@ fn scenario(mutation: Mutation) {
 
 #[test]
 fn followers_are_woken_by_every_outcome_and_one_leader_claims_at_a_time() {
-    shuttle::check_random(|| scenario(Mutation::None), 2000);
+    shuttle::check_random_with_seed(|| scenario(Mutation::None), crate::SHUTTLE_SEED, 2000);
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn a_dropped_leader_that_keeps_its_slot_strands_its_followers() {
-    shuttle::check_random(|| scenario(Mutation::DropKeepsSlot), 2000);
+    shuttle::check_random_with_seed(
+        || scenario(Mutation::DropKeepsSlot),
+        crate::SHUTTLE_SEED,
+        2000,
+    );
 }
 
 #[test]
 #[should_panic(expected = "most_leaders")]
 fn a_join_that_looks_and_inserts_under_two_locks_makes_two_leaders() {
-    shuttle::check_random(|| scenario(Mutation::CheckThenInsert), 2000);
+    shuttle::check_random_with_seed(
+        || scenario(Mutation::CheckThenInsert),
+        crate::SHUTTLE_SEED,
+        2000,
+    );
 }

@@ -187,17 +187,21 @@ fn scenario(ticket_first: bool, fail: Ending) {
 
 #[test]
 fn one_owner_no_lost_wake_up_no_double_release() {
-    shuttle::check_random(|| scenario(true, Ending::Fail), 3000);
+    shuttle::check_random_with_seed(|| scenario(true, Ending::Fail), crate::SHUTTLE_SEED, 3000);
 }
 
 #[test]
 #[should_panic(expected = "release calls")]
 fn a_guard_left_armed_after_the_release_releases_twice() {
-    shuttle::check_random(|| scenario(true, Ending::FailNoDisarm), 3000);
+    shuttle::check_random_with_seed(
+        || scenario(true, Ending::FailNoDisarm),
+        crate::SHUTTLE_SEED,
+        3000,
+    );
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn a_ticket_taken_after_the_re_read_loses_wake_ups() {
-    shuttle::check_random(|| scenario(false, Ending::Fail), 3000);
+    shuttle::check_random_with_seed(|| scenario(false, Ending::Fail), crate::SHUTTLE_SEED, 3000);
 }

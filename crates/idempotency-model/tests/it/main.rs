@@ -13,3 +13,8 @@ mod in_process;
 mod lua_agreement;
 mod protocol;
 mod wake;
+
+/// The seed of every shuttle exploration: a fixed seed makes each run explore the same
+/// schedules, so a check that a re-introduced bug is found (and which violation finds it
+/// first) does not depend on luck. Change it to explore other schedules.
+pub(crate) const SHUTTLE_SEED: u64 = 0x1de3_9073_5eed_2026;

@@ -233,23 +233,35 @@ fn scenario(mutation: Mutation) {
 
 #[test]
 fn a_watch_is_woken_by_any_publish_after_it_returned() {
-    shuttle::check_random(|| scenario(Mutation::None), 3000);
+    shuttle::check_random_with_seed(|| scenario(Mutation::None), crate::SHUTTLE_SEED, 3000);
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn a_second_watch_returning_before_the_subscription_is_confirmed_loses_a_wake_up() {
-    shuttle::check_random(|| scenario(Mutation::SecondWatchSkipsTheLock), 3000);
+    shuttle::check_random_with_seed(
+        || scenario(Mutation::SecondWatchSkipsTheLock),
+        crate::SHUTTLE_SEED,
+        3000,
+    );
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn an_unsubscribe_that_does_not_look_again_for_watchers_loses_a_wake_up() {
-    shuttle::check_random(|| scenario(Mutation::UnsubscribeWithoutRecheck), 3000);
+    shuttle::check_random_with_seed(
+        || scenario(Mutation::UnsubscribeWithoutRecheck),
+        crate::SHUTTLE_SEED,
+        3000,
+    );
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn an_entry_removed_before_its_unsubscribe_loses_a_wake_up() {
-    shuttle::check_random(|| scenario(Mutation::RemoveBeforeUnsubscribe), 3000);
+    shuttle::check_random_with_seed(
+        || scenario(Mutation::RemoveBeforeUnsubscribe),
+        crate::SHUTTLE_SEED,
+        3000,
+    );
 }
