@@ -233,8 +233,9 @@ impl RedisStore {
     /// library's repository does: a record whose `expires_at` has passed is a miss, judged
     /// on the **server's** clock. A completed one is then deleted if the key still holds
     /// exactly those bytes; a pending one only when abandoned (past its `expires_at` by
-    /// more than [`ABANDONED_AFTER`](idempotency_core::constants::ABANDONED_AFTER)), since
-    /// only its owner or Redis may remove a live reservation. Without the server's time
+    /// more than [`ABANDONED_AFTER`](idempotency_core::constants::ABANDONED_AFTER)) and
+    /// held with no expiry, since only its owner or Redis may remove a live reservation.
+    /// Without the server's time
     /// (`TIME` refused) the record is shown as Redis holds it and nothing is deleted: no
     /// reader's clock judges it. The claim path never comes here.
     pub(crate) async fn decode_found(
