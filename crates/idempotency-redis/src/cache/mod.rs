@@ -195,15 +195,16 @@ impl BulkRepository for CachedStore {
             return Ok(HashMap::new());
         };
         let mut found = HashMap::with_capacity(ids.len());
-        let mut rest = Vec::new();
-        for id in ids.iter().cloned() {
-            match self.local(&id) {
+        // The misses, and the fill tickets taken for them before the read (index-aligned).
+        let (mut missed, mut tickets) = (Vec::new(), Vec::new());
+        for id in ids {
+            match self.local(id) {
                 Some(record) => {
                     found.insert(id.key().to_owned(), record);
                 }
                 None => {
-                    let ticket = self.entries().ticket(id.as_str());
-                    rest.push((id, ticket));
+                    tickets.push(self.entries().ticket(id.as_str()));
+                    missed.push(id.clone());
                 }
             }
         }
@@ -214,14 +215,13 @@ impl BulkRepository for CachedStore {
                 .metrics
                 .record_bulk_hit(operation, found.len() as u64);
         }
-        if rest.is_empty() {
+        if missed.is_empty() {
             return Ok(found);
         }
-        let ids: Vec<RecordId> = rest.iter().map(|(id, _)| id.clone()).collect();
-        let read = self.store.get_by_ids(&ids).await?;
-        for (id, ticket) in &rest {
+        let read = self.store.get_by_ids(&missed).await?;
+        for (id, ticket) in missed.iter().zip(tickets) {
             if let Some(record) = read.get(id.key()) {
-                self.fill(*ticket, id, record);
+                self.fill(ticket, id, record);
             }
         }
         found.extend(read);
