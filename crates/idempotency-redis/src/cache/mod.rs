@@ -112,6 +112,7 @@ impl CachedStore {
             invalidations: Counters::load(&c.invalidations),
             flushes: Counters::load(&c.flushes),
             retracks: Counters::load(&c.retracks),
+            server_flushes: Counters::load(&c.server_flushes),
             entries: e.len() as u64,
             weight: e.weight(),
             fresh: e.is_fresh(),

@@ -23,6 +23,9 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Whole-cache flushes (connection loss, lagging invalidations, re-tracking).
     pub flushes: u64,
+    /// Flushes because a master had dropped keys without naming them (`FLUSHALL`,
+    /// `FLUSHDB`, `SWAPDB`: the liveness check found this process's marker gone).
+    pub server_flushes: u64,
     /// Times tracking was switched on again on the servers (after a reconnect or a
     /// failed liveness check).
     pub retracks: u64,
@@ -74,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations: AtomicU64,
     pub(crate) flushes: AtomicU64,
     pub(crate) retracks: AtomicU64,
+    pub(crate) server_flushes: AtomicU64,
 }
 
 impl Counters {

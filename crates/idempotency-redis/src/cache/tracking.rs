@@ -9,16 +9,27 @@
 //! tracked without a second read per fill. Broadcast by prefix needs no read on the
 //! tracking connection and no tracking table on the server, and covers every writer
 //! (another process, the Python library, an operator's `DEL`).
+//!
+//! Why a marker key: `FLUSHALL`, `FLUSHDB` (and the like) make Redis send an invalidation
+//! without keys, which fred 10.1 drops before it reaches us. So every liveness check also
+//! sets a key of this process's own on each master (`SET … PX … GET`, outside the store's
+//! key prefix so that no cache is told of it) and reads its previous value in the same
+//! command: a marker found missing means the server lost keys since the last check (a
+//! flush, or the marker expired while this process stalled), and the cache is flushed
+//! before it is served again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fred::interfaces::{ClientInterface, ClusterInterface, EventInterface, TrackingInterface};
+use fred::interfaces::{
+    ClientInterface, ClusterInterface, EventInterface, KeysInterface, TrackingInterface,
+};
 use fred::prelude::{Builder, Client, ClientLike, ReconnectPolicy, Value};
 use fred::types::RespVersion;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
+use fred::types::{Expiration, SetOptions};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 
@@ -28,6 +39,14 @@ use super::entries::Entries;
 /// How many invalidation messages fred buffers for the task before it lags (a lag
 /// flushes the whole cache).
 const INVALIDATION_BUFFER: usize = 8192;
+
+/// The start of every flush marker's key: outside the store's default prefix
+/// (`idempotency:`), so the marker's writes are not broadcast to the caches.
+const MARKER_NAMESPACE: &str = "__idempotency_cache_marker:";
+
+/// The shortest lifetime of a flush marker: long enough that only a stalled process sees
+/// its own marker expire (and then flushes, needlessly but safely).
+const MARKER_TTL_FLOOR: Duration = Duration::from_secs(60);
 
 /// The running tracker; stops its tasks and closes its connection when dropped.
 #[derive(Debug)]
@@ -58,6 +77,10 @@ struct Beat {
     ok: bool,
     /// Tracking was switched on again before the check.
     retracked: bool,
+    /// A master had lost this process's flush marker: it dropped keys without telling
+    /// (a `FLUSHALL`, `FLUSHDB` or `SWAPDB`), or this process stalled past the marker's
+    /// lifetime.
+    flushed: bool,
 }
 
 /// Builds the tracking client from the store's client configuration (same servers,
@@ -93,6 +116,8 @@ pub(crate) async fn start(
         prefix: prefix.to_owned(),
         timeout: config.max_staleness.max(Duration::from_millis(100)),
         retrack: Arc::new(AtomicBool::new(true)),
+        marker: idempotency_core::new_owner_token(),
+        marker_ttl: (config.heartbeat() * 8).max(MARKER_TTL_FLOOR),
     };
     // The first check switches tracking on; the cache is served only after it.
     let first = check.run().await;
@@ -100,7 +125,9 @@ pub(crate) async fn start(
         let _ = client.quit().await;
         return Err(fred::error::Error::new(
             fred::error::ErrorKind::Unknown,
-            "CLIENT TRACKING could not be switched on",
+            "the local cache's liveness check failed: it needs CLIENT TRACKING, CLIENT \
+             TRACKINGINFO and SET on keys starting with `__idempotency_cache_marker:` \
+             (Redis 6.2 or later)",
         ));
     }
     // The connections made while starting announced themselves; the check above ran on
@@ -130,7 +157,8 @@ pub(crate) async fn start(
 }
 
 /// The liveness check: per master, `CLIENT TRACKINGINFO` must show broadcast mode on
-/// this connection (a connection fred re-made after a drop shows it off).
+/// this connection (a connection fred re-made after a drop shows it off), and this
+/// process's flush marker must still be there (see the module's documentation).
 #[derive(Clone)]
 struct Check {
     client: Client,
@@ -138,6 +166,18 @@ struct Check {
     timeout: Duration,
     /// Set when tracking must be switched on again before the next check.
     retrack: Arc<AtomicBool>,
+    /// This process's part of its flush markers' keys (unique per tracker).
+    marker: String,
+    /// How long a marker lives unless the next check sets it again.
+    marker_ttl: Duration,
+}
+
+/// One master's answer to a check.
+struct Answer {
+    /// The connection tracks in broadcast mode.
+    tracking: bool,
+    /// The marker set by the previous check was still there.
+    marker_kept: bool,
 }
 
 impl Check {
@@ -154,6 +194,54 @@ impl Check {
         }
     }
 
+    /// The flush marker's key on `server` (`None`: the one server): on a cluster, with a
+    /// hash tag of a slot that `server` serves, so that it lives on that master.
+    fn marker_key(&self, server: Option<&Server>) -> Option<String> {
+        let Some(server) = server else {
+            return Some(format!("{MARKER_NAMESPACE}{}", self.marker));
+        };
+        let state = self.client.cached_cluster_state()?;
+        let owns = |slot: u16| {
+            state
+                .slots()
+                .iter()
+                .any(|range| &range.primary == server && (range.start..=range.end).contains(&slot))
+        };
+        // A key's slot is its hash tag's; a master serving a single slot is found within
+        // a few tens of thousands of tags (the slot function spreads them evenly).
+        (0u32..1_000_000)
+            .find(|tag| owns(fred::util::redis_keyslot(tag.to_string().as_bytes())))
+            .map(|tag| format!("{MARKER_NAMESPACE}{{{tag}}}:{}", self.marker))
+    }
+
+    /// Asks `server` whether this connection tracks, and sets the flush marker there,
+    /// reading what the previous check left.
+    async fn ask(&self, server: Option<&Server>) -> Option<Answer> {
+        let key = self.marker_key(server)?;
+        let node = self.on(server);
+        let ttl = i64::try_from(self.marker_ttl.as_millis()).unwrap_or(i64::MAX);
+        let (info, previous) = tokio::join!(
+            node.client_trackinginfo::<Value>(),
+            node.set::<Option<String>, _, _>(
+                key.as_str(),
+                "1",
+                Some(Expiration::PX(ttl)),
+                None::<SetOptions>,
+                true,
+            ),
+        );
+        match (info, previous) {
+            (Ok(info), Ok(previous)) => Some(Answer {
+                tracking: broadcasting(&info),
+                marker_kept: previous.is_some(),
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "the local cache's liveness check failed");
+                None
+            }
+        }
+    }
+
     fn on(&self, server: Option<&Server>) -> fred::clients::WithOptions<Client> {
         self.client.with_options(&Options {
             cluster_node: server.cloned(),
@@ -165,14 +253,15 @@ impl Check {
 
     async fn run(&self) -> Beat {
         let retracked = self.retrack.swap(false, Ordering::AcqRel);
-        let beat = |sent, ok| Beat {
+        let beat = |sent, ok, flushed| Beat {
             sent,
             ok,
             retracked,
+            flushed,
         };
         let Some(servers) = self.servers() else {
             self.retrack.store(true, Ordering::Release);
-            return beat(Instant::now(), false);
+            return beat(Instant::now(), false, false);
         };
         let targets: Vec<Option<&Server>> = if servers.is_empty() {
             vec![None]
@@ -210,23 +299,22 @@ impl Check {
             if let Some(e) = switched.into_iter().find_map(Result::err) {
                 tracing::debug!(error = %e, "switching CLIENT TRACKING on failed; the local cache is not served");
                 self.retrack.store(true, Ordering::Release);
-                return beat(Instant::now(), false);
+                return beat(Instant::now(), false, false);
             }
         }
         let sent = Instant::now();
-        let infos = futures::future::join_all(
-            targets
-                .iter()
-                .map(|s| async { self.on(*s).client_trackinginfo::<Value>().await }),
-        )
-        .await;
-        let ok = infos
+        let answers =
+            futures::future::join_all(targets.iter().map(|server| self.ask(*server))).await;
+        let ok = answers
             .iter()
-            .all(|info| info.as_ref().is_ok_and(broadcasting));
+            .all(|answer| answer.as_ref().is_some_and(|a| a.tracking));
         if !ok {
             self.retrack.store(true, Ordering::Release);
         }
-        beat(sent, ok)
+        let flushed = answers
+            .iter()
+            .any(|answer| answer.as_ref().is_some_and(|a| !a.marker_kept));
+        beat(sent, ok, flushed)
     }
 }
 
@@ -344,6 +432,13 @@ async fn apply(
                 if beat.retracked {
                     // Tracking was off for a while: whatever was cached may be stale.
                     applier.entries.counters.retracks.fetch_add(1, Ordering::Relaxed);
+                    applier.entries.flush();
+                } else if beat.flushed {
+                    // The server dropped keys without naming them (see the module's
+                    // documentation): the check's answer came after the drop, so this
+                    // flush comes before anything read from the emptied server is kept
+                    // or served on this beat's freshness.
+                    applier.entries.counters.server_flushes.fetch_add(1, Ordering::Relaxed);
                     applier.entries.flush();
                 }
                 if applier.retrack.load(Ordering::Acquire) {

@@ -382,6 +382,56 @@ async fn a_lost_tracking_connection_flushes_cluster() {
     a_lost_connection_flushes(&cluster.url(), |key| cluster.owner_port(key)).await;
 }
 
+/// `FLUSHALL` (or `FLUSHDB`) makes Redis send an invalidation without keys, which fred
+/// drops; the liveness check's marker must still catch it. Nothing is written after the
+/// flush, so no per-key invalidation can mask a missed one.
+async fn a_server_flush_flushes(url: &str, master_ports: &[u16], command: &str) {
+    let prefix = format!("{}:", unique("flush"));
+    let cached = CachedStore::new(store_at(url, &prefix).await, CacheConfig::default())
+        .await
+        .expect("cached");
+    let writer = store_at(url, &prefix).await;
+    let key = unique("flush");
+    writer
+        .save(&record(&key, "\"before\""))
+        .await
+        .expect("save");
+    warm(&cached, &key).await;
+    let before = cached.stats();
+    for &port in master_ports {
+        let reply = idempotency_testkit::resp::command(port, &[command]).expect("flush");
+        assert_eq!(reply, Reply::Status("OK".into()), "{command} on {port}");
+    }
+    eventually("the flushed record is no longer served", || async {
+        result_of(&cached, &key).await.is_none()
+    })
+    .await;
+    let after = cached.stats();
+    assert!(after.server_flushes > before.server_flushes, "{after:?}");
+    assert_eq!(
+        after.retracks, before.retracks,
+        "no reconnection: {after:?}"
+    );
+    // The cache works on afterwards.
+    writer.save(&record(&key, "\"again\"")).await.expect("save");
+    warm(&cached, &key).await;
+    assert_eq!(result_of(&cached, &key).await.as_deref(), Some("\"again\""));
+}
+
+/// Own servers: a flush must not wipe the data of the tests sharing the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_flushes_the_cache_standalone() {
+    let server = idempotency_testkit::RedisServer::start();
+    a_server_flush_flushes(&server.url(), &[server.port()], "FLUSHALL").await;
+    a_server_flush_flushes(&server.url(), &[server.port()], "FLUSHDB").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_flushes_the_cache_cluster() {
+    let cluster = idempotency_testkit::RedisCluster::start_with(3, 0);
+    a_server_flush_flushes(&cluster.url(), &cluster.master_ports(), "FLUSHALL").await;
+}
+
 on_both!(
     a_cached_record_is_still_checked_against_the_fingerprint,
     |env| {
@@ -451,7 +501,9 @@ on_both!(the_cache_is_bounded_by_entries_and_by_bytes, |env| {
         assert!(result_of(&cached, key).await.is_some());
     }
     let stats = cached.stats();
-    assert!(stats.fills >= 300, "{stats:?}");
+    // More went in than the bound holds (a read whose fill met the writer's late
+    // invalidation is fenced, rightly, so not every one of the 300 need be a fill).
+    assert!(stats.fills > 20, "{stats:?}");
     assert!(stats.entries <= 20, "{stats:?}");
 
     let by_bytes = CacheConfig {
