@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use idempotency_coordinator::Coordinator;
 use idempotency_redis::{ConnectOptions, RedisStore};
-use idempotency_testkit::{RedisCluster, RedisServer};
+use idempotency_testkit::{RedisCluster, RedisServer, ServerOptions};
 
 use crate::commands::CommandCounter;
 
@@ -149,6 +149,15 @@ pub(crate) struct Ctx {
     pub(crate) counted: Option<(Coordinator<RedisStore>, idempotency_testkit::proxy::Proxy)>,
 }
 
+/// The servers the benchmark starts: `DEBUG` allowed from loopback, so that the scale
+/// section can wait for the keyspace's hash tables to finish rehashing (src/scale.rs).
+fn bench_server() -> ServerOptions {
+    ServerOptions {
+        args: vec!["--enable-debug-command".to_owned(), "local".to_owned()],
+        ..ServerOptions::default()
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -167,13 +176,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(6379);
         (url, vec![port])
     } else if options.cluster {
-        let c = RedisCluster::start();
+        let c = RedisCluster::start_with_options(3, 1, &bench_server());
         let url = c.url();
         let ports = c.master_ports();
         _cluster = Some(c);
         (url, ports)
     } else {
-        let s = RedisServer::start();
+        let s = RedisServer::start_with(&bench_server());
         let url = s.url();
         let ports = vec![s.port()];
         _server = Some(s);

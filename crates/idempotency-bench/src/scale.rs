@@ -20,8 +20,10 @@ const CONCURRENCY: usize = 64;
 const RECORDS: u64 = 1_000_000;
 /// Runs of each measurement; the median is reported.
 const RUNS: usize = 3;
-/// How long the server may settle after the fill before the measurements.
+/// How long the server may settle after the fill before the measurements, at least.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+/// The longest wait, after [`SETTLE`], for the hash tables to finish rehashing.
+const REHASH_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Records sampled with `MEMORY USAGE` per library.
 const SAMPLE: u64 = 1000;
 
@@ -35,6 +37,41 @@ fn used_memory(ports: &[u16]) -> u64 {
             _ => None,
         })
         .sum()
+}
+
+/// Whether a master is still rehashing database 0's tables (`DEBUG HTSTATS 0` lists a
+/// "rehashing target"), or `None` when a server refuses `DEBUG` (a server the benchmark
+/// did not start, see `REDIS_URL`).
+fn rehashing(ports: &[u16]) -> Option<bool> {
+    let mut any = false;
+    for &port in ports {
+        match resp::command(port, &["DEBUG", "HTSTATS", "0"]) {
+            Ok(Reply::Bulk(Some(text))) => {
+                any |= String::from_utf8_lossy(&text).contains("rehashing target");
+            }
+            _ => return None,
+        }
+    }
+    Some(any)
+}
+
+/// Waits [`SETTLE`], then until no master is rehashing (Redis grows a table by moving
+/// its entries a bucket at a time: on an idle server 1 ms per 100 ms, so a table of a
+/// million keys takes about a minute, its expiry table as long again, and every command
+/// meanwhile pays a step of it). Returns the seconds waited, and whether the end of the
+/// rehash was seen.
+async fn settle(ports: &[u16]) -> (f64, Option<bool>) {
+    let started = std::time::Instant::now();
+    tokio::time::sleep(SETTLE).await;
+    loop {
+        match rehashing(ports) {
+            Some(true) if started.elapsed() < SETTLE + REHASH_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Some(true) => return (started.elapsed().as_secs_f64(), Some(false)),
+            done => return (started.elapsed().as_secs_f64(), done.map(|_| true)),
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -245,9 +282,9 @@ pub(crate) async fn run(ctx: &Ctx) -> Section {
     let filled = fill(ctx).await;
     let fill_secs = started.elapsed().as_secs_f64();
     // Let the server settle first (its incremental rehashing and the allocator's purge of
-    // a fill's dirty pages run for seconds after a million writes and cost every command
-    // meanwhile): measured is a big keyspace, not the moments after filling it.
-    tokio::time::sleep(SETTLE).await;
+    // a fill's dirty pages run for a minute or more after a million writes and cost every
+    // command meanwhile): measured is a big keyspace, not its growth.
+    let (settled_secs, rehash_seen) = settle(ctx.counter.ports()).await;
     let per_record =
         used_memory(ctx.counter.ports()).saturating_sub(before) as f64 / RECORDS as f64;
     let full = Figures {
@@ -263,6 +300,15 @@ pub(crate) async fn run(ctx: &Ctx) -> Section {
     // as opposed to what the fill left behind in either process.
     let after = (hits(ctx, &hot).await, raw_hits(ctx, &hot).await);
     let mut md = render(ctx, &empty, &full, fill_secs, per_record, &memory);
+    let _ = writeln!(
+        md,
+        "Measured {settled_secs:.0} s after the fill: {}.",
+        match rehash_seen {
+            Some(true) => "once every master had finished rehashing its tables",
+            Some(false) => "**a master was still rehashing its tables** (gave up waiting)",
+            None => "the server refuses `DEBUG HTSTATS`, so the end of its rehashing was not seen",
+        }
+    );
     let _ = writeln!(
         md,
         "After removing the million again, recent keys: hit {:.0} ops/s, raw {:.0} ops/s.",

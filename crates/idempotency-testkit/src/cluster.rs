@@ -27,13 +27,21 @@ impl RedisCluster {
     /// # Panics
     /// As [`RedisCluster::start`].
     pub fn start_with(masters: usize, replicas: usize) -> Self {
+        Self::start_with_options(masters, replicas, &ServerOptions::default())
+    }
+
+    /// Starts `masters` masters with `replicas` replicas each, every node with `options`
+    /// (made a cluster node whatever `options.cluster` says).
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn start_with_options(masters: usize, replicas: usize, options: &ServerOptions) -> Self {
+        let options = ServerOptions {
+            cluster: true,
+            ..options.clone()
+        };
         let nodes: Vec<RedisServer> = (0..masters * (replicas + 1))
-            .map(|_| {
-                RedisServer::start_with(&ServerOptions {
-                    cluster: true,
-                    ..ServerOptions::default()
-                })
-            })
+            .map(|_| RedisServer::start_with(&options))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
