@@ -11,11 +11,16 @@
 //!   sent always wins: either it removes the inserted entry, or the insert sees the bumped
 //!   counter and is dropped. (An invalidation applied before the read was sent concerns a
 //!   write the server applied before it ran our read, so the read saw that write.)
-//! - **Freshness.** Entries are served only while `fresh_until` is in the future. The
-//!   tracking task moves it forward only after the server answered a check on the
-//!   tracking connection and every invalidation received before that answer was applied
-//!   (they travel on the same connection, in order), and clears it before it flushes on a
-//!   connection loss.
+//! - **Partitions.** A cluster's entries are partitioned by hash slot (a standalone
+//!   server is one partition), so that one master's lost connection flushes and stops
+//!   serving only the entries that master holds. Each partition has its own flush epoch,
+//!   in the ticket beside the global one, and changed only under the global epoch's
+//!   write lock, so the fill fence covers a partition's flush exactly as a whole flush.
+//! - **Freshness.** A partition's entries are served only while its `fresh_until` is in
+//!   the future. The tracking task moves it forward only after the master serving the
+//!   partition answered a check on the tracking connection and every invalidation
+//!   received before that answer was applied (they travel on the same connection, in
+//!   order), and clears it before it flushes the partition on a connection loss.
 //! - Pending records are never inserted (checked in [`Entries::insert`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +38,9 @@ use super::stats::Counters;
 /// in its stripe.
 const STRIPES: usize = 1024;
 
+/// The partitions of a cluster's entries: its hash slots.
+pub(crate) const CLUSTER_SLOTS: usize = 16384;
+
 /// Bytes a record costs beyond its text fields (timestamps, status, the map's own
 /// bookkeeping), in the weight estimate.
 const RECORD_OVERHEAD: u64 = 160;
@@ -45,6 +53,8 @@ pub(crate) struct Entry {
     deadline: Instant,
     /// The estimated bytes of the record.
     bytes: u64,
+    /// The partition the key belongs to.
+    part: usize,
 }
 
 /// Weighs an entry at least `floor` (= `max_bytes / max_entries`), so that a map bounded
@@ -64,6 +74,8 @@ impl Weighter<Box<str>, Arc<Entry>> for ByWeight {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
     epoch: u64,
+    part: usize,
+    part_epoch: u64,
     stripe: usize,
     generation: u64,
 }
@@ -73,16 +85,21 @@ pub(crate) struct Ticket {
 pub(crate) struct Entries {
     map: quick_cache::sync::Cache<Box<str>, Arc<Entry>, ByWeight>,
     epoch: RwLock<u64>,
+    /// Per partition: its flush epoch (changed only under `epoch`'s write lock).
+    part_epochs: Box<[AtomicU64]>,
     stripes: Box<[Mutex<u64>]>,
-    /// Nanoseconds after `base` until which entries may be served; 0: not fresh.
-    fresh_until: AtomicU64,
+    /// Per partition: nanoseconds after `base` until which its entries may be served;
+    /// 0: not fresh.
+    fresh_until: Box<[AtomicU64]>,
     base: Instant,
     max_ttl: Option<Duration>,
     pub(crate) counters: Counters,
 }
 
 impl Entries {
-    pub(crate) fn new(config: &CacheConfig) -> Self {
+    /// An empty cache of `partitions` partitions (1, or [`CLUSTER_SLOTS`]).
+    pub(crate) fn new(config: &CacheConfig, partitions: usize) -> Self {
+        let partitions = partitions.max(1);
         let max_entries = config.max_entries.max(1);
         let floor = (config.max_bytes / max_entries as u64).max(1);
         Self {
@@ -92,8 +109,9 @@ impl Entries {
                 ByWeight { floor },
             ),
             epoch: RwLock::new(0),
+            part_epochs: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
-            fresh_until: AtomicU64::new(0),
+            fresh_until: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             base: Instant::now(),
             max_ttl: config.max_ttl,
             counters: Counters::default(),
@@ -109,38 +127,67 @@ impl Entries {
         (h as usize) % STRIPES
     }
 
-    /// Whether the cache may be served now (see the freshness invariant).
+    /// How many partitions the entries have.
+    pub(crate) fn partitions(&self) -> usize {
+        self.fresh_until.len()
+    }
+
+    /// Whether every partition may be served now (see the freshness invariant).
     pub(crate) fn is_fresh(&self) -> bool {
-        self.is_fresh_at(Instant::now())
+        let now = Instant::now();
+        (0..self.partitions()).all(|part| self.is_fresh_at(part, now))
     }
 
-    fn is_fresh_at(&self, now: Instant) -> bool {
+    fn is_fresh_at(&self, part: usize, now: Instant) -> bool {
         let now = now.saturating_duration_since(self.base).as_nanos() as u64;
-        now < self.fresh_until.load(Ordering::Acquire)
+        self.fresh_until
+            .get(part)
+            .is_some_and(|until| now < until.load(Ordering::Acquire))
     }
 
-    /// Serves the cache until `sent + staleness`, `sent` being when the confirming check
+    /// Serves `parts` until `sent + staleness`, `sent` being when the confirming check
     /// was sent.
-    pub(crate) fn fresh_until(&self, sent: Instant, staleness: Duration) {
+    pub(crate) fn fresh_until(&self, parts: &[usize], sent: Instant, staleness: Duration) {
         // A staleness the clock cannot add serves until the counter's end.
         let until = sent.checked_add(staleness).map_or(Duration::MAX, |end| {
             end.saturating_duration_since(self.base)
         });
-        self.fresh_until.store(
-            u64::try_from(until.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
+        let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+        for &part in parts {
+            if let Some(fresh) = self.fresh_until.get(part) {
+                fresh.store(until, Ordering::Release);
+            }
+        }
     }
 
-    /// Stops serving until the next confirmation.
-    pub(crate) fn unfresh(&self) {
-        self.fresh_until.store(0, Ordering::Release);
+    /// Serves every partition until `sent + staleness`.
+    #[cfg(test)]
+    pub(crate) fn all_fresh_until(&self, sent: Instant, staleness: Duration) {
+        let all: Vec<usize> = (0..self.partitions()).collect();
+        self.fresh_until(&all, sent, staleness);
     }
 
-    /// The cached record of `id` (the `operation:key` text), if it is fresh and alive.
-    pub(crate) fn get(&self, id: &str) -> Option<IdempotencyRecord> {
+    /// Stops serving `parts` until their next confirmation.
+    pub(crate) fn unfresh(&self, parts: &[usize]) {
+        for &part in parts {
+            if let Some(fresh) = self.fresh_until.get(part) {
+                fresh.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// Stops serving every partition until its next confirmation.
+    pub(crate) fn unfresh_all(&self) {
+        for fresh in &self.fresh_until {
+            fresh.store(0, Ordering::Release);
+        }
+    }
+
+    /// The cached record of `id` (the `operation:key` text, in partition `part`), if its
+    /// partition is fresh and the entry alive.
+    pub(crate) fn get(&self, id: &str, part: usize) -> Option<IdempotencyRecord> {
         let now = Instant::now();
-        if !self.is_fresh_at(now) {
+        if !self.is_fresh_at(part, now) {
             return None;
         }
         let entry = self.map.get(id)?;
@@ -152,15 +199,24 @@ impl Entries {
         Some(entry.record.clone())
     }
 
-    /// Taken before the read it fences is sent.
-    pub(crate) fn ticket(&self, id: &str) -> Ticket {
-        let epoch = *self.epoch.read().unwrap_or_else(PoisonError::into_inner);
+    /// Taken before the read it fences is sent (`part`: the key's partition).
+    pub(crate) fn ticket(&self, id: &str, part: usize) -> Ticket {
+        let (epoch, part_epoch) = {
+            let epoch = self.epoch.read().unwrap_or_else(PoisonError::into_inner);
+            let part_epoch = self
+                .part_epochs
+                .get(part)
+                .map_or(0, |e| e.load(Ordering::Relaxed));
+            (*epoch, part_epoch)
+        };
         let stripe = Self::stripe(id);
         let generation = *self.stripes[stripe]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Ticket {
             epoch,
+            part,
+            part_epoch,
             stripe,
             generation,
         }
@@ -176,7 +232,7 @@ impl Entries {
         record: &IdempotencyRecord,
         server_now: OffsetDateTime,
     ) {
-        if record.is_pending() || !self.is_fresh() {
+        if record.is_pending() || !self.is_fresh_at(ticket.part, Instant::now()) {
             return;
         }
         let left = record.expires_at() - server_now;
@@ -199,10 +255,16 @@ impl Entries {
             record: record.clone(),
             deadline: Instant::now() + left,
             bytes,
+            part: ticket.part,
         });
-        // Invariant (fill fence): checked and inserted under both locks.
+        // Invariant (fill fence): checked and inserted under both locks (the partition's
+        // epoch changes only under the global epoch's write lock).
         let epoch = self.epoch.read().unwrap_or_else(PoisonError::into_inner);
-        if *epoch != ticket.epoch {
+        let part_epoch = self
+            .part_epochs
+            .get(ticket.part)
+            .map(|e| e.load(Ordering::Relaxed));
+        if *epoch != ticket.epoch || part_epoch != Some(ticket.part_epoch) {
             self.counters.fenced.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -234,6 +296,28 @@ impl Entries {
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Drops the entries of `parts` and fences every fill of a read of theirs sent
+    /// before now; the other partitions keep theirs.
+    pub(crate) fn flush_parts(&self, parts: &[usize]) {
+        if parts.is_empty() {
+            return;
+        }
+        let mut doomed = vec![false; self.partitions()];
+        // Invariant (fill fence): the partitions' epochs change under the write lock.
+        let epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
+        for &part in parts {
+            if let (Some(part_epoch), Some(d)) = (self.part_epochs.get(part), doomed.get_mut(part))
+            {
+                part_epoch.fetch_add(1, Ordering::Relaxed);
+                *d = true;
+            }
+        }
+        self.map
+            .retain(|_, entry| !doomed.get(entry.part).copied().unwrap_or(true));
+        drop(epoch);
+        self.counters.node_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Entries held now (expired ones included until evicted or read).
     pub(crate) fn len(&self) -> usize {
         self.map.len()
@@ -261,8 +345,8 @@ mod tests {
     }
 
     fn fresh(config: &CacheConfig) -> Entries {
-        let entries = Entries::new(config);
-        entries.fresh_until(std::time::Instant::now(), Duration::from_secs(600));
+        let entries = Entries::new(config, 1);
+        entries.all_fresh_until(std::time::Instant::now(), Duration::from_secs(600));
         entries
     }
 
@@ -273,41 +357,68 @@ mod tests {
     #[test]
     fn a_fill_read_before_an_invalidation_of_its_key_is_dropped() {
         let entries = fresh(&CacheConfig::default());
-        let ticket = entries.ticket("op:a");
-        let other = entries.ticket("op:b");
+        let ticket = entries.ticket("op:a", 0);
+        let other = entries.ticket("op:b", 0);
         entries.invalidate("op:a");
         entries.insert(ticket, "op:a", &record("a"), now());
-        assert!(entries.get("op:a").is_none());
+        assert!(entries.get("op:a", 0).is_none());
         // A key of another stripe is not fenced by it.
         assert_ne!(Entries::stripe("op:a"), Entries::stripe("op:b"));
         entries.insert(other, "op:b", &record("b"), now());
-        assert!(entries.get("op:b").is_some());
+        assert!(entries.get("op:b", 0).is_some());
         // A ticket taken after the invalidation fills.
-        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
-        assert!(entries.get("op:a").is_some());
+        entries.insert(entries.ticket("op:a", 0), "op:a", &record("a"), now());
+        assert!(entries.get("op:a", 0).is_some());
     }
 
     #[test]
     fn a_flush_fences_every_earlier_read_and_empties_the_map() {
         let entries = fresh(&CacheConfig::default());
-        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
-        let ticket = entries.ticket("op:b");
+        entries.insert(entries.ticket("op:a", 0), "op:a", &record("a"), now());
+        let ticket = entries.ticket("op:b", 0);
         entries.flush();
         entries.insert(ticket, "op:b", &record("b"), now());
         assert_eq!(entries.len(), 0);
-        assert!(entries.get("op:a").is_none());
+        assert!(entries.get("op:a", 0).is_none());
     }
 
     #[test]
     fn nothing_is_served_or_filled_while_not_fresh() {
         let entries = fresh(&CacheConfig::default());
-        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
-        entries.unfresh();
-        assert!(entries.get("op:a").is_none());
-        entries.insert(entries.ticket("op:b"), "op:b", &record("b"), now());
-        entries.fresh_until(std::time::Instant::now(), Duration::from_secs(600));
-        assert!(entries.get("op:b").is_none());
-        assert!(entries.get("op:a").is_some());
+        entries.insert(entries.ticket("op:a", 0), "op:a", &record("a"), now());
+        entries.unfresh_all();
+        assert!(entries.get("op:a", 0).is_none());
+        entries.insert(entries.ticket("op:b", 0), "op:b", &record("b"), now());
+        entries.all_fresh_until(std::time::Instant::now(), Duration::from_secs(600));
+        assert!(entries.get("op:b", 0).is_none());
+        assert!(entries.get("op:a", 0).is_some());
+    }
+
+    #[test]
+    fn a_partition_flush_spares_the_other_partitions() {
+        let entries = Entries::new(&CacheConfig::default(), 3);
+        entries.all_fresh_until(std::time::Instant::now(), Duration::from_secs(600));
+        entries.insert(entries.ticket("op:a", 0), "op:a", &record("a"), now());
+        entries.insert(entries.ticket("op:b", 1), "op:b", &record("b"), now());
+        let in_flight = entries.ticket("op:c", 1);
+        let elsewhere = entries.ticket("op:d", 2);
+        entries.unfresh(&[1]);
+        entries.flush_parts(&[1]);
+        // Partition 1 is emptied, its earlier read fenced, and nothing of it served or
+        // filled until it is confirmed again; partitions 0 and 2 go on.
+        assert!(entries.get("op:a", 0).is_some());
+        assert!(entries.get("op:b", 1).is_none());
+        entries.insert(elsewhere, "op:d", &record("d"), now());
+        assert!(entries.get("op:d", 2).is_some());
+        entries.insert(entries.ticket("op:e", 1), "op:e", &record("e"), now());
+        entries.fresh_until(&[1], std::time::Instant::now(), Duration::from_secs(600));
+        entries.insert(in_flight, "op:c", &record("c"), now());
+        assert!(entries.get("op:b", 1).is_none());
+        assert!(entries.get("op:c", 1).is_none());
+        assert!(entries.get("op:e", 1).is_none());
+        assert_eq!(entries.len(), 2);
+        entries.insert(entries.ticket("op:b", 1), "op:b", &record("b"), now());
+        assert!(entries.get("op:b", 1).is_some());
     }
 
     #[test]
@@ -317,11 +428,11 @@ mod tests {
         let pending = lease
             .pending_record(Duration::from_secs(30))
             .expect("pending");
-        entries.insert(entries.ticket("op:p"), "op:p", &pending, now());
+        entries.insert(entries.ticket("op:p", 0), "op:p", &pending, now());
         assert_eq!(entries.len(), 0);
         // Past its `expires_at` on the server's clock (an hour ahead of ours).
         let late = now() + time::Duration::hours(1);
-        entries.insert(entries.ticket("op:e"), "op:e", &record("e"), late);
+        entries.insert(entries.ticket("op:e", 0), "op:e", &record("e"), late);
         assert_eq!(entries.len(), 0);
     }
 
@@ -331,10 +442,10 @@ mod tests {
             max_ttl: Some(Duration::from_millis(50)),
             ..CacheConfig::default()
         });
-        entries.insert(entries.ticket("op:a"), "op:a", &record("a"), now());
-        assert!(entries.get("op:a").is_some());
+        entries.insert(entries.ticket("op:a", 0), "op:a", &record("a"), now());
+        assert!(entries.get("op:a", 0).is_some());
         std::thread::sleep(Duration::from_millis(80));
-        assert!(entries.get("op:a").is_none());
+        assert!(entries.get("op:a", 0).is_none());
     }
 
     #[test]
@@ -346,7 +457,12 @@ mod tests {
         });
         for i in 0..1000 {
             let key = format!("op:k{i}");
-            entries.insert(entries.ticket(&key), &key, &record(&format!("k{i}")), now());
+            entries.insert(
+                entries.ticket(&key, 0),
+                &key,
+                &record(&format!("k{i}")),
+                now(),
+            );
         }
         assert!(entries.len() <= 10, "{}", entries.len());
         assert!(entries.weight() <= 1 << 20);

@@ -10,8 +10,9 @@
 //! Invalidation: a dedicated RESP3 connection runs `CLIENT TRACKING ON BCAST PREFIX
 //! <key prefix>` on every master, so a write by any client (another process, the Python
 //! library, an operator) to a key under the prefix drops its entry. A dropped or
-//! re-made connection flushes the cache, and the cache is served only while a check on
-//! that connection succeeded less than [`CacheConfig::max_staleness`] ago. See
+//! re-made connection flushes the entries it covered (on a cluster, that master's hash
+//! slots; otherwise everything), and an entry is served only while a check on its
+//! master's connection succeeded less than [`CacheConfig::max_staleness`] ago. See
 //! `docs/redis.md` ("Local cache") for the design and what staleness remains.
 //!
 //! # Example
@@ -37,6 +38,8 @@ mod tracking;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use fred::interfaces::ClientLike as _;
 
 use idempotency_core::{
     Batch, BulkRepository, Claim, Fence, Finished, IdempotencyError, IdempotencyRecord,
@@ -76,7 +79,12 @@ impl CachedStore {
     /// [`IdempotencyError::Storage`] when the connection cannot be made or the server
     /// refuses `CLIENT TRACKING` (Redis before 6.0, or an ACL without it).
     pub async fn new(store: RedisStore, config: CacheConfig) -> Result<Self> {
-        let entries = Arc::new(Entries::new(&config));
+        let partitions = if store.connection().client().is_clustered() {
+            entries::CLUSTER_SLOTS
+        } else {
+            1
+        };
+        let entries = Arc::new(Entries::new(&config, partitions));
         let tracker = tracking::start(
             store.connection().client(),
             store.key_prefix(),
@@ -113,6 +121,7 @@ impl CachedStore {
             flushes: Counters::load(&c.flushes),
             retracks: Counters::load(&c.retracks),
             server_flushes: Counters::load(&c.server_flushes),
+            node_flushes: Counters::load(&c.node_flushes),
             entries: e.len() as u64,
             weight: e.weight(),
             fresh: e.is_fresh(),
@@ -128,9 +137,25 @@ impl CachedStore {
         &self.shared.entries
     }
 
+    /// The partition of `id`'s entry: on a cluster its key's hash slot.
+    fn part(&self, id: &RecordId) -> usize {
+        if self.entries().partitions() == 1 {
+            0
+        } else {
+            usize::from(fred::util::redis_keyslot(
+                self.store.redis_key(id).as_bytes(),
+            ))
+        }
+    }
+
+    /// The fill ticket of a read of `id`, taken before the read is sent.
+    fn ticket(&self, id: &RecordId) -> Ticket {
+        self.entries().ticket(id.as_str(), self.part(id))
+    }
+
     /// The cached record of `id`, counted as a local hit or miss.
     fn local(&self, id: &RecordId) -> Option<IdempotencyRecord> {
-        let found = self.entries().get(id.as_str());
+        let found = self.entries().get(id.as_str(), self.part(id));
         let counter = if found.is_some() {
             &self.entries().counters.hits
         } else {
@@ -162,7 +187,7 @@ impl IdempotencyRepository for CachedStore {
         if let Some(record) = self.local(id) {
             return Ok(Some(record));
         }
-        let ticket = self.entries().ticket(id.as_str());
+        let ticket = self.ticket(id);
         let found = self.store.get(id).await?;
         if let Some(record) = &found {
             self.fill(ticket, id, record);
@@ -204,7 +229,7 @@ impl BulkRepository for CachedStore {
                     found.insert(id.key().to_owned(), record);
                 }
                 None => {
-                    tickets.push(self.entries().ticket(id.as_str()));
+                    tickets.push(self.ticket(id));
                     missed.push(id.clone());
                 }
             }
@@ -256,7 +281,7 @@ impl ReservationStore for CachedStore {
         if let Some(record) = self.local(id) {
             return Ok(Claim::Found(record));
         }
-        let ticket = self.entries().ticket(id.as_str());
+        let ticket = self.ticket(id);
         let claim = self.store.claim(lease, duration).await?;
         if let Claim::Found(record) = &claim {
             self.fill(ticket, id, record);

@@ -21,8 +21,12 @@ pub struct CacheStats {
     pub fenced_fills: u64,
     /// Keys invalidated by the server.
     pub invalidations: u64,
-    /// Whole-cache flushes (connection loss, lagging invalidations, re-tracking).
+    /// Whole-cache flushes (a standalone or sentinel connection lost, a cluster's topology
+    /// changed, lagging invalidations, re-tracking every master).
     pub flushes: u64,
+    /// Flushes of one cluster master's entries (its connection was lost or re-made, or
+    /// it dropped keys without naming them); the other masters' entries stayed.
+    pub node_flushes: u64,
     /// Flushes because a master had dropped keys without naming them (`FLUSHALL`,
     /// `FLUSHDB`, `SWAPDB`: the liveness check found this process's marker gone).
     pub server_flushes: u64,
@@ -78,6 +82,7 @@ pub(crate) struct Counters {
     pub(crate) flushes: AtomicU64,
     pub(crate) retracks: AtomicU64,
     pub(crate) server_flushes: AtomicU64,
+    pub(crate) node_flushes: AtomicU64,
 }
 
 impl Counters {

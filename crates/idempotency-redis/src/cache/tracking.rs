@@ -18,14 +18,17 @@
 //! flush, or the marker expired while this process stalled), and the cache is flushed
 //! before it is served again.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fred::interfaces::{
     ClientInterface, ClusterInterface, EventInterface, KeysInterface, TrackingInterface,
 };
 use fred::prelude::{Builder, Client, ClientLike, ReconnectPolicy, Value};
+use fred::types::ClusterStateChange;
 use fred::types::RespVersion;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
@@ -71,16 +74,93 @@ impl Drop for Tracker {
 
 /// One liveness check's outcome, sent by the heartbeat task to the invalidation task.
 struct Beat {
-    /// When the check was sent (after tracking was switched on, if it was).
+    /// When the check was sent (after tracking was switched on, where it was).
     sent: Instant,
-    /// Every master answered that this connection tracks in broadcast mode.
+    /// Per master; `None` when the masters are not known (a cluster without state).
+    nodes: Option<Vec<NodeBeat>>,
+    /// The losses seen when the check began ([`RetrackFlags::generation`]).
+    generation: u64,
+}
+
+impl Beat {
+    /// Every master answered that its connection tracks in broadcast mode.
+    fn ok(&self) -> bool {
+        self.nodes
+            .as_ref()
+            .is_some_and(|nodes| nodes.iter().all(|n| n.ok))
+    }
+}
+
+/// One master's part of a [`Beat`].
+struct NodeBeat {
+    /// The master (`None`: the one server of a standalone or sentinel set-up).
+    server: Option<Server>,
+    /// The partitions of the entries it holds when the check was sent.
+    parts: Vec<usize>,
+    /// It answered that this connection tracks in broadcast mode.
     ok: bool,
-    /// Tracking was switched on again before the check.
+    /// Tracking was switched on again on it before the check.
     retracked: bool,
-    /// A master had lost this process's flush marker: it dropped keys without telling
-    /// (a `FLUSHALL`, `FLUSHDB` or `SWAPDB`), or this process stalled past the marker's
+    /// It had lost this process's flush marker: it dropped keys without telling (a
+    /// `FLUSHALL`, `FLUSHDB` or `SWAPDB`), or this process stalled past the marker's
     /// lifetime.
     flushed: bool,
+}
+
+/// Which masters must have tracking switched on again before they are trusted.
+#[derive(Debug, Default)]
+struct Retrack {
+    /// Every master (at the start, and after a loss that cannot be pinned on one).
+    all: bool,
+    /// These masters (their connection was re-made or their check failed).
+    servers: HashSet<Server>,
+    /// Bumped by every loss: a check begun before a loss confirms nothing.
+    generation: u64,
+}
+
+/// Shared by the check and the invalidation task.
+#[derive(Debug, Clone, Default)]
+struct RetrackFlags(Arc<Mutex<Retrack>>);
+
+impl RetrackFlags {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Retrack> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn all(&self) {
+        let mut retrack = self.lock();
+        retrack.all = true;
+        retrack.generation = retrack.generation.wrapping_add(1);
+    }
+
+    fn server(&self, server: Option<&Server>) {
+        let mut retrack = self.lock();
+        match server {
+            Some(server) => {
+                retrack.servers.insert(server.clone());
+            }
+            None => retrack.all = true,
+        }
+        retrack.generation = retrack.generation.wrapping_add(1);
+    }
+
+    /// The losses seen so far.
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Takes the flags for the servers of a check: which of `targets` are due, and the
+    /// losses seen so far.
+    fn take(&self, targets: &[Option<Server>]) -> (Vec<bool>, u64) {
+        let mut retrack = self.lock();
+        let due = targets
+            .iter()
+            .map(|t| retrack.all || t.as_ref().is_some_and(|s| retrack.servers.contains(s)))
+            .collect();
+        retrack.all = false;
+        retrack.servers.clear();
+        (due, retrack.generation)
+    }
 }
 
 /// Builds the tracking client from the store's client configuration (same servers,
@@ -115,13 +195,14 @@ pub(crate) async fn start(
         client: client.clone(),
         prefix: prefix.to_owned(),
         timeout: config.max_staleness.max(Duration::from_millis(100)),
-        retrack: Arc::new(AtomicBool::new(true)),
+        retrack: RetrackFlags::default(),
         marker: idempotency_core::new_owner_token(),
         marker_ttl: (config.heartbeat() * 8).max(MARKER_TTL_FLOOR),
     };
     // The first check switches tracking on; the cache is served only after it.
+    check.retrack.all();
     let first = check.run().await;
-    if !first.ok {
+    if !first.ok() {
         let _ = client.quit().await;
         return Err(fred::error::Error::new(
             fred::error::ErrorKind::Unknown,
@@ -135,7 +216,9 @@ pub(crate) async fn start(
     while reconnects.try_recv().is_ok() {}
     while cluster_changes.try_recv().is_ok() {}
     entries.flush();
-    entries.fresh_until(first.sent, config.max_staleness);
+    for node in first.nodes.iter().flatten() {
+        entries.fresh_until(&node.parts, first.sent, config.max_staleness);
+    }
     let (beats_tx, beats) = mpsc::channel(4);
     let heartbeat = tokio::spawn(heartbeat(check.clone(), config.heartbeat(), beats_tx));
     let apply = tokio::spawn(apply(
@@ -143,7 +226,8 @@ pub(crate) async fn start(
             entries,
             prefix: prefix.as_bytes().to_vec(),
             staleness: config.max_staleness,
-            retrack: Arc::clone(&check.retrack),
+            retrack: check.retrack.clone(),
+            client: client.clone(),
         },
         invalidations,
         reconnects,
@@ -164,8 +248,8 @@ struct Check {
     client: Client,
     prefix: String,
     timeout: Duration,
-    /// Set when tracking must be switched on again before the next check.
-    retrack: Arc<AtomicBool>,
+    /// Which masters need tracking switched on again at the next check.
+    retrack: RetrackFlags,
     /// This process's part of its flush markers' keys (unique per tracker).
     marker: String,
     /// How long a marker lives unless the next check sets it again.
@@ -251,71 +335,112 @@ impl Check {
         })
     }
 
+    /// Switches tracking on (`OFF` first: switching broadcast on over an earlier
+    /// broadcast registration is refused by some servers; a fresh connection answers OK
+    /// either way).
+    async fn track(&self, server: Option<&Server>) -> bool {
+        let node = self.on(server);
+        let _ = node
+            .client_tracking::<Value, _, _>(
+                "OFF",
+                None,
+                Vec::<String>::new(),
+                false,
+                false,
+                false,
+                false,
+            )
+            .await;
+        let on = node
+            .client_tracking::<Value, _, _>(
+                "ON",
+                None,
+                self.prefix.as_str(),
+                true,
+                false,
+                false,
+                false,
+            )
+            .await;
+        if let Err(e) = &on {
+            tracing::debug!(error = %e, "switching CLIENT TRACKING on failed; the master's entries are not served");
+        }
+        on.is_ok()
+    }
+
     async fn run(&self) -> Beat {
-        let retracked = self.retrack.swap(false, Ordering::AcqRel);
-        let beat = |sent, ok, flushed| Beat {
-            sent,
-            ok,
-            retracked,
-            flushed,
-        };
         let Some(servers) = self.servers() else {
-            self.retrack.store(true, Ordering::Release);
-            return beat(Instant::now(), false, false);
+            self.retrack.all();
+            return Beat {
+                sent: Instant::now(),
+                nodes: None,
+                generation: self.retrack.generation(),
+            };
         };
-        let targets: Vec<Option<&Server>> = if servers.is_empty() {
+        let targets: Vec<Option<Server>> = if servers.is_empty() {
             vec![None]
         } else {
-            servers.iter().map(Some).collect()
+            servers.into_iter().map(Some).collect()
         };
-        if retracked {
-            let switched = futures::future::join_all(targets.iter().map(|s| async {
-                let node = self.on(*s);
-                // Off first: switching broadcast on over an earlier broadcast registration
-                // is refused by some servers; a fresh connection answers OK either way.
-                let _ = node
-                    .client_tracking::<Value, _, _>(
-                        "OFF",
-                        None,
-                        Vec::<String>::new(),
-                        false,
-                        false,
-                        false,
-                        false,
-                    )
-                    .await;
-                node.client_tracking::<Value, _, _>(
-                    "ON",
-                    None,
-                    self.prefix.as_str(),
-                    true,
-                    false,
-                    false,
-                    false,
-                )
-                .await
-            }))
-            .await;
-            if let Some(e) = switched.into_iter().find_map(Result::err) {
-                tracing::debug!(error = %e, "switching CLIENT TRACKING on failed; the local cache is not served");
-                self.retrack.store(true, Ordering::Release);
-                return beat(Instant::now(), false, false);
-            }
-        }
+        // The partitions each master holds, as the client routes now (taken before the
+        // check is sent, like `sent`).
+        let state = self.client.cached_cluster_state();
+        let parts: Vec<Vec<usize>> = targets
+            .iter()
+            .map(|t| parts_of(state.as_ref(), t.as_ref()))
+            .collect();
+        let (due, generation) = self.retrack.take(&targets);
+        let switched = futures::future::join_all(
+            targets
+                .iter()
+                .zip(&due)
+                .map(|(server, &due)| async move { !due || self.track(server.as_ref()).await }),
+        )
+        .await;
         let sent = Instant::now();
         let answers =
-            futures::future::join_all(targets.iter().map(|server| self.ask(*server))).await;
-        let ok = answers
-            .iter()
-            .all(|answer| answer.as_ref().is_some_and(|a| a.tracking));
-        if !ok {
-            self.retrack.store(true, Ordering::Release);
+            futures::future::join_all(targets.iter().map(|server| self.ask(server.as_ref()))).await;
+        let nodes = targets
+            .into_iter()
+            .zip(parts)
+            .zip(due.into_iter().zip(switched))
+            .zip(answers)
+            .map(|(((server, parts), (retracked, switched)), answer)| {
+                let ok = switched && answer.as_ref().is_some_and(|a| a.tracking);
+                if !ok {
+                    self.retrack.server(server.as_ref());
+                }
+                NodeBeat {
+                    ok,
+                    retracked,
+                    flushed: answer.as_ref().is_some_and(|a| !a.marker_kept),
+                    server,
+                    parts,
+                }
+            })
+            .collect();
+        Beat {
+            sent,
+            nodes: Some(nodes),
+            generation,
         }
-        let flushed = answers
-            .iter()
-            .any(|answer| answer.as_ref().is_some_and(|a| !a.marker_kept));
-        beat(sent, ok, flushed)
     }
+}
+
+/// The partitions of the entries `server` holds (`None`: the one server, partition 0):
+/// the hash slots the cluster state gives it.
+fn parts_of(state: Option<&ClusterRouting>, server: Option<&Server>) -> Vec<usize> {
+    let Some(server) = server else {
+        return vec![0];
+    };
+    state.map_or_else(Vec::new, |state| {
+        state
+            .slots()
+            .iter()
+            .filter(|range| &range.primary == server)
+            .flat_map(|range| usize::from(range.start)..=usize::from(range.end))
+            .collect()
+    })
 }
 
 /// Whether a `CLIENT TRACKINGINFO` reply lists the `bcast` flag.
@@ -359,7 +484,8 @@ struct Applier {
     entries: Arc<Entries>,
     prefix: Vec<u8>,
     staleness: Duration,
-    retrack: Arc<AtomicBool>,
+    retrack: RetrackFlags,
+    client: Client,
 }
 
 impl Applier {
@@ -380,12 +506,92 @@ impl Applier {
         }
     }
 
-    /// The connection was lost or may have been: stop serving, drop everything, and
-    /// switch tracking on again at the next check.
+    /// A loss that cannot be pinned on one master: stop serving, drop everything, and
+    /// switch tracking on again everywhere at the next check.
     fn lost(&self) {
-        self.entries.unfresh();
-        self.retrack.store(true, Ordering::Release);
+        self.entries.unfresh_all();
+        self.retrack.all();
         self.entries.flush();
+    }
+
+    /// `server`'s connection was re-made or its check failed: stop serving and drop its
+    /// partitions, and switch tracking on again there at the next check. Without a
+    /// cluster (or a state that names it) this is [`Applier::lost`].
+    fn node_lost(&self, server: Option<&Server>, parts: &[usize]) {
+        if server.is_none() || parts.is_empty() || self.entries.partitions() == 1 {
+            self.lost();
+            return;
+        }
+        self.entries.unfresh(parts);
+        self.retrack.server(server);
+        self.entries.flush_parts(parts);
+    }
+
+    /// `server`'s connection was re-made (fred announces every new connection).
+    fn reconnected(&self, server: &Server) {
+        if !self.client.is_clustered() {
+            self.lost();
+            return;
+        }
+        let state = self.client.cached_cluster_state();
+        let parts = parts_of(state.as_ref(), Some(server));
+        self.node_lost(Some(server), &parts);
+    }
+
+    /// fred's cluster state changed. Only masters it added (it announces a re-made
+    /// connection as one, beside the reconnection) lose only their own slots: every
+    /// other change (a master removed, slots moved) stops and flushes everything.
+    fn cluster_changed(&self, changes: &[ClusterStateChange]) {
+        let added: Option<Vec<&Server>> = changes
+            .iter()
+            .map(|change| match change {
+                ClusterStateChange::Add(server) => Some(server),
+                _ => None,
+            })
+            .collect();
+        match added {
+            Some(added) if !added.is_empty() => {
+                for server in added {
+                    self.reconnected(server);
+                }
+            }
+            _ => self.lost(),
+        }
+    }
+
+    /// A check's answer from one master (every invalidation received before it applied);
+    /// `current`: whether no loss was seen since the check began.
+    fn confirmed(&self, node: &NodeBeat, sent: Instant, current: bool) {
+        if !node.ok {
+            self.node_lost(node.server.as_ref(), &node.parts);
+            return;
+        }
+        let counters = &self.entries.counters;
+        if node.retracked {
+            // Tracking was off there for a while: whatever was cached of it may be stale.
+            counters.retracks.fetch_add(1, Ordering::Relaxed);
+            self.flush_node(node);
+        } else if node.flushed {
+            // The master dropped keys without naming them (see the module's
+            // documentation): the answer came after the drop, so this flush comes before
+            // anything read from the emptied master is kept or served on this freshness.
+            counters.server_flushes.fetch_add(1, Ordering::Relaxed);
+            self.flush_node(node);
+        }
+        if !current {
+            // A loss was seen after this check began (its tracking may be off now):
+            // the next check, which re-tracks where needed, confirms again.
+            return;
+        }
+        self.entries.fresh_until(&node.parts, sent, self.staleness);
+    }
+
+    fn flush_node(&self, node: &NodeBeat) {
+        if node.server.is_none() || self.entries.partitions() == 1 {
+            self.entries.flush();
+        } else {
+            self.entries.flush_parts(&node.parts);
+        }
     }
 }
 
@@ -393,7 +599,7 @@ async fn apply(
     applier: Applier,
     mut invalidations: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
     mut reconnects: tokio::sync::broadcast::Receiver<Server>,
-    mut cluster_changes: tokio::sync::broadcast::Receiver<Vec<fred::types::ClusterStateChange>>,
+    mut cluster_changes: tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>,
     mut beats: mpsc::Receiver<Beat>,
 ) {
     loop {
@@ -404,19 +610,31 @@ async fn apply(
                 // Some invalidations were dropped: nothing cached can be trusted.
                 Err(RecvError::Lagged(_)) => applier.entries.flush(),
                 Err(RecvError::Closed) => {
-                    applier.entries.unfresh();
+                    applier.entries.unfresh_all();
                     applier.entries.flush();
                     return;
                 }
             },
-            // A connection was re-made (tracking is off on it) or the cluster changed:
-            // invalidations may have been lost.
-            Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv() => applier.lost(),
-            Ok(_) | Err(RecvError::Lagged(_)) = cluster_changes.recv() => applier.lost(),
+            // A connection was re-made (tracking is off on it): that master's
+            // invalidations may have been lost. Missed announcements, or a changed
+            // cluster: anyone's may have been.
+            // (A closed channel matches neither pattern: the branch sleeps.)
+            reconnect @ (Ok(_) | Err(RecvError::Lagged(_))) = reconnects.recv() => {
+                match reconnect {
+                    Ok(server) => applier.reconnected(&server),
+                    Err(_) => applier.lost(),
+                }
+            }
+            change @ (Ok(_) | Err(RecvError::Lagged(_))) = cluster_changes.recv() => {
+                match change {
+                    Ok(changes) => applier.cluster_changed(&changes),
+                    Err(_) => applier.lost(),
+                }
+            }
             beat = beats.recv() => {
                 let Some(beat) = beat else { return };
-                // Invariant (freshness): the check's answer came after every invalidation
-                // the server sent before it, on the same connection, and fred queued those
+                // Invariant (freshness): each answer came after every invalidation its
+                // master sent before it, on the same connection, and fred queued those
                 // before it completed the answer: apply them all before serving again.
                 loop {
                     match invalidations.try_recv() {
@@ -425,28 +643,44 @@ async fn apply(
                         Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }
-                if !beat.ok {
+                let Some(nodes) = &beat.nodes else {
                     applier.lost();
                     continue;
+                };
+                // Invariant (freshness): a check begun before a loss freshens nothing.
+                // Losses this very beat reports come after this reading and stop only
+                // their own master (which `confirmed` never freshens).
+                let current = applier.retrack.generation() == beat.generation;
+                for node in nodes {
+                    applier.confirmed(node, beat.sent, current);
                 }
-                if beat.retracked {
-                    // Tracking was off for a while: whatever was cached may be stale.
-                    applier.entries.counters.retracks.fetch_add(1, Ordering::Relaxed);
-                    applier.entries.flush();
-                } else if beat.flushed {
-                    // The server dropped keys without naming them (see the module's
-                    // documentation): the check's answer came after the drop, so this
-                    // flush comes before anything read from the emptied server is kept
-                    // or served on this beat's freshness.
-                    applier.entries.counters.server_flushes.fetch_add(1, Ordering::Relaxed);
-                    applier.entries.flush();
-                }
-                if applier.retrack.load(Ordering::Acquire) {
-                    // A loss was seen after this check was sent: wait for the re-tracking.
-                    continue;
-                }
-                applier.entries.fresh_until(beat.sent, applier.staleness);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::types::config::Server;
+
+    use super::RetrackFlags;
+
+    #[test]
+    fn a_loss_after_a_check_began_makes_its_beat_stale() {
+        let flags = RetrackFlags::default();
+        flags.all();
+        let a = Some(Server::new("127.0.0.1", 7000));
+        let b = Some(Server::new("127.0.0.1", 7001));
+        // The check takes what is due: everything, once.
+        let (due, began) = flags.take(&[a.clone(), b.clone()]);
+        assert_eq!(due, [true, true]);
+        assert_eq!(flags.take(&[a.clone(), b.clone()]).0, [false, false]);
+        assert_eq!(flags.generation(), began);
+        // A loss of one master after the check began: that master is due at the next
+        // check, and the begun check's beat is no longer current.
+        flags.server(a.as_ref());
+        assert_ne!(flags.generation(), began);
+        let (due, _) = flags.take(&[a, b]);
+        assert_eq!(due, [true, false]);
     }
 }

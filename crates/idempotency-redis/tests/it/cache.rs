@@ -382,6 +382,58 @@ async fn a_lost_tracking_connection_flushes_cluster() {
     a_lost_connection_flushes(&cluster.url(), |key| cluster.owner_port(key)).await;
 }
 
+/// On a cluster, one master's lost tracking connection flushes that master's entries
+/// only: an entry another master holds is still served from memory, while the lost
+/// master's key, rewritten while its invalidation had no connection, is never served old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_connection_flushes_only_that_nodes_entries() {
+    let cluster = idempotency_testkit::RedisCluster::start_with(3, 0);
+    let prefix = format!("{}:", unique("node-loss"));
+    let cached = CachedStore::new(
+        store_at(&cluster.url(), &prefix).await,
+        CacheConfig::default(),
+    )
+    .await
+    .expect("cached");
+    let writer = store_at(&cluster.url(), &prefix).await;
+    let owner = |key: &str| cluster.owner_port(&writer.redis_key(&id(key)));
+    let lost = unique("lost");
+    let kept = (0..1000)
+        .map(|i| format!("{}-{i}", unique("kept")))
+        .find(|k| owner(k) != owner(&lost))
+        .expect("a key on another master");
+    for key in [&lost, &kept] {
+        writer.save(&record(key, "\"before\"")).await.expect("save");
+        warm(&cached, key).await;
+    }
+    let before = cached.stats();
+    let redis_key = writer.redis_key(&id(&lost));
+    kill_tracking_then_write(
+        owner(&lost),
+        &redis_key,
+        &record(&lost, "\"after\"").to_json(),
+    );
+    eventually("tracking is back on the lost master", || async {
+        cached.stats().retracks > before.retracks
+    })
+    .await;
+    assert_eq!(
+        result_of(&cached, &lost).await.as_deref(),
+        Some("\"after\"")
+    );
+    let after = cached.stats();
+    assert!(after.node_flushes > before.node_flushes, "{after:?}");
+    assert_eq!(after.flushes, before.flushes, "no whole flush: {after:?}");
+    // The other master's entry stayed: served from memory, without a round trip.
+    assert_eq!(
+        result_of(&cached, &kept).await.as_deref(),
+        Some("\"before\"")
+    );
+    let finally = cached.stats();
+    assert_eq!(finally.local_hits, after.local_hits + 1, "{finally:?}");
+    assert_eq!(finally.local_misses, after.local_misses, "{finally:?}");
+}
+
 /// `FLUSHALL` (or `FLUSHDB`) makes Redis send an invalidation without keys, which fred
 /// drops; the liveness check's marker must still catch it. Nothing is written after the
 /// flush, so no per-key invalidation can mask a missed one.
