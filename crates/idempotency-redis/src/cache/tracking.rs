@@ -13,14 +13,16 @@
 //! Why a marker key: `FLUSHALL`, `FLUSHDB` (and the like) make Redis send an invalidation
 //! without keys, which fred 10.1 drops before it reaches us. So every liveness check also
 //! sets a key of this process's own on each master (`SET … PX … GET`, outside the store's
-//! key prefix so that no cache is told of it) and reads its previous value in the same
-//! command: a marker found missing means the server lost keys since the last check (a
-//! flush, or the marker expired while this process stalled), and the cache is flushed
-//! before it is served again.
+//! key prefix so that no cache is told of it) to the check's sequence number, and reads
+//! its previous value in the same command: anything but the number this process last
+//! set there means the master's keys changed under it without invalidations (a flush; a
+//! `SWAPDB`, which brings back another database's older marker or none; a restore; or
+//! the marker expired while this process stalled), and that master's entries are
+//! flushed before they are served again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,27 +74,17 @@ impl Drop for Tracker {
     }
 }
 
-/// One liveness check's outcome, sent by the heartbeat task to the invalidation task.
-struct Beat {
-    /// When the check was sent (after tracking was switched on, where it was).
-    sent: Instant,
-    /// Per master; `None` when the masters are not known (a cluster without state).
-    nodes: Option<Vec<NodeBeat>>,
-    /// The losses seen when the check began ([`RetrackFlags::generation`]).
-    generation: u64,
-}
+/// One master's answer to a liveness check, sent by the heartbeat task to the
+/// invalidation task as soon as it arrives (a slow master delays no other's), or
+/// `None`: the masters are not known (a cluster without state).
+type Beat = Option<NodeBeat>;
 
-impl Beat {
-    /// Every master answered that its connection tracks in broadcast mode.
-    fn ok(&self) -> bool {
-        self.nodes
-            .as_ref()
-            .is_some_and(|nodes| nodes.iter().all(|n| n.ok))
-    }
-}
-
-/// One master's part of a [`Beat`].
+/// One master's answer to a liveness check.
 struct NodeBeat {
+    /// When the check was sent to it (after tracking was switched on, if it was).
+    sent: Instant,
+    /// The losses that concerned it when the check began.
+    stamp: Stamp,
     /// The master (`None`: the one server of a standalone or sentinel set-up).
     server: Option<Server>,
     /// The partitions of the entries it holds when the check was sent.
@@ -107,15 +99,37 @@ struct NodeBeat {
     flushed: bool,
 }
 
-/// Which masters must have tracking switched on again before they are trusted.
+/// Which masters must have tracking switched on again before they are trusted, and
+/// the losses seen so far (a check begun before a loss of its master confirms nothing).
 #[derive(Debug, Default)]
 struct Retrack {
     /// Every master (at the start, and after a loss that cannot be pinned on one).
     all: bool,
     /// These masters (their connection was re-made or their check failed).
     servers: HashSet<Server>,
-    /// Bumped by every loss: a check begun before a loss confirms nothing.
-    generation: u64,
+    /// Bumped by every loss of everything.
+    all_losses: u64,
+    /// Bumped by every loss of one master.
+    losses: HashMap<Server, u64>,
+}
+
+impl Retrack {
+    fn stamp(&self, server: Option<&Server>) -> Stamp {
+        Stamp {
+            all: self.all_losses,
+            server: server
+                .and_then(|s| self.losses.get(s))
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The losses that concern one master, as seen at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    all: u64,
+    server: u64,
 }
 
 /// Shared by the check and the invalidation task.
@@ -127,13 +141,28 @@ impl RetrackFlags {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Makes every master due at the next check and counts a loss of everything.
     fn all(&self) {
         let mut retrack = self.lock();
         retrack.all = true;
-        retrack.generation = retrack.generation.wrapping_add(1);
+        retrack.all_losses = retrack.all_losses.wrapping_add(1);
     }
 
+    /// Makes `server` due at the next check and counts a loss of it.
     fn server(&self, server: Option<&Server>) {
+        let Some(server) = server else {
+            self.all();
+            return;
+        };
+        let mut retrack = self.lock();
+        retrack.servers.insert(server.clone());
+        let losses = retrack.losses.entry(server.clone()).or_default();
+        *losses = losses.wrapping_add(1);
+    }
+
+    /// Makes `server` due at the next check without counting a loss (the check that
+    /// found it failing reports that in its own beat).
+    fn mark(&self, server: Option<&Server>) {
         let mut retrack = self.lock();
         match server {
             Some(server) => {
@@ -141,25 +170,40 @@ impl RetrackFlags {
             }
             None => retrack.all = true,
         }
-        retrack.generation = retrack.generation.wrapping_add(1);
     }
 
-    /// The losses seen so far.
-    fn generation(&self) -> u64 {
-        self.lock().generation
+    /// The losses that concern `server` now.
+    fn stamp(&self, server: Option<&Server>) -> Stamp {
+        self.lock().stamp(server)
     }
 
-    /// Takes the flags for the servers of a check: which of `targets` are due, and the
-    /// losses seen so far.
-    fn take(&self, targets: &[Option<Server>]) -> (Vec<bool>, u64) {
+    /// Takes the flags for the servers of a check: per target, whether it is due and
+    /// the losses that concern it now. The `busy` masters (not in this check) keep
+    /// theirs, an "every master" flag included.
+    fn take(
+        &self,
+        targets: &[Option<Server>],
+        busy: &HashSet<Option<Server>>,
+    ) -> Vec<(bool, Stamp)> {
         let mut retrack = self.lock();
-        let due = targets
+        let taken = targets
             .iter()
-            .map(|t| retrack.all || t.as_ref().is_some_and(|s| retrack.servers.contains(s)))
+            .map(|t| {
+                let due = retrack.all || t.as_ref().is_some_and(|s| retrack.servers.contains(s));
+                (due, retrack.stamp(t.as_ref()))
+            })
             .collect();
-        retrack.all = false;
-        retrack.servers.clear();
-        (due, retrack.generation)
+        if retrack.all {
+            if busy.contains(&None) {
+                return taken;
+            }
+            retrack.all = false;
+            retrack.servers.extend(busy.iter().flatten().cloned());
+        }
+        for server in targets.iter().flatten() {
+            retrack.servers.remove(server);
+        }
+        taken
     }
 }
 
@@ -198,11 +242,19 @@ pub(crate) async fn start(
         retrack: RetrackFlags::default(),
         marker: idempotency_core::new_owner_token(),
         marker_ttl: (config.heartbeat() * 8).max(MARKER_TTL_FLOOR),
+        markers: Arc::default(),
+        sequence: Arc::default(),
     };
     // The first check switches tracking on; the cache is served only after it.
     check.retrack.all();
-    let first = check.run().await;
-    if !first.ok() {
+    let first: Vec<NodeBeat> = match check.plan(&HashSet::new()) {
+        Some(jobs) => {
+            futures::future::join_all(jobs.into_iter().map(|job| check.ask_one(job))).await
+        }
+        None => Vec::new(),
+    };
+    let all_ok = !first.is_empty() && first.iter().all(|n| n.ok);
+    if !all_ok {
         let _ = client.quit().await;
         return Err(fred::error::Error::new(
             fred::error::ErrorKind::Unknown,
@@ -216,8 +268,8 @@ pub(crate) async fn start(
     while reconnects.try_recv().is_ok() {}
     while cluster_changes.try_recv().is_ok() {}
     entries.flush();
-    for node in first.nodes.iter().flatten() {
-        entries.fresh_until(&node.parts, first.sent, config.max_staleness);
+    for node in &first {
+        entries.fresh_until(&node.parts, node.sent, config.max_staleness);
     }
     let (beats_tx, beats) = mpsc::channel(4);
     let heartbeat = tokio::spawn(heartbeat(check.clone(), config.heartbeat(), beats_tx));
@@ -254,6 +306,11 @@ struct Check {
     marker: String,
     /// How long a marker lives unless the next check sets it again.
     marker_ttl: Duration,
+    /// The value each marker key was last set to by this process (a key whose last
+    /// `SET` failed is absent: its value is unknown).
+    markers: Arc<Mutex<HashMap<String, u64>>>,
+    /// The sequence number of the next check.
+    sequence: Arc<AtomicU64>,
 }
 
 /// One master's answer to a check.
@@ -298,26 +355,38 @@ impl Check {
             .map(|tag| format!("{MARKER_NAMESPACE}{{{tag}}}:{}", self.marker))
     }
 
-    /// Asks `server` whether this connection tracks, and sets the flush marker there,
-    /// reading what the previous check left.
-    async fn ask(&self, server: Option<&Server>) -> Option<Answer> {
+    /// Asks `server` whether this connection tracks, and sets the flush marker there to
+    /// `value`, reading what the previous check left.
+    async fn ask(&self, server: Option<&Server>, value: u64) -> Option<Answer> {
         let key = self.marker_key(server)?;
         let node = self.on(server);
         let ttl = i64::try_from(self.marker_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expected = self
+            .markers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
         let (info, previous) = tokio::join!(
             node.client_trackinginfo::<Value>(),
             node.set::<Option<String>, _, _>(
                 key.as_str(),
-                "1",
+                value.to_string(),
                 Some(Expiration::PX(ttl)),
                 None::<SetOptions>,
                 true,
             ),
         );
+        if previous.is_ok() {
+            self.markers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, value);
+        }
         match (info, previous) {
             (Ok(info), Ok(previous)) => Some(Answer {
                 tracking: broadcasting(&info),
-                marker_kept: previous.is_some(),
+                marker_kept: expected.is_some()
+                    && previous.and_then(|p| p.parse::<u64>().ok()) == expected,
             }),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(error = %e, "the local cache's liveness check failed");
@@ -368,63 +437,82 @@ impl Check {
         on.is_ok()
     }
 
-    async fn run(&self) -> Beat {
+    /// Plans one check of every master not `busy` with an earlier one (each master's
+    /// checks run one at a time, so that no re-tracking of a master overlaps another
+    /// check of it), or `None` when the masters are not known (a cluster without state).
+    fn plan(&self, busy: &HashSet<Option<Server>>) -> Option<Vec<Job>> {
         let Some(servers) = self.servers() else {
             self.retrack.all();
-            return Beat {
-                sent: Instant::now(),
-                nodes: None,
-                generation: self.retrack.generation(),
-            };
+            return None;
         };
         let targets: Vec<Option<Server>> = if servers.is_empty() {
             vec![None]
         } else {
             servers.into_iter().map(Some).collect()
         };
+        let targets: Vec<Option<Server>> =
+            targets.into_iter().filter(|t| !busy.contains(t)).collect();
         // The partitions each master holds, as the client routes now (taken before the
         // check is sent, like `sent`).
         let state = self.client.cached_cluster_state();
-        let parts: Vec<Vec<usize>> = targets
-            .iter()
-            .map(|t| parts_of(state.as_ref(), t.as_ref()))
-            .collect();
-        let (due, generation) = self.retrack.take(&targets);
-        let switched = futures::future::join_all(
+        let taken = self.retrack.take(&targets, busy);
+        let value = self.sequence.fetch_add(1, Ordering::Relaxed);
+        Some(
             targets
-                .iter()
-                .zip(&due)
-                .map(|(server, &due)| async move { !due || self.track(server.as_ref()).await }),
-        )
-        .await;
-        let sent = Instant::now();
-        let answers =
-            futures::future::join_all(targets.iter().map(|server| self.ask(server.as_ref()))).await;
-        let nodes = targets
-            .into_iter()
-            .zip(parts)
-            .zip(due.into_iter().zip(switched))
-            .zip(answers)
-            .map(|(((server, parts), (retracked, switched)), answer)| {
-                let ok = switched && answer.as_ref().is_some_and(|a| a.tracking);
-                if !ok {
-                    self.retrack.server(server.as_ref());
-                }
-                NodeBeat {
-                    ok,
-                    retracked,
-                    flushed: answer.as_ref().is_some_and(|a| !a.marker_kept),
+                .into_iter()
+                .zip(taken)
+                .map(|(server, (due, stamp))| Job {
+                    parts: parts_of(state.as_ref(), server.as_ref()),
                     server,
-                    parts,
-                }
-            })
-            .collect();
-        Beat {
+                    due,
+                    stamp,
+                    value,
+                })
+                .collect(),
+        )
+    }
+
+    /// One master's part of a check: tracking switched on first when due.
+    async fn ask_one(&self, job: Job) -> NodeBeat {
+        let Job {
+            server,
+            parts,
+            due,
+            stamp,
+            value,
+        } = job;
+        let switched = !due || self.track(server.as_ref()).await;
+        let sent = Instant::now();
+        let answer = self.ask(server.as_ref(), value).await;
+        let ok = switched && answer.as_ref().is_some_and(|a| a.tracking);
+        if !ok {
+            // Due at the next check, without counting a loss against the stamp: the
+            // applier records the loss (`node_lost`) when it applies this very beat.
+            self.retrack.mark(server.as_ref());
+        }
+        NodeBeat {
             sent,
-            nodes: Some(nodes),
-            generation,
+            stamp,
+            ok,
+            retracked: due,
+            flushed: answer.as_ref().is_some_and(|a| !a.marker_kept),
+            server,
+            parts,
         }
     }
+}
+
+/// One master's part of a planned check.
+struct Job {
+    server: Option<Server>,
+    /// The partitions it holds.
+    parts: Vec<usize>,
+    /// Tracking must be switched on again first.
+    due: bool,
+    /// The losses that concerned it when the check was planned.
+    stamp: Stamp,
+    /// The marker's value for this check.
+    value: u64,
 }
 
 /// The partitions of the entries `server` holds (`None`: the one server, partition 0):
@@ -468,14 +556,58 @@ fn broadcasting(info: &Value) -> bool {
     }
 }
 
+/// Checks every master every `every`, each answer sent to `beats` as it arrives. A
+/// master still answering an earlier check is skipped (its slow answer delays no other
+/// master's freshness; its own lapses, as it should).
 async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
+    let mut busy: HashSet<Option<Server>> = HashSet::new();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut syncing: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     loop {
-        interval.tick().await;
-        if beats.send(check.run().await).await.is_err() {
-            return;
+        tokio::select! {
+            _ = interval.tick() => {
+                if syncing.is_none() && check.client.is_clustered() {
+                    // The routing is refreshed on every tick, beside the checks (a slow
+                    // master delays no check): this client's own commands never touch
+                    // most slots, so without it a master that took slots over (or
+                    // joined) would stay untracked, its writes unannounced, with no time
+                    // limit. A new master comes back as fred's `Add` event (that
+                    // master's loss: re-tracked and confirmed before its slots are
+                    // served); slots moved between tracked masters need nothing (each
+                    // master announces writes to whatever it holds).
+                    let client = check.client.clone();
+                    syncing = Some(Box::pin(async move {
+                        if let Err(e) = client.sync_cluster().await {
+                            tracing::debug!(error = %e, "refreshing the cluster state failed");
+                        }
+                    }));
+                }
+                match check.plan(&busy) {
+                    Some(jobs) => {
+                        for job in jobs {
+                            busy.insert(job.server.clone());
+                            in_flight.push(check.ask_one(job));
+                        }
+                    }
+                    None => {
+                        if beats.send(None).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Some(()) = futures::future::OptionFuture::from(syncing.as_mut()), if syncing.is_some() => {
+                syncing = None;
+            }
+            Some(beat) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
+                busy.remove(&beat.server);
+                if beats.send(Some(beat)).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -538,30 +670,32 @@ impl Applier {
         self.node_lost(Some(server), &parts);
     }
 
-    /// fred's cluster state changed. Only masters it added (it announces a re-made
-    /// connection as one, beside the reconnection) lose only their own slots: every
-    /// other change (a master removed, slots moved) stops and flushes everything.
+    /// fred's cluster state changed (it reports every refresh, see `Check::run`).
+    /// `Rebalance` (the same masters, slots maybe moved among them) needs nothing: every
+    /// master announces writes to whatever keys it holds, and its connection is
+    /// untouched. A master added (fred also reports a re-made connection as one) loses
+    /// only its own slots; a master removed stops and flushes everything.
     fn cluster_changed(&self, changes: &[ClusterStateChange]) {
-        let added: Option<Vec<&Server>> = changes
+        if changes
             .iter()
-            .map(|change| match change {
-                ClusterStateChange::Add(server) => Some(server),
-                _ => None,
-            })
-            .collect();
-        match added {
-            Some(added) if !added.is_empty() => {
-                for server in added {
-                    self.reconnected(server);
-                }
+            .any(|change| matches!(change, ClusterStateChange::Remove(_)))
+        {
+            self.lost();
+            return;
+        }
+        for change in changes {
+            if let ClusterStateChange::Add(server) = change {
+                self.reconnected(server);
             }
-            _ => self.lost(),
         }
     }
 
-    /// A check's answer from one master (every invalidation received before it applied);
-    /// `current`: whether no loss was seen since the check began.
-    fn confirmed(&self, node: &NodeBeat, sent: Instant, current: bool) {
+    /// A check's answer from one master (every invalidation received before it applied).
+    fn confirmed(&self, node: &NodeBeat) {
+        // Invariant (freshness): a check begun before a loss of its master (or of
+        // everything) freshens nothing; losses this very answer reports are recorded
+        // below (`node_lost`), after this reading, and concern only its own master.
+        let current = self.retrack.stamp(node.server.as_ref()) == node.stamp;
         if !node.ok {
             self.node_lost(node.server.as_ref(), &node.parts);
             return;
@@ -583,7 +717,8 @@ impl Applier {
             // the next check, which re-tracks where needed, confirms again.
             return;
         }
-        self.entries.fresh_until(&node.parts, sent, self.staleness);
+        self.entries
+            .fresh_until(&node.parts, node.sent, self.staleness);
     }
 
     fn flush_node(&self, node: &NodeBeat) {
@@ -643,16 +778,9 @@ async fn apply(
                         Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }
-                let Some(nodes) = &beat.nodes else {
-                    applier.lost();
-                    continue;
-                };
-                // Invariant (freshness): a check begun before a loss freshens nothing.
-                // Losses this very beat reports come after this reading and stop only
-                // their own master (which `confirmed` never freshens).
-                let current = applier.retrack.generation() == beat.generation;
-                for node in nodes {
-                    applier.confirmed(node, beat.sent, current);
+                match beat {
+                    Some(node) => applier.confirmed(&node),
+                    None => applier.lost(),
                 }
             }
         }
@@ -663,24 +791,53 @@ async fn apply(
 mod tests {
     use fred::types::config::Server;
 
+    use std::collections::HashSet;
+
     use super::RetrackFlags;
 
     #[test]
-    fn a_loss_after_a_check_began_makes_its_beat_stale() {
+    fn a_loss_concerns_the_checks_of_its_own_master_only() {
         let flags = RetrackFlags::default();
+        let idle = HashSet::new();
         flags.all();
         let a = Some(Server::new("127.0.0.1", 7000));
         let b = Some(Server::new("127.0.0.1", 7001));
+        let due = |taken: Vec<(bool, super::Stamp)>| taken.iter().map(|t| t.0).collect::<Vec<_>>();
         // The check takes what is due: everything, once.
-        let (due, began) = flags.take(&[a.clone(), b.clone()]);
-        assert_eq!(due, [true, true]);
-        assert_eq!(flags.take(&[a.clone(), b.clone()]).0, [false, false]);
-        assert_eq!(flags.generation(), began);
-        // A loss of one master after the check began: that master is due at the next
-        // check, and the begun check's beat is no longer current.
+        let taken = flags.take(&[a.clone(), b.clone()], &idle);
+        let (stamp_a, stamp_b) = (taken[0].1, taken[1].1);
+        assert_eq!(due(taken), [true, true]);
+        assert_eq!(
+            due(flags.take(&[a.clone(), b.clone()], &idle)),
+            [false, false]
+        );
+        // A loss of master a after the check began: a's answer to that check is stale,
+        // b's is not; a is due at the next check.
         flags.server(a.as_ref());
-        assert_ne!(flags.generation(), began);
-        let (due, _) = flags.take(&[a, b]);
-        assert_eq!(due, [true, false]);
+        assert_ne!(flags.stamp(a.as_ref()), stamp_a);
+        assert_eq!(flags.stamp(b.as_ref()), stamp_b);
+        assert_eq!(
+            due(flags.take(&[a.clone(), b.clone()], &idle)),
+            [true, false]
+        );
+        // A failing check marks its master due without staling anything.
+        flags.mark(b.as_ref());
+        assert_eq!(flags.stamp(b.as_ref()), stamp_b);
+        assert_eq!(
+            due(flags.take(&[a.clone(), b.clone()], &idle)),
+            [false, true]
+        );
+        // A loss of everything stales every master's answers.
+        flags.all();
+        assert_ne!(flags.stamp(b.as_ref()), stamp_b);
+        assert_eq!(
+            due(flags.take(&[a.clone(), b.clone()], &idle)),
+            [true, true]
+        );
+        // A master busy with an earlier check keeps its flag for the next check.
+        flags.all();
+        let busy = HashSet::from([b.clone()]);
+        assert_eq!(due(flags.take(std::slice::from_ref(&a), &busy)), [true]);
+        assert_eq!(due(flags.take(&[a, b], &idle)), [false, true]);
     }
 }

@@ -24,13 +24,13 @@ use idempotency_testkit::contract;
 use idempotency_testkit::resp::Reply;
 
 const OP: &str = "cache.op";
-const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
-fn id(key: &str) -> RecordId {
+pub(crate) fn id(key: &str) -> RecordId {
     RecordId::new(OP, key).expect("valid identifiers")
 }
 
-fn record(key: &str, result: &str) -> IdempotencyRecord {
+pub(crate) fn record(key: &str, result: &str) -> IdempotencyRecord {
     svc()
         .create_record_raw(
             OP,
@@ -50,7 +50,7 @@ on_both!(the_cached_store_keeps_the_store_contract, |env| {
 });
 
 /// A store on its own connection under `prefix`.
-async fn store_at(url: &str, prefix: &str) -> RedisStore {
+pub(crate) async fn store_at(url: &str, prefix: &str) -> RedisStore {
     let connection = idempotency_redis::connect_client(url, &ConnectOptions::default())
         .await
         .expect("connect");
@@ -67,7 +67,7 @@ async fn pair(env: &Env, config: CacheConfig) -> (CachedStore, RedisStore, Strin
 }
 
 /// Polls `check` until it holds, or panics after [`DEADLINE`] saying `what`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -82,7 +82,7 @@ where
     }
 }
 
-async fn result_of(store: &CachedStore, key: &str) -> Option<String> {
+pub(crate) async fn result_of(store: &CachedStore, key: &str) -> Option<String> {
     store
         .get(&id(key))
         .await
@@ -91,7 +91,7 @@ async fn result_of(store: &CachedStore, key: &str) -> Option<String> {
 }
 
 /// Reads `key` through `store` until the read is a local hit.
-async fn warm(store: &CachedStore, key: &str) {
+pub(crate) async fn warm(store: &CachedStore, key: &str) {
     eventually("the record is cached", || async {
         let before = store.stats().local_hits;
         result_of(store, key).await.is_some() && store.stats().local_hits > before
@@ -300,7 +300,7 @@ on_both!(a_python_writer_invalidates_the_cache, |env| {
 });
 
 /// Ids of the connections with tracking on (`flags` holding `t`) on a node.
-fn tracking_clients(port: u16) -> Vec<String> {
+pub(crate) fn tracking_clients(port: u16) -> Vec<String> {
     let Ok(Reply::Bulk(Some(list))) = idempotency_testkit::resp::command(port, &["CLIENT", "LIST"])
     else {
         return Vec::new();

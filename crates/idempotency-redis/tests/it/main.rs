@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod cache;
+mod cache_attacks;
 mod conformance;
 mod fleet_decode;
 mod hostile;
