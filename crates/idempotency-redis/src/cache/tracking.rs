@@ -231,10 +231,19 @@ pub(crate) async fn start(
         );
     let client = builder.build()?;
     // Subscribed before tracking is switched on: no invalidation can be missed.
-    let invalidations = client.invalidation_rx();
-    let mut reconnects = client.reconnect_rx();
-    let mut cluster_changes = client.cluster_change_rx();
+    let mut events = Events {
+        invalidations: client.invalidation_rx(),
+        reconnects: client.reconnect_rx(),
+        cluster_changes: client.cluster_change_rx(),
+        errors: client.error_rx(),
+    };
     client.init().await?;
+    // The connections made while starting announced themselves; the first check runs on
+    // them (and verifies tracking on each), so those events are no loss. Anything after
+    // this is (at worst, an announcement that came late: a needless flush).
+    while events.reconnects.try_recv().is_ok() {}
+    while events.cluster_changes.try_recv().is_ok() {}
+    while events.errors.try_recv().is_ok() {}
     let check = Check {
         client: client.clone(),
         prefix: prefix.to_owned(),
@@ -263,10 +272,6 @@ pub(crate) async fn start(
              (Redis 6.2 or later)",
         ));
     }
-    // The connections made while starting announced themselves; the check above ran on
-    // them (and verified tracking on each), so those events are no loss.
-    while reconnects.try_recv().is_ok() {}
-    while cluster_changes.try_recv().is_ok() {}
     entries.flush();
     for node in &first {
         entries.fresh_until(&node.parts, node.sent, config.max_staleness);
@@ -281,9 +286,7 @@ pub(crate) async fn start(
             retrack: check.retrack.clone(),
             client: client.clone(),
         },
-        invalidations,
-        reconnects,
-        cluster_changes,
+        events,
         beats,
     ));
     Ok(Tracker {
@@ -556,6 +559,41 @@ fn broadcasting(info: &Value) -> bool {
     }
 }
 
+/// Re-reads the cluster's routing when `node`'s view of the slots (`CLUSTER SLOTS` on
+/// that node's connection: a slow node delays only this) differs from the client's.
+/// fred's own refresh (`sync_cluster`) is sent only then: it holds every command of the
+/// client until the node it asks answers.
+async fn refresh_routing(client: Client, node: Server, timeout: Duration) {
+    let asked = client
+        .with_options(&Options {
+            cluster_node: Some(node.clone()),
+            timeout: Some(timeout),
+            max_attempts: Some(1),
+            ..Options::default()
+        })
+        .cluster_slots::<Value>()
+        .await;
+    let Ok(seen) = asked.and_then(|v| ClusterRouting::from_cluster_slots(v, node.host.clone()))
+    else {
+        return;
+    };
+    let ranges = |routing: &ClusterRouting| {
+        let mut ranges: Vec<(u16, u16, Server)> = routing
+            .slots()
+            .iter()
+            .map(|r| (r.start, r.end, r.primary.clone()))
+            .collect();
+        ranges.sort_by_key(|r| r.0);
+        ranges
+    };
+    let known = client.cached_cluster_state();
+    if known.as_ref().map(ranges) != Some(ranges(&seen))
+        && let Err(e) = client.sync_cluster().await
+    {
+        tracing::debug!(error = %e, "refreshing the cluster state failed");
+    }
+}
+
 /// Checks every master every `every`, each answer sent to `beats` as it arrives. A
 /// master still answering an earlier check is skipped (its slow answer delays no other
 /// master's freshness; its own lapses, as it should).
@@ -566,25 +604,31 @@ async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
     let mut busy: HashSet<Option<Server>> = HashSet::new();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut syncing: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let mut ticks: usize = 0;
     loop {
         tokio::select! {
             _ = interval.tick() => {
-                if syncing.is_none() && check.client.is_clustered() {
-                    // The routing is refreshed on every tick, beside the checks (a slow
-                    // master delays no check): this client's own commands never touch
+                if syncing.is_none()
+                    && let Some(node) = check.servers().and_then(|nodes| {
+                        let n = nodes.len().max(1);
+                        nodes.into_iter().nth(ticks % n)
+                    })
+                {
+                    // The routing is checked on every tick, beside the checks, against
+                    // one master's view in turn: this client's own commands never touch
                     // most slots, so without it a master that took slots over (or
                     // joined) would stay untracked, its writes unannounced, with no time
                     // limit. A new master comes back as fred's `Add` event (that
                     // master's loss: re-tracked and confirmed before its slots are
                     // served); slots moved between tracked masters need nothing (each
                     // master announces writes to whatever it holds).
-                    let client = check.client.clone();
-                    syncing = Some(Box::pin(async move {
-                        if let Err(e) = client.sync_cluster().await {
-                            tracing::debug!(error = %e, "refreshing the cluster state failed");
-                        }
-                    }));
+                    syncing = Some(Box::pin(refresh_routing(
+                        check.client.clone(),
+                        node,
+                        check.timeout,
+                    )));
                 }
+                ticks = ticks.wrapping_add(1);
                 match check.plan(&busy) {
                     Some(jobs) => {
                         for job in jobs {
@@ -659,8 +703,8 @@ impl Applier {
         self.entries.flush_parts(parts);
     }
 
-    /// `server`'s connection was re-made (fred announces every new connection).
-    fn reconnected(&self, server: &Server) {
+    /// `server`'s connection failed, closed or was re-made (fred announces each).
+    fn connection_lost(&self, server: &Server) {
         if !self.client.is_clustered() {
             self.lost();
             return;
@@ -685,7 +729,7 @@ impl Applier {
         }
         for change in changes {
             if let ClusterStateChange::Add(server) = change {
-                self.reconnected(server);
+                self.connection_lost(server);
             }
         }
     }
@@ -730,13 +774,23 @@ impl Applier {
     }
 }
 
-async fn apply(
-    applier: Applier,
-    mut invalidations: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
-    mut reconnects: tokio::sync::broadcast::Receiver<Server>,
-    mut cluster_changes: tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>,
-    mut beats: mpsc::Receiver<Beat>,
-) {
+/// What fred tells the invalidation task.
+struct Events {
+    invalidations: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+    /// A connection was re-made (tracking is off on it).
+    reconnects: tokio::sync::broadcast::Receiver<Server>,
+    cluster_changes: tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>>,
+    /// A connection failed or closed (with its server when fred knows it).
+    errors: tokio::sync::broadcast::Receiver<(fred::error::Error, Option<Server>)>,
+}
+
+async fn apply(applier: Applier, events: Events, mut beats: mpsc::Receiver<Beat>) {
+    let Events {
+        mut invalidations,
+        mut reconnects,
+        mut cluster_changes,
+        mut errors,
+    } = events;
     loop {
         tokio::select! {
             biased;
@@ -756,13 +810,29 @@ async fn apply(
             // (A closed channel matches neither pattern: the branch sleeps.)
             reconnect @ (Ok(_) | Err(RecvError::Lagged(_))) = reconnects.recv() => {
                 match reconnect {
-                    Ok(server) => applier.reconnected(&server),
+                    Ok(server) => applier.connection_lost(&server),
                     Err(_) => applier.lost(),
                 }
             }
             change @ (Ok(_) | Err(RecvError::Lagged(_))) = cluster_changes.recv() => {
                 match change {
                     Ok(changes) => applier.cluster_changed(&changes),
+                    Err(_) => applier.lost(),
+                }
+            }
+            // A connection failed or closed: invalidations stop until fred re-makes it,
+            // so its master's entries stop at once (not at the reconnection, which may
+            // take a while, nor at the next check).
+            error @ (Ok(_) | Err(RecvError::Lagged(_))) = errors.recv() => {
+                match error {
+                    Ok((e, Some(server))) => {
+                        tracing::debug!(error = %e, %server, "the tracking connection failed");
+                        applier.connection_lost(&server);
+                    }
+                    Ok((e, None)) => {
+                        tracing::debug!(error = %e, "the tracking client failed");
+                        applier.lost();
+                    }
                     Err(_) => applier.lost(),
                 }
             }
