@@ -61,6 +61,7 @@ pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
 pub use traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
+pub use traits::local_cache::LocalCacheStats;
 pub use traits::metrics::{
     ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics, RecordingMetrics, error_type,
 };

@@ -6,6 +6,10 @@
 //! - histogram `idempotency_operation_duration_seconds{operation, method}` with buckets
 //!   0.001 … 5 s.
 //!
+//! Beside them, [`LocalCacheCollector`] exports a local cache's counters (local hits,
+//! misses, fills, invalidations, flushes, entries, bytes) as
+//! `idempotency_local_cache_…`, read at scrape time.
+//!
 //! With a prefix the names become `{prefix}_idempotency_…`. See `docs/metrics.md` for
 //! every label value and example queries. The collector keeps no process-wide state: it
 //! registers into the `Registry` it is given (or one of its own), as
@@ -34,5 +38,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod collector;
+mod local_cache;
 
 pub use collector::{DURATION_BUCKETS, PrometheusMetrics};
+pub use local_cache::LocalCacheCollector;

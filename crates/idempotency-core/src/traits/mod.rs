@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod bulk;
 mod fence;
+pub mod local_cache;
 pub mod metrics;
 pub mod reservation;
 pub mod storage;

@@ -47,7 +47,7 @@ use idempotency_core::{
 };
 
 pub use config::CacheConfig;
-pub use stats::CacheStats;
+pub use idempotency_core::LocalCacheStats as CacheStats;
 
 use crate::store::RedisStore;
 use crate::wake::RedisWatch;
@@ -112,20 +112,21 @@ impl CachedStore {
     pub fn stats(&self) -> CacheStats {
         let e = &self.shared.entries;
         let c = &e.counters;
-        CacheStats {
-            local_hits: c.hits.sum(),
-            local_misses: c.misses.sum(),
-            fills: Counters::load(&c.fills),
-            fenced_fills: Counters::load(&c.fenced),
-            invalidations: Counters::load(&c.invalidations),
-            flushes: Counters::load(&c.flushes),
-            retracks: Counters::load(&c.retracks),
-            server_flushes: Counters::load(&c.server_flushes),
-            node_flushes: Counters::load(&c.node_flushes),
-            entries: e.len() as u64,
-            weight: e.weight(),
-            fresh: e.is_fresh(),
-        }
+        // Built field by field: the type is core's and `#[non_exhaustive]`.
+        let mut stats = CacheStats::default();
+        stats.local_hits = c.hits.sum();
+        stats.local_misses = c.misses.sum();
+        stats.fills = Counters::load(&c.fills);
+        stats.fenced_fills = Counters::load(&c.fenced);
+        stats.invalidations = Counters::load(&c.invalidations);
+        stats.flushes = Counters::load(&c.flushes);
+        stats.retracks = Counters::load(&c.retracks);
+        stats.server_flushes = Counters::load(&c.server_flushes);
+        stats.node_flushes = Counters::load(&c.node_flushes);
+        stats.entries = e.len() as u64;
+        stats.weight = e.weight();
+        stats.fresh = e.is_fresh();
+        stats
     }
 
     /// Drops every local entry.

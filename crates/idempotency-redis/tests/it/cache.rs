@@ -130,6 +130,34 @@ on_both!(a_second_read_is_a_local_hit, |env| {
     assert_eq!(cached.stats().local_hits, after.local_hits + 1);
 });
 
+// The cache's counters reach Prometheus as series of their own, read at scrape time;
+// the Python library's series are untouched by them.
+on_both!(local_hits_are_exported_as_a_series_of_their_own, |env| {
+    let (cached, writer, _) = pair(&env, CacheConfig::default()).await;
+    let registry = prometheus::Registry::new();
+    let source = cached.clone();
+    let collector = idempotency_metrics::LocalCacheCollector::new(None, move || source.stats())
+        .expect("collector");
+    registry.register(Box::new(collector)).expect("register");
+    let key = unique("exported");
+    writer.save(&record(&key, "1")).await.expect("save");
+    warm(&cached, &key).await;
+    let stats = cached.stats();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("encode");
+    for line in [
+        format!("idempotency_local_cache_hits_total {}", stats.local_hits),
+        format!("idempotency_local_cache_fills_total {}", stats.fills),
+        format!("idempotency_local_cache_entries {}", stats.entries),
+        "idempotency_local_cache_served 1".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
+    assert!(stats.local_hits >= 1, "{stats:?}");
+    assert!(!text.contains("idempotency_operations_total"), "{text}");
+});
+
 /// The counting proxy in front of a standalone server: a cached hit sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_hit_sends_no_command() {
