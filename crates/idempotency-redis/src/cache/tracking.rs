@@ -34,7 +34,7 @@ use fred::types::ClusterStateChange;
 use fred::types::RespVersion;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
-use fred::types::{Expiration, SetOptions};
+use fred::types::{Expiration, InfoKind, SetOptions};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 
@@ -74,10 +74,18 @@ impl Drop for Tracker {
     }
 }
 
-/// One master's answer to a liveness check, sent by the heartbeat task to the
-/// invalidation task as soon as it arrives (a slow master delays no other's), or
-/// `None`: the masters are not known (a cluster without state).
-type Beat = Option<NodeBeat>;
+/// What the heartbeat task tells the invalidation task.
+enum Beat {
+    /// One master's answer to a liveness check, sent as soon as it arrives (a slow
+    /// master delays no other's).
+    Answer(NodeBeat),
+    /// A master's check has been outstanding for a quarter of an interval: its
+    /// partitions stop being served until it answers (a flush it would report is not
+    /// served for longer than that).
+    Late(Vec<usize>),
+    /// The masters are not known (a cluster without state).
+    Unknown,
+}
 
 /// One master's answer to a liveness check.
 struct NodeBeat {
@@ -253,6 +261,7 @@ pub(crate) async fn start(
         marker_ttl: (config.heartbeat() * 8).max(MARKER_TTL_FLOOR),
         markers: Arc::default(),
         sequence: Arc::default(),
+        flush_calls: Arc::default(),
     };
     // The first check switches tracking on; the cache is served only after it.
     check.retrack.all();
@@ -268,8 +277,8 @@ pub(crate) async fn start(
         return Err(fred::error::Error::new(
             fred::error::ErrorKind::Unknown,
             "the local cache's liveness check failed: it needs CLIENT TRACKING, CLIENT \
-             TRACKINGINFO and SET on keys starting with `__idempotency_cache_marker:` \
-             (Redis 6.2 or later)",
+             TRACKINGINFO, INFO and SET on keys starting with \
+             `__idempotency_cache_marker:` (Redis 6.2 or later)",
         ));
     }
     entries.flush();
@@ -314,13 +323,47 @@ struct Check {
     markers: Arc<Mutex<HashMap<String, u64>>>,
     /// The sequence number of the next check.
     sequence: Arc<AtomicU64>,
+    /// Per master, the calls of `FLUSHALL`, `FLUSHDB` and `SWAPDB` it counted at its
+    /// last answer (`INFO commandstats`).
+    flush_calls: Arc<Mutex<HashMap<Option<Server>, FlushCalls>>>,
+}
+
+/// The calls of the commands that drop keys without naming them, as a master counts
+/// them (`cmdstat_flushall`, `cmdstat_flushdb`, `cmdstat_swapdb`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FlushCalls([u64; 3]);
+
+impl FlushCalls {
+    /// Reads them from an `INFO commandstats` reply (a command never called is absent:
+    /// 0).
+    fn parse(info: &str) -> Self {
+        let mut calls = [0; 3];
+        for line in info.lines() {
+            let Some((name, stats)) = line.trim().split_once(':') else {
+                continue;
+            };
+            let slot = match name {
+                "cmdstat_flushall" => 0,
+                "cmdstat_flushdb" => 1,
+                "cmdstat_swapdb" => 2,
+                _ => continue,
+            };
+            calls[slot] = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u64::MAX);
+        }
+        Self(calls)
+    }
 }
 
 /// One master's answer to a check.
 struct Answer {
     /// The connection tracks in broadcast mode.
     tracking: bool,
-    /// The marker set by the previous check was still there.
+    /// The marker set by the previous check was still there, as it was left, and the
+    /// master counted no call of a command that drops keys since its last answer.
     marker_kept: bool,
 }
 
@@ -369,7 +412,7 @@ impl Check {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
-        let (info, previous) = tokio::join!(
+        let (info, previous, stats) = tokio::join!(
             node.client_trackinginfo::<Value>(),
             node.set::<Option<String>, _, _>(
                 key.as_str(),
@@ -378,20 +421,43 @@ impl Check {
                 None::<SetOptions>,
                 true,
             ),
+            node.info::<String>(Some(InfoKind::CommandStats)),
         );
+        // Counted calls catch what the marker cannot: a flush or `SWAPDB` undone between
+        // two checks (the marker comes back as it was; the count does not). A reset of
+        // the counters (`CONFIG RESETSTAT`) reads as a change too: a needless flush.
+        let calls_changed = {
+            let mut known = self
+                .flush_calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &stats {
+                Ok(text) => {
+                    let now = FlushCalls::parse(text);
+                    known
+                        .insert(server.cloned(), now)
+                        .is_some_and(|before| before != now)
+                }
+                Err(_) => {
+                    known.remove(&server.cloned());
+                    true
+                }
+            }
+        };
         if previous.is_ok() {
             self.markers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(key, value);
         }
-        match (info, previous) {
-            (Ok(info), Ok(previous)) => Some(Answer {
+        match (info, previous, stats) {
+            (Ok(info), Ok(previous), Ok(_)) => Some(Answer {
                 tracking: broadcasting(&info),
-                marker_kept: expected.is_some()
+                marker_kept: !calls_changed
+                    && expected.is_some()
                     && previous.and_then(|p| p.parse::<u64>().ok()) == expected,
             }),
-            (Err(e), _) | (_, Err(e)) => {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 tracing::debug!(error = %e, "the local cache's liveness check failed");
                 None
             }
@@ -602,6 +668,11 @@ async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     let mut busy: HashSet<Option<Server>> = HashSet::new();
+    // Per busy master: when its check began, and whether it was reported late.
+    let mut began: HashMap<Option<Server>, (Instant, bool)> = HashMap::new();
+    let late_after = (every / 4).max(Duration::from_millis(1));
+    let mut lateness = tokio::time::interval(late_after);
+    lateness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut syncing: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let mut ticks: usize = 0;
@@ -633,11 +704,12 @@ async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
                     Some(jobs) => {
                         for job in jobs {
                             busy.insert(job.server.clone());
+                            began.insert(job.server.clone(), (Instant::now(), false));
                             in_flight.push(check.ask_one(job));
                         }
                     }
                     None => {
-                        if beats.send(None).await.is_err() {
+                        if beats.send(Beat::Unknown).await.is_err() {
                             return;
                         }
                     }
@@ -646,9 +718,22 @@ async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
             Some(()) = futures::future::OptionFuture::from(syncing.as_mut()), if syncing.is_some() => {
                 syncing = None;
             }
+            _ = lateness.tick(), if !began.is_empty() => {
+                let state = check.client.cached_cluster_state();
+                for (server, (since, reported)) in &mut began {
+                    if !*reported && since.elapsed() >= late_after {
+                        *reported = true;
+                        let parts = parts_of(state.as_ref(), server.as_ref());
+                        if beats.send(Beat::Late(parts)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
             Some(beat) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
                 busy.remove(&beat.server);
-                if beats.send(Some(beat)).await.is_err() {
+                began.remove(&beat.server);
+                if beats.send(Beat::Answer(beat)).await.is_err() {
                     return;
                 }
             }
@@ -849,8 +934,9 @@ async fn apply(applier: Applier, events: Events, mut beats: mpsc::Receiver<Beat>
                     }
                 }
                 match beat {
-                    Some(node) => applier.confirmed(&node),
-                    None => applier.lost(),
+                    Beat::Answer(node) => applier.confirmed(&node),
+                    Beat::Late(parts) => applier.entries.unfresh(&parts),
+                    Beat::Unknown => applier.lost(),
                 }
             }
         }

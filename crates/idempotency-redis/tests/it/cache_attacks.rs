@@ -16,11 +16,11 @@ use idempotency_redis::cache::{CacheConfig, CachedStore};
 use idempotency_testkit::resp::{self, Reply};
 use idempotency_testkit::{RedisCluster, RedisServer, ServerOptions};
 
-fn cmd(port: u16, args: &[&str]) -> Reply {
+pub(crate) fn cmd(port: u16, args: &[&str]) -> Reply {
     resp::command(port, args).unwrap_or_else(|e| panic!("{args:?} on {port}: {e}"))
 }
 
-fn ok(port: u16, args: &[&str]) {
+pub(crate) fn ok(port: u16, args: &[&str]) {
     let reply = cmd(port, args);
     assert_eq!(reply, Reply::Status("OK".into()), "{args:?} on {port}");
 }
@@ -31,13 +31,13 @@ fn keyslot(port: u16, key: &str) -> i64 {
         .expect("a slot")
 }
 
-fn node_id(port: u16) -> String {
+pub(crate) fn node_id(port: u16) -> String {
     let reply = cmd(port, &["CLUSTER", "MYID"]);
     String::from_utf8(reply.as_bytes().expect("an id").to_vec()).expect("utf-8")
 }
 
 /// The flush markers' keys on a node.
-fn markers(port: u16) -> Vec<String> {
+pub(crate) fn markers(port: u16) -> Vec<String> {
     match cmd(port, &["KEYS", "__idempotency_cache_marker:*"]) {
         Reply::Array(items) => items
             .iter()
