@@ -352,6 +352,10 @@ async fn the_outcome_is_a_field_of_the_calls_span() {
     let recorded = std::sync::Arc::clone(&seen.0);
     let subscriber = tracing_subscriber::registry().with(seen);
     let _default = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads may have registered the span's callsite while no subscriber
+    // of theirs was interested (tracing caches that per callsite): ask again now that
+    // this thread's subscriber is in place, or its spans may go unrecorded.
+    tracing::callsite::rebuild_interest_cache();
     let coordinator =
         idempotency_coordinator::Coordinator::builder(idempotency_core::MemoryStore::new())
             .in_flight(InFlight::Raise)

@@ -299,6 +299,10 @@ async fn the_outcome_is_a_field_of_the_layers_span() {
     let recorded = Arc::new(Mutex::new(Vec::new()));
     let subscriber = tracing_subscriber::registry().with(Outcomes(Arc::clone(&recorded)));
     let _default = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads may have registered the span's callsite while no subscriber
+    // of theirs was interested (tracing caches that per callsite): ask again now that
+    // this thread's subscriber is in place, or its spans may go unrecorded.
+    tracing::callsite::rebuild_interest_cache();
     let layer = IdempotencyLayer::builder(idempotency_coordinator::MemoryStore::new())
         .build()
         .expect("layer");
