@@ -289,7 +289,8 @@ impl Check {
         } = job;
         let switched = !due || self.track(server.as_ref()).await;
         let sent = Instant::now();
-        let answer = self.ask(server.as_ref(), value).await;
+        // Boxed: three commands joined make a large future (once per check, off the hit path).
+        let answer = Box::pin(self.ask(server.as_ref(), value)).await;
         let ok = switched && answer.as_ref().is_some_and(|a| a.tracking);
         if !ok {
             // Due at the next check, without counting a loss against the stamp: the

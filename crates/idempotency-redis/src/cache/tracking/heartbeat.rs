@@ -40,9 +40,10 @@ pub(super) struct NodeBeat {
     pub(super) ok: bool,
     /// Tracking was switched on again on it before the check.
     pub(super) retracked: bool,
-    /// It had lost this process's flush marker: it dropped keys without telling (a
-    /// `FLUSHALL`, `FLUSHDB` or `SWAPDB`), or this process stalled past the marker's
-    /// lifetime.
+    /// It dropped keys without naming them since its last answer (a `FLUSHALL`,
+    /// `FLUSHDB` or `SWAPDB`: this process's marker was not as it left it, or the
+    /// master's counts of those commands changed), or this process stalled past the
+    /// marker's lifetime.
     pub(super) flushed: bool,
 }
 
