@@ -149,21 +149,18 @@ impl CachedStore {
         }
     }
 
-    /// The fill ticket of a read of `id`, taken before the read is sent.
-    fn ticket(&self, id: &RecordId) -> Ticket {
-        self.entries().ticket(id.as_str(), self.part(id))
-    }
-
-    /// The cached record of `id`, counted as a local hit or miss.
-    fn local(&self, id: &RecordId) -> Option<IdempotencyRecord> {
-        let found = self.entries().get(id.as_str(), self.part(id));
-        let counter = if found.is_some() {
-            &self.entries().counters.hits
+    /// The cached record of `id` (a local hit), or the fill ticket for the read that
+    /// goes to Redis instead (a local miss, taken before that read is sent); the key's
+    /// partition is computed once for both.
+    fn local(&self, id: &RecordId) -> Lookup {
+        let part = self.part(id);
+        if let Some(record) = self.entries().get(id.as_str(), part) {
+            self.entries().counters.hits.add();
+            Lookup::Hit(record)
         } else {
-            &self.entries().counters.misses
-        };
-        counter.add();
-        found
+            self.entries().counters.misses.add();
+            Lookup::Miss(self.entries().ticket(id.as_str(), part))
+        }
     }
 
     /// Caches a record read under `ticket`, judged on the server's clock (nothing is
@@ -183,12 +180,20 @@ impl CachedStore {
     }
 }
 
+/// What the local cache answers for a key.
+enum Lookup {
+    /// The cached record.
+    Hit(IdempotencyRecord),
+    /// Not served from memory: the ticket for filling what the read from Redis finds.
+    Miss(Ticket),
+}
+
 impl IdempotencyRepository for CachedStore {
     async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
-        if let Some(record) = self.local(id) {
-            return Ok(Some(record));
-        }
-        let ticket = self.ticket(id);
+        let ticket = match self.local(id) {
+            Lookup::Hit(record) => return Ok(Some(record)),
+            Lookup::Miss(ticket) => ticket,
+        };
         let found = self.store.get(id).await?;
         if let Some(record) = &found {
             self.fill(ticket, id, record);
@@ -226,11 +231,11 @@ impl BulkRepository for CachedStore {
         let (mut missed, mut tickets) = (Vec::new(), Vec::new());
         for id in ids {
             match self.local(id) {
-                Some(record) => {
+                Lookup::Hit(record) => {
                     found.insert(id.key().to_owned(), record);
                 }
-                None => {
-                    tickets.push(self.ticket(id));
+                Lookup::Miss(ticket) => {
+                    tickets.push(ticket);
                     missed.push(id.clone());
                 }
             }
@@ -279,10 +284,10 @@ impl ReservationStore for CachedStore {
         let id = lease.id();
         // A finished record under the key is what the claim would find (its `SET NX`
         // writes nothing over it); the coordinator checks its fingerprint either way.
-        if let Some(record) = self.local(id) {
-            return Ok(Claim::Found(record));
-        }
-        let ticket = self.ticket(id);
+        let ticket = match self.local(id) {
+            Lookup::Hit(record) => return Ok(Claim::Found(record)),
+            Lookup::Miss(ticket) => ticket,
+        };
         let claim = self.store.claim(lease, duration).await?;
         if let Claim::Found(record) = &claim {
             self.fill(ticket, id, record);

@@ -60,10 +60,21 @@ pub(crate) async fn store_at(url: &str, prefix: &str) -> RedisStore {
 /// A caching store and a plain writer on another connection, both under a fresh prefix.
 async fn pair(env: &Env, config: CacheConfig) -> (CachedStore, RedisStore, String) {
     let prefix = format!("{}:", unique("cache"));
-    let cached = CachedStore::new(store_at(&env.url, &prefix).await, config)
+    let (cached, writer) = pair_at(&env.url, &prefix, config).await;
+    (cached, writer, prefix)
+}
+
+/// A caching store and a plain writer on another connection, both on `url` under
+/// `prefix`.
+pub(crate) async fn pair_at(
+    url: &str,
+    prefix: &str,
+    config: CacheConfig,
+) -> (CachedStore, RedisStore) {
+    let cached = CachedStore::new(store_at(url, prefix).await, config)
         .await
         .expect("cached store");
-    (cached, store_at(&env.url, &prefix).await, prefix)
+    (cached, store_at(url, prefix).await)
 }
 
 /// Polls `check` until it holds, or panics after [`DEADLINE`] saying `what`.
@@ -363,10 +374,7 @@ fn kill_tracking_then_write(port: u16, redis_key: &str, value: &str) {
 
 async fn a_lost_connection_flushes(url: &str, owner_port: impl Fn(&str) -> u16) {
     let prefix = format!("{}:", unique("loss"));
-    let cached = CachedStore::new(store_at(url, &prefix).await, CacheConfig::default())
-        .await
-        .expect("cached");
-    let writer = store_at(url, &prefix).await;
+    let (cached, writer) = pair_at(url, &prefix, CacheConfig::default()).await;
     let key = unique("loss");
     writer
         .save(&record(&key, "\"before\""))
@@ -417,13 +425,7 @@ async fn a_lost_tracking_connection_flushes_cluster() {
 async fn a_lost_node_connection_flushes_only_that_nodes_entries() {
     let cluster = idempotency_testkit::RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("node-loss"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let owner = |key: &str| cluster.owner_port(&writer.redis_key(&id(key)));
     let lost = unique("lost");
     let kept = (0..1000)
@@ -467,10 +469,7 @@ async fn a_lost_node_connection_flushes_only_that_nodes_entries() {
 /// flush, so no per-key invalidation can mask a missed one.
 async fn a_server_flush_flushes(url: &str, master_ports: &[u16], command: &str) {
     let prefix = format!("{}:", unique("flush"));
-    let cached = CachedStore::new(store_at(url, &prefix).await, CacheConfig::default())
-        .await
-        .expect("cached");
-    let writer = store_at(url, &prefix).await;
+    let (cached, writer) = pair_at(url, &prefix, CacheConfig::default()).await;
     let key = unique("flush");
     writer
         .save(&record(&key, "\"before\""))

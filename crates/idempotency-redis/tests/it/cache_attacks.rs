@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cache::{DEADLINE, eventually, id, record, result_of, store_at, tracking_clients, warm};
+use crate::cache::{
+    DEADLINE, eventually, id, pair_at, record, result_of, store_at, tracking_clients, warm,
+};
 use crate::common::unique;
 use idempotency_core::IdempotencyRepository;
 use idempotency_redis::cache::{CacheConfig, CachedStore};
@@ -97,13 +99,7 @@ async fn a_slot_moved_to_a_new_master_is_still_invalidated() {
     .await;
 
     let prefix = format!("{}:", unique("moved"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     // A key whose slot is not the slot of its owner's flush marker (moving that one would
     // make the tracking client meet a MOVED and refresh its state).
     let (key, owner, slot) = (0..1000)
@@ -185,13 +181,7 @@ async fn a_slot_moved_to_a_new_master_is_still_invalidated() {
 async fn a_slow_master_does_not_delay_another_masters_flush() {
     let cluster = RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("slow"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let key = unique("slow");
     let owner = cluster.owner_port(&writer.redis_key(&id(&key)));
     let slow = cluster
@@ -236,13 +226,7 @@ async fn a_slow_master_does_not_delay_another_masters_flush() {
 async fn a_swapdb_rolled_back_flushes_the_cache() {
     let server = RedisServer::start();
     let prefix = format!("{}:", unique("swap"));
-    let cached = CachedStore::new(
-        store_at(&server.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&server.url(), &prefix).await;
+    let (cached, writer) = pair_at(&server.url(), &prefix, CacheConfig::default()).await;
     let key = unique("swap");
     let redis_key = writer.redis_key(&id(&key));
     writer.save(&record(&key, "\"old\"")).await.expect("save");
@@ -273,27 +257,18 @@ async fn a_swapdb_rolled_back_flushes_the_cache() {
     );
 }
 
-/// Readers in a loop while the owner's tracking connection is killed and the key
-/// rewritten: once tracking is back (a re-tracking counted), no read returns the old
-/// record, even one sent before the loss and filled after (the partition's fill fence).
-async fn reads_in_flight_across(url: &str, owner: impl Fn(&str) -> u16, rounds: usize) {
-    let prefix = format!("{}:", unique("inflight"));
-    let cached = CachedStore::new(store_at(url, &prefix).await, CacheConfig::default())
-        .await
-        .expect("cached");
-    let writer = store_at(url, &prefix).await;
-    let key = unique("inflight");
-    let redis_key = writer.redis_key(&id(&key));
-    let port = owner(&redis_key);
-    writer.save(&record(&key, "0")).await.expect("save");
-    for round in 1..=rounds {
-        warm(&cached, &key).await;
+/// Four tasks reading one key through a cache in a loop, until stopped.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(cached: &CachedStore, key: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..4)
+        let tasks = (0..4)
             .map(|_| {
-                let cached = cached.clone();
-                let key = key.clone();
-                let stop = stop.clone();
+                let (cached, key, stop) = (cached.clone(), key.to_owned(), stop.clone());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let _ = result_of(&cached, &key).await;
@@ -301,6 +276,30 @@ async fn reads_in_flight_across(url: &str, owner: impl Fn(&str) -> u16, rounds: 
                 })
             })
             .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("reader");
+        }
+    }
+}
+
+/// Readers in a loop while the owner's tracking connection is killed and the key
+/// rewritten: once tracking is back (a re-tracking counted), no read returns the old
+/// record, even one sent before the loss and filled after (the partition's fill fence).
+async fn reads_in_flight_across(url: &str, owner: impl Fn(&str) -> u16, rounds: usize) {
+    let prefix = format!("{}:", unique("inflight"));
+    let (cached, writer) = pair_at(url, &prefix, CacheConfig::default()).await;
+    let key = unique("inflight");
+    let redis_key = writer.redis_key(&id(&key));
+    let port = owner(&redis_key);
+    writer.save(&record(&key, "0")).await.expect("save");
+    for round in 1..=rounds {
+        warm(&cached, &key).await;
+        let readers = Readers::start(&cached, &key);
         let retracks = cached.stats().retracks;
         let value = record(&key, &round.to_string()).to_json();
         kill_tracking(port);
@@ -320,10 +319,7 @@ async fn reads_in_flight_across(url: &str, owner: impl Fn(&str) -> u16, rounds: 
                 cached.stats()
             );
         }
-        stop.store(true, Ordering::Relaxed);
-        for r in readers {
-            r.await.expect("reader");
-        }
+        readers.stop().await;
     }
 }
 
@@ -346,31 +342,13 @@ async fn reads_in_flight_across_repeated_losses_cluster() {
 async fn reads_in_flight_across_a_flush_of_one_master() {
     let cluster = RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("flushrace"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     for round in 0..5 {
         let key = unique("flushrace");
         let owner = cluster.owner_port(&writer.redis_key(&id(&key)));
         writer.save(&record(&key, "1")).await.expect("save");
         warm(&cached, &key).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<_> = (0..4)
-            .map(|_| {
-                let cached = cached.clone();
-                let key = key.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let _ = result_of(&cached, &key).await;
-                    }
-                })
-            })
-            .collect();
+        let readers = Readers::start(&cached, &key);
         let before = cached.stats().server_flushes;
         ok(owner, &["FLUSHALL"]);
         eventually("the flush is noticed", || async {
@@ -386,10 +364,7 @@ async fn reads_in_flight_across_a_flush_of_one_master() {
                 cached.stats()
             );
         }
-        stop.store(true, Ordering::Relaxed);
-        for r in readers {
-            r.await.expect("reader");
-        }
+        readers.stop().await;
     }
 }
 
@@ -400,13 +375,7 @@ async fn reads_in_flight_across_a_flush_of_one_master() {
 async fn a_prefix_covering_the_markers_still_caches_and_invalidates() {
     let server = RedisServer::start();
     for prefix in ["", "__"] {
-        let cached = CachedStore::new(
-            store_at(&server.url(), prefix).await,
-            CacheConfig::default(),
-        )
-        .await
-        .expect("cached");
-        let writer = store_at(&server.url(), prefix).await;
+        let (cached, writer) = pair_at(&server.url(), prefix, CacheConfig::default()).await;
         let key = unique("prefix");
         writer.save(&record(&key, "1")).await.expect("save");
         warm(&cached, &key).await;
@@ -433,13 +402,7 @@ async fn a_manual_failover_then_a_rewrite_is_seen() {
     let cluster = RedisCluster::start_with(3, 1);
     cluster.wait_replicas_linked(Duration::from_secs(30));
     let prefix = format!("{}:", unique("failover"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let key = unique("failover");
     let redis_key = writer.redis_key(&id(&key));
     let owner = cluster.owner_port(&redis_key);
@@ -483,13 +446,7 @@ async fn a_manual_failover_then_a_rewrite_is_seen() {
 async fn a_master_restarted_empty_flushes_only_its_entries() {
     let mut cluster = RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("restart"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let owner = |key: &str| cluster.owner_port(&writer.redis_key(&id(key)));
     let lost = unique("restarted");
     let kept = (0..1000)
@@ -566,13 +523,7 @@ async fn a_master_restarted_empty_flushes_only_its_entries() {
 async fn a_failing_master_does_not_stop_the_others_entries() {
     let cluster = RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("failing"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let key = unique("healthy");
     let healthy = cluster.owner_port(&writer.redis_key(&id(&key)));
     let failing = cluster

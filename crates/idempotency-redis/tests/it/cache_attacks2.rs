@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cache::{DEADLINE, id, record, result_of, store_at, warm};
+use crate::cache::{DEADLINE, id, pair_at, record, result_of, warm};
 use crate::cache_attacks::{cmd, markers, node_id, ok};
 use crate::common::unique;
 use idempotency_core::IdempotencyRepository;
-use idempotency_redis::cache::{CacheConfig, CachedStore};
+use idempotency_redis::cache::CacheConfig;
 use idempotency_testkit::resp::{self, Reply};
 use idempotency_testkit::{RedisCluster, RedisServer};
 
@@ -48,13 +48,7 @@ async fn a_swapdb_rolled_back_within_one_check_interval_is_seen() {
     let server = RedisServer::start();
     let port = server.port();
     let prefix = format!("{}:", unique("swap2"));
-    let cached = CachedStore::new(
-        store_at(&server.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&server.url(), &prefix).await;
+    let (cached, writer) = pair_at(&server.url(), &prefix, CacheConfig::default()).await;
     let marker = markers(port).pop().expect("a marker");
     let mut attempts = 0;
     let (key, redis_key) = loop {
@@ -110,13 +104,7 @@ async fn a_standalone_server_restarted_empty_never_serves_the_old_record() {
     let mut server = RedisServer::start();
     let port = server.port();
     let prefix = format!("{}:", unique("restart"));
-    let cached = CachedStore::new(
-        store_at(&server.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&server.url(), &prefix).await;
+    let (cached, writer) = pair_at(&server.url(), &prefix, CacheConfig::default()).await;
     for round in 0..3 {
         let key = unique("restart");
         let redis_key = writer.redis_key(&id(&key));
@@ -172,13 +160,7 @@ async fn a_standalone_server_restarted_empty_never_serves_the_old_record() {
 async fn a_flushed_master_that_is_slow_serves_its_flushed_entries_no_longer_than_an_interval() {
     let cluster = RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("slowflush"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let key = unique("slowflush");
     let owner = cluster.owner_port(&writer.redis_key(&id(&key)));
     writer
@@ -219,13 +201,7 @@ fn kill_tracking(port: u16) {
 async fn a_slot_moved_to_a_master_then_its_tracking_lost_is_flushed() {
     let cluster = RedisCluster::start_with(3, 0);
     let prefix = format!("{}:", unique("rebal"));
-    let cached = CachedStore::new(
-        store_at(&cluster.url(), &prefix).await,
-        CacheConfig::default(),
-    )
-    .await
-    .expect("cached");
-    let writer = store_at(&cluster.url(), &prefix).await;
+    let (cached, writer) = pair_at(&cluster.url(), &prefix, CacheConfig::default()).await;
     let masters = cluster.master_ports();
     for round in 0..4 {
         let key = (0..1000)
