@@ -247,7 +247,7 @@ async fn inspect(admin: &Admin, id: &RecordId, json: bool) -> Result<(), Failure
         )));
     };
     if json {
-        out(&found.to_json().to_string());
+        out(&found.to_json_text());
     } else {
         out(render::inspection(&found).trim_end());
     }

@@ -71,10 +71,8 @@ pub(crate) fn inspection(found: &Inspection) -> String {
         Content::Record(r) if r.is_pending() => {
             let _ = writeln!(out, "{:<12} - (pending: the action is running)", "result");
         }
-        Content::Record(_) => {
-            let result = json.get("result").cloned().unwrap_or_default();
-            let pretty = serde_json::to_string_pretty(&result).unwrap_or_default();
-            let _ = writeln!(out, "result\n{pretty}");
+        Content::Record(r) => {
+            let _ = writeln!(out, "result\n{}", pretty_result(r.result().get()));
         }
         Content::Unreadable { reason } => {
             let _ = writeln!(out, "{:<12} {reason}", "error");
@@ -90,6 +88,18 @@ pub(crate) fn inspection(found: &Inspection) -> String {
         _ => {}
     }
     out
+}
+
+/// A stored result, pretty-printed when that keeps every value exactly (re-read as a
+/// [`serde_json::Value`], an integer beyond 64 bits would become a rounded float), else
+/// the stored text as it is.
+pub(crate) fn pretty_result(stored: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(stored) {
+        Ok(value) if serde_json::to_string(&value).is_ok_and(|compact| compact == stored) => {
+            serde_json::to_string_pretty(&value).unwrap_or_else(|_| stored.to_owned())
+        }
+        _ => stored.to_owned(),
+    }
 }
 
 /// The list table's header.

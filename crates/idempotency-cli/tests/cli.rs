@@ -322,6 +322,33 @@ async fn inspect_reports_corrupt_values_with_exit_code_4() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_integers_beyond_64_bits_as_stored() {
+    let d = Deployment::standalone();
+    let store = d.store().await;
+    let key = unique_key("bigint");
+    let lease = claim(&store, "order.create", &key).await;
+    let stored = r#"{"id":123456789012345678901234567890,"n":-0,"x":1000000000000000.2}"#;
+    complete(&store, &lease, stored).await;
+
+    let run = cli(&d.url(), &["--json", "inspect", "order.create", &key]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(r#""result":{"id":123456789012345678901234567890,"#),
+        "the stored digits, not a rounded float: {}",
+        run.stdout
+    );
+    let table = cli(&d.url(), &["inspect", "order.create", &key]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("123456789012345678901234567890"),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains("e+29"), "{}", table.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_of_a_missing_key_exits_1() {
     let d = Deployment::standalone();
     let run = cli(

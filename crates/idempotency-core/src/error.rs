@@ -129,6 +129,23 @@ pub enum IdempotencyError {
         #[source]
         source: BoxError,
     },
+    /// The storage server answered, refusing the command with an error reply (Redis:
+    /// `OOM`, `NOREPLICAS`, `READONLY`, `MISCONF`, …), as opposed to [`Storage`]
+    /// (it could not be reached, or did not answer in time). A server that refuses
+    /// writes may still serve reads: a claim refused this way reads the key first, and
+    /// only an empty key falls to the caller's storage-error mode.
+    ///
+    /// [`Storage`]: IdempotencyError::Storage
+    #[error("idempotency storage refused the command{}: {code}", operation.as_deref().map(|o| format!(" for {o}")).unwrap_or_default())]
+    StorageRefused {
+        /// The operation, when the call had one.
+        operation: Option<String>,
+        /// The server's error code (`OOM`, `NOREPLICAS`, `READONLY`, …).
+        code: String,
+        /// The driver's error, with the whole reply.
+        #[source]
+        source: BoxError,
+    },
     /// Input failed validation; every problem is listed.
     #[error("validation failed: {problems}")]
     Validation {
@@ -260,6 +277,27 @@ impl IdempotencyError {
         }
     }
 
+    /// A storage error for a command the server refused with an error reply `code`.
+    ///
+    /// # Examples
+    /// ```
+    /// use idempotency_core::{ErrorClass, IdempotencyError};
+    /// let err = IdempotencyError::storage_refused(Some("pay"), "OOM", "OOM command not allowed");
+    /// assert!(err.is_storage() && !err.is_unreachable());
+    /// assert_eq!(err.class(), ErrorClass::Storage);
+    /// ```
+    pub fn storage_refused(
+        operation: Option<&str>,
+        code: &str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self::StorageRefused {
+            operation: operation.map(str::to_owned),
+            code: code.to_owned(),
+            source: source.into(),
+        }
+    }
+
     /// The in-progress error.
     pub fn in_progress(operation: &str, key: &str) -> Self {
         Self::InProgress {
@@ -319,7 +357,9 @@ impl IdempotencyError {
         match self {
             Self::Configuration { .. } => ErrorClass::Configuration,
             // A shutdown, like an outage, is the service's trouble: retry later (503).
-            Self::Storage { .. } | Self::Cancelled { .. } => ErrorClass::Storage,
+            Self::Storage { .. } | Self::StorageRefused { .. } | Self::Cancelled { .. } => {
+                ErrorClass::Storage
+            }
             Self::Validation { .. } | Self::InvalidTtl { .. } => ErrorClass::InvalidInput,
             Self::KeyCollision { .. } | Self::InProgress { .. } => ErrorClass::Conflict,
             Self::KeyReuse { .. } => ErrorClass::KeyReuse,
@@ -357,8 +397,15 @@ impl IdempotencyError {
         }
     }
 
-    /// Whether the store failed (an outage, not a mistake).
+    /// Whether the store failed (an outage, not a mistake): it could not be reached,
+    /// or it refused the command ([`IdempotencyError::StorageRefused`]).
     pub fn is_storage(&self) -> bool {
+        matches!(self, Self::Storage { .. } | Self::StorageRefused { .. })
+    }
+
+    /// Whether the store could not be reached or did not answer in time (I/O, timeout):
+    /// a storage error that is not a refusal by a server that answered.
+    pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Storage { .. })
     }
 

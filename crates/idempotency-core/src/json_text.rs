@@ -24,16 +24,36 @@ pub(crate) enum FloatStyle {
     PythonRepr,
 }
 
-/// Writes a finite float in the given style. `shortest_exp` is Rust's `{:e}` text of the
-/// value, which holds the shortest digits that round-trip.
-fn write_float(out: &mut Vec<u8>, shortest_exp: &str, style: FloatStyle) {
-    let (negative, rest) = match shortest_exp.strip_prefix('-') {
+/// The shortest decimal digits that read back as `x` (finite), and the decimal exponent
+/// of the first: `x = ±0.d1d2… × 10^(exp + 1)`, as Python's `repr` (David Gay's `dtoa`,
+/// mode 0) chooses them. Where two shortest spellings are equally near the exact value
+/// (`1e15 + 0.3` is exactly `1000000000000000.25`), both pick the even last digit
+/// (`…0.2`); Rust's own `{:e}` rounds such a tie up. `ryu` implements the same rule.
+fn shortest_digits(spelled: &str) -> (bool, String, i32) {
+    let (negative, rest) = match spelled.strip_prefix('-') {
         Some(r) => (true, r),
-        None => (false, shortest_exp),
+        None => (false, spelled),
     };
-    let (mantissa, exp) = rest.split_once('e').unwrap_or((rest, "0"));
+    let (mantissa, exp) = rest.split_once(['e', 'E']).unwrap_or((rest, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all: String = int_part.chars().chain(frac_part.chars()).collect();
+    let leading = all.bytes().take_while(|&b| b == b'0').count();
+    let digits = all[leading..].trim_end_matches('0');
+    if digits.is_empty() {
+        return (negative, "0".to_owned(), 0);
+    }
+    // The first significant digit's place: int_part.len() - 1 - leading.
+    let place = i32::try_from(int_part.len()).unwrap_or(i32::MAX)
+        - 1
+        - i32::try_from(leading).unwrap_or(i32::MAX);
+    (negative, digits.to_owned(), place + exp)
+}
+
+/// Writes a finite float in the given style. `spelled` is a shortest round-trip
+/// spelling of the value (`ryu`'s), in any decimal layout.
+fn write_float(out: &mut Vec<u8>, spelled: &str, style: FloatStyle) {
+    let (negative, digits, exp) = shortest_digits(spelled);
     if negative {
         out.push(b'-');
     }
@@ -82,14 +102,29 @@ pub(crate) struct PythonFormatter {
 
 impl serde_json::ser::Formatter for PythonFormatter {
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
+        // `serde_json` writes a non-finite float as `null` before a formatter sees it.
+        if !value.is_finite() {
+            return writer.write_all(b"null");
+        }
         let mut buf = Vec::with_capacity(24);
-        write_float(&mut buf, &format!("{value:e}"), self.style);
+        write_float(
+            &mut buf,
+            ryu::Buffer::new().format_finite(value),
+            self.style,
+        );
         writer.write_all(&buf)
     }
 
     fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
+        if !value.is_finite() {
+            return writer.write_all(b"null");
+        }
         let mut buf = Vec::with_capacity(16);
-        write_float(&mut buf, &format!("{value:e}"), self.style);
+        write_float(
+            &mut buf,
+            ryu::Buffer::new().format_finite(value),
+            self.style,
+        );
         writer.write_all(&buf)
     }
 
@@ -492,9 +527,17 @@ pub(crate) fn write_replayed(value: &Json<'_>, out: &mut String) {
         {
             out.push_str("null");
         }
+        // `-0` is the integer 0 to Python (and `serde_json` would read it as a float).
+        Json::Number(text) if is_negative_zero_integer(text) => out.push('0'),
         Json::Number(text) => out.push_str(text),
         _ => out.push_str("null"),
     });
+}
+
+/// Whether a number's text is the integer `-0`, which Python reads as `0`.
+pub(crate) fn is_negative_zero_integer(text: &str) -> bool {
+    text.strip_prefix('-')
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b == b'0'))
 }
 
 /// Writes `value` as Python's `json.dumps(json.loads(text), sort_keys=True,
@@ -510,12 +553,16 @@ pub(crate) fn write_canonical(value: &Json<'_>, out: &mut String) {
                 out.push_str(if x < 0.0 { "-Infinity" } else { "Infinity" });
             } else {
                 let mut buf = Vec::with_capacity(24);
-                write_float(&mut buf, &format!("{x:e}"), FloatStyle::PythonRepr);
+                write_float(
+                    &mut buf,
+                    ryu::Buffer::new().format_finite(x),
+                    FloatStyle::PythonRepr,
+                );
                 out.push_str(&String::from_utf8_lossy(&buf));
             }
         }
         // `-0` is the integer 0.
-        Json::Number(text) if text.bytes().all(|b| b == b'-' || b == b'0') => out.push('0'),
+        Json::Number(text) if is_negative_zero_integer(text) => out.push('0'),
         Json::Number(text) => out.push_str(text),
         _ => out.push_str("null"),
     });

@@ -591,6 +591,14 @@ fn is_plain_value(text: &str) -> bool {
                 }
                 // Python's limit is on the digits before the point or exponent.
                 let int_digits = i - digits_from;
+                // `-0` is Python's integer 0: re-spelt by the detailed decoder.
+                if bytes[start] == b'-'
+                    && int_digits > 0
+                    && bytes[digits_from..i].iter().all(|&b| b == b'0')
+                    && !matches!(bytes.get(i), Some(b'.' | b'e' | b'E'))
+                {
+                    return false;
+                }
                 let float_from = i;
                 while i < bytes.len()
                     && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')

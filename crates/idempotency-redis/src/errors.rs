@@ -15,6 +15,49 @@ pub(crate) fn label(e: &Error) -> ErrorType {
     }
 }
 
+/// The code of a Redis error reply (`OOM`, `NOREPLICAS`, `READONLY`, `ERR`, …): `Some`
+/// when the server answered the command with an error, `None` when it could not be
+/// reached or did not answer (I/O, timeout, cancellation, routing, a full buffer).
+pub(crate) fn reply_code(e: &Error) -> Option<&str> {
+    match e.kind() {
+        ErrorKind::Unknown
+        | ErrorKind::InvalidArgument
+        | ErrorKind::InvalidCommand
+        | ErrorKind::Auth
+        | ErrorKind::Cluster => {}
+        _ => return None,
+    }
+    let code = e.details().split_whitespace().next()?;
+    (code.len() >= 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
+}
+
+/// What an error reply to a write says about the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The client is not allowed to run the command, or the server does not know it
+    /// (`NOPERM`, `NOAUTH`, `WRONGPASS`, `ERR unknown command`): the deployment is wrong,
+    /// and no call may run unprotected because of it. Always fails closed.
+    Configuration,
+    /// The server refuses writes for now but may serve reads (`NOREPLICAS`, `OOM`,
+    /// `MISCONF`, `READONLY`, `BUSY`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, another
+    /// `ERR`): the claim reads the key before anything falls to `on_storage_error`.
+    Write,
+}
+
+/// How to treat an error reply to a write, or `None` when the server did not answer.
+pub(crate) fn refusal(e: &Error) -> Option<Refusal> {
+    let code = reply_code(e)?;
+    let details = e.details();
+    let configuration = matches!(code, "NOPERM" | "NOAUTH" | "WRONGPASS")
+        || (code == "ERR"
+            && (details.contains("unknown command") || details.contains("unknown subcommand")));
+    Some(if configuration {
+        Refusal::Configuration
+    } else {
+        Refusal::Write
+    })
+}
+
 /// Whether the server refused the command because the key holds another Redis type: a
 /// permanent fault of the data under that key, not an outage.
 pub(crate) fn is_wrong_type(e: &Error) -> bool {
@@ -36,7 +79,11 @@ pub(crate) fn classify(id: &RecordId, e: Error) -> IdempotencyError {
     }
 }
 
-/// A storage error carrying the driver's error as its source.
+/// A storage error carrying the driver's error as its source: `StorageRefused` when the
+/// server answered with an error reply, `Storage` when it could not be reached.
 pub(crate) fn storage(operation: &str, e: Error) -> IdempotencyError {
-    IdempotencyError::storage(Some(operation), e)
+    match reply_code(&e).map(str::to_owned) {
+        Some(code) => IdempotencyError::storage_refused(Some(operation), &code, e),
+        None => IdempotencyError::storage(Some(operation), e),
+    }
 }

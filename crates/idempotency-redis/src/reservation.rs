@@ -18,6 +18,7 @@ use idempotency_core::{
     Result, holds_lease, is_abandoned,
 };
 
+use crate::errors::{Refusal, label, refusal};
 use crate::store::RedisStore;
 use crate::wake::RedisWatch;
 
@@ -99,6 +100,61 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// A claim the server answered with an error reply. A server that refuses writes
+    /// (`NOREPLICAS`, `OOM`, `MISCONF`, `READONLY`, …) still serves reads, so the key is
+    /// read: a finished record is found (replayed, fingerprint checked), a reservation is
+    /// found (the caller waits or is refused: a held key never fails open), an unreadable
+    /// value refuses the call, and only an empty key (or a read that fails too) is a
+    /// storage error, for the caller's `on_storage_error`. A configuration refusal
+    /// (`NOPERM`, `NOAUTH`, an unknown command) is a configuration error: it always fails
+    /// closed.
+    async fn claim_refused(
+        &self,
+        lease: &Lease,
+        e: fred::error::Error,
+        kind: Refusal,
+    ) -> Result<Claim> {
+        let id = lease.id();
+        // Counted, and `WRONGTYPE` made a data error here.
+        let refused = self.fail_on(id, e);
+        if !refused.is_storage() {
+            return Err(refused);
+        }
+        if kind == Refusal::Configuration {
+            tracing::error!(error = %refused, "Redis refuses the claim command: check the user's ACL and the server");
+            return Err(IdempotencyError::configuration(
+                "Redis refused the claim command (ACL or server): no call runs unprotected because of it",
+                Some(Box::new(refused)),
+            ));
+        }
+        let redis_key = self.redis_key(id);
+        let found: fred::prelude::FredResult<Value> =
+            self.client_for(&redis_key).get(redis_key.as_str()).await;
+        let bytes = match found {
+            Ok(value) => match value.as_bytes() {
+                Some(bytes) if !bytes.is_empty() => bytes.to_vec(),
+                // Nothing under the key: only now may the caller's mode decide.
+                _ => return Err(refused),
+            },
+            Err(read) => {
+                self.inner
+                    .metrics
+                    .record_error(id.operation(), label(&read));
+                return Err(refused);
+            }
+        };
+        tracing::warn!(error = %refused, "Redis refused the claim; answering from the key's value");
+        match self.decode(id, &bytes) {
+            // Our own reservation: a claim of ours landed before the server began
+            // refusing (a command re-sent after a reconnect).
+            Ok(record) if holds_lease(&record, lease.token()) => Ok(Claim::Acquired),
+            Ok(record) => Ok(Claim::Found(record)),
+            Err(unreadable) => Err(unreadable),
+        }
+    }
+}
+
 /// Why a claim tries to take a found value over.
 enum Unusable {
     /// No client can read it (the decoder's error).
@@ -128,6 +184,14 @@ impl ReservationStore for RedisStore {
         let redis_key = self.redis_key(id);
         let lease_ms = millis(duration);
         let mut reply = self.send_claim(&redis_key, &json, lease_ms).await;
+        if let Err(e) = &reply
+            && let Some(refusal) = refusal(e)
+        {
+            let Err(e) = reply else {
+                unreachable!("matched an error")
+            };
+            return self.claim_refused(lease, e, refusal).await;
+        }
         let mut takeovers = 0;
         // The abandoned reservation the last takeover was refused on because Redis still
         // expires it: alive by Redis's word, so found, not taken over again.
@@ -200,6 +264,22 @@ impl ReservationStore for RedisStore {
                 .takeover
                 .run(self.client_for(&redis_key), &redis_key, args)
                 .await;
+            if let Err(e) = &reply
+                && refusal(e).is_some()
+            {
+                // The server answered but refuses writes: the value stays. A reservation
+                // waits (or is in progress); an unreadable value refuses the call. Never
+                // an unprotected run over a value that is there.
+                let Err(e) = reply else {
+                    unreachable!("matched an error")
+                };
+                let refused = self.fail_on(id, e);
+                tracing::warn!(error = %refused, "could not take the key over");
+                return match decoded {
+                    Ok(record) => Ok(Claim::Found(record)),
+                    Err(unreadable) => Err(unreadable),
+                };
+            }
         }
     }
 

@@ -22,7 +22,12 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// The integer of an `Int` reply.
+    /// Whether the server answered with an error reply.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Self::Error(_))
+    }
+
+    /// The integer, if the reply is one.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Self::Int(i) => Some(*i),

@@ -14,6 +14,7 @@ mod macro_ui;
 mod mixed_fleet;
 mod outcomes;
 mod protocol_v2;
+mod refused_writes;
 mod review_v2;
 mod review_v3;
 mod security;

@@ -6,3 +6,4 @@ mod memory_store;
 mod properties;
 mod python_agreement;
 mod validation;
+mod wire_parity;

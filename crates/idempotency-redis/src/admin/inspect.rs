@@ -164,7 +164,28 @@ impl Inspection {
         })
     }
 
-    /// Everything (what `inspect --json` prints): the summary, then `redis_type`,
+    /// [`Inspection::to_json`] as text, with the stored result written exactly as it is
+    /// stored (an integer beyond 64 bits keeps every digit; [`serde_json::Value`] would
+    /// round it to a float). What `inspect --json` prints.
+    pub fn to_json_text(&self) -> String {
+        let mut rest = self.to_json();
+        if let Some(map) = rest.as_object_mut() {
+            map.remove("result");
+        }
+        let mut text = rest.to_string();
+        if text.ends_with('}') {
+            text.pop();
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str("\"result\":");
+            text.push_str(self.record().map_or("null", |r| r.result().get()));
+            text.push('}');
+        }
+        text
+    }
+
+    /// Everything (`inspect --json` prints it through [`Inspection::to_json_text`]): the summary, then `redis_type`,
     /// `fingerprint`, `result` (the stored JSON value), and for a value that is not a
     /// record `error` (why) and `raw_preview`.
     pub fn to_json(&self) -> serde_json::Value {
