@@ -282,6 +282,16 @@ impl<S: ReservationStore> Coordinator<S> {
         codec: &impl Codec<T, E>,
     ) -> std::result::Result<T, Failed<E>> {
         let decoded = if record.is_stored_error() {
+            if let Some(reason) = idempotency_core::unstorable_reason(record.result()) {
+                self.inner
+                    .metrics
+                    .record_error(record.operation(), ErrorType::Decode);
+                return Err(Failed::Library(IdempotencyError::ResultNotStorable {
+                    operation: record.operation().to_owned(),
+                    key: record.idempotency_key().to_owned(),
+                    reason,
+                }));
+            }
             codec.decode_error(record.result()).map(Err)
         } else {
             codec.decode_value(record.result()).map(Ok)
@@ -302,24 +312,26 @@ impl<S: ReservationStore> Coordinator<S> {
         }
     }
 
-    /// The stored form of a result, or `None` (reported and counted) when the adapter
-    /// cannot encode it. The action has run by then: raising would make the caller retry
-    /// a completed operation, so the value is returned uncached instead.
+    /// The stored form of a result, or why it has none (reported and counted): the
+    /// adapter cannot encode it, or the record holding it would not read back (see
+    /// [`idempotency_core::check_storable`]). The action has run by then: the caller gets
+    /// its value, and the key keeps the fact that the result could not be stored, so no
+    /// retry runs the action again.
     pub(crate) fn encode<T, E>(
         &self,
         operation: &str,
         codec: &impl Codec<T, E>,
         value: &T,
-    ) -> Option<Box<RawValue>> {
-        match codec.encode_value(value) {
-            Ok(raw) => Some(raw),
-            Err(e) => {
-                self.inner
-                    .metrics
-                    .record_error(operation, ErrorType::RecordValidation);
-                tracing::error!(error = %e, "result cannot be stored; this call is not cached");
-                None
-            }
-        }
+    ) -> std::result::Result<Box<RawValue>, String> {
+        let checked = codec
+            .encode_value(value)
+            .and_then(|raw| idempotency_core::check_storable(&raw).map(|()| raw));
+        checked.map_err(|e| {
+            self.inner
+                .metrics
+                .record_error(operation, ErrorType::RecordValidation);
+            tracing::error!(error = %e, "the result cannot be stored; retries get an error, the action does not run again");
+            e.to_string()
+        })
     }
 }

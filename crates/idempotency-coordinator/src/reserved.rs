@@ -296,10 +296,14 @@ impl<S: ReservationStore> Coordinator<S> {
         // Encoded before any await, so the call's future holds no `&T` or `&E` across one
         // (a detached call then needs `T: Send` only).
         let (finish, outcome) = match outcome {
-            Ok(value) => {
-                let result = self.encode(lease.operation(), &codec, &value);
-                (Finish::Value(result), Ok(value))
-            }
+            Ok(value) => match self.encode(lease.operation(), &codec, &value) {
+                Ok(result) => (Finish::Value(Some(result)), Ok(value)),
+                // The action ran: the key keeps that its result could not be stored.
+                Err(reason) => (
+                    Finish::Error(idempotency_core::unstorable_marker(&reason)),
+                    Ok(value),
+                ),
+            },
             Err(e) => match codec.encode_error(&e) {
                 Some(stored) => (Finish::Error(stored), Err(Failed::Action(e))),
                 // Failures are not cached: free the key so the retry runs again.

@@ -53,10 +53,14 @@ impl<S: ReservationStore> Coordinator<S> {
         let done = job.start().await;
         // Encoded before the write, so no `&T` is held across an await.
         let (raw, status) = match &done {
-            Ok(value) => (
-                self.encode(operation, &codec, value),
-                RecordStatus::Completed,
-            ),
+            Ok(value) => match self.encode(operation, &codec, value) {
+                Ok(raw) => (Some(raw), RecordStatus::Completed),
+                // The action ran: the key keeps that its result could not be stored.
+                Err(reason) => (
+                    Some(idempotency_core::unstorable_marker(&reason)),
+                    RecordStatus::StoredError,
+                ),
+            },
             Err(e) => (codec.encode_error(e), RecordStatus::StoredError),
         };
         let Some(raw) = raw else {

@@ -212,6 +212,20 @@ pub enum IdempotencyError {
         #[source]
         source: BoxError,
     },
+    /// The action ran, but its result could not be stored (the adapter could not encode
+    /// it, or no client could read it back: see [`check_storable`]); the key holds that
+    /// fact, and every retry gets this error instead of running the action again.
+    ///
+    /// [`check_storable`]: crate::check_storable
+    #[error("the result of operation '{operation}', key '{key}' could not be stored: {reason}")]
+    ResultNotStorable {
+        /// The operation.
+        operation: String,
+        /// The idempotency key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// The kit was set up wrong: a malformed store URL, metrics asked for without a
     /// collector, an invalid client configuration. Not an outage (fail-open never applies)
     /// and not the caller's request (not a 400).
@@ -367,6 +381,7 @@ impl IdempotencyError {
             Self::CorruptedRecord { .. }
             | Self::InvalidRecord { .. }
             | Self::Serialization { .. }
+            | Self::ResultNotStorable { .. }
             | Self::Fingerprint { .. } => ErrorClass::Data,
             Self::BulkSave {
                 collisions,

@@ -523,7 +523,7 @@ impl std::error::Error for NaiveExpiry {}
 ///   detailed decoder), an escaped key or more than 32 keys (not compared here).
 ///
 /// Conservative: `false` only costs a slower decode, never another outcome.
-fn is_plain_value(text: &str) -> bool {
+pub(crate) fn is_plain_value(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut i = 0;
     // Open containers: whether each is an object, and where its keys start in `keys`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
     Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId, ReservationStore,
-    Result, holds_lease, is_abandoned,
+    Result, holds_lease, is_abandoned, looks_finished,
 };
 
 use crate::errors::{Refusal, label, refusal};
@@ -220,6 +220,18 @@ impl ReservationStore for RedisStore {
                 ));
             };
             let decoded = self.decode(id, bytes);
+            if let Err(unreadable) = &decoded
+                && looks_finished(bytes)
+            {
+                // A finished record no client can read (written by a broken writer): its
+                // action ran, so it is refused, never taken over and run again.
+                tracing::error!(
+                    operation = id.operation(),
+                    error = %unreadable,
+                    "the key holds a finished record that cannot be read; refusing the call"
+                );
+                return decoded.map(Claim::Found);
+            }
             let why = match self.unusable(&decoded) {
                 Some(Unusable::Abandoned) if refused.as_deref() == Some(bytes) => None,
                 other => other,

@@ -21,3 +21,4 @@ mod security;
 mod sentinel;
 mod settings;
 mod tls;
+mod unstorable;

@@ -2,8 +2,8 @@
 
 use std::fmt::Debug;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize as _, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{IdempotencyError, Result};
@@ -35,6 +35,17 @@ pub trait ResultAdapter<T>: Send + Sync + Debug {
     fn decode(&self, raw: &RawValue) -> Result<T>;
 }
 
+/// Reads a stored result into `T`, as deep as a record holds one: a record never nests
+/// beyond pydantic's 200 levels (the decoder refuses deeper ones, and `check_storable`
+/// keeps them from being written), past `serde_json`'s default limit of 128.
+fn from_result_text<T: DeserializeOwned>(text: &str) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de).map_err(IdempotencyError::serialization)?;
+    de.end().map_err(IdempotencyError::serialization)?;
+    Ok(value)
+}
+
 /// The adapter for any `Serialize + DeserializeOwned` type (the role of the Python
 /// library's `PydanticResultAdapter`; the type is inferred from the action). A stored
 /// `null` decodes only into types that accept it (`Option`, `()`).
@@ -47,7 +58,7 @@ impl<T: Serialize + DeserializeOwned> ResultAdapter<T> for SerdeAdapter {
     }
 
     fn decode(&self, raw: &RawValue) -> Result<T> {
-        serde_json::from_str(raw.get()).map_err(IdempotencyError::serialization)
+        from_result_text(raw.get())
     }
 }
 
@@ -61,7 +72,7 @@ impl ResultAdapter<serde_json::Value> for JsonAdapter {
     }
 
     fn decode(&self, raw: &RawValue) -> Result<serde_json::Value> {
-        serde_json::from_str(raw.get()).map_err(IdempotencyError::serialization)
+        from_result_text(raw.get())
     }
 }
 

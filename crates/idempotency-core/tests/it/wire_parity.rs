@@ -547,3 +547,35 @@ fn a_negative_zero_integer_is_read_and_replayed_as_zero() {
         IdempotencyRecord::from_json(record_with("-0.0").as_bytes(), "op", "k").expect("a record");
     assert_eq!(float.result().get(), "-0.0");
 }
+
+#[test]
+fn check_storable_agrees_with_the_decoder_a_claim_uses() {
+    let mut results: Vec<String> = (190..=210)
+        .map(|depth| format!("{}1{}", "[".repeat(depth), "]".repeat(depth)))
+        .collect();
+    results.extend(
+        [
+            r#""\ud83d""#,
+            r#""\ud83d\ude00""#,
+            r#"{"a":"\udc00"}"#,
+            "-0",
+            "[1e400]",
+            r#"{"a":1,"a":2}"#,
+        ]
+        .map(str::to_owned),
+    );
+    results.push("1".repeat(4300));
+    results.push("1".repeat(4301));
+    let mut checked = 0;
+    for text in results {
+        let mut de = serde_json::Deserializer::from_str(&text);
+        de.disable_recursion_limit();
+        let raw: Box<RawValue> = serde::Deserialize::deserialize(&mut de).expect("JSON text");
+        checked += 1;
+        let storable = idempotency_core::check_storable(&raw).is_ok();
+        let decodes =
+            IdempotencyRecord::from_json(record_with(&text).as_bytes(), "op", "k").is_ok();
+        assert_eq!(storable, decodes, "{}", &text[..text.len().min(60)]);
+    }
+    assert_eq!(checked, 29);
+}
