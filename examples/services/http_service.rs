@@ -18,8 +18,11 @@
 //!
 //! `RUST_LOG=debug` shows each request's outcome (executed, replayed, conflict, …).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -28,7 +31,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use idempotency_coordinator::{
-    ConnectOptions, Coordinator, IdempotencySettings, MemoryStore, PrometheusMetrics,
+    ConnectOptions, Coordinator, Drained, IdempotencySettings, MemoryStore, PrometheusMetrics,
     ReservationStore, connect_client, redis_coordinator,
 };
 use idempotency_http::{HttpOutcome, IdempotencyLayer, KeyRequirement};
@@ -105,6 +108,14 @@ fn app<S: ReservationStore>(
         .layer(axum::middleware::from_fn(log_outcome)))
 }
 
+/// Drains a coordinator of either store type.
+type Drain = Box<dyn FnOnce(Duration) -> Pin<Box<dyn Future<Output = Drained> + Send>>>;
+
+fn drainer<S: ReservationStore + Send + Sync + 'static>(coordinator: &Coordinator<S>) -> Drain {
+    let coordinator = coordinator.clone();
+    Box::new(move |deadline| Box::pin(coordinator.drain(deadline)))
+}
+
 /// Ctrl-C or SIGTERM.
 async fn shutdown() {
     let ctrl_c = async {
@@ -140,6 +151,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let (collector, registry) = PrometheusMetrics::with_own_registry(None)?;
     let collector = collector.shared();
+    // What the shutdown drains: the coordinator's detached handlers (see below).
+    let drain: Drain;
     let (router, store) = match std::env::var("REDIS_URL") {
         Ok(url) => {
             let settings = IdempotencySettings {
@@ -149,12 +162,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let client = connect_client(&url, &ConnectOptions::default()).await?;
             let coordinator = redis_coordinator(&settings, client, Some(collector))?;
+            drain = drainer(&coordinator);
             (app(coordinator, registry)?, format!("Redis at {url}"))
         }
         Err(_) => {
             let coordinator = Coordinator::builder(MemoryStore::new())
                 .metrics(collector)
                 .build()?;
+            drain = drainer(&coordinator);
             (
                 app(coordinator, registry)?,
                 "in memory (set REDIS_URL for Redis)".to_owned(),
@@ -167,5 +182,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown())
         .await?;
+    // The server takes no more requests; handlers still running in detached tasks get
+    // 10 s to finish and store their responses, the rest are cut and their keys released
+    // (a retry runs them again) before the runtime ends.
+    let drained = drain(Duration::from_secs(10)).await;
+    println!(
+        "drained: {} handlers finished, {} cut",
+        drained.finished, drained.cut
+    );
     Ok(())
 }

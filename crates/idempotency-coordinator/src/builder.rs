@@ -304,6 +304,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                 clock: self.clock,
                 on_record_created: self.on_record_created,
                 coalescer: self.coalesce.then(Coalescer::new),
+                detached: Arc::default(),
             }),
         }
     }

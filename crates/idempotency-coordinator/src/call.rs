@@ -1,6 +1,7 @@
 //! The call builder: `coordinator.call(op, key).fingerprint(..).ttl(..).run(action)`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_core::{IdempotencyError, ReservationStore, ResultAdapter, SerdeAdapter};
@@ -257,7 +258,18 @@ impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
         let options = self.options;
         let adapter = self.adapter;
         let errors = self.errors;
+        let cancelled = || IdempotencyError::Cancelled {
+            operation: self.operation.to_owned(),
+            key: self.key.map(str::to_owned),
+        };
+        // Refused once the coordinator drains (a shutdown is under way).
+        let Some(ticket) = coordinator.inner.detached.enter() else {
+            return Err(cancelled().into());
+        };
+        let ticket_id = ticket.id();
+        let detached = Arc::clone(&coordinator.inner.detached);
         let task = tokio::spawn(async move {
+            let _ticket = ticket;
             let storing = Storing {
                 adapter: &adapter,
                 errors: &errors,
@@ -267,14 +279,11 @@ impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
                 .execute_with(&operation, key.as_deref(), &options, job)
                 .await
         });
+        detached.register(ticket_id, task.abort_handle());
         match task.await {
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(IdempotencyError::Cancelled {
-                operation: self.operation.to_owned(),
-                key: self.key.map(str::to_owned),
-            }
-            .into()),
+            Err(_) => Err(cancelled().into()),
         }
     }
 }

@@ -141,6 +141,8 @@ pub(crate) struct Inner<S> {
     pub(crate) on_record_created: Option<Arc<RecordCreatedHook>>,
     /// In-process coalescing of concurrent calls per key (`None`: off).
     pub(crate) coalescer: Option<Coalescer>,
+    /// The detached calls and background releases, for [`Coordinator::drain`].
+    pub(crate) detached: Arc<crate::drain::Detached>,
 }
 
 impl<S> Inner<S> {

@@ -156,7 +156,10 @@ fn spawn_release<S: ReservationStore>(inner: &Arc<Inner<S>>, lease: &Lease, why:
     };
     let inner = Arc::clone(inner);
     let lease = lease.clone();
+    // A drain waits for this release too.
+    let ticket = inner.detached.release_ticket();
     handle.spawn(async move {
+        let _ticket = ticket;
         tracing::info!(operation = lease.operation(), "{why}");
         if let Err(e) = inner.store.release(&lease).await {
             inner

@@ -45,6 +45,7 @@ mod builder;
 mod call;
 mod coalesce;
 mod coordinator;
+mod drain;
 mod error_policy;
 mod follow;
 mod hook;
@@ -64,6 +65,7 @@ pub mod __private;
 pub use builder::CoordinatorBuilder;
 pub use call::Call;
 pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
+pub use drain::Drained;
 // The facade: what a user of the coordinator needs, so an application depends on this
 // crate alone.
 pub use error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};

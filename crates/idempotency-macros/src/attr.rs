@@ -12,6 +12,8 @@ pub(crate) struct Args {
     pub(crate) ttl_secs: Option<LitInt>,
     pub(crate) coordinator: Option<Expr>,
     pub(crate) adapter: Option<Expr>,
+    /// `detached`: the body runs as a spawned task (`run_detached`).
+    pub(crate) detached: bool,
 }
 
 impl Args {
@@ -22,6 +24,7 @@ impl Args {
         let mut ttl_secs = None;
         let mut coordinator = None;
         let mut adapter = None;
+        let mut detached = false;
         let parser = syn::meta::parser(|meta| {
             if meta.path.is_ident("operation") {
                 operation = Some(meta.value()?.parse::<LitStr>()?);
@@ -43,9 +46,13 @@ impl Args {
                 coordinator = Some(meta.value()?.parse::<Expr>()?);
             } else if meta.path.is_ident("adapter") {
                 adapter = Some(meta.value()?.parse::<Expr>()?);
+            } else if meta.path.is_ident("detached") {
+                detached = true;
+            } else if meta.path.is_ident("attached") {
+                detached = false;
             } else {
                 return Err(meta.error(
-                    "unknown argument; expected `operation`, `key`, `fingerprint(..)`, `ttl_secs`, `coordinator` or `adapter`",
+                    "unknown argument; expected `operation`, `key`, `fingerprint(..)`, `ttl_secs`, `coordinator`, `adapter`, `attached` or `detached`",
                 ));
             }
             Ok(())
@@ -70,6 +77,7 @@ impl Args {
             ttl_secs,
             coordinator,
             adapter,
+            detached,
         })
     }
 }

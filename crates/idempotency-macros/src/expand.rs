@@ -90,13 +90,20 @@ pub(crate) fn expand(args: &Args, function: ItemFn) -> syn::Result<TokenStream> 
         Some(a) => quote!(#a),
         None => quote!(::idempotency_coordinator::SerdeAdapter),
     };
+    let body_tokens = &function.block.stmts;
+    let run = if args.detached {
+        // A spawned task: it finishes (and stores its result) even when the caller's
+        // future is dropped. The body then owns what it uses (`'static + Send`).
+        quote!(.run_detached(move || async move { #(#body_tokens)* }))
+    } else {
+        quote!(.run(|| async { #(#body_tokens)* }))
+    };
     let ItemFn {
         attrs,
         vis,
         sig,
-        block,
+        block: _,
     } = function;
-    let body = &block.stmts;
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
@@ -108,7 +115,7 @@ pub(crate) fn expand(args: &Args, function: ItemFn) -> syn::Result<TokenStream> 
                 .maybe_fingerprint(__idempotency_fingerprint)
                 #ttl
                 .adapter(#adapter)
-                .run(|| async { #(#body)* })
+                #run
                 .await
         }
     })

@@ -10,7 +10,16 @@ mod expand;
 use proc_macro::TokenStream;
 
 /// Makes an async method or function idempotent through a coordinator: the body runs at
-/// most once per key, and every retry gets the stored result.
+/// most once per key while its caller awaits it, and every retry gets the stored result.
+///
+/// **What holds, exactly.** By default (`attached`, `Call::run`) the body runs inside the
+/// caller's future. If that future is dropped after the body started (a client
+/// disconnect, an outer timeout), the body stops where it is, the key is released, and a
+/// retry runs the body again: at most once per key among callers that are not cut
+/// mid-body. With `detached` (`Call::run_detached`, below) the body runs as a spawned
+/// task that finishes and stores its result even when its caller is gone, so a retry
+/// replays it; the body must then own what it uses. Neither survives the process or
+/// its runtime ending mid-body (see `docs/coordinator.md`, "What survives what").
 ///
 /// The function must be `async` and return `Result<T, E>` with `E:
 /// From<IdempotencyError>`; `T` is stored with the adapter (serde by default).
@@ -129,6 +138,25 @@ use proc_macro::TokenStream;
 /// # async fn main() -> Result<(), IdempotencyError> {
 /// # let coordinator = Coordinator::in_memory();
 /// assert_eq!(render(&coordinator, Some("d1")).await?["pages"], 3);
+/// # Ok(()) }
+/// ```
+///
+/// # `detached`: the body finishes even if its caller goes away
+/// The body runs as a spawned task; it must be `'static + Send` (owned parameters,
+/// `self: Arc<Self>`; a body that uses `&self` or a borrowed parameter does not compile).
+/// Use it for bodies with side effects (a charge, a mail).
+/// ```
+/// use idempotency_coordinator::{Coordinator, IdempotencyError, MemoryStore, idempotent};
+///
+/// #[idempotent(operation = "mail.send", coordinator = coordinator, detached)]
+/// async fn send(coordinator: &Coordinator<MemoryStore>, to: String, idempotency_key: Option<String>) -> Result<String, IdempotencyError> {
+///     Ok(format!("sent to {to}"))
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), IdempotencyError> {
+/// let coordinator = Coordinator::in_memory();
+/// assert_eq!(send(&coordinator, "a@x".into(), Some("m1".into())).await?, "sent to a@x");
+/// assert_eq!(send(&coordinator, "b@x".into(), Some("m1".into())).await?, "sent to a@x");
 /// # Ok(()) }
 /// ```
 #[proc_macro_attribute]

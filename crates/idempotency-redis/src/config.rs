@@ -99,6 +99,11 @@ impl ConnectOptions {
         if let Some(connector) = &self.tls {
             config.tls = Some(connector.clone().into());
         }
+        #[cfg(feature = "tls")]
+        let tls_configured = config.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls_configured = false;
+        require_tls_where_asked(url, tls_configured)?;
         let mut builder = Builder::from_config(config);
         let command_timeout = self.command_timeout;
         let connect_timeout = self.connect_timeout;
@@ -117,6 +122,33 @@ impl ConnectOptions {
             ));
         Ok(builder)
     }
+}
+
+/// Whether `url`'s scheme asks for TLS (`rediss://`, `rediss-cluster://`,
+/// `rediss-sentinel://`).
+fn asks_for_tls(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        let scheme = scheme.to_ascii_lowercase();
+        scheme == "rediss" || scheme.starts_with("rediss-")
+    })
+}
+
+/// A URL that asks for TLS gets TLS or this error, never a plaintext connection: fred
+/// reads `rediss://` without its TLS support as a plain connection.
+fn require_tls_where_asked(url: &str, tls_configured: bool) -> Result<()> {
+    if !asks_for_tls(url) || tls_configured {
+        return Ok(());
+    }
+    Err(IdempotencyError::configuration(
+        if cfg!(feature = "tls") {
+            "the Redis URL asks for TLS (rediss://) but no TLS configuration was made for it"
+        } else {
+            "the Redis URL asks for TLS (rediss://) but this build has no TLS support: enable \
+             the `tls` feature (of idempotency-redis, or idempotency-coordinator's `tls`); \
+             it never connects in plaintext instead"
+        },
+        None,
+    ))
 }
 
 impl RedisStore {
@@ -187,5 +219,43 @@ pub async fn connect_client(url: &str, options: &ConnectOptions) -> Result<Conne
                 ),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{asks_for_tls, require_tls_where_asked};
+
+    #[test]
+    fn a_url_that_asks_for_tls_never_connects_without_it() {
+        for url in [
+            "rediss://127.0.0.1:6380",
+            "REDISS://h:1",
+            "rediss-cluster://h:1?node=h:2",
+            "rediss-sentinel://h:26379/0?sentinelServiceName=m",
+        ] {
+            assert!(asks_for_tls(url), "{url}");
+            let refused = require_tls_where_asked(url, false).expect_err(url);
+            assert_eq!(refused.class(), idempotency_core::ErrorClass::Configuration);
+            assert!(require_tls_where_asked(url, true).is_ok());
+        }
+        for url in ["redis://h:1", "redis-cluster://h:1", "unix:///tmp/r.sock"] {
+            assert!(!asks_for_tls(url), "{url}");
+            assert!(require_tls_where_asked(url, false).is_ok());
+        }
+    }
+
+    /// Without the `tls` feature (`cargo test -p idempotency-redis --lib
+    /// --no-default-features`, run by `.ci/run`), a `rediss://` URL is refused when the
+    /// client is built: before any connection is attempted.
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_the_tls_feature_rediss_is_a_configuration_error() {
+        let refused = super::ConnectOptions::default()
+            .builder("rediss://127.0.0.1:1")
+            .map(drop)
+            .expect_err("plaintext for a rediss URL");
+        assert_eq!(refused.class(), idempotency_core::ErrorClass::Configuration);
+        assert!(refused.to_string().contains("tls"), "{refused}");
     }
 }

@@ -15,38 +15,60 @@
 //! each documents: never to an error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 use time::OffsetDateTime;
 
-/// How long one `TIME` sample (or one refusal) is trusted.
+/// How long one `TIME` sample (or one refusal) is trusted before it is refreshed.
 const RESAMPLE_AFTER: Duration = Duration::from_secs(30);
+/// How soon a refresh that failed without an answer (I/O, timeout) is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 enum Sample {
     /// The server's time at the monotonic instant.
     Time(OffsetDateTime, Instant),
-    /// `TIME` failed at this instant.
-    Unavailable(Instant),
+    /// The server refused `TIME` (an error reply, such as `NOPERM`) at this instant.
+    Refused(Instant),
 }
 
-/// A sampled server clock.
 #[derive(Debug, Default)]
-pub(crate) struct ServerClock {
-    sample: Mutex<Option<Sample>>,
-    // Set while one caller asks `TIME`: the others keep using the last sample meanwhile,
-    // so a stale sample costs one round trip per store, not one per concurrent call.
+struct State {
+    sample: Option<Sample>,
+    /// A refresh failed without an answer at this instant: the last sample stays.
+    failed_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    // Set while one refresh runs: at most one `TIME` in flight per store.
     refreshing: AtomicBool,
+    // Done once the store's first `TIME` was answered or failed.
+    first: tokio::sync::OnceCell<()>,
+}
+
+/// A sampled server clock. Cheap to clone (one shared sample).
+///
+/// Invariants, enforced here: a call never waits for `TIME`, except for the store's first
+/// sample (once, at start-up, in [`ServerClock::now`]); a refresh runs in the background,
+/// one at a time (`refreshing`); a
+/// refresh that gets no answer (I/O, timeout) keeps the last good sample, and only a
+/// refusal by the server switches the store to local-clock stamps, for
+/// [`RESAMPLE_AFTER`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ServerClock {
+    shared: Arc<Shared>,
 }
 
 impl ServerClock {
     /// The server's time now from the last sample, without asking the server; `None`
     /// without a fresh sample.
     pub(crate) fn estimate(&self) -> Option<OffsetDateTime> {
-        match *self.sample.lock().unwrap_or_else(PoisonError::into_inner) {
+        match self.state().sample {
             Some(Sample::Time(server, at)) if at.elapsed() < RESAMPLE_AFTER => {
                 Some(server + at.elapsed())
             }
@@ -54,48 +76,113 @@ impl ServerClock {
         }
     }
 
-    /// The server's time now, sampling `TIME` when the last sample is stale; `None` when
-    /// the server refused or failed it (asked again after [`RESAMPLE_AFTER`]).
-    pub(crate) async fn now(&self, client: &Client) -> Option<OffsetDateTime> {
-        let last = *self.sample.lock().unwrap_or_else(PoisonError::into_inner);
-        let stale = match last {
-            Some(Sample::Time(server, at)) if at.elapsed() < RESAMPLE_AFTER => {
-                return Some(server + at.elapsed());
-            }
-            Some(Sample::Unavailable(at)) if at.elapsed() < RESAMPLE_AFTER => return None,
-            Some(Sample::Time(server, at)) => Some(server + at.elapsed()),
-            _ => None,
-        };
-        if self.refreshing.swap(true, Ordering::AcqRel) {
-            // Someone else is asking: the extrapolated old sample is good enough meanwhile.
-            return stale;
-        }
-        // Cleared on drop too: a caller cancelled mid-refresh must not block refreshes.
-        let _refreshing = Refreshing(&self.refreshing);
-        self.refresh(client).await
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn refresh(&self, client: &Client) -> Option<OffsetDateTime> {
+    /// The server's time now, extrapolated from the last sample (however old: a
+    /// monotonic clock drifts little), never waiting: a stale or missing sample is
+    /// refreshed in the background. `None` when there is no sample yet or the server
+    /// refused `TIME`; callers then fall back as each documents.
+    pub(crate) fn current(&self, client: &Client) -> Option<OffsetDateTime> {
+        let (now, refresh) = {
+            let state = self.state();
+            let retry_due = state.failed_at.is_none_or(|at| at.elapsed() >= RETRY_AFTER);
+            match state.sample {
+                Some(Sample::Time(server, at)) => (
+                    Some(server + at.elapsed()),
+                    at.elapsed() >= RESAMPLE_AFTER && retry_due,
+                ),
+                Some(Sample::Refused(at)) => (None, at.elapsed() >= RESAMPLE_AFTER),
+                None => (None, retry_due),
+            }
+        };
+        if refresh {
+            self.refresh_in_background(client);
+        }
+        now
+    }
+
+    /// The server's time now, as [`ServerClock::current`], except that the store's very
+    /// first sample is waited for (once per store, at start-up: the store asks for it when
+    /// it is built), so the first calls are stamped with the server's clock too.
+    pub(crate) async fn now(&self, client: &Client) -> Option<OffsetDateTime> {
+        if !self.shared.first.initialized() {
+            self.shared
+                .first
+                .get_or_init(|| async {
+                    self.ask(client).await;
+                })
+                .await;
+        }
+        self.current(client)
+    }
+
+    /// Starts one refresh on the current runtime, unless one runs (or there is no
+    /// runtime: then the next call starts it). The store's first sample goes through
+    /// [`ServerClock::now`]'s once-cell, so callers waiting for it wait for this one.
+    pub(crate) fn refresh_in_background(&self, client: &Client) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (clock, client) = (self.clone(), client.clone());
+        if !self.shared.first.initialized() {
+            runtime.spawn(async move {
+                clock.now(&client).await;
+            });
+            return;
+        }
+        if self.shared.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(async move {
+            // Cleared on drop too: a refresh cancelled by a shutdown must not block others.
+            let _refreshing = Refreshing(&clock.shared.refreshing);
+            clock.ask(&client).await;
+        });
+    }
+
+    async fn ask(&self, client: &Client) -> Option<OffsetDateTime> {
         let sent = Instant::now();
-        let reply: Result<Value, _> = client
+        let reply: Result<Value, fred::error::Error> = client
             .custom(
                 CustomCommand::new_static("TIME", ClusterHash::Random, false),
                 Vec::<Value>::new(),
             )
             .await;
-        let sample = match reply.ok().as_ref().and_then(parse_time) {
-            // The server read its clock about half a round trip before the reply arrived.
-            Some(server) => Sample::Time(server, sent + sent.elapsed() / 2),
-            None => {
-                tracing::debug!("TIME unavailable; records are stamped with the local clock");
-                Sample::Unavailable(Instant::now())
+        let mut state = self.state();
+        match reply {
+            Ok(value) => match parse_time(&value) {
+                // The server read its clock about half a round trip before the reply.
+                Some(server) => {
+                    state.sample = Some(Sample::Time(server, sent + sent.elapsed() / 2));
+                    state.failed_at = None;
+                }
+                None => state.sample = Some(Sample::Refused(Instant::now())),
+            },
+            Err(e) if crate::errors::reply_code(&e).is_some() => {
+                tracing::debug!(error = %e, "TIME refused; records are stamped with the local clock");
+                state.sample = Some(Sample::Refused(Instant::now()));
             }
-        };
-        *self.sample.lock().unwrap_or_else(PoisonError::into_inner) = Some(sample);
-        match sample {
-            Sample::Time(server, at) => Some(server + at.elapsed()),
-            Sample::Unavailable(_) => None,
+            // No answer: a transient fault. The last good sample stays.
+            Err(e) => {
+                tracing::debug!(error = %e, "TIME got no answer; keeping the last sample");
+                state.failed_at = Some(Instant::now());
+            }
         }
+        match state.sample {
+            Some(Sample::Time(server, at)) => Some(server + at.elapsed()),
+            _ => None,
+        }
+    }
+
+    /// Seeds a sample whose server time is `server` at the monotonic `at` (tests).
+    #[cfg(test)]
+    fn seed(&self, server: OffsetDateTime, at: Instant) {
+        self.state().sample = Some(Sample::Time(server, at));
     }
 }
 
@@ -139,5 +226,50 @@ mod tests {
     #[test]
     fn no_sample_means_no_estimate() {
         assert_eq!(ServerClock::default().estimate(), None);
+    }
+
+    /// A refresh that gets no answer keeps the last good sample; the call that asked for
+    /// the time never waits for the refresh.
+    #[tokio::test]
+    async fn a_transient_failure_keeps_the_last_good_sample_without_waiting() {
+        let clock = ServerClock::default();
+        let server = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        // Stale: a minute old.
+        let at = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("a minute ago");
+        clock.seed(server, at);
+        // A client that was never connected: TIME fails without an answer.
+        let mut builder = fred::prelude::Builder::default_centralized();
+        builder.with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_millis(50);
+        });
+        let client = builder.build().expect("client");
+        let started = Instant::now();
+        let now = clock
+            .current(&client)
+            .expect("the stale sample, extrapolated");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "the call waited"
+        );
+        assert!(now >= server + Duration::from_secs(60));
+        // Let the background refresh fail.
+        for _ in 0..100 {
+            if !clock.shared.refreshing.load(Ordering::Acquire) && clock.state().failed_at.is_some()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            clock.state().failed_at.is_some(),
+            "the refresh did not fail"
+        );
+        assert!(
+            matches!(clock.state().sample, Some(Sample::Time(s, _)) if s == server),
+            "the last good sample was dropped"
+        );
+        assert!(clock.current(&client).is_some());
     }
 }

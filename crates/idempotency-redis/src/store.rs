@@ -102,6 +102,10 @@ impl RedisStoreBuilder {
     /// The store.
     pub fn build(self) -> RedisStore {
         let clustered = self.connection.client().is_clustered();
+        let server_clock = ServerClock::default();
+        // The first sample is asked for now, so the first call finds one (no call waits
+        // for it: without one, records are stamped with the local clock).
+        server_clock.refresh_in_background(self.connection.client());
         RedisStore {
             inner: Arc::new(Inner {
                 wake: Wakeups::new(self.connection.client().clone()),
@@ -111,7 +115,7 @@ impl RedisStoreBuilder {
                 scripts: Scripts::new(),
                 clustered,
                 native_claim: AtomicBool::new(true),
-                server_clock: ServerClock::default(),
+                server_clock,
             }),
         }
     }

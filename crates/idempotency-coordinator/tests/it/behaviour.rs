@@ -553,29 +553,42 @@ on_all!(
     }
 );
 
-on_all!(an_unencodable_result_is_returned_but_not_cached, |env| {
-    let coordinator = env.coordinator(|b| b);
-    let key = unique("unencodable");
-    let make = || {
-        let mut m = HashMap::new();
-        m.insert((1u8, 2u8), 3u8);
-        m
-    };
-    let v: HashMap<(u8, u8), u8> = coordinator
-        .call("op", Some(&key))
-        .run(|| async { Ok::<_, IdempotencyError>(make()) })
-        .await
-        .expect("value");
-    assert_eq!(v, make());
-    assert_eq!(env.metrics.count("error", error_type::RECORD_VALIDATION), 1);
-    assert_eq!(
-        env.store
+on_all!(
+    an_unencodable_result_is_returned_and_never_run_again,
+    |env| {
+        let coordinator = env.coordinator(|b| b);
+        let key = unique("unencodable");
+        let make = || {
+            let mut m = HashMap::new();
+            m.insert((1u8, 2u8), 3u8);
+            m
+        };
+        let v: HashMap<(u8, u8), u8> = coordinator
+            .call("op", Some(&key))
+            .run(|| async { Ok::<_, IdempotencyError>(make()) })
+            .await
+            .expect("value");
+        assert_eq!(v, make());
+        assert_eq!(env.metrics.count("error", error_type::RECORD_VALIDATION), 1);
+        // The key keeps that the action ran and its result could not be stored.
+        let kept = env
+            .store
             .get(&idempotency_testkit::record_id("op", &key))
             .await
-            .expect("get"),
-        None
-    );
-});
+            .expect("get")
+            .expect("a record");
+        assert!(kept.is_stored_error());
+        assert!(idempotency_core::unstorable_reason(kept.result()).is_some());
+        let retry: Result<HashMap<(u8, u8), u8>, IdempotencyError> = coordinator
+            .call("op", Some(&key))
+            .run(|| async { panic!("the action ran again") })
+            .await;
+        assert!(
+            matches!(retry, Err(IdempotencyError::ResultNotStorable { .. })),
+            "{retry:?}"
+        );
+    }
+);
 
 on_all!(ttl_precedence_is_override_then_call_then_default, |env| {
     let coordinator = env.coordinator(|b| b.operation_ttl("pinned", Duration::from_secs(120)));

@@ -155,3 +155,64 @@ async fn a_free_function_with_a_named_key_and_adapter() {
     assert_eq!(first, second);
     assert_eq!(second, serde_json::json!({"n": 1}));
 }
+
+/// A body that counts its runs, takes 200 ms, and returns how many runs there were.
+#[idempotent(operation = "mail.send", coordinator = coordinator, detached)]
+async fn send_detached(
+    coordinator: &Coordinator<MemoryStore>,
+    sent: Arc<AtomicUsize>,
+    idempotency_key: Option<String>,
+) -> Result<usize, IdempotencyError> {
+    let n = sent.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(n)
+}
+
+#[idempotent(operation = "mail.send", coordinator = coordinator)]
+async fn send_attached(
+    coordinator: &Coordinator<MemoryStore>,
+    sent: Arc<AtomicUsize>,
+    idempotency_key: Option<String>,
+) -> Result<usize, IdempotencyError> {
+    let n = sent.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_body_finishes_when_its_caller_goes_away() {
+    let coordinator = Coordinator::in_memory();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let key = || Some("m1".to_owned());
+    // The caller gives up mid-body (a client disconnect, an outer timeout).
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        send_detached(&coordinator, sent.clone(), key()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller was cut mid-body");
+    // The retry waits for the detached body and gets its result: it ran once.
+    let retry = send_detached(&coordinator, sent.clone(), key())
+        .await
+        .expect("replayed");
+    assert_eq!(retry, 1);
+    assert_eq!(sent.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_body_is_cut_with_its_caller_and_runs_again() {
+    // What the docs say of the default: the body runs inside the caller's future.
+    let coordinator = Coordinator::in_memory();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let key = || Some("m1".to_owned());
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        send_attached(&coordinator, sent.clone(), key()),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let retry = send_attached(&coordinator, sent.clone(), key())
+        .await
+        .expect("ran again");
+    assert_eq!(retry, 2);
+}

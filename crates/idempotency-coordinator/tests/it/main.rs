@@ -5,6 +5,7 @@ mod common;
 
 mod behaviour;
 mod coalescing;
+mod drain;
 mod failover;
 mod faults;
 mod future_size;

@@ -2,8 +2,8 @@
 
 use std::fmt::Debug;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize as _, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{IdempotencyError, Result};

@@ -9,6 +9,7 @@
 //! `docs/redis.md`, "Wire parity"); the default keeps the suite's run short.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
@@ -138,10 +139,14 @@ fn python_answers(samples: &[Sample]) -> Vec<Value> {
     let mut input = String::new();
     for s in samples {
         match s {
-            Sample::Float(x) => input.push_str(&format!("F {:016x}\n", x.to_bits())),
-            Sample::Int(n) => input.push_str(&format!("I {n}\n")),
+            Sample::Float(x) => {
+                let _ = writeln!(input, "F {:016x}", x.to_bits());
+            }
+            Sample::Int(n) => {
+                let _ = writeln!(input, "I {n}");
+            }
             Sample::BigInt(t) | Sample::Text(t) => {
-                input.push_str(&format!("T {}\n", base64(t.as_bytes())))
+                let _ = writeln!(input, "T {}", base64(t.as_bytes()));
             }
         }
     }

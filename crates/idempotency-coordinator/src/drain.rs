@@ -1,0 +1,194 @@
+//! Draining detached calls before a shutdown: stop taking new ones, let the running ones
+//! finish up to a deadline, and cut (and release) what is left while the runtime still
+//! runs, so no reservation is left pending for a lease by a deploy.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use idempotency_core::ReservationStore;
+use tokio::task::AbortHandle;
+
+use crate::coordinator::Coordinator;
+
+/// How long a drain waits, after its deadline, for the releases of the calls it cut.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a drain did.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let coordinator = idempotency_coordinator::Coordinator::in_memory();
+/// let drained = coordinator.drain(std::time::Duration::from_secs(5)).await;
+/// assert_eq!((drained.finished, drained.cut), (0, 0));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// Detached calls that were running when the drain began and ended by themselves
+    /// before the deadline (with a value or an error).
+    pub finished: usize,
+    /// Detached calls still running at the deadline: cut, and their reservations
+    /// released, so a retry runs the action again (whether it had its effect is unknown).
+    pub cut: usize,
+}
+
+/// The detached calls of one coordinator (and the background releases, which a drain
+/// waits for too).
+///
+/// Invariants, enforced here: `running` counts every live [`Running`] ticket (a detached
+/// call's task, or a background release); `tasks` holds an entry for exactly the live
+/// tickets of detached calls (inserted by [`Detached::enter`], removed by the ticket's
+/// drop), so a drain never aborts a finished task and never misses a running one; once
+/// `closing` is set no detached call starts.
+#[derive(Debug, Default)]
+pub(crate) struct Detached {
+    closing: AtomicBool,
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+    next: AtomicU64,
+    tasks: Mutex<HashMap<u64, Option<AbortHandle>>>,
+}
+
+/// Held while one detached call (or one background release) runs.
+#[derive(Debug)]
+pub(crate) struct Running {
+    detached: Arc<Detached>,
+    id: Option<u64>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.detached.tasks().remove(&id);
+        }
+        if self.detached.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.detached.idle.notify_waiters();
+        }
+    }
+}
+
+impl Detached {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<AbortHandle>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A ticket for a new detached call, or `None` once a drain has begun.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<Running> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut tasks = self.tasks();
+        // Checked under the lock a drain takes to collect the tasks it cuts.
+        if self.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        tasks.insert(id, None);
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Some(Running {
+            detached: Arc::clone(self),
+            id: Some(id),
+        })
+    }
+
+    /// Records the task of `ticket`'s call, so a drain can cut it (nothing if it ended).
+    pub(crate) fn register(&self, ticket_id: u64, task: AbortHandle) {
+        if let Some(slot) = self.tasks().get_mut(&ticket_id) {
+            *slot = Some(task);
+        }
+    }
+
+    /// A ticket for a background release: taken even while draining.
+    pub(crate) fn release_ticket(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Running {
+            detached: Arc::clone(self),
+            id: None,
+        }
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn drain(&self, deadline: Duration) -> Drained {
+        let started = {
+            let tasks = self.tasks();
+            self.closing.store(true, Ordering::Release);
+            tasks.len()
+        };
+        if tokio::time::timeout(deadline, self.idle()).await.is_ok() {
+            return Drained {
+                finished: started,
+                cut: 0,
+            };
+        }
+        let left: Vec<AbortHandle> = self.tasks().values().flatten().cloned().collect();
+        for task in &left {
+            task.abort();
+        }
+        if !left.is_empty() {
+            tracing::warn!(
+                cut = left.len(),
+                "drain deadline passed: cutting detached calls; their keys are released and retries run again"
+            );
+        }
+        // The cut calls release their reservations in the background: wait for those.
+        let _ = tokio::time::timeout(RELEASE_GRACE, self.idle()).await;
+        Drained {
+            finished: started.saturating_sub(left.len()),
+            cut: left.len(),
+        }
+    }
+}
+
+impl Running {
+    /// The call's id, for [`Detached::register`].
+    pub(crate) fn id(&self) -> u64 {
+        self.id.unwrap_or(u64::MAX)
+    }
+}
+
+impl<S: ReservationStore> Coordinator<S> {
+    /// Drains the detached calls (`run_detached`, the HTTP layer's handlers) before a
+    /// shutdown: new detached calls are refused at once with
+    /// [`IdempotencyError::Cancelled`](crate::IdempotencyError::Cancelled) (a 503: retry
+    /// elsewhere), the running ones get until `deadline` to finish and store their
+    /// results, and those still running then are cut while the runtime still runs, so
+    /// their reservations are released (awaited for up to 2 s) instead of staying pending
+    /// for a lease. Attached calls (`run`) are not affected: they end with their callers.
+    ///
+    /// Call it after the server stopped taking requests (axum's graceful shutdown) and
+    /// before the runtime ends. Clones of the coordinator share the drain.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use idempotency_coordinator::{Coordinator, IdempotencyError};
+    /// let coordinator = Coordinator::in_memory();
+    /// let drained = coordinator.drain(std::time::Duration::from_secs(10)).await;
+    /// assert_eq!(drained.cut, 0);
+    /// let refused = coordinator
+    ///     .call("mail.send", Some("k"))
+    ///     .run_detached(|| async { Ok::<_, IdempotencyError>(1) })
+    ///     .await;
+    /// assert!(matches!(refused, Err(IdempotencyError::Cancelled { .. })));
+    /// # }
+    /// ```
+    pub fn drain(&self, deadline: Duration) -> impl Future<Output = Drained> + Send + 'static {
+        let detached = Arc::clone(&self.inner.detached);
+        async move { detached.drain(deadline).await }
+    }
+}

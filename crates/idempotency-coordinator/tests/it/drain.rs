@@ -1,0 +1,79 @@
+//! Draining before a shutdown: running detached calls finish and are stored, those past
+//! the deadline are cut and their keys released (not left pending for a lease), and new
+//! detached calls are refused.
+
+use std::time::Duration;
+
+use idempotency_coordinator::{InFlight, Outcome};
+use idempotency_core::IdempotencyError;
+use idempotency_testkit::unique_key;
+
+use crate::common::Runs;
+
+on_all!(
+    a_drain_finishes_what_it_can_and_releases_what_it_cuts,
+    |env| {
+        let coordinator = env.coordinator(|b| b);
+        let (quick, slow) = (unique_key("drain-quick"), unique_key("drain-slow"));
+        let runs = Runs::default();
+        let start = |key: String, hold: Duration| {
+            let coordinator = coordinator.clone();
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                coordinator
+                    .call("op", Some(&key))
+                    .run_detached(move || async move {
+                        runs.tick();
+                        tokio::time::sleep(hold).await;
+                        Ok::<_, IdempotencyError>(7u32)
+                    })
+                    .await
+            })
+        };
+        let quick_call = start(quick.clone(), Duration::from_millis(200));
+        let slow_call = start(slow.clone(), Duration::from_secs(30));
+        // Both actions running.
+        for _ in 0..200 {
+            if runs.get() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(runs.get(), 2);
+
+        let drained = coordinator.drain(Duration::from_secs(1)).await;
+        assert_eq!((drained.finished, drained.cut), (1, 1), "{drained:?}");
+        assert_eq!(quick_call.await.expect("task").expect("finished"), 7);
+        assert!(matches!(
+            slow_call.await.expect("task"),
+            Err(IdempotencyError::Cancelled { .. })
+        ));
+
+        // New detached calls are refused without running.
+        let refused = coordinator
+            .call("op", Some(&unique_key("drain-new")))
+            .run_detached(|| async { Ok::<_, IdempotencyError>(1u32) })
+            .await;
+        assert!(
+            matches!(refused, Err(IdempotencyError::Cancelled { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(runs.get(), 2);
+
+        // Another process (a fresh coordinator on the same store) finds the quick key
+        // stored and the cut key free at once, not held for a lease.
+        let other = env.coordinator(|b| b.in_flight(InFlight::Raise));
+        let replay = other
+            .call("op", Some(&quick))
+            .run_with_outcome(|| async { Ok::<_, IdempotencyError>(0u32) })
+            .await
+            .expect("stored");
+        assert_eq!(replay, (7, Outcome::Replayed));
+        let rerun = other
+            .call("op", Some(&slow))
+            .run_with_outcome(|| async { Ok::<_, IdempotencyError>(8u32) })
+            .await
+            .expect("the cut key was released");
+        assert_eq!(rerun, (8, Outcome::Executed));
+    }
+);
