@@ -1,7 +1,9 @@
 //! The Lua scripts, loaded once and called by SHA, with a fallback to `EVAL` when the
 //! server has lost its script cache (restart, `SCRIPT FLUSH`, failover).
 
-use fred::prelude::{Client, Error, LuaInterface, Value};
+use std::sync::{Arc, Weak};
+
+use fred::prelude::{Client, ClientLike, Error, EventInterface, LuaInterface, Value};
 
 /// A script and its SHA-1.
 #[derive(Debug)]
@@ -59,5 +61,76 @@ impl Scripts {
             takeover: Script::new(include_str!("../lua/takeover.lua")),
             delete_if_equal: Script::new(include_str!("../lua/delete_if_equal.lua")),
         }
+    }
+}
+
+impl Scripts {
+    pub(crate) fn sources(&self) -> [&'static str; 6] {
+        [
+            self.claim.source,
+            self.complete.source,
+            self.renew.source,
+            self.release.source,
+            self.takeover.source,
+            self.delete_if_equal.source,
+        ]
+    }
+}
+
+/// Loads every script on every primary `client` reaches (`SCRIPT LOAD`); failures are
+/// left to the `NOSCRIPT` fallback of [`Script::run`].
+async fn load_everywhere(client: &Client, sources: [&'static str; 6]) {
+    for source in sources {
+        let loaded: Result<Value, Error> = if client.is_clustered() {
+            client.script_load_cluster(source).await
+        } else {
+            client.script_load(source).await
+        };
+        if let Err(e) = loaded {
+            tracing::debug!(error = %e, "could not preload a script; EVAL will load it on first use");
+            return;
+        }
+    }
+}
+
+/// Loads the scripts now and after every reconnection of each of `clients` (a restart,
+/// a failover, a new cluster node), in background tasks, so the first fenced write after
+/// a restart costs one round trip instead of `EVALSHA`, `NOSCRIPT`, `EVAL`.
+///
+/// Invariant: the listeners hold the store only weakly (`owner`): once the store is
+/// dropped they end at the next event, and they never keep its clients alive.
+pub(crate) fn preload<T: Send + Sync + 'static>(
+    clients: &[Client],
+    sources: [&'static str; 6],
+    owner: &Arc<T>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for client in clients {
+        let first = client.clone();
+        runtime.spawn(async move {
+            // Waits for the connection the store was built on (already up after
+            // `connect`).
+            if first.wait_for_connect().await.is_ok() {
+                load_everywhere(&first, sources).await;
+            }
+        });
+        let owner: Weak<T> = Arc::downgrade(owner);
+        let reconnected = client.clone();
+        let _listener = client.on_reconnect(move |_server| {
+            let alive = owner.upgrade().is_some();
+            let client = reconnected.clone();
+            async move {
+                if !alive {
+                    return Err(Error::new(
+                        fred::error::ErrorKind::Canceled,
+                        "the store is gone",
+                    ));
+                }
+                load_everywhere(&client, sources).await;
+                Ok(())
+            }
+        });
     }
 }

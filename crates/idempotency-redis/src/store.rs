@@ -106,7 +106,11 @@ impl RedisStoreBuilder {
         // The first sample is asked for now, so the first call finds one (no call waits
         // for it: without one, records are stamped with the local clock).
         server_clock.refresh_in_background(self.connection.client());
-        RedisStore {
+        let clients: Vec<Client> = match &self.connection {
+            Connection::Client(c) => vec![c.clone()],
+            Connection::Pool(p) => p.clients().to_vec(),
+        };
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 wake: Wakeups::new(self.connection.client().clone()),
                 connection: self.connection,
@@ -117,7 +121,10 @@ impl RedisStoreBuilder {
                 native_claim: AtomicBool::new(true),
                 server_clock,
             }),
-        }
+        };
+        let sources = store.inner.scripts.sources();
+        crate::scripts::preload(&clients, sources, &store.inner);
+        store
     }
 }
 

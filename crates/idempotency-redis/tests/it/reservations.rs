@@ -299,3 +299,62 @@ on_both!(a_rollback_deletes_only_what_the_batch_wrote, |env| {
         "the other writer's record stays"
     );
 });
+
+/// Every script is in the server's cache once the store is built, and again after the
+/// server restarts empty, before any call: the first fenced write after a restart is one
+/// round trip, not `EVALSHA`, `NOSCRIPT`, `EVAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_loaded_on_connect_and_after_a_restart() {
+    let mut server = idempotency_testkit::RedisServer::start();
+    let _store = idempotency_redis::RedisStore::connect(
+        &server.url(),
+        &idempotency_redis::ConnectOptions::default(),
+    )
+    .await
+    .expect("connect");
+    let shas: Vec<String> = [
+        include_str!("../../lua/claim.lua"),
+        include_str!("../../lua/complete.lua"),
+        include_str!("../../lua/renew.lua"),
+        include_str!("../../lua/release.lua"),
+        include_str!("../../lua/takeover.lua"),
+        include_str!("../../lua/delete_if_equal.lua"),
+    ]
+    .iter()
+    .map(|source| fred::util::sha1_hash(source))
+    .collect();
+    let all_cached = |server: &idempotency_testkit::RedisServer| {
+        let mut args = vec!["SCRIPT", "EXISTS"];
+        args.extend(shas.iter().map(String::as_str));
+        match server.cmd(&args) {
+            Reply::Array(flags) => flags.iter().all(|f| f.as_int() == Some(1)),
+            _ => false,
+        }
+    };
+    let mut loaded = false;
+    for _ in 0..200 {
+        loaded = all_cached(&server);
+        if loaded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        loaded,
+        "the scripts were not loaded when the store was built"
+    );
+
+    server.restart();
+    let mut reloaded = false;
+    for _ in 0..500 {
+        reloaded = all_cached(&server);
+        if reloaded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        reloaded,
+        "the scripts were not loaded again after the reconnect"
+    );
+}
