@@ -192,7 +192,7 @@ impl<S: ReservationStore> Coordinator<S> {
                     inner
                         .metrics
                         .record_error(operation, ErrorType::StorageReserve);
-                    tracing::warn!(error = %e, "idempotency storage failed before the action");
+                    tracing::warn!(error = %e.full_message(), "idempotency storage failed before the action");
                     let held = waiter.is_some() || prior.waited;
                     if let Some(ticket) = ticket.take() {
                         ticket.finish(|| Phase::StoreDown {
@@ -400,7 +400,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 inner
                     .metrics
                     .record_error(operation, ErrorType::StorageSave);
-                tracing::warn!(error = %e, "could not store the result");
+                tracing::warn!(error = %e.full_message(), "could not store the result");
                 if e.is_storage() {
                     Completion::StoreFailed
                 } else {
@@ -416,7 +416,7 @@ impl<S: ReservationStore> Coordinator<S> {
             self.inner
                 .metrics
                 .record_error(lease.operation(), ErrorType::StorageRelease);
-            tracing::warn!(error = %e, "could not release the reservation; it expires with its lease");
+            tracing::warn!(error = %e.full_message(), "could not release the reservation; it expires with its lease");
         }
     }
 }

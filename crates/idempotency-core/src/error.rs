@@ -424,6 +424,26 @@ impl IdempotencyError {
         matches!(self, Self::Storage { .. })
     }
 
+    /// The message with every cause after it (`storage failure for pay: IO Error:
+    /// Connection refused`): what logs should show, since the top message alone often
+    /// does not say what went wrong.
+    ///
+    /// # Examples
+    /// ```
+    /// let e = idempotency_core::IdempotencyError::storage(Some("pay"), std::io::Error::other("connection refused"));
+    /// assert_eq!(e.full_message(), "idempotency storage failure for pay: connection refused");
+    /// ```
+    pub fn full_message(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        out
+    }
+
     /// Whether the caller's input was at fault (HTTP 4xx).
     pub fn is_client_error(&self) -> bool {
         matches!(

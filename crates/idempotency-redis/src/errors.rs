@@ -31,6 +31,20 @@ pub(crate) fn reply_code(e: &Error) -> Option<&str> {
     (code.len() >= 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
 }
 
+/// Whether the command got no answer at all (I/O, timeout, cancellation, a full buffer,
+/// no route): what opens the fail-fast breaker. An error reply is an answer.
+pub(crate) fn unanswered(e: &Error) -> bool {
+    reply_code(e).is_none()
+        && matches!(
+            e.kind(),
+            ErrorKind::IO
+                | ErrorKind::Timeout
+                | ErrorKind::Canceled
+                | ErrorKind::Backpressure
+                | ErrorKind::Routing
+        )
+}
+
 /// What an error reply to a write says about the deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {

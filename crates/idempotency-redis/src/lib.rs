@@ -35,6 +35,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
+mod breaker;
 #[cfg(feature = "local-cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
 pub mod cache;
@@ -47,6 +48,7 @@ mod server_clock;
 mod store;
 mod wake;
 
+pub use breaker::{FailFast, Unreachable};
 pub use config::{ConnectOptions, connect_client};
 pub use fred;
 pub use store::{Connection, RedisStore, RedisStoreBuilder};

@@ -178,12 +178,16 @@ impl ReservationStore for RedisStore {
 
     async fn claim(&self, lease: &Lease, duration: Duration) -> Result<Claim> {
         let id = lease.id();
+        self.fail_fast(id.operation())?;
         let json = lease
             .pending_record_at(self.stamp(lease).await, duration)?
             .to_json();
         let redis_key = self.redis_key(id);
         let lease_ms = millis(duration);
         let mut reply = self.send_claim(&redis_key, &json, lease_ms).await;
+        if !matches!(&reply, Err(e) if crate::errors::unanswered(e)) {
+            self.inner.breaker.answered();
+        }
         if let Err(e) = &reply
             && let Some(refusal) = refusal(e)
         {

@@ -13,6 +13,7 @@ use idempotency_core::{
     bulk_outcome, is_abandoned,
 };
 
+use crate::breaker::{Breaker, FailFast};
 use crate::errors::{classify, label, storage};
 use crate::keys::{group_by_slot, record_key};
 use crate::scripts::Scripts;
@@ -82,6 +83,7 @@ pub struct RedisStoreBuilder {
     connection: Connection,
     prefix: String,
     metrics: Arc<dyn IdempotencyMetrics>,
+    fail_fast: FailFast,
 }
 
 impl RedisStoreBuilder {
@@ -89,6 +91,15 @@ impl RedisStoreBuilder {
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// When claims and reads fail at once instead of waiting out a command timeout each
+    /// (default: after 3 consecutive unanswered commands, probing every second; see
+    /// [`FailFast`]).
+    #[must_use]
+    pub fn fail_fast(mut self, fail_fast: FailFast) -> Self {
+        self.fail_fast = fail_fast;
         self
     }
 
@@ -120,6 +131,7 @@ impl RedisStoreBuilder {
                 clustered,
                 native_claim: AtomicBool::new(true),
                 server_clock,
+                breaker: Breaker::new(self.fail_fast),
             }),
         };
         let sources = store.inner.scripts.sources();
@@ -167,6 +179,8 @@ pub(crate) struct Inner {
     /// syntax error, after which this store claims through the Lua script.
     pub(crate) native_claim: AtomicBool,
     pub(crate) server_clock: ServerClock,
+    /// Fails claims and reads fast while Redis cannot be reached.
+    pub(crate) breaker: Breaker,
 }
 
 impl RedisStore {
@@ -176,6 +190,7 @@ impl RedisStore {
             connection: connection.into(),
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             metrics: Arc::new(NoopMetrics),
+            fail_fast: FailFast::default(),
         }
     }
 
@@ -203,13 +218,32 @@ impl RedisStore {
     }
 
     pub(crate) fn fail(&self, operation: &str, e: fred::error::Error) -> IdempotencyError {
+        self.note_unanswered(&e);
         self.inner.metrics.record_error(operation, label(&e));
         storage(operation, e)
+    }
+
+    /// Counts a command that got no answer towards the fail-fast breaker.
+    pub(crate) fn note_unanswered(&self, e: &fred::error::Error) {
+        if crate::errors::unanswered(e) {
+            self.inner
+                .breaker
+                .unanswered(e, self.client(), Arc::downgrade(&self.inner));
+        }
+    }
+
+    /// Refuses a claim or read at once while the breaker is open.
+    pub(crate) fn fail_fast(&self, operation: &str) -> Result<()> {
+        self.inner
+            .breaker
+            .check()
+            .map_err(|open| IdempotencyError::storage(Some(operation), open))
     }
 
     /// A failed command on one key: counted, and a data error when the key holds a value
     /// of another type (see [`classify`]).
     pub(crate) fn fail_on(&self, id: &RecordId, e: fred::error::Error) -> IdempotencyError {
+        self.note_unanswered(&e);
         self.inner.metrics.record_error(id.operation(), label(&e));
         classify(id, e)
     }
@@ -378,12 +412,14 @@ impl RedisStore {
 
 impl IdempotencyRepository for RedisStore {
     async fn get(&self, id: &RecordId) -> Result<Option<IdempotencyRecord>> {
+        self.fail_fast(id.operation())?;
         let redis_key = self.redis_key(id);
         let value: Value = self
             .client()
             .get(redis_key.as_str())
             .await
             .map_err(|e| self.fail_on(id, e))?;
+        self.inner.breaker.answered();
         // An empty value is no record for `get` (the Python library's `if not data`);
         // `get_many` calls it corrupted, as Python's does.
         if value.as_bytes().is_some_and(<[u8]>::is_empty) {
@@ -550,6 +586,7 @@ impl RedisStore {
         let Some(operation) = ids.first().map(RecordId::operation) else {
             return Ok(HashMap::new());
         };
+        self.fail_fast(operation)?;
         let start = Instant::now();
         let redis_keys: Vec<String> = ids.iter().map(|id| self.redis_key(id)).collect();
         let client = self.client();

@@ -287,3 +287,57 @@ async fn a_stalled_owners_late_writes_change_nothing() {
         stalled_metrics.calls()
     );
 }
+
+/// While Redis cannot be reached, calls stop waiting out a command timeout each: after
+/// three unanswered commands the store fails fast (a storage error whose cause is
+/// `Unreachable`, naming the last driver error), and a background probe lets calls
+/// through again once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_reached_fails_fast_and_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let metrics = Arc::new(RecordingMetrics::default());
+    let coordinator = coordinator(store(&server.url()).await, &metrics, OnStorageError::Raise);
+    let call = |key: &'static str| {
+        let coordinator = coordinator.clone();
+        async move {
+            coordinator
+                .call("op", Some(key))
+                .run(|| async { Ok::<_, IdempotencyError>(1u32) })
+                .await
+        }
+    };
+    assert_eq!(call("before").await.expect("up"), 1);
+    server.kill();
+    let mut causes = Vec::new();
+    for _ in 0..3 {
+        let e = call("down").await.expect_err("down");
+        assert!(e.is_storage(), "{e}");
+        causes.push(e.full_message());
+    }
+    // Open now: the cause is typed, and names what the driver saw.
+    let e = call("down").await.expect_err("down");
+    let source = std::error::Error::source(&e).expect("a cause");
+    let open = source
+        .downcast_ref::<idempotency_redis::Unreachable>()
+        .unwrap_or_else(|| {
+            panic!(
+                "not failing fast: {} (before: {causes:?})",
+                e.full_message()
+            )
+        });
+    assert!(open.failures >= 3, "{open}");
+    assert!(!open.cause.is_empty(), "{open}");
+    server.restart();
+    // The probe closes the breaker without any call going through first.
+    let mut back = None;
+    for _ in 0..100 {
+        match call("after").await {
+            Ok(v) => {
+                back = Some(v);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(back, Some(1), "calls did not come back after the restart");
+}
