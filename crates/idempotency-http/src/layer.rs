@@ -94,7 +94,7 @@ pub(crate) struct Config {
     pub(crate) methods: Vec<Method>,
     pub(crate) requirement: KeyRequirement,
     pub(crate) operation: Option<String>,
-    pub(crate) tenant: Option<Arc<TenantFn>>,
+    pub(crate) scope: ClientScope,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
     pub(crate) fingerprint_by: FingerprintBy,
     pub(crate) max_request_body: usize,
@@ -117,7 +117,7 @@ impl fmt::Debug for Config {
             .field("methods", &self.methods)
             .field("requirement", &self.requirement)
             .field("operation", &self.operation)
-            .field("tenant", &self.tenant.is_some())
+            .field("scope", &self.scope)
             .field("max_request_body", &self.max_request_body)
             .field("max_response_body", &self.max_response_body)
             .finish_non_exhaustive()
@@ -133,12 +133,17 @@ impl Default for Config {
             methods: vec![Method::POST, Method::PATCH],
             requirement: KeyRequirement::Optional,
             operation: None,
-            tenant: None,
+            scope: ClientScope::Credentials {
+                cookies: Vec::new(),
+            },
             fingerprint_headers: vec![header::CONTENT_TYPE],
             fingerprint_by: FingerprintBy::Request,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
-            deny_headers: vec![header::SET_COOKIE],
+            deny_headers: DEFAULT_DENY_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
             store_policy: Arc::new(store_by_default),
             retry_after: DEFAULT_RETRY_AFTER,
             problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
@@ -147,6 +152,46 @@ impl Default for Config {
             max_wait: None,
             on_storage_error: OnStorageError::Raise,
             stats: Arc::default(),
+        }
+    }
+}
+
+/// Response headers the layer never stores nor replays by default: cookies set for the
+/// first client and the usual credential headers (a replay must not hand them to a
+/// retry). Values the handler marks sensitive (`HeaderValue::set_sensitive`) are never
+/// stored either. Add names with [`IdempotencyLayerBuilder::with_deny_headers`].
+pub const DEFAULT_DENY_HEADERS: [&str; 8] = [
+    "set-cookie",
+    "set-cookie2",
+    "authorization",
+    "proxy-authorization",
+    "x-auth-token",
+    "x-api-key",
+    "x-csrf-token",
+    "x-xsrf-token",
+];
+
+/// Whose key space a request's key lives in.
+#[derive(Clone)]
+pub(crate) enum ClientScope {
+    /// The default: the request's credentials (`Authorization`, the named session
+    /// cookies); a request with none shares the anonymous space.
+    Credentials { cookies: Vec<String> },
+    /// The application's tenant function.
+    Tenant(Arc<TenantFn>),
+    /// One space for every client (explicit opt-out).
+    Shared,
+}
+
+impl fmt::Debug for ClientScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Credentials { cookies } => f
+                .debug_struct("Credentials")
+                .field("cookies", cookies)
+                .finish(),
+            Self::Tenant(_) => f.write_str("Tenant"),
+            Self::Shared => f.write_str("Shared"),
         }
     }
 }
@@ -318,12 +363,36 @@ impl<S: ReservationStore> IdempotencyLayerBuilder<S> {
     }
 
     /// The tenant of a request (for example from an authentication extension): keys of
-    /// different tenants never meet. `None` is a tenant of its own.
+    /// different tenants never meet. `None` is a tenant of its own. Replaces the default
+    /// scope by credentials.
     pub fn with_tenant(
         mut self,
         tenant: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.config.tenant = Some(Arc::new(tenant));
+        self.config.scope = ClientScope::Tenant(Arc::new(tenant));
+        self
+    }
+
+    /// Cookies that carry the client's session: with the default scope by credentials,
+    /// their values (with `Authorization`) decide whose key space a request is in. Name
+    /// the session cookie of a cookie-authenticated API here (or use
+    /// [`with_tenant`](Self::with_tenant)); other cookies (analytics, preferences) must
+    /// stay out, or a retry whose cookie changed would get a key space of its own.
+    pub fn with_session_cookies(
+        mut self,
+        names: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.config.scope = ClientScope::Credentials {
+            cookies: names.into_iter().map(Into::into).collect(),
+        };
+        self
+    }
+
+    /// One key space for every client of a route: only for APIs with no credentials at
+    /// all (any client can then replay another's response and probe its keys, which the
+    /// IETF draft's "unique per client" keys rely on clients to avoid).
+    pub fn with_shared_key_space(mut self) -> Self {
+        self.config.scope = ClientScope::Shared;
         self
     }
 
@@ -380,9 +449,22 @@ impl<S: ReservationStore> IdempotencyLayerBuilder<S> {
         self
     }
 
-    /// Response headers never stored nor replayed (default `Set-Cookie`), on top of
-    /// hop-by-hop headers and `Date`.
+    /// More response headers never stored nor replayed, added to the default list
+    /// ([`DEFAULT_DENY_HEADERS`]: `Set-Cookie` and the usual credential headers), on
+    /// top of hop-by-hop headers, `Date` and any value marked sensitive.
     pub fn with_deny_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        for name in names {
+            if !self.config.deny_headers.contains(&name) {
+                self.config.deny_headers.push(name);
+            }
+        }
+        self
+    }
+
+    /// Replaces the deny list, the default included: `Set-Cookie` and the credential
+    /// headers are then stored and replayed unless listed. Only for responses known to
+    /// carry no credential.
+    pub fn replace_deny_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.config.deny_headers = names.into_iter().collect();
         self
     }

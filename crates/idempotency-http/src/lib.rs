@@ -48,8 +48,8 @@ pub use body::{BoxError, ResponseBody};
 pub use constants::DEFAULT_PROBLEM_BASE;
 pub use fingerprint::FingerprintFn;
 pub use layer::{
-    IdempotencyLayer, IdempotencyLayerBuilder, KeyRequirement, LayerStats, StorageDown,
-    StorePolicyFn, TenantFn, WhileInFlight,
+    DEFAULT_DENY_HEADERS, IdempotencyLayer, IdempotencyLayerBuilder, KeyRequirement, LayerStats,
+    StorageDown, StorePolicyFn, TenantFn, WhileInFlight,
 };
 pub use outcome::HttpOutcome;
 pub use policy::store_by_default;

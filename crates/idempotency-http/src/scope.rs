@@ -9,10 +9,12 @@
 //! client's key, its tenant and its text never reach the store or the logs.
 
 use http::Method;
+use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use crate::constants::STORAGE_KEY_DOMAIN;
 use crate::encoding::{encode_url_safe, hash_field};
+use crate::layer::ClientScope;
 
 /// The core's longest operation, in characters.
 const MAX_OPERATION_CHARS: usize = 100;
@@ -22,7 +24,11 @@ const MAX_OPERATION_CHARS: usize = 100;
 /// Only a label (metrics, the Redis key's readable part): the storage key hashes the
 /// full route, so two routes sharing a label never share keys.
 pub(crate) fn operation_label(method: &Method, route: &str) -> String {
-    let label = format!("{method} {route}");
+    // Braces become parentheses: a route template's `{id}` in a Redis key would be a
+    // Cluster hash tag, putting every record of the route on one slot.
+    let label = format!("{method} {route}")
+        .replace('{', "(")
+        .replace('}', ")");
     let valid = !label.contains(':')
         && label.chars().count() <= MAX_OPERATION_CHARS
         && label.trim() == label;
@@ -32,6 +38,55 @@ pub(crate) fn operation_label(method: &Method, route: &str) -> String {
         let digest = Sha256::digest(route.as_bytes());
         format!("{method} ~{}", encode_url_safe(&digest[..12]))
     }
+}
+
+/// The label of a request whose route is not known (no `MatchedPath`, no configured
+/// route): one per method, so metrics stay bounded whatever paths clients send.
+pub(crate) fn unrouted_label(method: &Method) -> String {
+    format!("{method} (unrouted)")
+}
+
+/// The scope a request's key lives in: its credentials by default (`Authorization` and
+/// the named session cookies, length-prefixed; `None` when it carries none), the
+/// tenant function's answer, or `None` for a shared key space. Only hashed into the
+/// storage key: it never reaches the store or the logs.
+pub(crate) fn client_scope(scope: &ClientScope, parts: &Parts) -> Option<String> {
+    match scope {
+        ClientScope::Shared => None,
+        ClientScope::Tenant(tenant) => tenant(parts).map(|t| format!("tenant\0{t}")),
+        ClientScope::Credentials { cookies } => {
+            let mut out = String::new();
+            for value in parts.headers.get_all(http::header::AUTHORIZATION) {
+                push_field(&mut out, "authorization", value.as_bytes());
+            }
+            if !cookies.is_empty() {
+                let jar = parts
+                    .headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|pair| pair.trim().split_once('='));
+                let mut found: Vec<(&str, &str)> = jar
+                    .filter(|(name, _)| cookies.iter().any(|c| c == name))
+                    .collect();
+                found.sort_unstable();
+                for (name, value) in found {
+                    push_field(&mut out, name, value.as_bytes());
+                }
+            }
+            (!out.is_empty()).then(|| format!("credentials\0{out}"))
+        }
+    }
+}
+
+/// Appends `name=value` with the name length-prefixed and the value's bytes encoded, so
+/// no two distinct sets of credentials give the same text.
+fn push_field(out: &mut String, name: &str, value: &[u8]) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}:{name}=", name.len());
+    out.push_str(&encode_url_safe(value));
+    out.push(';');
 }
 
 /// The storage key for a client key in a tenant's scope of an operation.
@@ -90,7 +145,7 @@ mod tests {
     fn labels() {
         assert_eq!(
             operation_label(&Method::POST, "/orders/{id}"),
-            "POST /orders/{id}"
+            "POST /orders/(id)"
         );
         assert!(operation_label(&Method::POST, "/a:b").starts_with("POST ~"));
     }

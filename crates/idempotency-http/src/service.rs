@@ -20,7 +20,7 @@ use crate::key::{KeyProblem, parse_key};
 use crate::layer::{Config, KeyRequirement};
 use crate::outcome::HttpOutcome;
 use crate::problem::Problem;
-use crate::scope::{operation_label, storage_key};
+use crate::scope::{client_scope, operation_label, storage_key, unrouted_label};
 use crate::stored::StoredResponse;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer).
@@ -216,14 +216,17 @@ where
             return problem(Problem::KeyMalformed);
         }
     };
-    let route = config
-        .operation
-        .clone()
-        .or_else(|| matched_path(&parts))
-        .unwrap_or_else(|| parts.uri.path().to_owned());
-    let tenant = config.tenant.as_ref().and_then(|f| f(&parts));
-    let operation = operation_label(&parts.method, &route);
-    let storage_key = storage_key(tenant.as_deref(), &parts.method, &route, &key);
+    // The route: configured, or axum's matched route, both bounded sets; else the URI
+    // path, which is unbounded: it then decides the storage key (keys of two paths never
+    // meet) but not the label (metrics, the readable part of the Redis key).
+    let known_route = config.operation.clone().or_else(|| matched_path(&parts));
+    let operation = match &known_route {
+        Some(route) => operation_label(&parts.method, route),
+        None => unrouted_label(&parts.method),
+    };
+    let route = known_route.unwrap_or_else(|| parts.uri.path().to_owned());
+    let scope = client_scope(&config.scope, &parts);
+    let storage_key = storage_key(scope.as_deref(), &parts.method, &route, &key);
     let fingerprint = fingerprint_by(
         &config.fingerprint_by,
         &parts,

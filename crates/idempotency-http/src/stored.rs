@@ -4,8 +4,9 @@
 //! `{"status":201,"headers":[{"name":"content-type","value":"application/json"}],"body":"<base64>"}`.
 //! A header value that is not UTF-8 is stored as `value_base64` instead of `value`; the
 //! body is standard base64 (padded). Hop-by-hop headers (and those named by
-//! `Connection`), `Date`, `Content-Length` (recomputed), the replay header and the deny
-//! list (default `Set-Cookie`) are not stored.
+//! `Connection`), `Date`, `Content-Length` (recomputed), the replay header, the deny
+//! list (default [`DEFAULT_DENY_HEADERS`](crate::DEFAULT_DENY_HEADERS)) and values
+//! marked sensitive are not stored.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -71,9 +72,11 @@ impl StoredResponse {
         let headers = parts
             .headers
             .iter()
-            .filter(|(name, _)| {
+            .filter(|(name, value)| {
                 !NEVER_STORED.contains(name)
                     && !deny.contains(name)
+                    // A value the handler marked sensitive (`HeaderValue::set_sensitive`).
+                    && !value.is_sensitive()
                     && *name != replayed
                     && !named_by_connection.iter().any(|n| n == name.as_str())
             })

@@ -9,4 +9,5 @@ mod concurrency;
 mod conformance;
 mod faults;
 mod outcomes;
+mod safety;
 mod storage;
