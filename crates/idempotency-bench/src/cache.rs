@@ -66,7 +66,7 @@ async fn connect(ctx: &Ctx, prefix: &str) -> Result<RedisStore, IdempotencyError
         &ConnectOptions::default().with_command_timeout(Duration::from_secs(10)),
     )
     .await?;
-    Ok(RedisStore::builder(connection).key_prefix(prefix).build())
+    RedisStore::builder(connection).key_prefix(prefix).build()
 }
 
 async fn rows(ctx: &Ctx) -> Result<Section, Box<dyn std::error::Error>> {

@@ -106,6 +106,12 @@ impl Target<'_> {
             (None, Some(path)) => Some(settings_prefix(path)?),
             (None, None) => None,
         };
+        // Checked before connecting: a prefix without its separator would list and evict
+        // another prefix's records.
+        if let Some(prefix) = &prefix {
+            idempotency_core::validate_key_prefix(prefix)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+        }
         let Some(url) = self.url else {
             return Err(Failure::Usage(
                 "no Redis URL: pass --url or set REDIS_URL (the settings file has no Redis URL \
@@ -130,7 +136,8 @@ impl Target<'_> {
         if let Some(prefix) = prefix {
             builder = builder.key_prefix(prefix);
         }
-        Ok(Admin::new(builder.build()))
+        let store = builder.build().map_err(|e| Failure::Usage(e.to_string()))?;
+        Ok(Admin::new(store))
     }
 }
 

@@ -15,6 +15,7 @@
 //! timed out. See `docs/operations.md`.
 
 mod connect;
+mod escape;
 mod failure;
 mod render;
 
@@ -157,14 +158,14 @@ fn id(operation: &str, key: &str) -> Result<RecordId, Failure> {
 /// Prints a line to stdout; a closed pipe (`| head`) ends the output quietly.
 fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
+    let _ = writeln!(stdout, "{}", escape::line(line));
     let _ = stdout.flush();
 }
 
 /// Prints a line to stderr, quietly when stderr is closed.
 fn err(line: &str) {
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{line}");
+    let _ = writeln!(stderr, "{}", escape::line(line));
 }
 
 async fn run(cli: &Cli) -> Result<(), Failure> {
@@ -243,7 +244,7 @@ async fn inspect(admin: &Admin, id: &RecordId, json: bool) -> Result<(), Failure
     let Some(found) = admin.inspect(id).await.map_err(|e| Failure::from_kit(&e))? else {
         return Err(Failure::NotFound(format!(
             "no record under {}",
-            admin.store().redis_key(id)
+            escape::field(&admin.store().redis_key(id))
         )));
     };
     if json {
@@ -254,7 +255,7 @@ async fn inspect(admin: &Admin, id: &RecordId, json: bool) -> Result<(), Failure
     if found.is_unreadable() {
         return Err(Failure::Data(format!(
             "{} holds a value that is not a record ({})",
-            found.redis_key,
+            escape::field(&found.redis_key),
             found.status_label()
         )));
     }
@@ -309,23 +310,24 @@ async fn evict(admin: &Admin, id: &RecordId, force: bool, json: bool) -> Result<
             } else if forced {
                 out(&format!(
                     "evicted {}: a LIVE reservation of owner {} (forced; its owner may still be running)",
-                    removed.redis_key,
-                    removed.owner_label()
+                    escape::field(&removed.redis_key),
+                    escape::field(&removed.owner_label())
                 ));
             } else {
                 out(&format!(
                     "evicted {}: {} record, owner {}, {} bytes",
-                    removed.redis_key,
+                    escape::field(&removed.redis_key),
                     removed.status_label(),
-                    removed.owner_label(),
+                    escape::field(&removed.owner_label()),
                     removed.raw.len()
                 ));
             }
             Ok(())
         }
-        Eviction::NotFound { redis_key } => {
-            Err(Failure::NotFound(format!("no record under {redis_key}")))
-        }
+        Eviction::NotFound { redis_key } => Err(Failure::NotFound(format!(
+            "no record under {}",
+            escape::field(&redis_key)
+        ))),
         Eviction::LiveReservation(found) => {
             if json {
                 out(&serde_json::json!({
@@ -337,14 +339,14 @@ async fn evict(admin: &Admin, id: &RecordId, force: bool, json: bool) -> Result<
             }
             Err(Failure::Refused(format!(
                 "{} is a live reservation of owner {} (redis ttl {}); pass --force to remove it",
-                found.redis_key,
-                found.owner_label(),
+                escape::field(&found.redis_key),
+                escape::field(&found.owner_label()),
                 render::ttl(found.pttl)
             )))
         }
         Eviction::Changed(found) => Err(Failure::Refused(format!(
             "{} changed while it was being evicted; nothing was removed (inspect it again)",
-            found.redis_key
+            escape::field(&found.redis_key)
         ))),
         other => Err(Failure::Data(format!(
             "unexpected eviction outcome: {other:?}"
@@ -359,15 +361,15 @@ async fn watch(admin: &Admin, id: &RecordId, timeout: Duration, json: bool) -> R
         .watch_with(id, timeout, |found| {
             err(&format!(
                 "waiting for {} (pending, owner {}, redis ttl {})",
-                found.redis_key,
-                found.owner_label(),
+                escape::field(&found.redis_key),
+                escape::field(&found.owner_label()),
                 render::ttl(found.pttl)
             ));
         })
         .await
         .map_err(|e| Failure::from_kit(&e))?;
     let waited = start.elapsed();
-    let redis_key = admin.store().redis_key(id);
+    let redis_key = escape::field(&admin.store().redis_key(id)).into_owned();
     let report = |outcome: &str, record: Option<serde_json::Value>| {
         if json {
             out(&serde_json::json!({
@@ -416,7 +418,7 @@ async fn watch(admin: &Admin, id: &RecordId, timeout: Duration, json: bool) -> R
             Err(Failure::TimedOut(format!(
                 "{redis_key} is still pending after {:.1}s (owner {})",
                 waited.as_secs_f64(),
-                found.owner_label()
+                escape::field(&found.owner_label())
             )))
         }
         other => Err(Failure::Data(format!(

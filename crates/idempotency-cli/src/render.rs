@@ -6,6 +6,8 @@ use std::time::Duration;
 use idempotency_core::IdempotencyRecord;
 use idempotency_redis::admin::{Content, Inspection, Stats};
 
+use crate::escape;
+
 /// `1h 2m`, `3m 4s`, `5.123s`; `no expiry` for `None`.
 pub(crate) fn ttl(d: Option<Duration>) -> String {
     let Some(d) = d else {
@@ -48,7 +50,7 @@ pub(crate) fn inspection(found: &Inspection) -> String {
     }
     let mut out = String::new();
     let mut line = |label: &str, value: &str| {
-        let _ = writeln!(out, "{label:<12} {value}");
+        let _ = writeln!(out, "{label:<12} {}", escape::field(value));
     };
     line("redis key", &found.redis_key);
     line("operation", found.id.operation());
@@ -75,8 +77,8 @@ pub(crate) fn inspection(found: &Inspection) -> String {
             let _ = writeln!(out, "result\n{}", pretty_result(r.result().get()));
         }
         Content::Unreadable { reason } => {
-            let _ = writeln!(out, "{:<12} {reason}", "error");
-            let _ = writeln!(out, "{:<12} {}", "raw", found.raw_preview());
+            let _ = writeln!(out, "{:<12} {}", "error", escape::field(reason));
+            let _ = writeln!(out, "{:<12} {}", "raw", escape::field(&found.raw_preview()));
         }
         Content::WrongType => {
             let _ = writeln!(
@@ -112,9 +114,9 @@ pub(crate) fn list_row(found: &Inspection) -> String {
         "{:<11} {:<12} {:<33} {} / {}",
         found.status_label(),
         ttl(found.pttl),
-        found.owner_label(),
-        found.id.operation(),
-        found.id.key()
+        escape::field(&found.owner_label()),
+        escape::field(found.id.operation()),
+        escape::field(found.id.key())
     )
 }
 
@@ -148,6 +150,7 @@ pub(crate) fn stats(stats: &Stats, max_keys: usize) -> String {
     );
     for (operation, by_status) in &stats.counts {
         let n = |s: &str| by_status.get(s).copied().unwrap_or(0);
+        let operation = escape::field(operation);
         let _ = writeln!(
             out,
             "{operation:<32} {:>9} {:>10} {:>13} {:>11} {:>11}",

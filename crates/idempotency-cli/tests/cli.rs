@@ -349,6 +349,69 @@ async fn inspect_shows_integers_beyond_64_bits_as_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_without_its_separator_is_refused_before_connecting() {
+    // `svc:t1` + `0op` and `svc:t10` + `op` would share keys: `list` under one would show
+    // (and `evict` remove) the other's records.
+    let run = cli(
+        "redis://127.0.0.1:1",
+        &["--prefix", "svc:t1", "list", "--operation", "0op"],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("must end with ':'"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_never_reach_the_terminal_raw() {
+    let d = Deployment::standalone();
+    // A window-title sequence, a screen clear, a row overwrite, a right-to-left override.
+    let key = format!(
+        "{}\u{1b}]0;pwned\u{7}\u{1b}[2J\rforged\u{202e}",
+        unique_key("tty")
+    );
+    let redis_key = format!("idempotency:op:{key}");
+    let value = format!(
+        r#"{{"operation":"op","idempotency_key":"{}","result":"\u001b[31m\u202e","created_at":"2025-01-01T00:00:00Z","expires_at":"2999-01-01T00:00:00Z","status":"completed","fingerprint":null,"owner":"o\u001b[2Jwn"}}"#,
+        key.replace('\u{1b}', "\\u001b")
+            .replace('\u{7}', "\\u0007")
+            .replace('\r', "\\r")
+    );
+    d.raw(&redis_key, &["SET", &redis_key, &value, "EX", "600"]);
+    let garbage = format!("{redis_key}-garbage");
+    d.raw(
+        &garbage,
+        &[
+            "SET",
+            &garbage,
+            "\u{1b}]8;;http://evil\u{7}click\u{1b}]8;;\u{7}",
+            "EX",
+            "600",
+        ],
+    );
+    let runs = [
+        cli(&d.url(), &["inspect", "op", &key]),
+        cli(&d.url(), &["list", "--operation", "op"]),
+        cli(&d.url(), &["inspect", "op", &format!("{key}-garbage")]),
+        cli(&d.url(), &["evict", "op", &format!("{key}-missing")]),
+    ];
+    for run in &runs {
+        for text in [&run.stdout, &run.stderr] {
+            for bad in ['\u{1b}', '\u{7}', '\r', '\u{202e}'] {
+                assert!(
+                    !text.contains(bad),
+                    "{bad:?} reached the terminal: {text:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        runs[0].stdout.contains("\\u001b]0;pwned"),
+        "{}",
+        runs[0].stdout
+    );
+    assert!(runs[1].stdout.contains("\\u202e"), "{}", runs[1].stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_of_a_missing_key_exits_1() {
     let d = Deployment::standalone();
     let run = cli(

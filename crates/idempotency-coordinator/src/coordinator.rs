@@ -308,7 +308,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 self.inner
                     .metrics
                     .record_error(record.operation(), ErrorType::Decode);
-                tracing::error!(error = %e, "stored result cannot be decoded into this call's type");
+                tracing::error!(error = %e.log_message(), "stored result cannot be decoded into this call's type");
                 Err(Failed::Library(e))
             }
         }
@@ -332,7 +332,7 @@ impl<S: ReservationStore> Coordinator<S> {
             self.inner
                 .metrics
                 .record_error(operation, ErrorType::RecordValidation);
-            tracing::error!(error = %e, "the result cannot be stored; retries get an error, the action does not run again");
+            tracing::error!(error = %e.log_message(), "the result cannot be stored; retries get an error, the action does not run again");
             e.to_string()
         })
     }

@@ -62,7 +62,7 @@ where
         match ResultAdapter::<E>::encode(&SerdeAdapter, error) {
             Ok(raw) => Some(raw),
             Err(e) => {
-                tracing::error!(error = %e, "the error cannot be stored; the key is released");
+                tracing::error!(error = %e.log_message(), "the error cannot be stored; the key is released");
                 None
             }
         }

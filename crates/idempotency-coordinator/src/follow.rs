@@ -92,7 +92,7 @@ impl<S: ReservationStore> Coordinator<S> {
                     self.inner
                         .metrics
                         .record_error(id.operation(), ErrorType::StorageReserve);
-                    tracing::warn!(error = %e.full_message(), "idempotency storage failed before the action");
+                    tracing::warn!(error = %e.log_message(), "idempotency storage failed before the action");
                     return Followed::Done(Err(e.into()));
                 }
                 Phase::Vacated => return Followed::Lead,

@@ -84,7 +84,7 @@ async fn renew<S: ReservationStore>(
             inner
                 .metrics
                 .record_error(lease.operation(), ErrorType::StorageRenew);
-            tracing::warn!(error = %e.full_message(), "could not renew the reservation");
+            tracing::warn!(error = %e.log_message(), "could not renew the reservation");
             if let Some(doubt) = doubt.take() {
                 doubt();
             }
@@ -165,7 +165,7 @@ fn spawn_release<S: ReservationStore>(inner: &Arc<Inner<S>>, lease: &Lease, why:
             inner
                 .metrics
                 .record_error(lease.operation(), ErrorType::StorageRelease);
-            tracing::warn!(error = %e.full_message(), "could not release the reservation; it expires with its lease");
+            tracing::warn!(error = %e.log_message(), "could not release the reservation; it expires with its lease");
         }
     });
 }

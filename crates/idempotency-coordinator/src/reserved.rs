@@ -192,7 +192,7 @@ impl<S: ReservationStore> Coordinator<S> {
                     inner
                         .metrics
                         .record_error(operation, ErrorType::StorageReserve);
-                    tracing::warn!(error = %e.full_message(), "idempotency storage failed before the action");
+                    tracing::warn!(error = %e.log_message(), "idempotency storage failed before the action");
                     let held = waiter.is_some() || prior.waited;
                     if let Some(ticket) = ticket.take() {
                         ticket.finish(|| Phase::StoreDown {
@@ -212,7 +212,7 @@ impl<S: ReservationStore> Coordinator<S> {
                     if e.class() == ErrorClass::Data {
                         // A value of another type under the key: never run over it.
                         inner.metrics.record_error(operation, ErrorType::StorageGet);
-                        tracing::error!(error = %e, key = lease.key(), "the key holds data that is not a record; refusing the call");
+                        tracing::error!(error = %e.log_message(), "the key holds data that is not a record; refusing the call");
                     }
                     if let Some(ticket) = ticket.take() {
                         ticket.finish(|| Phase::Alone);
@@ -400,7 +400,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 inner
                     .metrics
                     .record_error(operation, ErrorType::StorageSave);
-                tracing::warn!(error = %e.full_message(), "could not store the result");
+                tracing::warn!(error = %e.log_message(), "could not store the result");
                 if e.is_storage() {
                     Completion::StoreFailed
                 } else {
@@ -416,7 +416,7 @@ impl<S: ReservationStore> Coordinator<S> {
             self.inner
                 .metrics
                 .record_error(lease.operation(), ErrorType::StorageRelease);
-            tracing::warn!(error = %e.full_message(), "could not release the reservation; it expires with its lease");
+            tracing::warn!(error = %e.log_message(), "could not release the reservation; it expires with its lease");
         }
     }
 }

@@ -85,6 +85,13 @@ impl IdempotencySettings {
             Ok(_) => Vec::new(),
             Err(e) => e.problems().to_vec(),
         };
+        if let Err(e) = idempotency_core::validate_key_prefix(&self.key_prefix) {
+            problems.push(idempotency_core::FieldProblem::new(
+                "key_prefix",
+                "value_error",
+                e.to_string(),
+            ));
+        }
         problems.extend(self.lease_problems());
         problems.extend(self.operation_ttl_problems(
             Duration::from_secs(self.min_ttl_seconds),

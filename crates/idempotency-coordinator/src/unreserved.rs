@@ -124,7 +124,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 inner
                     .metrics
                     .record_error(operation, ErrorType::StorageSave);
-                tracing::warn!(error = %e.full_message(), "could not store the result");
+                tracing::warn!(error = %e.log_message(), "could not store the result");
                 None
             }
         }

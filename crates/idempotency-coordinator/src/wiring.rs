@@ -52,7 +52,7 @@ pub fn redis_coordinator(
     let store = RedisStore::builder(connection)
         .key_prefix(settings.key_prefix.clone())
         .metrics(Arc::clone(&metrics))
-        .build();
+        .build()?;
     Coordinator::builder(store)
         .settings(settings)
         .metrics(metrics)

@@ -444,6 +444,50 @@ impl IdempotencyError {
         out
     }
 
+    /// [`full_message`](Self::full_message) with every idempotency key replaced by
+    /// `key#` and the first 8 hex digits of its SHA-256: what events above `debug` carry.
+    /// Keys are chosen by clients and may be secrets or personal data; the short hash
+    /// still lets an operator match events of one key (`docs/security.md`).
+    ///
+    /// # Examples
+    /// ```
+    /// let e = idempotency_core::IdempotencyError::in_progress("pay", "card-4242");
+    /// let logged = e.log_message();
+    /// assert!(!logged.contains("card-4242"));
+    /// assert!(logged.contains("key#"));
+    /// ```
+    pub fn log_message(&self) -> String {
+        let mut text = self.full_message();
+        let mut keys: Vec<&str> = match self {
+            Self::KeyCollision { keys, .. } => keys.iter().map(String::as_str).collect(),
+            Self::RecordExpired { key, .. }
+            | Self::InProgress { key, .. }
+            | Self::KeyReuse { key, .. }
+            | Self::CorruptedRecord { key, .. }
+            | Self::InvalidRecord { key, .. }
+            | Self::ResultNotStorable { key, .. } => vec![key.as_str()],
+            Self::Cancelled { key, .. } => key.iter().map(String::as_str).collect(),
+            Self::BulkSave {
+                collisions,
+                invalid,
+                saved,
+                ..
+            } => collisions
+                .iter()
+                .chain(saved)
+                .chain(invalid.iter().map(|(k, _)| k))
+                .map(String::as_str)
+                .collect(),
+            _ => Vec::new(),
+        };
+        // Longest first, so a key that contains another is replaced whole.
+        keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+        for key in keys.into_iter().filter(|k| !k.is_empty()) {
+            text = text.replace(key, &key_tag(key));
+        }
+        text
+    }
+
     /// Whether the caller's input was at fault (HTTP 4xx).
     pub fn is_client_error(&self) -> bool {
         matches!(
@@ -469,4 +513,16 @@ impl IdempotencyError {
             _ => &[],
         }
     }
+}
+
+/// `key#` and the first 8 hex digits of the key's SHA-256.
+pub(crate) fn key_tag(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut tag = String::from("key#");
+    for byte in &digest[..4] {
+        tag.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        tag.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+    }
+    tag
 }

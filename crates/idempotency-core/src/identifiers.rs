@@ -156,3 +156,38 @@ pub(crate) fn check_field(field: &str, value: &str, max: usize, problems: &mut V
         ));
     }
 }
+
+/// Checks a storage key prefix: empty, or ending with the separator `:`. Without the
+/// separator one prefix runs into the operation: `svc:t1` with operation `0op` and
+/// `svc:t10` with operation `op` would share `svc:t10op:…`, so listing or evicting under
+/// one prefix would touch another's records. Control characters are refused too (they
+/// would reach operators' terminals through the CLI).
+///
+/// # Errors
+/// [`IdempotencyError::Configuration`] saying what to change.
+///
+/// # Examples
+/// ```
+/// use idempotency_core::validate_key_prefix;
+/// assert!(validate_key_prefix("svc:idem:").is_ok());
+/// assert!(validate_key_prefix("").is_ok());
+/// assert!(validate_key_prefix("svc:t1").is_err());
+/// ```
+pub fn validate_key_prefix(prefix: &str) -> Result<()> {
+    if prefix.chars().any(char::is_control) {
+        return Err(IdempotencyError::configuration(
+            "the key prefix holds a control character",
+            None,
+        ));
+    }
+    if !prefix.is_empty() && !prefix.ends_with(crate::constants::KEY_SEPARATOR) {
+        return Err(IdempotencyError::configuration(
+            format!(
+                "the key prefix {prefix:?} must end with ':' (else it runs into the operation and collides with other prefixes): use {:?}",
+                format!("{prefix}:")
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}

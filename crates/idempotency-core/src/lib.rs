@@ -54,7 +54,7 @@ mod unfenced;
 pub use clock::Clock;
 pub use error::{BoxError, ErrorClass, FieldProblem, FieldProblems, IdempotencyError, Result};
 pub use fingerprint::{canonical_json, fingerprint_of};
-pub use identifiers::{Identifiers, RecordId, validate_identifiers};
+pub use identifiers::{Identifiers, RecordId, validate_identifiers, validate_key_prefix};
 pub use json_text::to_result_json;
 pub use memory::{MemoryStore, MemoryWatch};
 pub use policy::{IdempotencyDomainService, RecordOptions};

@@ -274,7 +274,7 @@ where
             ErrorClass::KeyReuse => Problem::KeyReused,
             ErrorClass::Storage => Problem::StorageUnavailable,
             _ => {
-                tracing::error!(operation, error = %e, "idempotent request failed");
+                tracing::error!(operation, error = %e.log_message(), "idempotent request failed");
                 Problem::Internal
             }
         }),

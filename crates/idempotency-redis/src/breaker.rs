@@ -193,7 +193,7 @@ impl Breaker {
                         return;
                     }
                     Ok(Err(e)) => breaker.state().last_cause = e.to_string(),
-                    Err(_) => breaker.state().last_cause = "probe timed out".to_owned(),
+                    Err(_) => "probe timed out".clone_into(&mut breaker.state().last_cause),
                 }
                 if !breaker.state().open {
                     return;

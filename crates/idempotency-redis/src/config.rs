@@ -168,7 +168,7 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self> {
-        Ok(Self::builder(connect_client(url, options).await?).build())
+        Self::builder(connect_client(url, options).await?).build()
     }
 }
 

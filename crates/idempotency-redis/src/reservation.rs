@@ -109,20 +109,16 @@ impl RedisStore {
     /// storage error, for the caller's `on_storage_error`. A configuration refusal
     /// (`NOPERM`, `NOAUTH`, an unknown command) is a configuration error: it always fails
     /// closed.
-    async fn claim_refused(
-        &self,
-        lease: &Lease,
-        e: fred::error::Error,
-        kind: Refusal,
-    ) -> Result<Claim> {
+    async fn claim_refused(&self, lease: &Lease, e: fred::error::Error) -> Result<Claim> {
         let id = lease.id();
+        let kind = refusal(&e).unwrap_or(Refusal::Write);
         // Counted, and `WRONGTYPE` made a data error here.
         let refused = self.fail_on(id, e);
         if !refused.is_storage() {
             return Err(refused);
         }
         if kind == Refusal::Configuration {
-            tracing::error!(error = %refused, "Redis refuses the claim command: check the user's ACL and the server");
+            tracing::error!(error = %refused.log_message(), "Redis refuses the claim command: check the user's ACL and the server");
             return Err(IdempotencyError::configuration(
                 "Redis refused the claim command (ACL or server): no call runs unprotected because of it",
                 Some(Box::new(refused)),
@@ -144,7 +140,7 @@ impl RedisStore {
                 return Err(refused);
             }
         };
-        tracing::warn!(error = %refused, "Redis refused the claim; answering from the key's value");
+        tracing::warn!(error = %refused.log_message(), "Redis refused the claim; answering from the key's value");
         match self.decode(id, &bytes) {
             // Our own reservation: a claim of ours landed before the server began
             // refusing (a command re-sent after a reconnect).
@@ -153,6 +149,43 @@ impl RedisStore {
             Err(unreadable) => Err(unreadable),
         }
     }
+}
+
+impl RedisStore {
+    /// A claim's or takeover's reply that is not a value: nil is ours; anything else a
+    /// broken reply.
+    fn nil_or_unexpected(&self, id: &RecordId, value: &Value, takeovers: usize) -> Result<Claim> {
+        if value.is_null() {
+            if takeovers > 0 {
+                tracing::warn!(
+                    operation = id.operation(),
+                    "took the key over from a value no caller could use"
+                );
+            }
+            return Ok(Claim::Acquired);
+        }
+        Err(self.fail(
+            id.operation(),
+            fred::error::Error::new(fred::error::ErrorKind::Protocol, "unexpected reply type"),
+        ))
+    }
+}
+
+/// Whether a value the decoder refused is, by its structure, a finished record (written
+/// by a broken writer): its action ran, so the claim refuses it, never takes it over.
+fn refuses_finished(id: &RecordId, bytes: &[u8], decoded: &Result<IdempotencyRecord>) -> bool {
+    let Err(unreadable) = decoded else {
+        return false;
+    };
+    if !looks_finished(bytes) {
+        return false;
+    }
+    tracing::error!(
+        operation = id.operation(),
+        error = %unreadable.log_message(),
+        "the key holds a finished record that cannot be read; refusing the call"
+    );
+    true
 }
 
 /// Why a claim tries to take a found value over.
@@ -184,18 +217,17 @@ impl ReservationStore for RedisStore {
             .to_json();
         let redis_key = self.redis_key(id);
         let lease_ms = millis(duration);
-        let mut reply = self.send_claim(&redis_key, &json, lease_ms).await;
-        if !matches!(&reply, Err(e) if crate::errors::unanswered(e)) {
-            self.inner.breaker.answered();
-        }
-        if let Err(e) = &reply
-            && let Some(refusal) = refusal(e)
-        {
-            let Err(e) = reply else {
-                unreachable!("matched an error")
-            };
-            return self.claim_refused(lease, e, refusal).await;
-        }
+        let mut reply = match self.send_claim(&redis_key, &json, lease_ms).await {
+            Err(e) if crate::errors::unanswered(&e) => Err(e),
+            Err(e) if refusal(&e).is_some() => {
+                self.inner.breaker.answered();
+                return self.claim_refused(lease, e).await;
+            }
+            answered => {
+                self.inner.breaker.answered();
+                answered
+            }
+        };
         let mut takeovers = 0;
         // The abandoned reservation the last takeover was refused on because Redis still
         // expires it: alive by Redis's word, so found, not taken over again.
@@ -205,35 +237,10 @@ impl ReservationStore for RedisStore {
         loop {
             let value = reply.map_err(|e| self.fail_on(id, e))?;
             let Some(bytes) = value.as_bytes() else {
-                if value.is_null() {
-                    if takeovers > 0 {
-                        tracing::warn!(
-                            operation = id.operation(),
-                            key = id.key(),
-                            "took the key over from a value no caller could use"
-                        );
-                    }
-                    return Ok(Claim::Acquired);
-                }
-                return Err(self.fail(
-                    id.operation(),
-                    fred::error::Error::new(
-                        fred::error::ErrorKind::Protocol,
-                        "unexpected reply type",
-                    ),
-                ));
+                return self.nil_or_unexpected(id, &value, takeovers);
             };
             let decoded = self.decode(id, bytes);
-            if let Err(unreadable) = &decoded
-                && looks_finished(bytes)
-            {
-                // A finished record no client can read (written by a broken writer): its
-                // action ran, so it is refused, never taken over and run again.
-                tracing::error!(
-                    operation = id.operation(),
-                    error = %unreadable,
-                    "the key holds a finished record that cannot be read; refusing the call"
-                );
+            if refuses_finished(id, bytes, &decoded) {
                 return decoded.map(Claim::Found);
             }
             let why = match self.unusable(&decoded) {
@@ -280,22 +287,17 @@ impl ReservationStore for RedisStore {
                 .takeover
                 .run(self.client_for(&redis_key), &redis_key, args)
                 .await;
-            if let Err(e) = &reply
-                && refusal(e).is_some()
-            {
-                // The server answered but refuses writes: the value stays. A reservation
-                // waits (or is in progress); an unreadable value refuses the call. Never
-                // an unprotected run over a value that is there.
-                let Err(e) = reply else {
-                    unreachable!("matched an error")
-                };
-                let refused = self.fail_on(id, e);
-                tracing::warn!(error = %refused, "could not take the key over");
-                return match decoded {
-                    Ok(record) => Ok(Claim::Found(record)),
-                    Err(unreadable) => Err(unreadable),
-                };
-            }
+            reply = match reply {
+                Err(e) if refusal(&e).is_some() => {
+                    // The server answered but refuses writes: the value stays. A
+                    // reservation waits (or is in progress); an unreadable value refuses
+                    // the call. Never an unprotected run over a value that is there.
+                    let refused = self.fail_on(id, e);
+                    tracing::warn!(error = %refused.log_message(), "could not take the key over");
+                    return decoded.map(Claim::Found);
+                }
+                other => other,
+            };
         }
     }
 

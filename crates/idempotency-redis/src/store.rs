@@ -111,7 +111,12 @@ impl RedisStoreBuilder {
     }
 
     /// The store.
-    pub fn build(self) -> RedisStore {
+    ///
+    /// # Errors
+    /// [`IdempotencyError::Configuration`] for a key prefix that is not empty and does
+    /// not end with `:` ([`idempotency_core::validate_key_prefix`]).
+    pub fn build(self) -> Result<RedisStore> {
+        idempotency_core::validate_key_prefix(&self.prefix)?;
         let clustered = self.connection.client().is_clustered();
         let server_clock = ServerClock::default();
         // The first sample is asked for now, so the first call finds one (no call waits
@@ -136,7 +141,7 @@ impl RedisStoreBuilder {
         };
         let sources = store.inner.scripts.sources();
         crate::scripts::preload(&clients, sources, &store.inner);
-        store
+        Ok(store)
     }
 }
 
@@ -158,7 +163,7 @@ impl RedisStoreBuilder {
 /// use idempotency_redis::{ConnectOptions, RedisStore, connect_client};
 ///
 /// let client = connect_client("redis://127.0.0.1:6379", &ConnectOptions::default()).await?;
-/// let store = RedisStore::builder(client).key_prefix("svc:idem:").build();
+/// let store = RedisStore::builder(client).key_prefix("svc:idem:").build()?;
 /// let cached = store.get(&RecordId::new("order.create", "key-1")?).await?;
 /// # Ok(()) }
 /// ```

@@ -910,7 +910,7 @@ async fn redis_reads_a_stored_error(url: &str) {
     let connection = idempotency_redis::connect_client(url, &ConnectOptions::default())
         .await
         .expect("connect");
-    let store = RedisStore::builder(connection).build();
+    let store = RedisStore::builder(connection).build().expect("store");
     let coordinator = Coordinator::builder(store.clone())
         .build()
         .expect("coordinator");

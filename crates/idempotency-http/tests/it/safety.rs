@@ -205,11 +205,11 @@ async fn metric_labels_stay_bounded_and_route_braces_never_reach_the_key() {
         )
         .await;
         assert_eq!(reply.status, 200);
-        let routed = format!("/orders/{i}");
+        let order_path = format!("/orders/{i}");
         send(
             addr,
             "POST",
-            &routed,
+            &order_path,
             &[("idempotency-key", key.as_bytes())],
             b"",
         )

@@ -90,8 +90,10 @@ impl Admin {
             Err(e) => return Err(classify(&found.id, e)),
         };
         Ok(if deleted {
+            // The Redis key holds the client's key: at debug only (docs/security.md).
+            tracing::debug!(redis_key = found.redis_key, "evicted this key");
             tracing::info!(
-                redis_key = found.redis_key,
+                operation = found.id.operation(),
                 status = found.status_label(),
                 owner = found.owner_label(),
                 forced = live,

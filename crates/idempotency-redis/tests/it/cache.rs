@@ -54,7 +54,10 @@ pub(crate) async fn store_at(url: &str, prefix: &str) -> RedisStore {
     let connection = idempotency_redis::connect_client(url, &ConnectOptions::default())
         .await
         .expect("connect");
-    RedisStore::builder(connection).key_prefix(prefix).build()
+    RedisStore::builder(connection)
+        .key_prefix(prefix)
+        .build()
+        .expect("store")
 }
 
 /// A caching store and a plain writer on another connection, both under a fresh prefix.

@@ -52,7 +52,8 @@ on_both!(
             let prefix = case["key_prefix"].as_str().expect("prefix");
             let store = RedisStore::builder(env.store.connection().clone())
                 .key_prefix(prefix)
-                .build();
+                .build()
+                .expect("store");
             let (op, key, redis_key) = placed(prefix, &case);
             // The stored identifiers are the vector's; the key it sits under is ours.
             env.raw(
@@ -84,7 +85,8 @@ on_both!(records_written_here_are_the_python_bytes, |env| {
         let prefix = case["key_prefix"].as_str().expect("prefix");
         let store = RedisStore::builder(env.store.connection().clone())
             .key_prefix(prefix)
-            .build();
+            .build()
+            .expect("store");
         let python = IdempotencyRecord::from_json(raw.as_bytes(), "op", "k").expect("decodes");
         let (op, key, redis_key) = placed(prefix, &case);
         // Same fields, our key, a lifetime from now on (the vectors' times are past).

@@ -258,7 +258,8 @@ on_both!(
         let prefix = format!("{}:", crate::common::unique("fleet"));
         let store = RedisStore::builder(env.store.connection().clone())
             .key_prefix(prefix.clone())
-            .build();
+            .build()
+            .expect("store");
         let cluster = env.cluster.is_some();
         let cases = cases();
         let mut queries = Vec::new();

@@ -483,7 +483,8 @@ async fn a_pool_serves_the_store_like_a_client() {
     assert!(matches!(connection, idempotency_redis::Connection::Pool(_)));
     let store = idempotency_redis::RedisStore::builder(connection)
         .key_prefix("pooled:")
-        .build();
+        .build()
+        .expect("store");
     let records: Vec<_> = (0..30)
         .map(|i| svc().create_record("op", &format!("k{i}"), &i).expect("r"))
         .collect();

@@ -171,7 +171,7 @@ async fn redis_store(url: &str) -> RedisStore {
     let connection = idempotency_redis::connect_client(url, &ConnectOptions::default())
         .await
         .expect("connect");
-    RedisStore::builder(connection).build()
+    RedisStore::builder(connection).build().expect("store")
 }
 
 pub async fn standalone() -> Env<RedisStore> {

@@ -49,7 +49,8 @@ impl Env {
         .expect("connect");
         let store = RedisStore::builder(connection)
             .metrics(metrics.clone())
-            .build();
+            .build()
+            .expect("store");
         Self {
             target,
             server,
