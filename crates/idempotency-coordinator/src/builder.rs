@@ -11,6 +11,9 @@ use idempotency_core::{
 };
 
 use crate::coalesce::Coalescer;
+
+/// Detached calls in flight on one coordinator, by default.
+pub const DEFAULT_MAX_DETACHED: usize = 1024;
 use crate::coordinator::{Coordinator, Inner, WAIT_SAFETY_POLL};
 use crate::hook::{RecordCreated, RecordCreatedHook};
 use crate::modes::{InFlight, OnStorageError};
@@ -49,6 +52,7 @@ pub struct CoordinatorBuilder<S> {
     clock: Clock,
     on_record_created: Option<Arc<RecordCreatedHook>>,
     coalesce: bool,
+    max_detached: usize,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CoordinatorBuilder<S> {
@@ -85,6 +89,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
             clock: Clock::system(),
             on_record_created: None,
             coalesce: false,
+            max_detached: DEFAULT_MAX_DETACHED,
         }
     }
 
@@ -169,6 +174,19 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     #[must_use]
     pub fn operation_ttl(mut self, operation: impl Into<String>, ttl: Duration) -> Self {
         self.operation_ttls.insert(operation.into(), ttl);
+        self
+    }
+
+    /// At most `max` detached calls (`run_detached`, the HTTP layer's handlers) in flight
+    /// at once on this coordinator and its clones (default 1024). A detached call keeps
+    /// running after its caller leaves, so outer timeouts and concurrency limits do not
+    /// bound it: without this bound, clients that send requests and hang up could pile up
+    /// work without end. Past it a call is refused at once with
+    /// [`IdempotencyError::Overloaded`](crate::IdempotencyError::Overloaded) (a 503), its
+    /// action not run.
+    #[must_use]
+    pub fn max_detached(mut self, max: usize) -> Self {
+        self.max_detached = max.max(1);
         self
     }
 
@@ -304,7 +322,7 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
                 clock: self.clock,
                 on_record_created: self.on_record_created,
                 coalescer: self.coalesce.then(Coalescer::new),
-                detached: Arc::default(),
+                detached: Arc::new(crate::drain::Detached::new(self.max_detached)),
             }),
         }
     }

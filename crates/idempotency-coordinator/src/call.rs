@@ -8,6 +8,7 @@ use idempotency_core::{IdempotencyError, ReservationStore, ResultAdapter, SerdeA
 
 use crate::action::{Parts, Storing};
 use crate::coordinator::{CallOptions, Coordinator};
+use crate::drain::Refused;
 use crate::error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
 use crate::modes::{InFlight, OnStorageError};
 use crate::outcome::Outcome;
@@ -262,9 +263,23 @@ impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
             operation: self.operation.to_owned(),
             key: self.key.map(str::to_owned),
         };
-        // Refused once the coordinator drains (a shutdown is under way).
-        let Some(ticket) = coordinator.inner.detached.enter() else {
-            return Err(cancelled().into());
+        // Refused once the coordinator drains (a shutdown is under way), and past the
+        // bound on detached calls in flight (work that outlives its callers).
+        let ticket = match coordinator.inner.detached.enter() {
+            Ok(ticket) => ticket,
+            Err(Refused::Draining) => return Err(cancelled().into()),
+            Err(Refused::Full(limit)) => {
+                tracing::warn!(
+                    operation = self.operation,
+                    limit,
+                    "too many detached calls in flight; refusing this one"
+                );
+                return Err(IdempotencyError::Overloaded {
+                    operation: self.operation.to_owned(),
+                    limit,
+                }
+                .into());
+            }
         };
         let ticket_id = ticket.id();
         let detached = Arc::clone(&coordinator.inner.detached);

@@ -46,13 +46,24 @@ pub struct Drained {
 /// tickets of detached calls (inserted by [`Detached::enter`], removed by the ticket's
 /// drop), so a drain never aborts a finished task and never misses a running one; once
 /// `closing` is set no detached call starts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Detached {
+    /// At most this many detached calls run at once (`CoordinatorBuilder::max_detached`).
+    max: usize,
     closing: AtomicBool,
     running: AtomicUsize,
     idle: tokio::sync::Notify,
     next: AtomicU64,
     tasks: Mutex<HashMap<u64, Option<AbortHandle>>>,
+}
+
+/// Why a detached call was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// A drain has begun.
+    Draining,
+    /// `max` detached calls run already.
+    Full(usize),
 }
 
 /// Held while one detached call (or one background release) runs.
@@ -78,17 +89,33 @@ impl Detached {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A ticket for a new detached call, or `None` once a drain has begun.
-    pub(crate) fn enter(self: &Arc<Self>) -> Option<Running> {
+    /// No more than `max` detached calls at once.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            closing: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+            next: AtomicU64::new(0),
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// A ticket for a new detached call, unless a drain has begun or `max` run already.
+    pub(crate) fn enter(self: &Arc<Self>) -> Result<Running, Refused> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut tasks = self.tasks();
-        // Checked under the lock a drain takes to collect the tasks it cuts.
+        // Checked under the lock a drain takes to collect the tasks it cuts, and that
+        // every entry and exit takes: `tasks.len()` is exact here.
         if self.closing.load(Ordering::Acquire) {
-            return None;
+            return Err(Refused::Draining);
+        }
+        if tasks.len() >= self.max {
+            return Err(Refused::Full(self.max));
         }
         tasks.insert(id, None);
         self.running.fetch_add(1, Ordering::AcqRel);
-        Some(Running {
+        Ok(Running {
             detached: Arc::clone(self),
             id: Some(id),
         })

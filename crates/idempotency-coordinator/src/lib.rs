@@ -62,7 +62,7 @@ mod wiring;
 #[doc(hidden)]
 pub mod __private;
 
-pub use builder::CoordinatorBuilder;
+pub use builder::{CoordinatorBuilder, DEFAULT_MAX_DETACHED};
 pub use call::Call;
 pub use coordinator::{CallOptions, Coordinator, WAIT_SAFETY_POLL};
 pub use drain::Drained;

@@ -246,6 +246,16 @@ pub enum IdempotencyError {
         /// The idempotency key, when the call had one.
         key: Option<String>,
     },
+    /// Too many detached calls are in flight on this coordinator (their callers may
+    /// have gone: see `CoordinatorBuilder::max_detached`); the action did not run. A
+    /// 503: retry later.
+    #[error("too many detached calls in flight ({limit}); operation '{operation}' refused")]
+    Overloaded {
+        /// The operation.
+        operation: String,
+        /// The bound that was reached.
+        limit: usize,
+    },
     /// Named values could not be turned into a request fingerprint (a value with no
     /// JSON form, or JSON text that is not JSON).
     #[error("request fingerprint could not be computed")]
@@ -371,9 +381,10 @@ impl IdempotencyError {
         match self {
             Self::Configuration { .. } => ErrorClass::Configuration,
             // A shutdown, like an outage, is the service's trouble: retry later (503).
-            Self::Storage { .. } | Self::StorageRefused { .. } | Self::Cancelled { .. } => {
-                ErrorClass::Storage
-            }
+            Self::Storage { .. }
+            | Self::StorageRefused { .. }
+            | Self::Cancelled { .. }
+            | Self::Overloaded { .. } => ErrorClass::Storage,
             Self::Validation { .. } | Self::InvalidTtl { .. } => ErrorClass::InvalidInput,
             Self::KeyCollision { .. } | Self::InProgress { .. } => ErrorClass::Conflict,
             Self::KeyReuse { .. } => ErrorClass::KeyReuse,

@@ -56,7 +56,7 @@ pub use error::{BoxError, ErrorClass, FieldProblem, FieldProblems, IdempotencyEr
 pub use fingerprint::{canonical_json, fingerprint_of};
 pub use identifiers::{Identifiers, RecordId, validate_identifiers, validate_key_prefix};
 pub use json_text::to_result_json;
-pub use memory::{MemoryStore, MemoryWatch};
+pub use memory::{MemoryLimits, MemoryStore, MemoryWatch};
 pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;

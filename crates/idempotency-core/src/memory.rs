@@ -1,6 +1,6 @@
 //! The in-memory store: the embedded default for tests and single-process services.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,15 +23,63 @@ fn deadline_after(now: Instant, ttl: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// Writes between two sweeps of expired records.
-const SWEEP_EVERY: u64 = 1024;
+/// How much a [`MemoryStore`] holds at most.
+///
+/// When a write would go over either limit, the store first drops expired records, then
+/// evicts finished records (completed or stored errors), soonest to expire first, and
+/// counts each ([`MemoryStore::evicted`]; a retry of an evicted key runs its action
+/// again, as after its TTL). A live reservation is never evicted: when only reservations
+/// are left, a new claim is refused with [`IdempotencyError::StorageRefused`] (code
+/// `FULL`; the coordinator's storage-error mode decides), while a completion is always
+/// written (its action ran), possibly going over the limit until records expire.
+///
+/// # Examples
+/// ```
+/// use idempotency_core::{MemoryLimits, MemoryStore};
+/// let store = MemoryStore::with_limits(MemoryLimits::new(10_000, 16 << 20));
+/// assert!(store.is_empty());
+/// assert_eq!(MemoryLimits::default(), MemoryLimits::new(100_000, 64 << 20));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl MemoryLimits {
+    /// At most `max_entries` records and about `max_bytes` of records (their JSON size).
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            max_entries: max_entries.max(1),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+}
+
+impl Default for MemoryLimits {
+    /// 100,000 records, 64 MiB.
+    fn default() -> Self {
+        Self::new(100_000, 64 << 20)
+    }
+}
+
+/// The bytes a record is counted for: its JSON text, about.
+fn size_of(record: &IdempotencyRecord) -> usize {
+    160 + record.result().get().len()
+        + record.operation().len()
+        + record.idempotency_key().len()
+        + record.fingerprint().map_or(0, str::len)
+        + record.owner().map_or(0, str::len)
+}
 
 /// A process-local store with the same semantics as the Redis one: a TTL per key kept
 /// apart from the record (as Redis keeps it), insert-if-absent atomic, fenced
-/// reservations, prompt wake-ups of waiters.
+/// reservations, prompt wake-ups of waiters; bounded by [`MemoryLimits`].
 ///
 /// Liveness is the store's own: each key lives until its deadline on the monotonic
 /// clock, set from the TTL of the write, whatever the timestamps inside the record say.
+/// Expired records are dropped as writes come, each at a cost proportional to the
+/// records that expire (a deadline index), never by a pass over the whole store.
 /// Cheap to clone; clones share the data.
 ///
 /// # Examples
@@ -63,38 +111,126 @@ struct Entry {
     record: IdempotencyRecord,
     // When the store forgets the key: its TTL, the store's notion of liveness.
     deadline: Instant,
+    // This write's place in the deadline index, and the bytes it is counted for.
+    seq: u64,
+    size: usize,
 }
 
+/// Invariants, enforced by `put` and `remove` (the only writers of `records`): every
+/// entry has exactly one `(deadline, seq)` in `deadlines`, and `bytes` is the sum of the
+/// entries' sizes.
 #[derive(Debug, Default)]
 struct State {
     records: HashMap<RecordId, Entry>,
+    deadlines: BTreeMap<(Instant, u64), RecordId>,
+    bytes: usize,
+    seq: u64,
+    limits: MemoryLimits,
+    evicted: u64,
     // Keys somebody watches; notified on completion or release.
     watchers: HashMap<RecordId, Arc<Notify>>,
-    writes: u64,
-    // The earliest deadline among the entries at the last sweep or since: a sweep before
-    // it would find nothing, so it is skipped.
-    next_deadline: Option<Instant>,
+}
+
+/// Why a write needs room.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A new claim: refused when only live reservations could make room.
+    Claim,
+    /// Anything else (a completion, a saved record): written in any case.
+    Write,
 }
 
 impl State {
     /// The live entry under `id`; one past its deadline is removed.
     fn live(&mut self, id: &RecordId, now: Instant) -> Option<&mut Entry> {
         if self.records.get(id).is_some_and(|e| e.deadline <= now) {
-            self.records.remove(id);
+            self.remove(id);
         }
         self.records.get_mut(id)
     }
 
-    fn insert(&mut self, id: RecordId, record: IdempotencyRecord, ttl: Duration) {
-        let now = Instant::now();
-        self.writes += 1;
-        if self.writes.is_multiple_of(SWEEP_EVERY) && self.next_deadline.is_some_and(|t| t <= now) {
-            self.records.retain(|_, e| e.deadline > now);
-            self.next_deadline = self.records.values().map(|e| e.deadline).min();
+    fn remove(&mut self, id: &RecordId) -> Option<Entry> {
+        let entry = self.records.remove(id)?;
+        self.deadlines.remove(&(entry.deadline, entry.seq));
+        self.bytes -= entry.size;
+        Some(entry)
+    }
+
+    /// Drops every record past its deadline: the front of the index, nothing else.
+    fn sweep(&mut self, now: Instant) {
+        while let Some(((deadline, _), id)) = self.deadlines.first_key_value() {
+            if *deadline > now {
+                break;
+            }
+            let id = id.clone();
+            self.remove(&id);
         }
+    }
+
+    /// Makes room for a record of `size` bytes under `id` (whose current entry, if any,
+    /// it replaces): expired records go, then finished ones, soonest deadline first.
+    fn make_room(&mut self, id: &RecordId, size: usize, why: Room) -> Result<()> {
+        self.sweep(Instant::now());
+        let replaced = self.records.get(id).map_or(0, |e| e.size);
+        let adds = usize::from(!self.records.contains_key(id));
+        let over = |s: &Self| {
+            s.records.len() + adds > s.limits.max_entries
+                || s.bytes - replaced + size > s.limits.max_bytes
+        };
+        while over(self) {
+            let victim = self
+                .deadlines
+                .values()
+                .find(|v| *v != id && self.records.get(v).is_some_and(|e| !e.record.is_pending()))
+                .cloned();
+            match victim {
+                Some(victim) => {
+                    self.remove(&victim);
+                    self.evicted += 1;
+                }
+                None if why == Room::Claim => {
+                    return Err(IdempotencyError::storage_refused(
+                        Some(id.operation()),
+                        "FULL",
+                        "the in-memory store is full of live reservations (MemoryLimits)",
+                    ));
+                }
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, id: RecordId, record: IdempotencyRecord, ttl: Duration) {
+        let now = Instant::now();
+        self.remove(&id);
         let deadline = deadline_after(now, ttl);
-        self.next_deadline = Some(self.next_deadline.map_or(deadline, |t| t.min(deadline)));
-        self.records.insert(id, Entry { record, deadline });
+        self.seq += 1;
+        let size = size_of(&record);
+        self.deadlines.insert((deadline, self.seq), id.clone());
+        self.bytes += size;
+        self.records.insert(
+            id,
+            Entry {
+                record,
+                deadline,
+                seq: self.seq,
+                size,
+            },
+        );
+    }
+
+    /// Room, then the write.
+    fn insert(
+        &mut self,
+        id: RecordId,
+        record: IdempotencyRecord,
+        ttl: Duration,
+        why: Room,
+    ) -> Result<()> {
+        self.make_room(&id, size_of(&record), why)?;
+        self.put(id, record, ttl);
+        Ok(())
     }
 
     fn wake(&mut self, id: &RecordId) {
@@ -108,9 +244,26 @@ impl State {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store with the default [`MemoryLimits`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store with these limits.
+    pub fn with_limits(limits: MemoryLimits) -> Self {
+        let store = Self::default();
+        store.lock().limits = limits;
+        store
+    }
+
+    /// How many finished records were evicted before their TTL to respect the limits.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
+    }
+
+    /// About how many bytes the records take (their JSON size).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -133,8 +286,7 @@ impl MemoryStore {
 
     /// Removes expired records now.
     pub fn purge_expired(&self) {
-        let now = Instant::now();
-        self.lock().records.retain(|_, e| e.deadline > now);
+        self.lock().sweep(Instant::now());
     }
 
     /// The TTL of a record written through the repository API: its remaining lifetime
@@ -172,15 +324,14 @@ impl IdempotencyRepository for MemoryStore {
         if state.live(&id, Instant::now()).is_some() {
             return Err(IdempotencyError::collision(id.operation(), id.key()));
         }
-        state.insert(id, record.clone(), ttl);
-        Ok(())
+        state.insert(id, record.clone(), ttl, Room::Write)
     }
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = Self::write_ttl(record)?;
         let id = record.id();
         let mut state = self.lock();
-        state.insert(id.clone(), record.clone(), ttl);
+        state.insert(id.clone(), record.clone(), ttl, Room::Write)?;
         if !record.is_pending() {
             state.wake(&id);
         }
@@ -190,7 +341,7 @@ impl IdempotencyRepository for MemoryStore {
     async fn delete(&self, id: &RecordId) -> Result<bool> {
         let mut state = self.lock();
         let live = state.live(id, Instant::now()).is_some();
-        state.records.remove(id);
+        state.remove(id);
         state.wake(id);
         Ok(live)
     }
@@ -228,8 +379,9 @@ impl BulkRepository for MemoryStore {
                 };
                 if state.live(&id, now).is_some() {
                     collisions.push(record.idempotency_key().to_owned());
+                } else if let Err(e) = state.insert(id.clone(), record.clone(), ttl, Room::Write) {
+                    invalid.push((record.idempotency_key().to_owned(), e));
                 } else {
-                    state.insert(id.clone(), record.clone(), ttl);
                     saved.push(record.idempotency_key().to_owned());
                     saved_ids.push(id);
                 }
@@ -238,7 +390,7 @@ impl BulkRepository for MemoryStore {
             // removes exactly what this call wrote.
             if options.rollback_on_error && (!collisions.is_empty() || !invalid.is_empty()) {
                 for id in &saved_ids {
-                    state.records.remove(id);
+                    state.remove(id);
                 }
             }
         }
@@ -253,7 +405,7 @@ impl BulkRepository for MemoryStore {
             if state.live(id, now).is_some() {
                 deleted += 1;
             }
-            state.records.remove(id);
+            state.remove(id);
             state.wake(id);
         }
         Ok(deleted)
@@ -318,7 +470,7 @@ impl ReservationStore for MemoryStore {
         }
         // Built only when the key is free: a hit makes no pending record.
         let pending = lease.pending_record(duration)?;
-        state.insert(lease.id().clone(), pending, duration);
+        state.insert(lease.id().clone(), pending, duration, Room::Claim)?;
         Ok(Claim::Acquired)
     }
 
@@ -329,7 +481,8 @@ impl ReservationStore for MemoryStore {
         let found = state.live(lease.id(), Instant::now()).map(|e| &e.record);
         let fence = completion_fence(found, lease);
         if fence != Fence::Lost {
-            state.insert(lease.id().clone(), record, ttl);
+            // Room::Write: a completion is never refused (its action ran).
+            state.insert(lease.id().clone(), record, ttl, Room::Write)?;
             state.wake(lease.id());
         }
         Ok(fence)
@@ -340,8 +493,8 @@ impl ReservationStore for MemoryStore {
         let mut state = self.lock();
         match state.live(lease.id(), Instant::now()) {
             Some(e) if holds_lease(&e.record, lease.token()) => {
-                e.record = renewed;
-                e.deadline = deadline_after(Instant::now(), duration);
+                // Re-put: the deadline index and the byte count follow the new entry.
+                state.put(lease.id().clone(), renewed, duration);
                 Ok(Fence::Held)
             }
             _ => Ok(Fence::Lost),
@@ -356,7 +509,7 @@ impl ReservationStore for MemoryStore {
         if !ours {
             return Ok(Fence::Lost);
         }
-        state.records.remove(lease.id());
+        state.remove(lease.id());
         state.wake(lease.id());
         Ok(Fence::Held)
     }

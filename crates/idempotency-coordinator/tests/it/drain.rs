@@ -77,3 +77,55 @@ on_all!(
         assert_eq!(rerun, (8, Outcome::Executed));
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_calls_past_the_bound_are_refused_without_running() {
+    let coordinator = crate::common::memory().coordinator(|b| b.max_detached(2));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let runs = Runs::default();
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let (coordinator, gate, runs) = (coordinator.clone(), gate.clone(), runs.clone());
+        held.push(tokio::spawn(async move {
+            coordinator
+                .call("op", Some(&format!("held-{i}")))
+                .run_detached(move || async move {
+                    runs.tick();
+                    let _pass = gate.acquire().await;
+                    Ok::<_, IdempotencyError>(1u32)
+                })
+                .await
+        }));
+    }
+    for _ in 0..200 {
+        if runs.get() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(runs.get(), 2);
+    let refused = {
+        let runs = runs.clone();
+        coordinator
+            .call("op", Some("third"))
+            .run_detached(move || async move {
+                runs.tick();
+                Ok::<_, IdempotencyError>(1u32)
+            })
+            .await
+    };
+    match refused {
+        Err(e @ IdempotencyError::Overloaded { limit: 2, .. }) => assert_eq!(e.http_status(), 503),
+        other => panic!("past the bound: {other:?}"),
+    }
+    assert_eq!(runs.get(), 2, "the refused action ran");
+    gate.add_permits(2);
+    for call in held {
+        assert_eq!(call.await.expect("task").expect("value"), 1);
+    }
+    let after = coordinator
+        .call("op", Some("fourth"))
+        .run_detached(|| async { Ok::<_, IdempotencyError>(4u32) })
+        .await;
+    assert_eq!(after.expect("room again"), 4);
+}

@@ -397,3 +397,133 @@ async fn a_renewed_reservation_outlives_its_first_lease() {
     );
     assert_eq!(store.release(&lease).await.expect("release"), Fence::Held);
 }
+
+mod limits {
+    use super::*;
+    use idempotency_core::{MemoryLimits, RawValue};
+
+    async fn complete(store: &MemoryStore, key: &str, result: &str, ttl: Duration) {
+        let lease = Lease::new(
+            idempotency_testkit::record_id("op", key),
+            None,
+            Clock::system(),
+        );
+        assert_eq!(
+            store
+                .claim(&lease, Duration::from_secs(30))
+                .await
+                .expect("claim"),
+            Claim::Acquired
+        );
+        let raw = RawValue::from_string(result.to_owned()).expect("json");
+        store.complete(&lease, &raw, ttl).await.expect("complete");
+    }
+
+    #[tokio::test]
+    async fn finished_records_soonest_to_expire_are_evicted_at_the_entry_limit() {
+        let store = MemoryStore::with_limits(MemoryLimits::new(3, 1 << 30));
+        complete(&store, "a", "1", Duration::from_secs(300)).await;
+        complete(&store, "b", "2", Duration::from_secs(100)).await;
+        complete(&store, "c", "3", Duration::from_secs(200)).await;
+        complete(&store, "d", "4", Duration::from_secs(400)).await;
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.evicted(), 1);
+        let gone = store
+            .get(&idempotency_testkit::record_id("op", "b"))
+            .await
+            .expect("get");
+        assert_eq!(gone, None, "the soonest to expire goes first");
+        for kept in ["a", "c", "d"] {
+            assert!(
+                store
+                    .get(&idempotency_testkit::record_id("op", kept))
+                    .await
+                    .expect("get")
+                    .is_some()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_reservation_is_never_evicted_a_new_claim_is_refused() {
+        let store = MemoryStore::with_limits(MemoryLimits::new(2, 1 << 30));
+        let mut leases = Vec::new();
+        for key in ["a", "b"] {
+            let lease = Lease::new(
+                idempotency_testkit::record_id("op", key),
+                None,
+                Clock::system(),
+            );
+            store
+                .claim(&lease, Duration::from_secs(30))
+                .await
+                .expect("claim");
+            leases.push(lease);
+        }
+        let third = Lease::new(
+            idempotency_testkit::record_id("op", "c"),
+            None,
+            Clock::system(),
+        );
+        let refused = store
+            .claim(&third, Duration::from_secs(30))
+            .await
+            .expect_err("full");
+        assert!(
+            matches!(&refused, IdempotencyError::StorageRefused { code, .. } if code == "FULL"),
+            "{refused}"
+        );
+        assert_eq!(store.evicted(), 0);
+        // Both reservations stand, and their completions are written (their actions ran).
+        for lease in &leases {
+            let raw = RawValue::from_string("1".to_owned()).expect("json");
+            let fence = store
+                .complete(lease, &raw, Duration::from_secs(60))
+                .await
+                .expect("complete");
+            assert_eq!(fence, Fence::Held);
+        }
+        // Now finished: a new claim evicts one instead of being refused.
+        assert_eq!(
+            store
+                .claim(&third, Duration::from_secs(30))
+                .await
+                .expect("claim"),
+            Claim::Acquired
+        );
+        assert_eq!(store.evicted(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_holds_as_records_come() {
+        let limit = 64 * 1024;
+        let store = MemoryStore::with_limits(MemoryLimits::new(1_000_000, limit));
+        let big = format!("\"{}\"", "x".repeat(4096));
+        for i in 0..100 {
+            complete(&store, &format!("k{i}"), &big, Duration::from_secs(600)).await;
+            assert!(store.bytes() <= limit, "{} bytes after {i}", store.bytes());
+        }
+        assert!(store.evicted() > 80, "{}", store.evicted());
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_dropped_by_later_writes() {
+        let store = MemoryStore::new();
+        for i in 0..50 {
+            let lease = Lease::new(
+                idempotency_testkit::record_id("op", &format!("e{i}")),
+                None,
+                Clock::system(),
+            );
+            store
+                .claim(&lease, Duration::from_secs(1))
+                .await
+                .expect("claim");
+        }
+        assert_eq!(store.len(), 50);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        complete(&store, "later", "1", Duration::from_secs(60)).await;
+        assert_eq!(store.len(), 1, "the expired reservations are gone");
+        assert_eq!(store.evicted(), 0, "expiry is not eviction");
+    }
+}
