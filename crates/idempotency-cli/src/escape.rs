@@ -2,7 +2,7 @@
 //! are chosen by clients and may hold control characters (escape sequences that set a
 //! window title, clear the screen or forge a hyperlink, `\r` that overwrites a row) or
 //! bidirectional overrides that reorder what is shown. Every human-readable line goes
-//! through [`line`]; every value inside one through [`field`].
+//! through [`line`](fn@line); every value inside one through [`field`].
 
 use std::borrow::Cow;
 use std::fmt::Write as _;

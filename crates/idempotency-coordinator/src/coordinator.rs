@@ -337,3 +337,39 @@ impl<S: ReservationStore> Coordinator<S> {
         })
     }
 }
+
+impl<S: ReservationStore> Coordinator<S> {
+    /// Drains the detached calls (`run_detached`, the HTTP layer's handlers) before a
+    /// shutdown: new detached calls are refused at once with
+    /// [`IdempotencyError::Cancelled`](crate::IdempotencyError::Cancelled) (a 503: retry
+    /// elsewhere), the running ones get until `deadline` to finish and store their
+    /// results, and those still running then are cut while the runtime still runs, so
+    /// their reservations are released (awaited for up to 2 s) instead of staying pending
+    /// for a lease. Attached calls (`run`) are not affected: they end with their callers.
+    ///
+    /// Call it after the server stopped taking requests (axum's graceful shutdown) and
+    /// before the runtime ends. Clones of the coordinator share the drain.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use idempotency_coordinator::{Coordinator, IdempotencyError};
+    /// let coordinator = Coordinator::in_memory();
+    /// let drained = coordinator.drain(std::time::Duration::from_secs(10)).await;
+    /// assert_eq!(drained.cut, 0);
+    /// let refused = coordinator
+    ///     .call("mail.send", Some("k"))
+    ///     .run_detached(|| async { Ok::<_, IdempotencyError>(1) })
+    ///     .await;
+    /// assert!(matches!(refused, Err(IdempotencyError::Cancelled { .. })));
+    /// # }
+    /// ```
+    pub fn drain(
+        &self,
+        deadline: Duration,
+    ) -> impl std::future::Future<Output = crate::drain::Drained> + Send + 'static {
+        let detached = Arc::clone(&self.inner.detached);
+        async move { detached.drain(deadline).await }
+    }
+}

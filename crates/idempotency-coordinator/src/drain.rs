@@ -3,15 +3,11 @@
 //! runs, so no reservation is left pending for a lease by a deploy.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use idempotency_core::ReservationStore;
 use tokio::task::AbortHandle;
-
-use crate::coordinator::Coordinator;
 
 /// How long a drain waits, after its deadline, for the releases of the calls it cut.
 const RELEASE_GRACE: Duration = Duration::from_secs(2);
@@ -149,7 +145,9 @@ impl Detached {
         }
     }
 
-    async fn drain(&self, deadline: Duration) -> Drained {
+    /// Stops new detached calls, waits for the running ones up to `deadline`, cuts the
+    /// rest and waits (briefly) for their releases: see `Coordinator::drain`.
+    pub(crate) async fn drain(&self, deadline: Duration) -> Drained {
         let started = {
             let tasks = self.tasks();
             self.closing.store(true, Ordering::Release);
@@ -184,38 +182,5 @@ impl Running {
     /// The call's id, for [`Detached::register`].
     pub(crate) fn id(&self) -> u64 {
         self.id.unwrap_or(u64::MAX)
-    }
-}
-
-impl<S: ReservationStore> Coordinator<S> {
-    /// Drains the detached calls (`run_detached`, the HTTP layer's handlers) before a
-    /// shutdown: new detached calls are refused at once with
-    /// [`IdempotencyError::Cancelled`](crate::IdempotencyError::Cancelled) (a 503: retry
-    /// elsewhere), the running ones get until `deadline` to finish and store their
-    /// results, and those still running then are cut while the runtime still runs, so
-    /// their reservations are released (awaited for up to 2 s) instead of staying pending
-    /// for a lease. Attached calls (`run`) are not affected: they end with their callers.
-    ///
-    /// Call it after the server stopped taking requests (axum's graceful shutdown) and
-    /// before the runtime ends. Clones of the coordinator share the drain.
-    ///
-    /// # Examples
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// use idempotency_coordinator::{Coordinator, IdempotencyError};
-    /// let coordinator = Coordinator::in_memory();
-    /// let drained = coordinator.drain(std::time::Duration::from_secs(10)).await;
-    /// assert_eq!(drained.cut, 0);
-    /// let refused = coordinator
-    ///     .call("mail.send", Some("k"))
-    ///     .run_detached(|| async { Ok::<_, IdempotencyError>(1) })
-    ///     .await;
-    /// assert!(matches!(refused, Err(IdempotencyError::Cancelled { .. })));
-    /// # }
-    /// ```
-    pub fn drain(&self, deadline: Duration) -> impl Future<Output = Drained> + Send + 'static {
-        let detached = Arc::clone(&self.inner.detached);
-        async move { detached.drain(deadline).await }
     }
 }

@@ -360,22 +360,6 @@ impl IdempotencyError {
         }
     }
 
-    /// The error type a store counts for a record it could not read, as the Python
-    /// library counts it: `deserialization_error` for a record that parses but cannot be
-    /// used (an expiry without a timezone), `validation_error` for the rest; `None` for
-    /// errors that are not about a stored record.
-    pub fn record_error_type(&self) -> Option<crate::traits::metrics::ErrorType> {
-        match self {
-            Self::CorruptedRecord { source, .. } if source.is::<crate::record::NaiveExpiry>() => {
-                Some(crate::traits::metrics::ErrorType::Deserialization)
-            }
-            Self::CorruptedRecord { .. } | Self::InvalidRecord { .. } => {
-                Some(crate::traits::metrics::ErrorType::Validation)
-            }
-            _ => None,
-        }
-    }
-
     /// Which kind of trouble this is.
     pub fn class(&self) -> ErrorClass {
         match self {

@@ -60,7 +60,9 @@ pub use memory::{MemoryLimits, MemoryStore, MemoryWatch};
 pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
-pub use storable::{check_storable, looks_finished, unstorable_marker, unstorable_reason};
+pub use storable::{
+    check_storable, looks_finished, storable_form, unstorable_marker, unstorable_reason,
+};
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
 pub use traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
 pub use traits::local_cache::LocalCacheStats;

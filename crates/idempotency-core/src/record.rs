@@ -495,6 +495,26 @@ fn raw_value(text: &str) -> std::result::Result<Box<RawValue>, serde_json::Error
     Ok(raw)
 }
 
+// Here rather than in `error.rs`: the decision is about the record's wire format (which
+// errors the decoder makes), and `error.rs` stays free of it.
+impl IdempotencyError {
+    /// The error type a store counts for a record it could not read, as the Python
+    /// library counts it: `deserialization_error` for a record that parses but cannot be
+    /// used (an expiry without a timezone), `validation_error` for the rest; `None` for
+    /// errors that are not about a stored record.
+    pub fn record_error_type(&self) -> Option<crate::traits::metrics::ErrorType> {
+        match self {
+            Self::CorruptedRecord { source, .. } if source.is::<NaiveExpiry>() => {
+                Some(crate::traits::metrics::ErrorType::Deserialization)
+            }
+            Self::CorruptedRecord { .. } | Self::InvalidRecord { .. } => {
+                Some(crate::traits::metrics::ErrorType::Validation)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// An expiry without a timezone: pydantic reads it, the Python library's expiry check
 /// then fails (`can't compare offset-naive and offset-aware datetimes`).
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,7 @@
 use serde_json::value::RawValue;
 
 use crate::error::{IdempotencyError, Result};
-use crate::json_text::{PYDANTIC_MAX_DEPTH, parse_python_json, push_json_string};
+use crate::json_text::{PYDANTIC_MAX_DEPTH, parse_python_json, push_json_string, write_replayed};
 use crate::record::is_plain_value;
 
 /// The one member of a stored error that marks a result that could not be stored.
@@ -34,18 +34,43 @@ const MARKER: &str = "idempotency_kit_result_not_storable";
 /// assert!(check_storable(&cut).is_err());
 /// ```
 pub fn check_storable(result: &RawValue) -> Result<()> {
+    storable_form(result).map(drop)
+}
+
+/// The form a record holds `result` in: the text itself when every reader takes it as
+/// it is (nearly always), else the text a reader replays (a repeated key's last value,
+/// `-0` as `0`, a float beyond the `f64` range as `null`), so that every store holds,
+/// and every reader gets, the same text. Every store builds its finished records
+/// through this (`Lease::finished_record_at`).
+///
+/// # Errors
+/// As [`check_storable`].
+///
+/// # Examples
+/// ```
+/// use idempotency_core::{RawValue, storable_form};
+/// let raw = RawValue::from_string("[-0,1e400]".to_owned()).unwrap();
+/// assert_eq!(storable_form(&raw).unwrap().get(), "[0,null]");
+/// ```
+pub fn storable_form(result: &RawValue) -> Result<Box<RawValue>> {
     let text = result.get();
     if is_plain_value(text) {
-        return Ok(());
+        return Ok(result.to_owned());
     }
     // Inside the record's own object: one level less to spare.
-    parse_python_json(text, PYDANTIC_MAX_DEPTH - 1)
-        .map(|_| ())
-        .map_err(|e| {
-            IdempotencyError::serialization(format!(
-                "the result cannot be stored as a record any client can read back ({e})"
-            ))
-        })
+    let json = parse_python_json(text, PYDANTIC_MAX_DEPTH - 1).map_err(|e| {
+        IdempotencyError::serialization(format!(
+            "the result cannot be stored as a record any client can read back ({e})"
+        ))
+    })?;
+    let mut out = String::with_capacity(text.len());
+    write_replayed(&json, &mut out);
+    let mut de = serde_json::Deserializer::from_str(&out);
+    de.disable_recursion_limit();
+    let raw = <Box<RawValue> as serde::Deserialize>::deserialize(&mut de)
+        .map_err(IdempotencyError::serialization)?;
+    de.end().map_err(IdempotencyError::serialization)?;
+    Ok(raw)
 }
 
 /// The stored error written under a key whose action ran but whose result could not be

@@ -32,6 +32,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod config;
 pub mod constants;
 mod encoding;
 mod fingerprint;
@@ -45,13 +46,14 @@ mod service;
 mod stored;
 
 pub use body::{BoxError, ResponseBody};
+pub use config::{
+    DEFAULT_DENY_HEADERS, KeyRequirement, LayerStats, StorageDown, StorePolicyFn, WhileInFlight,
+};
 pub use constants::DEFAULT_PROBLEM_BASE;
 pub use fingerprint::FingerprintFn;
-pub use layer::{
-    DEFAULT_DENY_HEADERS, IdempotencyLayer, IdempotencyLayerBuilder, KeyRequirement, LayerStats,
-    StorageDown, StorePolicyFn, TenantFn, WhileInFlight,
-};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use outcome::HttpOutcome;
 pub use policy::store_by_default;
 pub use problem::Problem;
+pub use scope::TenantFn;
 pub use service::{Handler, HandlerBody, IdempotencyService, RequestBody, ResponseFuture};

@@ -8,13 +8,43 @@
 //! (no `:`, at most 255 characters, trimmed) are met by every derived key, and the
 //! client's key, its tenant and its text never reach the store or the logs.
 
+use std::fmt;
+use std::sync::Arc;
+
 use http::Method;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use crate::constants::STORAGE_KEY_DOMAIN;
 use crate::encoding::{encode_url_safe, hash_field};
-use crate::layer::ClientScope;
+
+/// Maps a request's parts to its tenant.
+pub type TenantFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// Whose key space a request's key lives in.
+#[derive(Clone)]
+pub(crate) enum ClientScope {
+    /// The default: the request's credentials (`Authorization`, the named session
+    /// cookies); a request with none shares the anonymous space.
+    Credentials { cookies: Vec<String> },
+    /// The application's tenant function.
+    Tenant(Arc<TenantFn>),
+    /// One space for every client (explicit opt-out).
+    Shared,
+}
+
+impl fmt::Debug for ClientScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Credentials { cookies } => f
+                .debug_struct("Credentials")
+                .field("cookies", cookies)
+                .finish(),
+            Self::Tenant(_) => f.write_str("Tenant"),
+            Self::Shared => f.write_str("Shared"),
+        }
+    }
+}
 
 /// The core's longest operation, in characters.
 const MAX_OPERATION_CHARS: usize = 100;

@@ -15,9 +15,9 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::{BoxError, Buffered, ResponseBody, boxed, buffer};
+use crate::config::{Config, KeyRequirement};
 use crate::fingerprint::fingerprint_by;
 use crate::key::{KeyProblem, parse_key};
-use crate::layer::{Config, KeyRequirement};
 use crate::outcome::HttpOutcome;
 use crate::problem::Problem;
 use crate::scope::{client_scope, operation_label, storage_key, unrouted_label};

@@ -9,12 +9,10 @@
 //! it never opens the breaker. Writes after an action (complete, renew, release) are
 //! always tried.
 
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use fred::prelude::{Client, ClientLike};
-
-use crate::store::Inner;
 
 /// When the breaker opens, and how often it probes.
 ///
@@ -139,13 +137,8 @@ impl Breaker {
     }
 
     /// A command got no answer. Opens at the threshold, starting the probe on `client`
-    /// (held only as long as `store` lives).
-    pub(crate) fn unanswered(
-        &self,
-        cause: &fred::error::Error,
-        client: &Client,
-        store: Weak<Inner>,
-    ) {
+    /// (it ends when the breaker closes, or with the store: it holds the breaker weakly).
+    pub(crate) fn unanswered(self: &Arc<Self>, cause: &fred::error::Error, client: &Client) {
         let Some(config) = self.config else {
             return;
         };
@@ -171,10 +164,11 @@ impl Breaker {
             return;
         };
         let client = client.clone();
+        let weak: Weak<Self> = Arc::downgrade(self);
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(config.cool_down).await;
-                let Some(owner) = store.upgrade() else {
+                let Some(breaker) = weak.upgrade() else {
                     return;
                 };
                 let probe = tokio::time::timeout(
@@ -182,7 +176,6 @@ impl Breaker {
                     client.ping::<String>(None),
                 )
                 .await;
-                let breaker = &owner.breaker;
                 match probe {
                     Ok(Ok(_)) => {
                         breaker.answered();

@@ -136,7 +136,7 @@ impl RedisStoreBuilder {
                 clustered,
                 native_claim: AtomicBool::new(true),
                 server_clock,
-                breaker: Breaker::new(self.fail_fast),
+                breaker: Arc::new(Breaker::new(self.fail_fast)),
             }),
         };
         let sources = store.inner.scripts.sources();
@@ -185,7 +185,7 @@ pub(crate) struct Inner {
     pub(crate) native_claim: AtomicBool,
     pub(crate) server_clock: ServerClock,
     /// Fails claims and reads fast while Redis cannot be reached.
-    pub(crate) breaker: Breaker,
+    pub(crate) breaker: Arc<Breaker>,
 }
 
 impl RedisStore {
@@ -231,9 +231,7 @@ impl RedisStore {
     /// Counts a command that got no answer towards the fail-fast breaker.
     pub(crate) fn note_unanswered(&self, e: &fred::error::Error) {
         if crate::errors::unanswered(e) {
-            self.inner
-                .breaker
-                .unanswered(e, self.client(), Arc::downgrade(&self.inner));
+            self.inner.breaker.unanswered(e, self.client());
         }
     }
 

@@ -33,6 +33,74 @@ pub async fn all<S: ReservationStore>(store: &S) {
     complete_writes_into_an_empty_key(store).await;
     client_clocks_never_decide_liveness(store).await;
     a_waiter_is_woken_by_completion_and_by_release(store).await;
+    every_storable_result_reads_back_as_a_record(store).await;
+}
+
+/// Results at the edge of what a record can hold (`check_storable` accepts each): nesting
+/// 199 deep, surrogate pairs as escapes, integers beyond 64 bits and of 4300 digits, `-0`,
+/// control characters: each, completed, is found by the next claim as a finished record
+/// holding the same JSON value (memory and Redis agree). And the ones it refuses are
+/// refused by `check_storable`, so the coordinator never writes them.
+pub async fn every_storable_result_reads_back_as_a_record<S: ReservationStore>(store: &S) {
+    let deep = format!("{}1{}", "[".repeat(199), "]".repeat(199));
+    let big = "7".repeat(4300);
+    let storable = [
+        deep.as_str(),
+        r#""\ud83d\ude00 and \u00e9""#,
+        "18446744073709551616",
+        big.as_str(),
+        "[-0,0.0,-0.0,1e400]",
+        r#"{"a":"\u0000\u001f","b":[{}],"a":2}"#,
+    ];
+    for text in storable {
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.disable_recursion_limit();
+        let result: Box<RawValue> = serde::Deserialize::deserialize(&mut de).expect("JSON text");
+        idempotency_core::check_storable(&result).expect("storable");
+        let id = fresh("contract.storable");
+        let lease = Lease::new(id.clone(), None, Clock::system());
+        assert_eq!(
+            store.claim(&lease, LONG).await.expect("claim"),
+            Claim::Acquired
+        );
+        store
+            .complete(&lease, &result, TTL)
+            .await
+            .expect("complete");
+        let next = Lease::new(id, None, Clock::system());
+        let Claim::Found(record) = store.claim(&next, LONG).await.expect("claim") else {
+            panic!(
+                "a completed record was not found: {}",
+                &text[..text.len().min(40)]
+            );
+        };
+        assert!(!record.is_pending());
+        assert!(
+            crate::json_eq::same_value(record.result().get(), &replayed(text)),
+            "{} read back as {}",
+            &text[..text.len().min(40)],
+            &record.result().get()[..record.result().get().len().min(40)]
+        );
+    }
+    for text in [r#""\ud83d""#, r#"{"cut":"a\udc00"}"#] {
+        let result = raw(text);
+        assert!(idempotency_core::check_storable(&result).is_err(), "{text}");
+    }
+    let too_deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let mut de = serde_json::Deserializer::from_str(&too_deep);
+    de.disable_recursion_limit();
+    let result: Box<RawValue> = serde::Deserialize::deserialize(&mut de).expect("JSON text");
+    assert!(idempotency_core::check_storable(&result).is_err());
+}
+
+/// What Python replays for a stored result: a repeated key's last value, `-0` as `0`,
+/// a float beyond the `f64` range as `null`.
+fn replayed(text: &str) -> String {
+    match text {
+        "[-0,0.0,-0.0,1e400]" => "[0,0.0,-0.0,null]".to_owned(),
+        r#"{"a":"\u0000\u001f","b":[{}],"a":2}"# => r#"{"a":2,"b":[{}]}"#.to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// Of 32 concurrent claims of one key, exactly one acquires; the rest find its record.

@@ -129,3 +129,57 @@ async fn detached_calls_past_the_bound_are_refused_without_running() {
         .await;
     assert_eq!(after.expect("room again"), 4);
 }
+
+/// What a runtime shut down without a drain leaves: the detached action is cut
+/// mid-way, nothing is released, and the key stays held until its lease ends (a duplicate
+/// meanwhile is in progress, never a second run beside the first); then a retry runs it
+/// again. This is the case `Coordinator::drain` exists for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_shut_down_without_a_drain_holds_the_key_for_its_lease() {
+    let env = crate::common::memory();
+    let coordinator = env.coordinator(|b| b.lease(Duration::from_secs(1)));
+    let key = unique_key("shutdown");
+    let runs = Runs::default();
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    {
+        let (coordinator, runs, key) = (coordinator.clone(), runs.clone(), key.clone());
+        other.spawn(async move {
+            let _ = coordinator
+                .call("op", Some(&key))
+                .run_detached(move || async move {
+                    runs.tick();
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok::<_, IdempotencyError>(1u32)
+                })
+                .await;
+        });
+    }
+    for _ in 0..200 {
+        if runs.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(runs.get(), 1);
+    other.shutdown_background();
+    let held = coordinator
+        .call("op", Some(&key))
+        .in_flight(InFlight::Raise)
+        .run(|| async { Ok::<_, IdempotencyError>(2u32) })
+        .await;
+    assert!(
+        matches!(held, Err(IdempotencyError::InProgress { .. })),
+        "{held:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rerun = coordinator
+        .call("op", Some(&key))
+        .run_with_outcome(|| async { Ok::<_, IdempotencyError>(2u32) })
+        .await
+        .expect("the lease ended");
+    assert_eq!(rerun, (2, Outcome::Executed));
+}

@@ -192,3 +192,66 @@ async fn noperm_fails_closed_even_in_run_mode() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the action ran unprotected");
 }
+
+/// Many callers while the server flaps between accepting and refusing writes: the
+/// completed keys never run again and no call on them runs unprotected; new keys run at
+/// most once each, or fail-open (counted) only while refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_refusal_under_load_never_reruns_a_completed_key() {
+    let server = RedisServer::start();
+    let coordinator = coordinator(store(&server.url()).await, OnStorageError::Run);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let completed: Vec<String> = (0..5).map(|i| format!("done-{i}")).collect();
+    for key in &completed {
+        call(&coordinator, key, &runs, InFlight::Wait)
+            .await
+            .expect("first");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flapper = {
+        let (stop, port) = (Arc::clone(&stop), server.port());
+        std::thread::spawn(move || {
+            let mut on = false;
+            while !stop.load(Ordering::SeqCst) {
+                on = !on;
+                let value = if on { "1" } else { "0" };
+                let _ = idempotency_testkit::resp::command(
+                    port,
+                    &["CONFIG", "SET", "min-replicas-to-write", value],
+                );
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            let _ = idempotency_testkit::resp::command(
+                port,
+                &["CONFIG", "SET", "min-replicas-to-write", "0"],
+            );
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (coordinator, runs, completed) =
+            (coordinator.clone(), Arc::clone(&runs), completed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut unprotected_on_completed = 0;
+            for i in 0..15 {
+                let key = &completed[(t + i) % completed.len()];
+                if let Ok((_, Outcome::Unprotected)) =
+                    call(&coordinator, key, &runs, InFlight::Wait).await
+                {
+                    unprotected_on_completed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            unprotected_on_completed
+        }));
+    }
+    let mut unprotected = 0;
+    for task in tasks {
+        unprotected += task.await.expect("task");
+    }
+    stop.store(true, Ordering::SeqCst);
+    flapper.join().expect("flapper");
+    assert_eq!(unprotected, 0, "calls ran unprotected over completed keys");
+    assert_eq!(runs.load(Ordering::SeqCst), 5, "a completed key ran again");
+}

@@ -180,3 +180,38 @@ async fn a_finished_record_no_client_can_read_is_never_taken_over() {
     let still = idempotency_testkit::resp::command(port, &["GET", &redis_key]).expect("get");
     assert_eq!(still.as_bytes(), Some(value.as_bytes()), "the value stays");
 }
+
+on_all!(
+    concurrent_callers_of_an_unstorable_result_run_it_once,
+    |env| {
+        let coordinator = env.coordinator(|b| b);
+        let key = unique_key("unstorable-many");
+        let runs = Runs::default();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (coordinator, runs, key) = (coordinator.clone(), runs.clone(), key.clone());
+                tokio::spawn(async move {
+                    coordinator
+                        .call("op", Some(&key))
+                        .adapter(JsonAdapter)
+                        .run_detached(move || async move {
+                            runs.tick();
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            Ok::<_, IdempotencyError>(raw(r#"["\ud800"]"#))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut values = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(_) => values += 1,
+                Err(IdempotencyError::ResultNotStorable { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(runs.get(), 1, "the action ran again");
+        assert_eq!(values, 1, "only the caller that ran it gets the value");
+    }
+);

@@ -148,7 +148,8 @@ impl Lease {
     /// carries no owner (as the Python library writes it).
     ///
     /// # Errors
-    /// A `ttl` that ends past the year 9999.
+    /// A `ttl` that ends past the year 9999; a result no reader could read back
+    /// ([`crate::check_storable`]).
     pub fn completed_record(&self, result: &RawValue, ttl: Duration) -> Result<IdempotencyRecord> {
         self.finished_record_at(self.clock.now(), Finished::Value(result), ttl)
     }
@@ -207,8 +208,9 @@ impl Lease {
         ttl: Duration,
     ) -> Result<IdempotencyRecord> {
         let now = crate::timestamp::to_micros(now);
+        // In the form every reader replays, so every store holds the same text.
         Ok(self.record(
-            finished.raw().to_owned(),
+            crate::storable::storable_form(finished.raw())?,
             finished.status(),
             now,
             later(now, ttl, "ttl")?,

@@ -6,7 +6,7 @@ mod common;
 mod admin;
 mod cache;
 mod cache_attacks;
-mod cache_attacks2;
+mod cache_server_events;
 mod conformance;
 mod fleet_decode;
 mod hostile;

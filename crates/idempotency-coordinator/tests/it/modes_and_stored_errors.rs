@@ -1,7 +1,6 @@
-//! Adversarial review of per-call modes, outcomes, stored errors, the background release
-//! of a failed completion and the record-created hook (commits 1b0c3af, e0eeeef, 59b7c69,
-//! b1d4a07). Tests marked "Finding" failed before their fix; the others pin guarantees
-//! that had no test of their own.
+//! Per-call modes, outcomes, stored errors, the background release of a failed
+//! completion and the record-created hook. Tests marked "Finding" failed before their
+//! fix; the others pin guarantees that had no test of their own.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,7 +205,7 @@ async fn stored<S: ReservationStore>(store: &S, key: &str) -> Option<Idempotency
 // When one of its re-claims then fails with a storage error (a blip, a timeout), the
 // default fail-open mode (`OnStorageError::Run`) runs the action right next to that live
 // holder: two runs for one key, although the call's own reply proved the key was held.
-// The same rule as review_v2's finding 3 ("a claim that found a live owner never fails
+// The same rule as liveness.rs ("a claim that found a live owner never fails
 // open") must hold for every re-claim of a waiter.
 on_all!(a_waiter_never_fails_open_next_to_a_live_holder, |env| {
     let (coordinator, _gate) = gated(&env, Duration::from_secs(30), None);

@@ -1,4 +1,5 @@
-//! Regression tests from the adversarial review of protocol v2: scenarios that broke "the
+//! Who decides that a reservation is alive: clocks that run behind, a server refusing
+//! `TIME`, takeovers that give up, orphans of dropped claims on a pool. Scenarios that broke "the
 //! action runs at most once per key, every caller that gets a value gets that execution's
 //! value, no key stays stuck" in its first cut (an owner's clock far behind, a result
 //! stamped by a slow clock, a server refusing `TIME`, a takeover loop giving up after

@@ -1,4 +1,4 @@
-//! Regression tests of protocol v2: each one reproduces a way the first protocol ran an
+//! Who owns a key (protocol v2): each test reproduces a way the first protocol ran an
 //! action twice or left a key stuck, on memory, standalone Redis and a Redis cluster
 //! where the fault applies.
 
@@ -20,7 +20,7 @@ on_all!(clock_skew_never_steals_a_live_reservation, |env| {
 // the records only where the server refuses `TIME`: this run makes it refuse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_skew_never_steals_a_live_reservation_without_server_time() {
-    let (server, store) = crate::review_v2::least_privilege_store().await;
+    let (server, store) = crate::liveness::least_privilege_store().await;
     let env = crate::common::Env {
         store: crate::common::wrap(store),
         metrics: std::sync::Arc::new(idempotency_core::RecordingMetrics::default()),
