@@ -66,9 +66,7 @@ pub use storable::{
 pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
 pub use traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
 pub use traits::local_cache::LocalCacheStats;
-pub use traits::metrics::{
-    ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics, RecordingMetrics, error_type,
-};
+pub use traits::metrics::{ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics};
 pub use traits::reservation::{
     Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, holds_lease, is_abandoned,
     new_owner_token,

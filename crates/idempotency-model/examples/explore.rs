@@ -42,6 +42,12 @@ fn main() {
         ),
         ("python", Config::with_python()),
         ("stored errors", Config::stored_errors()),
+        ("refused writes", Config::refused_writes()),
+        (
+            "refused takeovers, abandoned",
+            Config::refused_takeovers(Stored::Abandoned),
+        ),
+        ("unstorable results", Config::unstorable_results()),
         ("two keys", Config::two_keys()),
         ("two keys, full", Config::two_keys_full()),
     ];

@@ -3,8 +3,9 @@
 
 use crate::store::Stored;
 
-/// A defect of issue 10 (reservation protocol v2), put back into the model one at a
-/// time to show the checker finds it.
+/// A known defect, put back into the model one at a time to show the checker finds it:
+/// the six of issue 10 (reservation protocol v2), then two fixed since (a refused claim
+/// failing open, an unstorable result written).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Defect {
     /// 1. The claim path judges a found pending record's expiry with the reader's clock
@@ -23,17 +24,28 @@ pub enum Defect {
     /// 6. Detached mode releases the key when the caller is cancelled after the action
     ///    started (the task is dropped with the caller).
     DetachedReleasesOnCancel,
+    /// 7. An error reply to the claim (or to the takeover) from a server that refuses
+    ///    writes but serves reads (`NOREPLICAS`, `OOM`, `READONLY`, `MISCONF`) is taken
+    ///    for an unreachable server: fail-open runs the action without reading the key,
+    ///    over whatever it holds.
+    RefusedWriteFailsOpen,
+    /// 8. A result the record decoder refuses (a lone surrogate escape) is written as a
+    ///    completed record, and a claim takes over any value it cannot read, a finished
+    ///    record included, and runs the action again.
+    UnstorableResultWritten,
 }
 
 impl Defect {
-    /// Every defect, in the issue's order.
-    pub const ALL: [Self; 6] = [
+    /// Every defect, in order.
+    pub const ALL: [Self; 8] = [
         Self::ClientClockLiveness,
         Self::GuardArmedAfterClaim,
         Self::ResentClaimNotRecognised,
         Self::UnreadableRunsUnprotected,
         Self::OwnerBySubstring,
         Self::DetachedReleasesOnCancel,
+        Self::RefusedWriteFailsOpen,
+        Self::UnstorableResultWritten,
     ];
 }
 
@@ -117,6 +129,14 @@ pub struct Config {
     pub cancellations: u8,
     /// A value planted (once, into an empty key), if any.
     pub plant: Option<Stored>,
+    /// Spells in which the server refuses every write (`NOREPLICAS`, `OOM`, `READONLY`,
+    /// `MISCONF`: an error reply, nothing written) but still answers `GET`; each spell
+    /// ends at any step.
+    pub write_refusals: u8,
+    /// Our callers' results may be unstorable (a string cut inside an emoji: a lone
+    /// surrogate escape the record decoder refuses): every completion with a value is
+    /// either kind.
+    pub unstorable_results: bool,
 }
 
 impl Config {
@@ -136,6 +156,8 @@ impl Config {
             lease_losses: 1,
             cancellations: 1,
             plant: None,
+            write_refusals: 0,
+            unstorable_results: false,
         }
     }
 
@@ -170,6 +192,44 @@ impl Config {
     pub fn stored_errors() -> Self {
         Self {
             failures: Failures::Stored,
+            ..Self::two_callers()
+        }
+    }
+
+    /// Two of our callers, fail-open, and a spell in which the server refuses writes but
+    /// serves reads: a refused claim reads the key (a finished record replays, a
+    /// reservation waits, an unreadable value refuses the call) and only an empty key
+    /// runs fail-open. One network fault and one lease loss (no renewal, no
+    /// cancellation: neither meets the refusal in a new way).
+    pub fn refused_writes() -> Self {
+        Self {
+            on_storage_error: OnStorageError::Run,
+            write_refusals: 1,
+            renewals: 0,
+            cancellations: 0,
+            ..Self::two_callers()
+        }
+    }
+
+    /// Two of our callers, fail-open, a value planted and a spell of refused writes: a
+    /// refused takeover leaves the value, and the call waits (an abandoned reservation)
+    /// or is refused (an unreadable value). One network fault.
+    pub fn refused_takeovers(plant: Stored) -> Self {
+        Self {
+            plant: Some(plant),
+            lease_losses: 0,
+            ..Self::refused_writes()
+        }
+    }
+
+    /// Two of our callers whose results may be unstorable: the coordinator checks the
+    /// result before completing and writes a stored error marking it not storable; the
+    /// caller gets its value, every retry a data error. One network fault, one lease loss,
+    /// one renewal (no cancellation: it does not meet the result in a new way).
+    pub fn unstorable_results() -> Self {
+        Self {
+            unstorable_results: true,
+            cancellations: 0,
             ..Self::two_callers()
         }
     }

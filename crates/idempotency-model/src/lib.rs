@@ -9,7 +9,12 @@
 //! step, one FIFO connection per client); and the faults: lost requests, lost replies
 //! after the command was applied, commands re-sent after a reconnect, caller
 //! cancellation at every step, lease expiry while the owner is slow, client clocks that
-//! disagree, and corrupt, wrong-type or abandoned values planted under a key.
+//! disagree, corrupt, wrong-type or abandoned values planted under a key, a server that
+//! refuses writes (an error reply, nothing written) while it still serves reads, and
+//! results the record decoder would refuse (checked with core's
+//! [`check_storable`](idempotency_core::check_storable) before completing; a finished
+//! record no client reads is recognised by core's
+//! [`looks_finished`](idempotency_core::looks_finished) and never taken over).
 //!
 //! Every "is this record ours" and "is this record dead" decision is made by the core's
 //! own [`holds_lease`](idempotency_core::holds_lease),
@@ -19,8 +24,8 @@
 //! and the coordinator use; what the Lua scripts do around them is restated in [`store::apply`],
 //! and a test runs the real scripts on a real redis-server against it.
 //!
-//! The properties ([`model::SAFETY`]) and the defects of issue 10 that the checker finds
-//! when put back ([`Defect`]) are described in `docs/reliability.md` ("The model").
+//! The properties ([`model::SAFETY`]) and the known defects that the checker finds when
+//! put back ([`Defect`]) are described in `docs/reliability.md` ("The model").
 //!
 //! # Examples
 //! ```

@@ -1,10 +1,13 @@
 //! The protocol as a state machine: our callers and the Python client, one FIFO
 //! connection each, the store, and the faults.
 
+use idempotency_core::{RawValue, check_storable, unstorable_reason};
 use stateright::{Model, Property};
 
 use crate::config::{Config, Defect, Failures, InFlight, Kind, Mode, OnStorageError};
-use crate::store::{ClientId, Finish, LEASE_SECS, Op, Reply, Stored, Writer, apply, server_now};
+use crate::store::{
+    ClientId, Finish, LEASE_SECS, Op, Reply, Stored, Writer, apply, result_text, server_now,
+};
 
 /// How many unreadable values one claim takes over before giving up (as the Redis store).
 const TAKEOVER_ROUNDS: u8 = 3;
@@ -16,6 +19,9 @@ pub enum Phase {
     Idle,
     /// Its claim (or takeover) is in flight.
     AwaitClaim,
+    /// Its `GET` is in flight: the server refused the claim with an error reply, and a
+    /// server that refuses writes still serves reads.
+    AwaitRead,
     /// Another caller holds the key; it will look again.
     Waiting,
     /// It holds the key (or runs without it) and runs the action.
@@ -57,6 +63,9 @@ pub enum Outcome {
     InProgress,
     /// An error (storage, data, the action's own failure).
     Failed,
+    /// `ResultNotStorable`: the key's action ran but its result could not be stored (a
+    /// data error; no value).
+    NotStorable,
     /// The caller was cancelled.
     Cancelled,
 }
@@ -108,6 +117,8 @@ pub struct Client {
     pub takeovers: u8,
     /// The caller is gone (detached task still running).
     pub caller_gone: bool,
+    /// Ghost: the server refused its claim with an error reply and it read the key.
+    pub read_after_refusal: bool,
     /// What the caller got.
     pub outcome: Option<Outcome>,
 }
@@ -131,8 +142,14 @@ pub struct Ledger {
     pub loss_uncounted: bool,
     /// Python writes (`SET`, `DEL`) over a record that was not its own reservation.
     pub python_clobbers: u8,
-    /// Actions run fail-open after a storage error on the claim.
+    /// Actions run fail-open after a storage error on the claim: the server did not
+    /// answer, or it refused the claim and the key held nothing to answer from.
     pub fail_open_runs: u8,
+    /// Actions run fail-open after the server refused the claim with an error reply
+    /// while the key held a value it would have served to a `GET` (a record, finished
+    /// or pending, or unreadable bytes): counted by the coordinator as fail-open runs,
+    /// but not a loss fail-open allows (the server answered), so not excused.
+    pub blind_runs: u8,
     /// Attached calls cancelled after their action's side effect (at least once).
     pub cancelled_after_effect: u8,
     /// Completions lost on the way (the result was never stored).
@@ -146,7 +163,8 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Effects allowed beyond the first: every counted loss may cost one run.
+    /// Effects allowed beyond the first: every counted loss may cost one run (a blind
+    /// run is none).
     pub fn excused(&self) -> u8 {
         self.lease_losses
             + self.python_clobbers
@@ -173,6 +191,10 @@ pub struct State {
     pub cancellations: u8,
     /// The plant is still to come.
     pub plant: bool,
+    /// Spells of refused writes left.
+    pub write_refusals: u8,
+    /// The server refuses every write (an error reply, nothing written) and serves reads.
+    pub refusing: bool,
 }
 
 /// A step of the system.
@@ -186,6 +208,9 @@ pub enum Action {
     Renew(ClientId),
     /// The owner completes.
     Complete(ClientId),
+    /// The owner completes with a result the record decoder refuses (a lone surrogate
+    /// escape): the coordinator writes a stored error marking it not storable.
+    CompleteUnstorable(ClientId),
     /// The action fails (the key is released for a retry).
     Fail(ClientId),
     /// A waiter looks at the key again (a wake-up or the safety poll).
@@ -205,6 +230,11 @@ pub enum Action {
     ExpireLease(u8),
     /// The configured value is planted under the empty key.
     Plant(u8),
+    /// The server begins refusing writes (`NOREPLICAS`, `OOM`, `READONLY`, `MISCONF`);
+    /// reads are still served.
+    RefuseWrites,
+    /// The server accepts writes again.
+    AcceptWrites,
 }
 
 /// The model: a configuration to explore.
@@ -250,7 +280,7 @@ impl ProtocolModel {
         let n = self.config.clients.len() as u8;
         let mentions = (1..n)
             .map(|i| (c + i) % n)
-            .find(|&m| self.kind(m) == Kind::Ours && !python);
+            .find(|&m| self.kind(m) == Kind::Ours && !python && finish != Finish::NotStorable);
         Stored::Completed {
             exec: c,
             finish,
@@ -262,7 +292,8 @@ impl ProtocolModel {
     /// What client `c` answers with its own execution's ending.
     fn own_outcome(state: &State, c: ClientId) -> Outcome {
         match state.clients[usize::from(c)].finish {
-            Some(Finish::Value) => Outcome::Value(c),
+            // Its result, stored or not: the caller gets its value.
+            Some(Finish::Value | Finish::Unstorable | Finish::NotStorable) => Outcome::Value(c),
             Some(Finish::Error) => Outcome::Error(c),
             None => Outcome::Failed,
         }
@@ -288,6 +319,9 @@ impl ProtocolModel {
     /// Applies `c`'s next request on the store; the reply, and bookkeeping.
     fn apply_head(&self, state: &mut State, c: ClientId) -> Reply {
         let op = state.clients[usize::from(c)].pipe[0].op;
+        if state.refusing && op.writes() {
+            return Reply::Refused;
+        }
         let k = self.key(c);
         let before = state.store[usize::from(k)];
         let (after, reply) = apply(k, before, op, c, self.skew(c), self.config.defect);
@@ -308,35 +342,66 @@ impl ProtocolModel {
         reply
     }
 
-    /// Our caller `c` reads the reply of its claim (`None`: a storage error).
-    fn on_claim(&self, state: &mut State, c: ClientId, reply: Option<Reply>) {
+    /// Our caller `c` runs after a storage error on the claim, or fails, as
+    /// `on_storage_error` says. `excused`: the run is a loss fail-open allows (the
+    /// server did not answer, or the key held nothing it could answer from).
+    fn storage_error(&self, state: &mut State, c: ClientId, excused: bool) {
+        let ci = usize::from(c);
+        match self.config.on_storage_error {
+            OnStorageError::Raise => {
+                // The guard stays armed: dropping the call releases what the claim may
+                // have written.
+                if state.clients[ci].guard {
+                    Self::send(state, c, Op::Release, false);
+                }
+                Self::finish(state, c, Outcome::Failed);
+            }
+            OnStorageError::Run => {
+                let ledger = &mut state.ledger[usize::from(self.key(c))];
+                if excused {
+                    ledger.fail_open_runs += 1;
+                } else {
+                    ledger.blind_runs += 1;
+                }
+                let client = &mut state.clients[ci];
+                client.phase = Phase::Running;
+                client.holding = Holding::Unconfirmed;
+            }
+        }
+    }
+
+    /// Our caller `c` reads the reply of its claim or takeover `op` (`None`: no answer,
+    /// a storage error).
+    fn on_claim(&self, state: &mut State, c: ClientId, op: Op, reply: Option<Reply>) {
         let k = self.key(c);
         let ci = usize::from(c);
-        let acquired = |state: &mut State| {
-            let client = &mut state.clients[ci];
-            client.phase = Phase::Running;
-            client.holding = Holding::Lease;
-            client.guard = true;
-        };
         match reply {
-            None => match self.config.on_storage_error {
-                OnStorageError::Raise => {
-                    // The guard stays armed: dropping the call releases what the claim
-                    // may have written.
-                    if state.clients[ci].guard {
-                        Self::send(state, c, Op::Release, false);
-                    }
-                    Self::finish(state, c, Outcome::Failed);
-                }
-                OnStorageError::Run => {
-                    state.ledger[usize::from(k)].fail_open_runs += 1;
-                    let client = &mut state.clients[ci];
-                    client.phase = Phase::Running;
-                    client.holding = Holding::Unconfirmed;
-                }
-            },
-            Some(Reply::Nil) => acquired(state),
+            None => self.storage_error(state, c, true),
+            Some(Reply::Refused) if self.has(Defect::RefusedWriteFailsOpen) => {
+                // Taken for an unreachable server: the key is not read. The run is a loss
+                // fail-open allows only where the read would have found nothing either.
+                let nothing = matches!(state.store[usize::from(k)], None | Some(Stored::WrongType));
+                self.storage_error(state, c, nothing);
+            }
+            // The server refuses writes but serves reads: the key is read, after a claim
+            // and after a takeover alike (a re-sent takeover may have landed before the
+            // refusals began: then the key holds our own reservation, which is ours).
+            Some(Reply::Refused) => {
+                debug_assert!(matches!(op, Op::Claim | Op::Takeover(_)));
+                Self::send(state, c, Op::Get, true);
+                let client = &mut state.clients[ci];
+                client.phase = Phase::AwaitRead;
+                client.read_after_refusal = true;
+            }
+            Some(Reply::Nil) => Self::acquired(state, c),
             Some(Reply::WrongType | Reply::Done(_) | Reply::Fenced(_)) => {
+                Self::finish(state, c, Outcome::Failed);
+            }
+            // A finished record no client can read: its action ran, so the call is
+            // refused (a data error), never taken over and run again.
+            Some(Reply::Found(v))
+                if v.finished_unreadable(k) && !self.has(Defect::UnstorableResultWritten) =>
+            {
                 Self::finish(state, c, Outcome::Failed);
             }
             Some(Reply::Found(v)) if v.needs_takeover(k) => {
@@ -353,42 +418,81 @@ impl ProtocolModel {
                     Self::finish(state, c, Outcome::InProgress);
                 }
             }
-            // Our own pending record: a re-sent claim found its first write.
-            Some(Reply::Found(v))
-                if v.held_by(k, c, None) && !self.has(Defect::ResentClaimNotRecognised) =>
-            {
-                acquired(state);
-            }
-            Some(Reply::Found(Stored::Completed { exec, finish, .. })) => {
-                let outcome = match finish {
-                    Finish::Value => Outcome::Value(exec),
-                    Finish::Error => Outcome::Error(exec),
-                };
-                Self::finish(state, c, outcome);
-            }
-            Some(Reply::Found(v)) => {
-                let client_now = server_now() + time::Duration::seconds(i64::from(self.skew(c)));
-                let looks_dead = v.record(k).is_some_and(|r| r.is_expired_at(client_now));
-                let client = &mut state.clients[ci];
-                if self.has(Defect::ClientClockLiveness) && looks_dead && client.patience > 0 {
-                    client.patience -= 1;
-                    Self::send(state, c, Op::Del, false);
-                    Self::send(state, c, Op::Claim, true);
-                } else if self.config.in_flight == InFlight::Raise || client.patience == 0 {
-                    Self::finish(state, c, Outcome::InProgress);
-                } else {
-                    client.phase = Phase::Waiting;
-                }
-            }
+            Some(Reply::Found(v)) => self.on_found(state, c, v),
         }
     }
 
-    /// Client `c` reads a reply (`None`: an error instead of the reply).
-    fn on_reply(&self, state: &mut State, c: ClientId, reply: Option<Reply>) {
+    /// Our caller `c` reads the key after the server refused its claim (`None`: the read
+    /// failed too).
+    fn on_read(&self, state: &mut State, c: ClientId, reply: Option<Reply>) {
+        let k = self.key(c);
+        match reply {
+            // Nothing under the key (or no answer, or a hash: the read fails): only now
+            // may the caller's mode decide.
+            None | Some(Reply::Nil | Reply::WrongType) => self.storage_error(state, c, true),
+            // An unreadable value refuses the call (a data error), never runs.
+            Some(Reply::Found(v)) if v.record(k).is_none() => {
+                Self::finish(state, c, Outcome::Failed);
+            }
+            // A record: answered as a claim that found it.
+            Some(Reply::Found(v)) => self.on_found(state, c, v),
+            Some(_) => Self::finish(state, c, Outcome::Failed),
+        }
+    }
+
+    /// Our caller `c` holds the key.
+    fn acquired(state: &mut State, c: ClientId) {
+        let client = &mut state.clients[usize::from(c)];
+        client.phase = Phase::Running;
+        client.holding = Holding::Lease;
+        client.guard = true;
+    }
+
+    /// Our caller `c` found the record `v` (readable, not to be taken over): its own
+    /// reservation, a finished record to replay, or someone else's reservation.
+    fn on_found(&self, state: &mut State, c: ClientId, v: Stored) {
+        let k = self.key(c);
+        let ci = usize::from(c);
+        // Our own pending record: a re-sent claim found its first write.
+        if v.held_by(k, c, None) && !self.has(Defect::ResentClaimNotRecognised) {
+            Self::acquired(state, c);
+            return;
+        }
+        if let Stored::Completed { exec, .. } = v {
+            // As the coordinator replays a record: a stored error marking a result
+            // not storable (core's `unstorable_reason`) is `ResultNotStorable`.
+            let outcome = match v.record(k) {
+                Some(r) if r.is_stored_error() && unstorable_reason(r.result()).is_some() => {
+                    Outcome::NotStorable
+                }
+                Some(r) if r.is_stored_error() => Outcome::Error(exec),
+                Some(_) => Outcome::Value(exec),
+                None => Outcome::Failed,
+            };
+            Self::finish(state, c, outcome);
+            return;
+        }
+        let client_now = server_now() + time::Duration::seconds(i64::from(self.skew(c)));
+        let looks_dead = v.record(k).is_some_and(|r| r.is_expired_at(client_now));
+        let client = &mut state.clients[ci];
+        if self.has(Defect::ClientClockLiveness) && looks_dead && client.patience > 0 {
+            client.patience -= 1;
+            Self::send(state, c, Op::Del, false);
+            Self::send(state, c, Op::Claim, true);
+        } else if self.config.in_flight == InFlight::Raise || client.patience == 0 {
+            Self::finish(state, c, Outcome::InProgress);
+        } else {
+            client.phase = Phase::Waiting;
+        }
+    }
+
+    /// Client `c` reads the reply to `op` (`None`: an error instead of the reply).
+    fn on_reply(&self, state: &mut State, c: ClientId, op: Op, reply: Option<Reply>) {
         let ci = usize::from(c);
         let phase = state.clients[ci].phase;
         match (self.kind(c), phase) {
-            (Kind::Ours, Phase::AwaitClaim) => self.on_claim(state, c, reply),
+            (Kind::Ours, Phase::AwaitClaim) => self.on_claim(state, c, op, reply),
+            (Kind::Ours, Phase::AwaitRead) => self.on_read(state, c, reply),
             (_, Phase::AwaitRenew) => {
                 let k = usize::from(self.key(c));
                 let client = &mut state.clients[ci];
@@ -475,11 +579,14 @@ impl ProtocolModel {
             Action::Deliver(c) => {
                 let reply = self.apply_head(s, c);
                 let req = s.clients[usize::from(c)].pipe.remove(0);
+                if reply == Reply::Refused {
+                    self.refused(s, c, req.op);
+                }
                 if req.resent && matches!(req.op, Op::Complete(_)) {
                     s.clients[usize::from(c)].completion_resent = true;
                 }
                 if req.awaited {
-                    self.on_reply(s, c, Some(reply));
+                    self.on_reply(s, c, req.op, Some(reply));
                 }
             }
             Action::LoseRequest(c) => {
@@ -487,22 +594,29 @@ impl ProtocolModel {
                 let req = s.clients[usize::from(c)].pipe.remove(0);
                 let ledger = &mut s.ledger[usize::from(self.key(c))];
                 match req.op {
-                    Op::Complete(_) | Op::Replace(_) | Op::PySetCompleted(_) => {
+                    Op::Complete(_) | Op::Replace(_) => ledger.unstored += 1,
+                    // Python does not release after a failed completion: its
+                    // reservation waits for its TTL.
+                    Op::PySetCompleted(_) => {
                         ledger.unstored += 1;
+                        ledger.releases_lost += 1;
                     }
                     Op::Release | Op::PyDel => ledger.releases_lost += 1,
                     _ => {}
                 }
                 if req.awaited {
-                    self.on_reply(s, c, None);
+                    self.on_reply(s, c, req.op, None);
                 }
             }
             Action::LoseReply(c) => {
                 s.network_faults -= 1;
-                self.apply_head(s, c);
+                let reply = self.apply_head(s, c);
                 let req = s.clients[usize::from(c)].pipe.remove(0);
+                if reply == Reply::Refused {
+                    self.refused(s, c, req.op);
+                }
                 if req.awaited {
-                    self.on_reply(s, c, None);
+                    self.on_reply(s, c, req.op, None);
                 }
             }
             Action::Resend(c) => {
@@ -511,6 +625,48 @@ impl ProtocolModel {
                 s.clients[usize::from(c)].pipe[0].resent = true;
             }
             _ => {}
+        }
+    }
+
+    /// A write the server refused for the last time (not re-sent): as lost on the way.
+    fn refused(&self, s: &mut State, c: ClientId, op: Op) {
+        let ledger = &mut s.ledger[usize::from(self.key(c))];
+        match op {
+            Op::Complete(_) | Op::Replace(_) => ledger.unstored += 1,
+            // Python does not release after a failed completion: its reservation waits
+            // for its TTL.
+            Op::PySetCompleted(_) => {
+                ledger.unstored += 1;
+                ledger.releases_lost += 1;
+            }
+            Op::Release | Op::PyDel => ledger.releases_lost += 1,
+            _ => {}
+        }
+    }
+
+    /// The final record our caller `c` writes for a value: its result, or, when the
+    /// result is unstorable and core's [`check_storable`] refuses it (as the
+    /// coordinator's `encode` checks it), the stored error marking it not storable.
+    fn value_record(&self, c: ClientId, unstorable: bool) -> Stored {
+        if !unstorable {
+            return self.final_record(c, Finish::Value);
+        }
+        let result = self.final_record(c, Finish::Unstorable);
+        let Stored::Completed {
+            exec,
+            finish,
+            mentions,
+            ..
+        } = result
+        else {
+            return result;
+        };
+        let storable = RawValue::from_string(result_text(exec, finish, mentions))
+            .is_ok_and(|raw| check_storable(&raw).is_ok());
+        if storable || self.has(Defect::UnstorableResultWritten) {
+            result
+        } else {
+            self.final_record(c, Finish::NotStorable)
         }
     }
 
@@ -564,6 +720,7 @@ impl Model for ProtocolModel {
             patience: self.config.patience,
             takeovers: 0,
             caller_gone: false,
+            read_after_refusal: false,
             outcome: None,
         };
         vec![State {
@@ -574,6 +731,8 @@ impl Model for ProtocolModel {
             lease_losses: self.config.lease_losses,
             cancellations: self.config.cancellations,
             plant: self.config.plant.is_some(),
+            write_refusals: self.config.write_refusals,
+            refusing: false,
         }]
     }
 
@@ -586,6 +745,9 @@ impl Model for ProtocolModel {
                 Phase::Running => {
                     if client.effect {
                         actions.push(Action::Complete(c));
+                        if ours && self.config.unstorable_results {
+                            actions.push(Action::CompleteUnstorable(c));
+                        }
                     } else {
                         actions.push(Action::Effect(c));
                         if client.renewals > 0 && !client.lost && client.holding == Holding::Lease {
@@ -635,6 +797,11 @@ impl Model for ProtocolModel {
                 _ => {}
             }
         }
+        if state.refusing {
+            actions.push(Action::AcceptWrites);
+        } else if state.write_refusals > 0 && state.clients.iter().any(|c| c.phase != Phase::Done) {
+            actions.push(Action::RefuseWrites);
+        }
     }
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
@@ -670,8 +837,8 @@ impl Model for ProtocolModel {
                 client.phase = Phase::AwaitRenew;
                 Self::send(&mut s, c, op, true);
             }
-            Action::Complete(c) => {
-                let done = self.final_record(c, Finish::Value);
+            Action::Complete(c) | Action::CompleteUnstorable(c) => {
+                let done = self.value_record(c, matches!(action, Action::CompleteUnstorable(_)));
                 let op = match (self.kind(c), s.clients[usize::from(c)].holding) {
                     (Kind::Python, _) => Op::PySetCompleted(done),
                     (Kind::Ours, Holding::Unprotected) => Op::Replace(done),
@@ -732,6 +899,11 @@ impl Model for ProtocolModel {
                 s.plant = false;
                 s.store[usize::from(k)] = self.config.plant;
             }
+            Action::RefuseWrites => {
+                s.write_refusals -= 1;
+                s.refusing = true;
+            }
+            Action::AcceptWrites => s.refusing = false,
         }
         Some(s)
     }
@@ -771,6 +943,17 @@ impl Model for ProtocolModel {
                         && m.kind(c as ClientId) == Kind::Ours
                 })
             }),
+            Property::sometimes(REFUSED_REPLAYED, |_, s: &State| {
+                s.clients.iter().enumerate().any(|(c, client)| {
+                    client.read_after_refusal
+                        && matches!(client.outcome, Some(Outcome::Value(e)) if usize::from(e) != c)
+                })
+            }),
+            Property::sometimes(NOT_STORABLE_REFUSED, |_, s: &State| {
+                s.clients
+                    .iter()
+                    .any(|client| client.outcome == Some(Outcome::NotStorable))
+            }),
         ]
     }
 }
@@ -795,6 +978,12 @@ pub const WAITERS_TERMINATE: &str = "waiters terminate";
 pub const REPLAYED: &str = "a second caller replays the stored value";
 /// Not a requirement: an example that a second caller replays a stored error.
 pub const REPLAYED_ERROR: &str = "a second caller replays the stored error";
+/// Not a requirement: an example that a caller whose claim the server refused reads the
+/// key and replays the stored value.
+pub const REFUSED_REPLAYED: &str = "a refused claim reads the key and replays the value";
+/// Not a requirement: an example that a retry of a call whose result was not storable
+/// gets `ResultNotStorable`.
+pub const NOT_STORABLE_REFUSED: &str = "a retry gets ResultNotStorable";
 
 /// Every safety property, by name.
 pub const SAFETY: [&str; 7] = [
@@ -814,7 +1003,13 @@ fn one_value(m: &ProtocolModel, s: &State) -> bool {
         }
         let k = k as u8;
         let stored = match s.store[usize::from(k)] {
-            Some(Stored::Completed { exec, finish, .. }) => Some((exec, finish)),
+            Some(Stored::Completed { exec, finish, .. }) => match finish {
+                // A value, readable or not.
+                Finish::Value | Finish::Unstorable => Some((exec, Finish::Value)),
+                Finish::Error => Some((exec, Finish::Error)),
+                // No value: retries get `ResultNotStorable`, the caller its own value.
+                Finish::NotStorable => None,
+            },
             _ => None,
         };
         let mut values = s

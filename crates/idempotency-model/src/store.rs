@@ -7,8 +7,12 @@
 //! restated in [`apply`]; `tests/lua_agreement.rs` runs the real scripts on a real
 //! redis-server and checks they agree with [`apply`] on every modelled value.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use idempotency_core::{
     Fence, IdempotencyRecord, RawValue, RecordParts, RecordStatus, holds_lease, is_abandoned,
+    looks_finished, unstorable_marker,
 };
 use time::OffsetDateTime;
 
@@ -67,6 +71,15 @@ pub enum Finish {
     /// An error of the action the error policy stores (status `stored_error`): retries
     /// replay it as an error instead of running the action again.
     Error,
+    /// A result the record decoder refuses (status `completed`, a string cut inside an
+    /// emoji: a lone surrogate escape). Structurally a finished record
+    /// ([`looks_finished`]) that no client reads; only the defect
+    /// [`Defect::UnstorableResultWritten`] writes it.
+    Unstorable,
+    /// The stored error the coordinator writes when its result is not storable (status
+    /// `stored_error`, core's [`unstorable_marker`]): retries get `ResultNotStorable`, a
+    /// data error with no value. Holds no user data (`mentions` is ignored).
+    NotStorable,
 }
 
 /// A value under a key, as the model tracks it.
@@ -139,17 +152,11 @@ impl Stored {
                 python,
                 mentions,
             } => {
-                let (field, status) = match finish {
-                    Finish::Value => ("v", RecordStatus::Completed),
-                    Finish::Error => ("e", RecordStatus::StoredError),
+                let status = match finish {
+                    Finish::Value | Finish::Unstorable => RecordStatus::Completed,
+                    Finish::Error | Finish::NotStorable => RecordStatus::StoredError,
                 };
-                let result = match mentions {
-                    None => format!("{{\"{field}\":{exec}}}"),
-                    Some(m) => format!(
-                        "{{\"{field}\":{exec},\"echo\":{{\"owner\":\"{}\"}}}}",
-                        token(m)
-                    ),
-                };
+                let result = result_text(exec, finish, mentions);
                 let mut bytes = record(
                     result,
                     status,
@@ -176,8 +183,14 @@ impl Stored {
 
     /// The decoded record, as the coordinator and every reader decode it.
     pub fn record(self, key: u8) -> Option<IdempotencyRecord> {
-        let bytes = self.bytes(key)?;
-        IdempotencyRecord::from_json(&bytes, OPERATION, &key_name(key)).ok()
+        if let Some(known) = DECODED.with_borrow(|decoded| decoded.get(&(self, key)).cloned()) {
+            return known;
+        }
+        let record = self
+            .bytes(key)
+            .and_then(|b| IdempotencyRecord::from_json(&b, OPERATION, &key_name(key)).ok());
+        DECODED.with_borrow_mut(|decoded| decoded.insert((self, key), record.clone()));
+        record
     }
 
     /// Whether this is the pending record of client `client`'s lease, decided by the
@@ -194,8 +207,17 @@ impl Stored {
             .is_some_and(|r| holds_lease(&r, &token(client)))
     }
 
+    /// Whether these are bytes that are, by their structure, a finished record
+    /// (core's [`looks_finished`]: status `completed` or `stored_error`) that the record
+    /// decoder refuses: its action ran, so a claim refuses the call rather than take
+    /// it over.
+    pub fn finished_unreadable(self, key: u8) -> bool {
+        self.bytes(key).is_some_and(|b| looks_finished(&b)) && self.record(key).is_none()
+    }
+
     /// Whether a claim must take this value over: unreadable, or an abandoned
-    /// reservation on the server's clock ([`is_abandoned`]).
+    /// reservation on the server's clock ([`is_abandoned`]). (A finished record that
+    /// cannot be read is refused first: [`Stored::finished_unreadable`].)
     pub fn needs_takeover(self, key: u8) -> bool {
         match self {
             Self::WrongType => false,
@@ -210,6 +232,37 @@ impl Stored {
         self.bytes(key)
             .is_some_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok())
     }
+}
+
+/// The JSON text of the result a final record of execution `exec` holds: a value
+/// (`{"v":exec}`), a stored error (`{"e":exec}`), a value cut inside an emoji
+/// (`{"v":exec,"cut":"\ud83d"}`, which the record decoder refuses), each echoing the
+/// owner object of client `mentions` if any, or core's [`unstorable_marker`] naming
+/// the execution.
+pub fn result_text(exec: ClientId, finish: Finish, mentions: Option<ClientId>) -> String {
+    let (field, cut) = match finish {
+        Finish::Value => ("v", ""),
+        Finish::Error => ("e", ""),
+        Finish::Unstorable => ("v", ",\"cut\":\"\\ud83d\""),
+        Finish::NotStorable => {
+            let reason = format!("the result of execution {exec} cannot be read back");
+            return unstorable_marker(&reason).get().to_owned();
+        }
+    };
+    match mentions {
+        None => format!("{{\"{field}\":{exec}{cut}}}"),
+        Some(m) => format!(
+            "{{\"{field}\":{exec}{cut},\"echo\":{{\"owner\":\"{}\"}}}}",
+            token(m)
+        ),
+    }
+}
+
+thread_local! {
+    /// Each value's decoded record, per key: encoding and decoding are pure, and the
+    /// checker asks about the same few values at every step.
+    static DECODED: RefCell<HashMap<(Stored, u8), Option<IdempotencyRecord>>> =
+        RefCell::new(HashMap::new());
 }
 
 /// A command or script sent to the store.
@@ -246,6 +299,16 @@ pub enum Op {
     PyDel,
     /// Python: `GET`.
     PyGet,
+    /// Ours: `GET`, after the server refused the claim with an error reply.
+    Get,
+}
+
+impl Op {
+    /// Whether the command writes (a server that refuses writes answers it with an
+    /// error and applies nothing): everything but `GET`.
+    pub fn writes(self) -> bool {
+        !matches!(self, Self::Get | Self::PyGet)
+    }
 }
 
 /// A reply from the store.
@@ -262,6 +325,10 @@ pub enum Reply {
     Done(bool),
     /// `WRONGTYPE`.
     WrongType,
+    /// The error reply of a server that refuses writes (`NOREPLICAS`, `OOM`,
+    /// `READONLY`, `MISCONF`): nothing was written. Never an answer of [`apply`] (the
+    /// refusal is a fault of the model's state, not of the scripts).
+    Refused,
 }
 
 /// The integer a fenced script answers with `fence` (the inverse of
@@ -310,8 +377,11 @@ pub fn apply(
         Op::Complete(done) if current == Some(done) => (current, Reply::Fenced(Fence::Held)),
         Op::Complete(done) if held => (Some(done), Reply::Fenced(Fence::Held)),
         // Written though our reservation was gone: nothing there, or bytes no client
-        // reads (complete.lua answers 2).
-        Op::Complete(done) if current.is_none_or(|v| !v.is_json(key)) => {
+        // reads (complete.lua answers 2), unless they are by their shape a finished
+        // record (its action ran: it stands).
+        Op::Complete(done)
+            if current.is_none_or(|v| !v.is_json(key) && !v.finished_unreadable(key)) =>
+        {
             (Some(done), Reply::Fenced(Fence::Vacated))
         }
         Op::Release if held => (None, Reply::Fenced(Fence::Held)),
@@ -337,7 +407,7 @@ pub fn apply(
             }),
             Reply::Done(true),
         ),
-        Op::PyGet => match current {
+        Op::PyGet | Op::Get => match current {
             None => (None, Reply::Nil),
             Some(Stored::WrongType) => (current, Reply::WrongType),
             Some(v) => (current, Reply::Found(v)),
@@ -386,5 +456,37 @@ mod tests {
         assert!(error.record(0).is_some_and(|r| r.is_stored_error()));
         assert!(!error.held_by(0, 0, None));
         assert!(!error.needs_takeover(0));
+        let cut = Stored::Completed {
+            exec: 1,
+            finish: Finish::Unstorable,
+            python: false,
+            mentions: Some(0),
+        };
+        assert!(cut.record(0).is_none());
+        assert!(cut.finished_unreadable(0));
+        assert!(cut.needs_takeover(0));
+        assert!(!cut.is_json(0));
+        let raw = RawValue::from_string(result_text(1, Finish::Unstorable, None));
+        assert!(raw.is_ok_and(|raw| idempotency_core::check_storable(&raw).is_err()));
+        let marker = Stored::Completed {
+            exec: 1,
+            finish: Finish::NotStorable,
+            python: false,
+            mentions: None,
+        };
+        assert!(
+            marker.record(0).is_some_and(|r| r.is_stored_error()
+                && idempotency_core::unstorable_reason(r.result()).is_some())
+        );
+        assert!(!marker.finished_unreadable(0));
+        assert!(!marker.needs_takeover(0));
+        assert!(!Stored::NotJson.finished_unreadable(0));
+        assert!(!done.finished_unreadable(0));
+        assert!(!error.finished_unreadable(0));
+        assert!(
+            error
+                .record(0)
+                .is_some_and(|r| idempotency_core::unstorable_reason(r.result()).is_none())
+        );
     }
 }

@@ -1,6 +1,6 @@
 -- Completes a reservation: writes the completed record only while the key holds our
 -- pending record, nothing, or bytes that are not JSON at all (no client can read them as
--- a record, so nobody holds the key through them). A re-sent call that finds exactly the
+-- a record, so nobody holds the key through them) and do not look like a finished record. A re-sent call that finds exactly the
 -- record it writes has already succeeded.
 -- KEYS[1] record key; ARGV[1] owner token; ARGV[2] completed JSON; ARGV[3] TTL ms.
 -- Returns 1 when written over our reservation (or already written by this very call),
@@ -22,6 +22,11 @@ if current then
       return 0
     end
     written = 1
+  elseif string.find(current, '"status"%s*:%s*"completed"')
+      or string.find(current, '"status"%s*:%s*"stored_error"') then
+    -- Not JSON to cjson (a lone surrogate escape, say) but by its shape a finished
+    -- record: its action ran, so it stands (as the claim never takes it over).
+    return 0
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])

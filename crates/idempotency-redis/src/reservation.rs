@@ -288,14 +288,11 @@ impl ReservationStore for RedisStore {
                 .run(self.client_for(&redis_key), &redis_key, args)
                 .await;
             reply = match reply {
-                Err(e) if refusal(&e).is_some() => {
-                    // The server answered but refuses writes: the value stays. A
-                    // reservation waits (or is in progress); an unreadable value refuses
-                    // the call. Never an unprotected run over a value that is there.
-                    let refused = self.fail_on(id, e);
-                    tracing::warn!(error = %refused.log_message(), "could not take the key over");
-                    return decoded.map(Claim::Found);
-                }
+                // The server answered but refuses writes: the key is read, as after a
+                // refused claim (a re-sent takeover may have landed before the refusals
+                // began: our own reservation is then ours). Never an unprotected run
+                // over a value that is there.
+                Err(e) if refusal(&e).is_some() => return self.claim_refused(lease, e).await,
                 other => other,
             };
         }

@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_coordinator::{Coordinator, IdempotencyError, JsonAdapter};
-use idempotency_core::{RecordingMetrics, error_type};
+
 use idempotency_redis::fred::prelude::{Client, KeysInterface};
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::history::text::{call_line, lost_line, wall_now};
 use idempotency_testkit::history::{Attachment, Call, Run};
+use idempotency_testkit::{RecordingMetrics, error_type};
 
 /// A small deterministic generator (xorshift), seeded per task.
 struct Rng(u64);

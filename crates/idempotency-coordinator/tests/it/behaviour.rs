@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::common::{Runs, unique};
 use idempotency_coordinator::{InFlight, JsonAdapter, OnStorageError, VoidAdapter};
 use idempotency_core::{
-    IdempotencyDomainService, IdempotencyError, IdempotencyRepository, RecordOptions, error_type,
+    IdempotencyDomainService, IdempotencyError, IdempotencyRepository, RecordOptions,
 };
+use idempotency_testkit::error_type;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Order {

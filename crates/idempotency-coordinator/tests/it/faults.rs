@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use idempotency_coordinator::{Coordinator, InFlight, OnStorageError};
-use idempotency_core::{IdempotencyError, IdempotencyRepository, RecordingMetrics, error_type};
+use idempotency_core::{IdempotencyError, IdempotencyRepository};
 use idempotency_redis::{ConnectOptions, RedisStore};
 use idempotency_testkit::RedisServer;
 use idempotency_testkit::proxy::{Mode, Proxy};
+use idempotency_testkit::{RecordingMetrics, error_type};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use crate::common::{Faulty, unique};
 use idempotency_coordinator::{Coordinator, ErrorClass, InFlight, OnStorageError, Outcome};
-use idempotency_core::{Clock, IdempotencyError, ReservationStore, error_type};
+use idempotency_core::{Clock, IdempotencyError, ReservationStore};
 use idempotency_testkit::RedisCluster;
+use idempotency_testkit::error_type;
 use idempotency_testkit::history::{Attachment, Call, History, Report};
 use idempotency_testkit::proxy::{Mode, Proxy};
 
@@ -456,7 +457,7 @@ async fn run_callers<S: ReservationStore + Clone>(chaos: &Arc<Chaos<S>>) {
 /// Checks the run's history. The extra runs allowed on a key are its own: see below.
 fn check<S>(
     chaos: &Chaos<S>,
-    metrics: &idempotency_core::RecordingMetrics,
+    metrics: &idempotency_testkit::RecordingMetrics,
     disturbed: &Disturbed,
 ) -> Report {
     // Lease losses per key: those the library counted on the key's operation, and the
@@ -687,7 +688,7 @@ async fn chaos_through_a_faulty_network() {
     let port = server.port();
     let env = crate::common::Env {
         store: crate::common::wrap(store),
-        metrics: Arc::new(idempotency_core::RecordingMetrics::default()),
+        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
         server: Some(Arc::new(server)),
         cluster: None,
     };
@@ -892,7 +893,7 @@ async fn chaos_across_a_cluster_master_failover() {
     .expect("connect");
     let env = crate::common::Env {
         store: crate::common::wrap(store),
-        metrics: Arc::new(idempotency_core::RecordingMetrics::default()),
+        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
         server: None,
         cluster: Some(Arc::clone(&cluster)),
     };
@@ -984,7 +985,7 @@ async fn chaos_across_a_redis_kill_and_restart() {
     .expect("connect");
     let env = crate::common::Env {
         store: crate::common::wrap(store),
-        metrics: Arc::new(idempotency_core::RecordingMetrics::default()),
+        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
         server: None,
         cluster: None,
     };

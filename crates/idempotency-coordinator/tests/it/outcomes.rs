@@ -544,7 +544,7 @@ on_all!(
         assert_eq!(owner.await.expect("task").expect("owner"), 1);
         assert_eq!(
             env.metrics
-                .count("error", idempotency_core::error_type::LEASE_LOST),
+                .count("error", idempotency_testkit::error_type::LEASE_LOST),
             1,
             "the owner's completion found its reservation gone: a lost lease"
         );

@@ -23,7 +23,7 @@ async fn clock_skew_never_steals_a_live_reservation_without_server_time() {
     let (server, store) = crate::liveness::least_privilege_store().await;
     let env = crate::common::Env {
         store: crate::common::wrap(store),
-        metrics: std::sync::Arc::new(idempotency_core::RecordingMetrics::default()),
+        metrics: std::sync::Arc::new(idempotency_testkit::RecordingMetrics::default()),
         server: Some(std::sync::Arc::new(server)),
         cluster: None,
     };

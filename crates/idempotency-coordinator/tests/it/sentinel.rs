@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use idempotency_coordinator::{Coordinator, IdempotencyError, OnStorageError};
 use idempotency_core::{
     Claim, ErrorClass, Fence, Finished, IdempotencyRecord, IdempotencyRepository, Lease, RecordId,
-    RecordingMetrics, ReservationStore, Result,
+    ReservationStore, Result,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
+use idempotency_testkit::RecordingMetrics;
 use idempotency_testkit::resp::{self, Reply};
 use idempotency_testkit::sentinel::RedisSentinel;
 

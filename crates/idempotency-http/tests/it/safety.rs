@@ -8,8 +8,8 @@ use axum::Router;
 use axum::http::{HeaderValue, StatusCode};
 use axum::routing::post;
 use idempotency_coordinator::{Coordinator, MemoryStore};
-use idempotency_core::RecordingMetrics;
 use idempotency_http::IdempotencyLayer;
+use idempotency_testkit::RecordingMetrics;
 use idempotency_testkit::unique_key;
 use tokio::net::TcpListener;
 

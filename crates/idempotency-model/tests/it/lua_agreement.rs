@@ -1,5 +1,6 @@
 //! The model's restatement of the store ([`apply`]) against the real scripts: every
-//! modelled value (stored errors included) is written into a real redis-server, every
+//! modelled value (stored errors included, a finished record no client reads and the
+//! stored error marking a result not storable) is written into a real redis-server, every
 //! command the coordinator sends is run on it (the real `lua/*.lua` and `SET … NX GET`),
 //! and the value left and the reply must be what the model's step says. Fenced scripts'
 //! integers are compared exactly (1 held, 2 vacated, 0 lost), and the Redis store's
@@ -53,6 +54,12 @@ fn domain() -> Vec<Stored> {
         completed(1, Finish::Error, false, Some(ME)),
         completed(1, Finish::Error, false, None),
         completed(2, Finish::Value, true, None),
+        // A finished record no client reads (what the unstorable-result defect writes),
+        // and the stored error the coordinator writes instead.
+        ours(Finish::Unstorable),
+        completed(ME, Finish::NotStorable, false, None),
+        completed(1, Finish::Unstorable, false, Some(ME)),
+        completed(1, Finish::NotStorable, false, None),
         Stored::NotJson,
         Stored::NotRecord,
         Stored::Abandoned,
@@ -140,6 +147,7 @@ fn expected(reply: Reply) -> Real {
         Reply::Fenced(fence) => Real::Int(script_reply(fence)),
         Reply::Done(done) => Real::Int(i64::from(done)),
         Reply::WrongType => Real::WrongType,
+        Reply::Refused => panic!("the model's store step never refuses"),
     }
 }
 
@@ -182,6 +190,8 @@ fn the_model_step_agrees_with_the_lua_scripts_on_every_modelled_value() {
         Op::Renew,
         Op::Complete(ours(Finish::Value)),
         Op::Complete(ours(Finish::Error)),
+        Op::Complete(completed(ME, Finish::NotStorable, false, None)),
+        Op::Complete(ours(Finish::Unstorable)),
         Op::Release,
     ];
     let strings = || domain().into_iter().filter(|v| *v != Stored::WrongType);

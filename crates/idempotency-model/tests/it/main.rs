@@ -1,6 +1,6 @@
 //! The integration tests of this crate, one test binary (modules by subject):
 //! - `protocol`: every configuration of the model holds every safety property;
-//! - `defects`: each defect of issue 10 put back is found;
+//! - `defects`: each known defect put back is found;
 //! - `lua_agreement`: the model's store step against the real scripts on a real
 //!   redis-server;
 //! - `in_process`: the memory store's fence, wake-up and release guard under shuttle;

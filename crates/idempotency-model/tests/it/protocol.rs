@@ -1,11 +1,15 @@
-//! The protocol as implemented: no safety property is violated in any configuration,
-//! and the model is not vacuous (a second caller does replay the stored value).
+//! The protocol as implemented: no safety property is violated in any configuration
+//! (one known gap of the Redis store's takeover is pinned below, with the configuration
+//! that shows it), and the model is not vacuous (a second caller does replay the stored
+//! value).
 
 use std::time::Instant;
 
-use idempotency_model::model::{REPLAYED, REPLAYED_ERROR};
-use idempotency_model::store::Stored;
-use idempotency_model::{Config, Failures, InFlight, Mode, OnStorageError, ProtocolModel, check};
+use idempotency_model::model::{NOT_STORABLE_REFUSED, REFUSED_REPLAYED, REPLAYED, REPLAYED_ERROR};
+use idempotency_model::store::{Finish, Stored};
+use idempotency_model::{
+    Config, Failures, InFlight, Kind, Mode, OnStorageError, ProtocolModel, SAFETY, check,
+};
 use stateright::{Checker, Model};
 
 fn holds(name: &str, config: Config) {
@@ -21,6 +25,28 @@ fn holds(name: &str, config: Config) {
         "{name}: {:#?}",
         checked.violations
     );
+}
+
+/// [`holds`], and each of `examples` (a `sometimes` property) is seen in the same run.
+fn holds_showing(name: &str, config: Config, examples: &[&'static str]) {
+    let started = Instant::now();
+    let checker = ProtocolModel::new(config).checker().spawn_bfs().join();
+    println!(
+        "{name}: {} states in {:.1?}",
+        checker.unique_state_count(),
+        started.elapsed()
+    );
+    let violations: Vec<_> = SAFETY
+        .iter()
+        .filter_map(|p| checker.discovery(p).map(|path| (*p, path.into_actions())))
+        .collect();
+    assert!(violations.is_empty(), "{name}: {violations:#?}");
+    for example in examples {
+        assert!(
+            checker.discovery(example).is_some(),
+            "{name}: no behaviour shows {example:?}"
+        );
+    }
 }
 
 #[test]
@@ -105,6 +131,94 @@ fn raise_mode_callers() {
             in_flight: InFlight::Raise,
             ..Config::three_callers(Stored::NotJson)
         },
+    );
+}
+
+#[test]
+fn refused_writes_read_the_key_before_failing_open() {
+    holds_showing(
+        "refused writes",
+        Config::refused_writes(),
+        &[REFUSED_REPLAYED],
+    );
+}
+
+#[test]
+fn refused_writes_failing_closed() {
+    holds_showing(
+        "refused writes, fail closed",
+        Config {
+            on_storage_error: OnStorageError::Raise,
+            ..Config::refused_writes()
+        },
+        &[REFUSED_REPLAYED],
+    );
+}
+
+#[test]
+fn refused_writes_next_to_the_python_client() {
+    holds(
+        "refused writes, python",
+        Config {
+            clients: vec![(Kind::Ours, 0, 0), (Kind::Python, 0, 0)],
+            write_refusals: 1,
+            on_storage_error: OnStorageError::Run,
+            ..Config::with_python()
+        },
+    );
+}
+
+#[test]
+fn refused_takeovers_of_an_abandoned_reservation() {
+    holds(
+        "refused takeovers, abandoned",
+        Config::refused_takeovers(Stored::Abandoned),
+    );
+}
+
+/// Without a network fault: with one, see the known gap below.
+#[test]
+fn refused_takeovers_of_a_value_that_is_not_json() {
+    holds(
+        "refused takeovers, not json",
+        Config {
+            network_faults: 0,
+            ..Config::refused_takeovers(Stored::NotJson)
+        },
+    );
+}
+
+/// A takeover that was applied, lost its reply and was re-sent after a reconnect, with
+/// the server refusing writes by then: the refused re-send reads the key, as a refused
+/// claim does, and finds our own reservation, which is ours (the model found this gap
+/// when the refused takeover answered from the value it had seen before).
+#[test]
+fn refused_takeovers_of_a_value_that_is_not_json_with_a_network_fault() {
+    holds(
+        "refused takeovers, not json, 1 network fault",
+        Config::refused_takeovers(Stored::NotJson),
+    );
+}
+
+#[test]
+fn unstorable_results_are_stored_as_an_error_marker() {
+    holds_showing(
+        "unstorable results",
+        Config::unstorable_results(),
+        &[NOT_STORABLE_REFUSED],
+    );
+}
+
+#[test]
+fn three_skewed_callers_over_a_finished_record_no_client_reads() {
+    holds(
+        "unreadable finished record",
+        Config::three_callers(Stored::Completed {
+            exec: 0,
+            finish: Finish::Unstorable,
+            python: false,
+            mentions: None,
+        }),
     );
 }
 

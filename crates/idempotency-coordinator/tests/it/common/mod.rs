@@ -10,9 +10,10 @@ use std::time::Duration;
 use idempotency_coordinator::{Coordinator, CoordinatorBuilder};
 use idempotency_core::{
     Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, IdempotencyRepository, Lease,
-    MemoryStore, RecordId, RecordingMetrics, ReservationStore, Result,
+    MemoryStore, RecordId, ReservationStore, Result,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
+use idempotency_testkit::RecordingMetrics;
 use idempotency_testkit::{RedisCluster, RedisServer, shared_cluster, shared_server};
 
 pub use idempotency_testkit::unique_key as unique;

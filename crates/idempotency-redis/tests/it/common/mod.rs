@@ -88,7 +88,7 @@ pub fn svc() -> IdempotencyDomainService {
 }
 
 /// The recording metrics of the core, under the name these tests use.
-pub type Recorded = idempotency_core::RecordingMetrics;
+pub type Recorded = idempotency_testkit::RecordingMetrics;
 
 /// Defines one test per target: `mod name { standalone, cluster }`.
 #[macro_export]
