@@ -357,17 +357,31 @@ impl<S: ReservationStore> Coordinator<S> {
         let inner = &self.inner;
         let operation = lease.operation();
         let started = Instant::now();
-        let (outcome, status) = match finish {
+        let status = match finish {
             Finish::Value(None) => return Completion::NothingToWrite,
-            Finish::Value(Some(result)) => (
-                inner.store.complete(lease, result, ttl).await,
-                RecordStatus::Completed,
-            ),
-            Finish::Error(error) => (
-                inner.store.complete_with_error(lease, error, ttl).await,
-                RecordStatus::StoredError,
-            ),
+            Finish::Value(Some(_)) => RecordStatus::Completed,
+            Finish::Error(_) => RecordStatus::StoredError,
         };
+        let write = || async {
+            match finish {
+                Finish::Value(Some(result)) => inner.store.complete(lease, result, ttl).await,
+                Finish::Error(error) => inner.store.complete_with_error(lease, error, ttl).await,
+                Finish::Value(None) => Ok(idempotency_core::Fence::Lost),
+            }
+        };
+        // The action ran: a server that answers but refuses the write (a failover, a
+        // moment of `OOM`, `NOREPLICAS` while a replica catches up) is asked again, for
+        // up to half a lease, while our reservation (fenced) still holds the key. Giving
+        // up at once would release the key and let a retry run the action again.
+        let mut outcome = write().await;
+        let mut pause = Duration::from_millis(10);
+        while matches!(&outcome, Err(e) if e.is_storage() && !e.is_unreachable())
+            && started.elapsed() + pause < inner.lease / 2
+        {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+            outcome = write().await;
+        }
         inner.metrics.record_latency(
             operation,
             LatencyMethod::Save,

@@ -274,6 +274,10 @@ struct Extra {
     restart: Option<Arc<Mutex<idempotency_testkit::RedisServer>>>,
     /// A cluster (the store's own) whose master of key 0 is failed over mid-run.
     failover: Option<Arc<RedisCluster>>,
+    /// A server (its port) that flaps through write-refusing states during the run:
+    /// `NOREPLICAS` (`min-replicas-to-write 1`), writable, `OOM` (`maxmemory 1` under
+    /// `noeviction`), writable, … while it serves reads throughout.
+    refuse_writes: Option<u16>,
 }
 
 /// What the disturbances did, for the run's assertions and its report line.
@@ -374,6 +378,36 @@ fn disturb<S: ReservationStore + Clone>(
             })
             .await
             .expect("restart");
+        }));
+    }
+    if let Some(port) = extra.refuse_writes {
+        let states: [&[&str]; 4] = [
+            &["CONFIG", "SET", "min-replicas-to-write", "1"],
+            &["CONFIG", "SET", "min-replicas-to-write", "0"],
+            &["CONFIG", "SET", "maxmemory", "1"],
+            &["CONFIG", "SET", "maxmemory", "0"],
+        ];
+        let sweeps = std::sync::atomic::AtomicUsize::new(0);
+        let _ = idempotency_testkit::resp::command(
+            port,
+            &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+        );
+        let mut stopped = stop.clone();
+        let flapping = every_few_ms(stop, move || {
+            let n = sweeps.fetch_add(1, Ordering::SeqCst);
+            // Each state holds for about 8 sweeps (24 ms).
+            if n % 8 == 0 {
+                let _ = idempotency_testkit::resp::command(port, states[(n / 8) % 4]);
+            }
+            false
+        });
+        tasks.push(tokio::spawn(async move {
+            let _ = flapping.await;
+            let _ = stopped.changed().await;
+            // Writable again for the final pass.
+            for args in [&states[1], &states[3]] {
+                let _ = idempotency_testkit::resp::command(port, args);
+            }
         }));
     }
     if let Some(cluster) = extra.failover {
@@ -995,6 +1029,38 @@ async fn chaos_across_a_redis_kill_and_restart() {
         planter(move |_| port),
         Extra {
             restart: Some(Arc::new(Mutex::new(server))),
+            ..Extra::default()
+        },
+    )
+    .await;
+}
+
+/// Writes refused mid-run, over and over (`NOREPLICAS`, then `OOM`, each for about 24 ms,
+/// the server writable between them), while it serves reads: a refused claim reads the
+/// key, so completed keys replay and held keys wait; no double run, no stuck key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_writes_refused_mid_run() {
+    let server = idempotency_testkit::RedisServer::start();
+    let port = server.port();
+    let store = idempotency_redis::RedisStore::connect(
+        &server.url(),
+        &idempotency_redis::ConnectOptions::default()
+            .with_command_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .expect("connect");
+    let env = crate::common::Env {
+        store: crate::common::wrap(store),
+        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
+        server: Some(Arc::new(server)),
+        cluster: None,
+    };
+    chaos(
+        env,
+        Attachment::Detached,
+        planter(move |_| port),
+        Extra {
+            refuse_writes: Some(port),
             ..Extra::default()
         },
     )
