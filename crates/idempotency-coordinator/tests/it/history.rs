@@ -381,34 +381,7 @@ fn disturb<S: ReservationStore + Clone>(
         }));
     }
     if let Some(port) = extra.refuse_writes {
-        let states: [&[&str]; 4] = [
-            &["CONFIG", "SET", "min-replicas-to-write", "1"],
-            &["CONFIG", "SET", "min-replicas-to-write", "0"],
-            &["CONFIG", "SET", "maxmemory", "1"],
-            &["CONFIG", "SET", "maxmemory", "0"],
-        ];
-        let sweeps = std::sync::atomic::AtomicUsize::new(0);
-        let _ = idempotency_testkit::resp::command(
-            port,
-            &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
-        );
-        let mut stopped = stop.clone();
-        let flapping = every_few_ms(stop, move || {
-            let n = sweeps.fetch_add(1, Ordering::SeqCst);
-            // Each state holds for about 8 sweeps (24 ms).
-            if n % 8 == 0 {
-                let _ = idempotency_testkit::resp::command(port, states[(n / 8) % 4]);
-            }
-            false
-        });
-        tasks.push(tokio::spawn(async move {
-            let _ = flapping.await;
-            let _ = stopped.changed().await;
-            // Writable again for the final pass.
-            for args in [&states[1], &states[3]] {
-                let _ = idempotency_testkit::resp::command(port, args);
-            }
-        }));
+        tasks.push(flap_writes(port, stop));
     }
     if let Some(cluster) = extra.failover {
         let key = chaos.redis_key(0);
@@ -430,6 +403,42 @@ fn disturb<S: ReservationStore + Clone>(
         }));
     }
     tasks
+}
+
+/// Flaps the server on `port` through write-refusing states until `stop` (see
+/// [`Extra::refuse_writes`]), then leaves it writable.
+fn flap_writes(
+    port: u16,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let states: [&[&str]; 4] = [
+        &["CONFIG", "SET", "min-replicas-to-write", "1"],
+        &["CONFIG", "SET", "min-replicas-to-write", "0"],
+        &["CONFIG", "SET", "maxmemory", "1"],
+        &["CONFIG", "SET", "maxmemory", "0"],
+    ];
+    let sweeps = std::sync::atomic::AtomicUsize::new(0);
+    let _ = idempotency_testkit::resp::command(
+        port,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    let mut stopped = stop.clone();
+    let flapping = every_few_ms(stop, move || {
+        let n = sweeps.fetch_add(1, Ordering::SeqCst);
+        // Each state holds for about 8 sweeps (24 ms).
+        if n.is_multiple_of(8) {
+            let _ = idempotency_testkit::resp::command(port, states[(n / 8) % 4]);
+        }
+        false
+    });
+    tokio::spawn(async move {
+        let _ = flapping.await;
+        let _ = stopped.changed().await;
+        // Writable again for the final pass.
+        for args in [&states[1], &states[3]] {
+            let _ = idempotency_testkit::resp::command(port, args);
+        }
+    })
 }
 
 /// Calls every key once more, waiting up to 5 s: each must answer with its one value, or
