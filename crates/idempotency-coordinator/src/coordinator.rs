@@ -314,6 +314,22 @@ impl<S: ReservationStore> Coordinator<S> {
         }
     }
 
+    /// A stored error as it will be written: itself when every client can read it back,
+    /// else the marker of a result that could not be stored (the action ran and failed
+    /// with an error its policy stores: releasing the key would let a retry run again).
+    pub(crate) fn storable_error(&self, operation: &str, stored: Box<RawValue>) -> Box<RawValue> {
+        match idempotency_core::check_storable(&stored) {
+            Ok(()) => stored,
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .record_error(operation, ErrorType::RecordValidation);
+                tracing::error!(error = %e.log_message(), "the stored error cannot be stored; retries get an error, the action does not run again");
+                idempotency_core::unstorable_marker(&e.to_string())
+            }
+        }
+    }
+
     /// The stored form of a result, or why it has none (reported and counted): the
     /// adapter cannot encode it, or the record holding it would not read back (see
     /// [`idempotency_core::check_storable`]). The action has run by then: the caller gets

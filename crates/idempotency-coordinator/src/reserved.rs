@@ -305,7 +305,10 @@ impl<S: ReservationStore> Coordinator<S> {
                 ),
             },
             Err(e) => match codec.encode_error(&e) {
-                Some(stored) => (Finish::Error(stored), Err(Failed::Action(e))),
+                Some(stored) => (
+                    Finish::Error(self.storable_error(lease.operation(), stored)),
+                    Err(Failed::Action(e)),
+                ),
                 // Failures are not cached: free the key so the retry runs again.
                 None => (Finish::Value(None), Err(Failed::Action(e))),
             },
@@ -339,7 +342,9 @@ impl<S: ReservationStore> Coordinator<S> {
             }
             // The store just failed: a release now would most likely wait out another
             // command timeout on the caller's path. It goes in the background; a retry
-            // meanwhile finds the key still held (409 or a wait), never a second run.
+            // meanwhile finds the key still held (409 or a wait), and once the release
+            // lands (or the lease ends) runs the action again: the result was never
+            // stored (at least once, counted as `storage_save_error`).
             Completion::StoreFailed => guard.release_in_background(),
         }
         outcome

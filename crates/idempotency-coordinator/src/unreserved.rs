@@ -61,7 +61,12 @@ impl<S: ReservationStore> Coordinator<S> {
                     RecordStatus::StoredError,
                 ),
             },
-            Err(e) => (codec.encode_error(e), RecordStatus::StoredError),
+            Err(e) => (
+                codec
+                    .encode_error(e)
+                    .map(|stored| self.storable_error(operation, stored)),
+                RecordStatus::StoredError,
+            ),
         };
         let Some(raw) = raw else {
             return done.map(|value| (value, outcome)).map_err(Failed::Action);

@@ -116,14 +116,16 @@ struct Entry {
     size: usize,
 }
 
-/// Invariants, enforced by `put` and `remove` (the only writers of `records`): every
-/// entry has exactly one `(deadline, seq)` in `deadlines`, and `bytes` is the sum of the
-/// entries' sizes.
+/// Invariants, enforced by `put` and `remove` (the only writers of `records`; `renew`
+/// re-puts): every entry has exactly one `(deadline, seq)` in `deadlines`, `bytes` is the
+/// sum of the entries' sizes and `pending` the number of pending entries.
 #[derive(Debug, Default)]
 struct State {
     records: HashMap<RecordId, Entry>,
     deadlines: BTreeMap<(Instant, u64), RecordId>,
     bytes: usize,
+    // How many entries are reservations (never evicted).
+    pending: usize,
     seq: u64,
     limits: MemoryLimits,
     evicted: u64,
@@ -153,6 +155,7 @@ impl State {
         let entry = self.records.remove(id)?;
         self.deadlines.remove(&(entry.deadline, entry.seq));
         self.bytes -= entry.size;
+        self.pending -= usize::from(entry.record.is_pending());
         Some(entry)
     }
 
@@ -177,6 +180,19 @@ impl State {
             s.records.len() + adds > s.limits.max_entries
                 || s.bytes - replaced + size > s.limits.max_bytes
         };
+        // Evict only where it can help: never for a claim the reservations alone leave no
+        // room for, never for a record bigger than the whole limit (written over it).
+        let reservations_fill = self.pending + 1 > self.limits.max_entries;
+        if why == Room::Claim && reservations_fill {
+            return Err(IdempotencyError::storage_refused(
+                Some(id.operation()),
+                "FULL",
+                "the in-memory store is full of live reservations (MemoryLimits)",
+            ));
+        }
+        if size > self.limits.max_bytes {
+            return Ok(());
+        }
         while over(self) {
             let victim = self
                 .deadlines
@@ -209,6 +225,7 @@ impl State {
         let size = size_of(&record);
         self.deadlines.insert((deadline, self.seq), id.clone());
         self.bytes += size;
+        self.pending += usize::from(record.is_pending());
         self.records.insert(
             id,
             Entry {

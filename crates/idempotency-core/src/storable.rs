@@ -109,8 +109,10 @@ pub fn unstorable_reason(stored: &RawValue) -> Option<String> {
     object.get(MARKER)?.as_str().map(str::to_owned)
 }
 
-/// Whether `bytes` are, by their structure alone, a finished record: a JSON object whose
-/// top-level `status` member is the string `"completed"` or `"stored_error"`, whatever
+/// Whether `bytes` are, by their structure alone, a finished record: a JSON object
+/// (after any whitespace and a UTF-8 byte-order mark) whose top-level `status` member is
+/// the string `"completed"` or `"stored_error"`, or that has no `status` member but a
+/// `result` one (the decoder reads a record without `status` as completed), whatever
 /// else in it a decoder refuses. A claim never takes such a value over (its action ran),
 /// even when no decoder can read it. Reads without recursion, so any bytes are safe.
 ///
@@ -118,10 +120,12 @@ pub fn unstorable_reason(stored: &RawValue) -> Option<String> {
 /// ```
 /// use idempotency_core::looks_finished;
 /// assert!(looks_finished(br#"{"result":"\ud83d","status":"completed"}"#));
+/// assert!(looks_finished(br#"{"result":1,"expires_at":"2099-01-01T00:00:00"}"#));
 /// assert!(!looks_finished(br#"{"result":{"status":"completed"},"status":"pending"}"#));
 /// assert!(!looks_finished(b"not json"));
 /// ```
 pub fn looks_finished(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let start = bytes
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -133,6 +137,7 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
     let mut expect_key = false;
     let mut after_colon = false;
     let mut key: &[u8] = b"";
+    let (mut has_status, mut has_result) = (false, false);
     let mut i = start.unwrap_or(0);
     while i < bytes.len() {
         match bytes[i] {
@@ -143,12 +148,14 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
                     end += if bytes[end] == b'\\' { 2 } else { 1 };
                 }
                 let Some(text) = bytes.get(from..end) else {
-                    return false;
+                    break;
                 };
                 if depth == 1 {
                     if expect_key {
                         key = text;
                         expect_key = false;
+                        has_status |= key == b"status";
+                        has_result |= key == b"result";
                     } else if after_colon
                         && key == b"status"
                         && (text == b"completed" || text == b"stored_error")
@@ -168,7 +175,7 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
             b'}' | b']' => {
                 depth = depth.saturating_sub(1);
                 if depth == 0 {
-                    return false;
+                    break;
                 }
             }
             b',' => {
@@ -181,5 +188,6 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
         }
         i += 1;
     }
-    false
+    // No `status` at all: the decoder's default is `completed`.
+    !has_status && has_result
 }

@@ -23,9 +23,12 @@ if current then
     end
     written = 1
   elseif string.find(current, '"status"%s*:%s*"completed"')
-      or string.find(current, '"status"%s*:%s*"stored_error"') then
+      or string.find(current, '"status"%s*:%s*"stored_error"')
+      or (not string.find(current, '"status"', 1, true)
+          and string.find(current, '"result"', 1, true)) then
     -- Not JSON to cjson (a lone surrogate escape, say) but by its shape a finished
-    -- record: its action ran, so it stands (as the claim never takes it over).
+    -- record (a finished status, or no status and a result: read as completed): its
+    -- action ran, so it stands (as the claim never takes it over).
     return 0
   end
 end

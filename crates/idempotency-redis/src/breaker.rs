@@ -5,7 +5,9 @@
 //! `failures` consecutive commands that got no answer (I/O errors, timeouts), the breaker
 //! opens: claims and reads fail at once with [`Unreachable`] (a storage error, so each
 //! call's `on_storage_error` still decides), and a background probe (`PING`, every
-//! `cool_down`) closes it as soon as the server answers. An error *reply* is an answer:
+//! `cool_down`) closes it as soon as the server answers; one call per cool-down is let
+//! through meanwhile. Only for a store on one server: on a cluster or a pool one stalled
+//! node or connection must not fail the calls that would reach the others. An error *reply* is an answer:
 //! it never opens the breaker. Writes after an action (complete, renew, release) are
 //! always tried.
 
@@ -19,7 +21,7 @@ use fred::prelude::{Client, ClientLike};
 /// # Examples
 /// ```
 /// use std::time::Duration;
-/// let fail_fast = idempotency_redis::FailFast::new(3, Duration::from_secs(1));
+/// let fail_fast = idempotency_redis::FailFast::new(3, Duration::from_millis(250));
 /// assert_eq!(fail_fast, idempotency_redis::FailFast::default());
 /// let never = idempotency_redis::FailFast::off();
 /// assert_ne!(never, fail_fast);
@@ -47,9 +49,9 @@ impl FailFast {
 }
 
 impl Default for FailFast {
-    /// Three consecutive failures; a probe every second.
+    /// Three consecutive failures; a probe every 250 ms.
     fn default() -> Self {
-        Self::new(3, Duration::from_secs(1))
+        Self::new(3, Duration::from_millis(250))
     }
 }
 
@@ -81,6 +83,8 @@ struct State {
     consecutive: u32,
     last_cause: String,
     open: bool,
+    /// When a call was last let through while open (half-open: one per cool-down).
+    last_try: Option<std::time::Instant>,
 }
 
 /// One store's breaker.
@@ -96,9 +100,12 @@ pub(crate) struct Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: FailFast) -> Self {
+    /// A breaker for a store on one server (`applies`); none for a cluster or a pool,
+    /// where one stalled node or connection must not fail the calls of the others (each
+    /// of those still waits its own command timeout).
+    pub(crate) fn new(config: FailFast, applies: bool) -> Self {
         Self {
-            config: (config.failures > 0).then_some(config),
+            config: (applies && config.failures > 0).then_some(config),
             state: Mutex::default(),
         }
     }
@@ -107,13 +114,23 @@ impl Breaker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `Err` at once while open.
+    /// `Err` at once while open, except one call per cool-down, let through to try the
+    /// server itself (so calls come back within a cool-down of the server, even before
+    /// the probe's answer).
     pub(crate) fn check(&self) -> Result<(), Unreachable> {
         let Some(config) = self.config else {
             return Ok(());
         };
-        let state = self.state();
+        let mut state = self.state();
         if state.open {
+            let now = std::time::Instant::now();
+            if state
+                .last_try
+                .is_none_or(|at| now.duration_since(at) >= config.cool_down)
+            {
+                state.last_try = Some(now);
+                return Ok(());
+            }
             return Err(Unreachable {
                 failures: state.consecutive,
                 cause: state.last_cause.clone(),
@@ -149,6 +166,8 @@ impl Breaker {
             let opens = !state.open && state.consecutive >= config.failures;
             if opens {
                 state.open = true;
+                // The first call let through comes a cool-down after the opening.
+                state.last_try = Some(std::time::Instant::now());
             }
             opens
         };

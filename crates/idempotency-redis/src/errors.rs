@@ -52,9 +52,10 @@ pub(crate) enum Refusal {
     /// (`NOPERM`, `NOAUTH`, `WRONGPASS`, `ERR unknown command`): the deployment is wrong,
     /// and no call may run unprotected because of it. Always fails closed.
     Configuration,
-    /// The server refuses writes for now but may serve reads (`NOREPLICAS`, `OOM`,
-    /// `MISCONF`, `READONLY`, `BUSY`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, another
-    /// `ERR`): the claim reads the key before anything falls to `on_storage_error`.
+    /// The server refuses the write for now and may still serve reads (`NOREPLICAS`,
+    /// `OOM`, `MISCONF`, `READONLY` do; `BUSY`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`
+    /// refuse the read as well; another `ERR`): the claim reads the key before anything
+    /// falls to `on_storage_error`, which decides when the read is refused too.
     Write,
 }
 
@@ -62,7 +63,11 @@ pub(crate) enum Refusal {
 pub(crate) fn refusal(e: &Error) -> Option<Refusal> {
     let code = reply_code(e)?;
     let details = e.details();
+    // Before Redis 7 the claim is a script, and a refusal inside it comes wrapped
+    // (`ERR Error running script … NOPERM …`, `… No permissions …`): read the whole reply.
     let configuration = matches!(code, "NOPERM" | "NOAUTH" | "WRONGPASS")
+        || details.contains("NOPERM")
+        || details.contains("No permissions")
         || (code == "ERR"
             && (details.contains("unknown command") || details.contains("unknown subcommand")));
     Some(if configuration {
@@ -99,5 +104,39 @@ pub(crate) fn storage(operation: &str, e: Error) -> IdempotencyError {
     match reply_code(&e).map(str::to_owned) {
         Some(code) => IdempotencyError::storage_refused(Some(operation), &code, e),
         None => IdempotencyError::storage(Some(operation), e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Refusal, refusal};
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn refusals_that_mean_a_wrong_deployment_fail_closed() {
+        let reply = |text: &str| Error::new(ErrorKind::Unknown, text.to_owned());
+        for text in [
+            "NOPERM User app has no permissions to run the 'set' command",
+            "ERR Error running script (call to f_1): @user_script:1: NOPERM No permissions to access a key",
+            "ERR Error running script: @user_script:3: No permissions to run the 'set' command",
+            "ERR unknown command 'SET', with args beginning with:",
+        ] {
+            assert_eq!(
+                refusal(&reply(text)),
+                Some(Refusal::Configuration),
+                "{text}"
+            );
+        }
+        for text in [
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            assert_eq!(refusal(&reply(text)), Some(Refusal::Write), "{text}");
+        }
+        assert_eq!(
+            refusal(&Error::new(ErrorKind::IO, "Connection refused")),
+            None
+        );
     }
 }

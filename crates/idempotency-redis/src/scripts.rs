@@ -1,8 +1,6 @@
 //! The Lua scripts, loaded once and called by SHA, with a fallback to `EVAL` when the
 //! server has lost its script cache (restart, `SCRIPT FLUSH`, failover).
 
-use std::sync::{Arc, Weak};
-
 use fred::prelude::{Client, ClientLike, Error, EventInterface, LuaInterface, Value};
 
 /// A script and its SHA-1.
@@ -97,12 +95,14 @@ async fn load_everywhere(client: &Client, sources: [&'static str; 6]) {
 /// a failover, a new cluster node), in background tasks, so the first fenced write after
 /// a restart costs one round trip instead of `EVALSHA`, `NOSCRIPT`, `EVAL`.
 ///
-/// Invariant: the listeners hold the store only weakly (`owner`): once the store is
-/// dropped they end at the next event, and they never keep its clients alive.
-pub(crate) fn preload<T: Send + Sync + 'static>(
+/// Invariant: the reconnection listeners hold no client, only `store_client` (which
+/// holds the store weakly and answers its client while the store lives), so they never
+/// keep the store's clients alive: once the store and its clients are dropped, the
+/// event channel closes and the listener ends.
+pub(crate) fn preload(
     clients: &[Client],
     sources: [&'static str; 6],
-    owner: &Arc<T>,
+    store_client: impl Fn() -> Option<Client> + Clone + Send + Sync + 'static,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -111,23 +111,21 @@ pub(crate) fn preload<T: Send + Sync + 'static>(
         let first = client.clone();
         runtime.spawn(async move {
             // Waits for the connection the store was built on (already up after
-            // `connect`).
+            // `connect`); a finite task.
             if first.wait_for_connect().await.is_ok() {
                 load_everywhere(&first, sources).await;
             }
         });
-        let owner: Weak<T> = Arc::downgrade(owner);
-        let reconnected = client.clone();
+        let store_client = store_client.clone();
         let _listener = client.on_reconnect(move |_server| {
-            let alive = owner.upgrade().is_some();
-            let client = reconnected.clone();
+            let client = store_client();
             async move {
-                if !alive {
+                let Some(client) = client else {
                     return Err(Error::new(
                         fred::error::ErrorKind::Canceled,
                         "the store is gone",
                     ));
-                }
+                };
                 load_everywhere(&client, sources).await;
                 Ok(())
             }

@@ -122,6 +122,8 @@ impl RedisStoreBuilder {
         // The first sample is asked for now, so the first call finds one (no call waits
         // for it: without one, records are stamped with the local clock).
         server_clock.refresh_in_background(self.connection.client());
+        // The breaker applies to a store on one server, one connection.
+        let one_server = !clustered && matches!(self.connection, Connection::Client(_));
         let clients: Vec<Client> = match &self.connection {
             Connection::Client(c) => vec![c.clone()],
             Connection::Pool(p) => p.clients().to_vec(),
@@ -136,11 +138,15 @@ impl RedisStoreBuilder {
                 clustered,
                 native_claim: AtomicBool::new(true),
                 server_clock,
-                breaker: Arc::new(Breaker::new(self.fail_fast)),
+                breaker: Arc::new(Breaker::new(self.fail_fast, one_server)),
             }),
         };
         let sources = store.inner.scripts.sources();
-        crate::scripts::preload(&clients, sources, &store.inner);
+        let weak = Arc::downgrade(&store.inner);
+        crate::scripts::preload(&clients, sources, move || {
+            weak.upgrade()
+                .map(|inner| inner.connection.client().clone())
+        });
         Ok(store)
     }
 }

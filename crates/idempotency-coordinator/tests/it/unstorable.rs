@@ -215,3 +215,50 @@ on_all!(
         assert_eq!(values, 1, "only the caller that ran it gets the value");
     }
 );
+
+/// An application error that carries a JSON value, stored by policy.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Declined {
+    Declined(serde_json::Value),
+    Library(String),
+}
+
+impl From<IdempotencyError> for Declined {
+    fn from(e: IdempotencyError) -> Self {
+        Self::Library(e.to_string())
+    }
+}
+
+on_all!(
+    a_stored_error_no_client_could_read_back_still_runs_once,
+    |env| {
+        let coordinator = env.coordinator(|b| b);
+        let key = unique_key("unstorable-error");
+        let runs = Runs::default();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let runs = runs.clone();
+            let answer: Result<u32, Declined> = coordinator
+                .call("op", Some(&key))
+                .store_errors(|e: &Declined| matches!(e, Declined::Declined(_)))
+                .run(|| async move {
+                    runs.tick();
+                    Err(Declined::Declined(nested(250)))
+                })
+                .await;
+            answers.push(answer);
+        }
+        assert_eq!(runs.get(), 1, "the action ran again: {answers:?}");
+        assert!(
+            matches!(answers[0], Err(Declined::Declined(_))),
+            "{:?}",
+            answers[0]
+        );
+        for answer in &answers[1..] {
+            assert!(
+                matches!(answer, Err(Declined::Library(text)) if text.contains("could not be stored")),
+                "{answer:?}"
+            );
+        }
+    }
+);
