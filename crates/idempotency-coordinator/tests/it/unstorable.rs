@@ -262,3 +262,40 @@ on_all!(
         }
     }
 );
+
+/// A record without `status` is read as completed: unreadable (its expiry has no
+/// timezone), it is still never taken over. So is one behind a byte-order mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_record_without_status_is_never_taken_over() {
+    let env = crate::common::standalone().await;
+    let coordinator = env.coordinator(|b| b);
+    for (name, prefix, status) in [
+        ("no-status", "", ""),
+        ("bom", "\u{feff}", r#","status":"completed""#),
+    ] {
+        let key = unique_key(name);
+        let redis_key = format!("idempotency:op:{key}");
+        let value = format!(
+            r#"{prefix}{{"operation":"op","idempotency_key":"{key}","result":1,"created_at":"2025-01-01T00:00:00Z","expires_at":"2999-01-01T00:00:00"{status},"fingerprint":null}}"#
+        );
+        let port = crate::common::port_of(&env, &redis_key);
+        idempotency_testkit::resp::command(port, &["SET", &redis_key, &value, "EX", "600"])
+            .expect("plant");
+        let runs = Runs::default();
+        let answer = {
+            let runs = runs.clone();
+            coordinator
+                .call("op", Some(&key))
+                .run(|| async move {
+                    runs.tick();
+                    Ok::<_, IdempotencyError>(1u32)
+                })
+                .await
+        };
+        assert!(
+            matches!(&answer, Err(e) if e.class() == idempotency_core::ErrorClass::Data),
+            "{name}: {answer:?}"
+        );
+        assert_eq!(runs.get(), 0, "{name}: a finished record was taken over");
+    }
+}
