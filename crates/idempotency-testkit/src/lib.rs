@@ -34,6 +34,26 @@ pub use metrics::{RecordingMetrics, error_type};
 pub use server::{RedisServer, ServerOptions, free_port, require_redis};
 pub use shared::{shared_cluster, shared_server};
 
+/// Encodes bytes as standard base64 (padded), for sending them to Python line by line.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Decodes standard base64 (with or without padding), for test vectors.
 ///
 /// # Panics

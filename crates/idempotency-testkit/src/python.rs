@@ -53,3 +53,31 @@ pub fn python_with_kit() -> PathBuf {
     std::fs::write(&marker, PYTHON_KIT).expect("write the venv marker");
     python
 }
+
+/// Runs `script` with the venv's Python, writes `input` to its standard input (from
+/// another thread, so a large input never deadlocks against its output) and returns its
+/// standard output as JSON values, one a line.
+///
+/// # Panics
+/// When Python cannot be run, fails, or prints a line that is not JSON.
+pub fn json_lines(script: &str, input: String) -> Vec<serde_json::Value> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let python = python_with_kit();
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child.wait_with_output().expect("python output");
+    writer.join().expect("writer").expect("write to python");
+    assert!(output.status.success(), "the Python script failed");
+    String::from_utf8(output.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}

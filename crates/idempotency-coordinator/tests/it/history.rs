@@ -1018,20 +1018,7 @@ async fn chaos_across_a_redis_kill_and_restart() {
             ..idempotency_testkit::ServerOptions::default()
         });
     let port = server.port();
-    let store = idempotency_redis::RedisStore::connect(
-        &server.url(),
-        &idempotency_redis::ConnectOptions::default()
-            .with_command_timeout(Duration::from_millis(500))
-            .with_reconnect_max_delay(Duration::from_millis(50)),
-    )
-    .await
-    .expect("connect");
-    let env = crate::common::Env {
-        store: crate::common::wrap(store),
-        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
-        server: None,
-        cluster: None,
-    };
+    let env = env_of_its_own(&server.url(), None).await;
     chaos(
         env,
         Attachment::Detached,
@@ -1051,19 +1038,7 @@ async fn chaos_across_a_redis_kill_and_restart() {
 async fn chaos_with_writes_refused_mid_run() {
     let server = idempotency_testkit::RedisServer::start();
     let port = server.port();
-    let store = idempotency_redis::RedisStore::connect(
-        &server.url(),
-        &idempotency_redis::ConnectOptions::default()
-            .with_command_timeout(Duration::from_millis(500)),
-    )
-    .await
-    .expect("connect");
-    let env = crate::common::Env {
-        store: crate::common::wrap(store),
-        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
-        server: Some(Arc::new(server)),
-        cluster: None,
-    };
+    let env = env_of_its_own(&server.url(), Some(Arc::new(server))).await;
     chaos(
         env,
         Attachment::Detached,
@@ -1074,4 +1049,26 @@ async fn chaos_with_writes_refused_mid_run() {
         },
     )
     .await;
+}
+
+/// An env on a server the test owns: a store with a 500 ms command timeout that
+/// reconnects within 50 ms; `server` kept alive with it when given.
+async fn env_of_its_own(
+    url: &str,
+    server: Option<Arc<idempotency_testkit::RedisServer>>,
+) -> crate::common::Env<idempotency_redis::RedisStore> {
+    let store = idempotency_redis::RedisStore::connect(
+        url,
+        &idempotency_redis::ConnectOptions::default()
+            .with_command_timeout(Duration::from_millis(500))
+            .with_reconnect_max_delay(Duration::from_millis(50)),
+    )
+    .await
+    .expect("connect");
+    crate::common::Env {
+        store: crate::common::wrap(store),
+        metrics: Arc::new(idempotency_testkit::RecordingMetrics::default()),
+        server,
+        cluster: None,
+    }
 }

@@ -6,11 +6,8 @@
 //! an expired one we read as expired, and bytes Python refuses we refuse with the same
 //! error class (corrupted / invalid with the same fields / deserialization).
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
 use idempotency_core::{IdempotencyError, IdempotencyRecord, RawValue, RecordParts};
-use idempotency_testkit::json_eq;
+use idempotency_testkit::{base64_encode, json_eq};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRng, TestRunner};
@@ -53,51 +50,16 @@ for line in sys.stdin:
         print(json.dumps(outcome(data)), flush=True)
 "#;
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Runs the Python decoder on every value; one outcome per value.
 fn python_outcomes(values: &[Vec<u8>]) -> Vec<Value> {
-    let python = idempotency_testkit::python::python_with_kit();
-    let mut child = Command::new(&python)
-        .args(["-c", PYTHON])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     let mut input = String::new();
     for v in values {
         // An empty value is sent as `-` (an empty line would be skipped).
         input.push_str(if v.is_empty() { "-" } else { "" });
-        input.push_str(&base64(v));
+        input.push_str(&base64_encode(v));
         input.push('\n');
     }
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let output = child.wait_with_output().expect("python output");
-    writer.join().expect("writer").expect("write to python");
-    assert!(output.status.success(), "the Python decoder failed");
-    let text = String::from_utf8(output.stdout).expect("utf8");
-    let outcomes: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("outcome JSON"))
-        .collect();
+    let outcomes = idempotency_testkit::python::json_lines(PYTHON, input);
     assert_eq!(outcomes.len(), values.len(), "one outcome per value");
     outcomes
 }

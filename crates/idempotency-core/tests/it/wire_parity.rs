@@ -10,13 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use idempotency_core::{
     IdempotencyRecord, RawValue, canonical_json, fingerprint_of, to_result_json,
 };
-use idempotency_testkit::json_eq;
+use idempotency_testkit::{base64_encode, json_eq};
 use serde_json::Value;
 
 /// Reads one request per line (`F <hex bits>`, `I <decimal>` or `T <base64 JSON text>`)
@@ -108,34 +106,8 @@ enum Sample {
     Text(String),
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Python's answers, one per sample.
 fn python_answers(samples: &[Sample]) -> Vec<Value> {
-    let python = idempotency_testkit::python::python_with_kit();
-    let mut child = Command::new(&python)
-        .args(["-c", PYTHON])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     let mut input = String::new();
     for s in samples {
         match s {
@@ -146,20 +118,11 @@ fn python_answers(samples: &[Sample]) -> Vec<Value> {
                 let _ = writeln!(input, "I {n}");
             }
             Sample::BigInt(t) | Sample::Text(t) => {
-                let _ = writeln!(input, "T {}", base64(t.as_bytes()));
+                let _ = writeln!(input, "T {}", base64_encode(t.as_bytes()));
             }
         }
     }
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let output = child.wait_with_output().expect("python output");
-    writer.join().expect("writer").expect("write to python");
-    assert!(output.status.success(), "the Python side failed");
-    let text = String::from_utf8(output.stdout).expect("utf8");
-    let answers: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("answer JSON"))
-        .collect();
+    let answers = idempotency_testkit::python::json_lines(PYTHON, input);
     assert_eq!(answers.len(), samples.len(), "one answer per sample");
     answers
 }
