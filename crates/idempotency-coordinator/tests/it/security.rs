@@ -118,3 +118,83 @@ async fn a_wrong_password_is_an_error_at_start_up() {
         );
     }
 }
+
+/// Every event at `info` and above, its fields formatted.
+#[derive(Default)]
+struct LoudEvents(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LoudEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut self.0,
+                    format_args!("{}={value:?} ", field.name()),
+                );
+            }
+        }
+        if *event.metadata().level() > tracing::Level::INFO {
+            return;
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(fields.0);
+    }
+}
+
+/// Keys are chosen by clients and may be secrets: events above `debug` carry a short
+/// hash instead (a non-record value under the key, an unreadable finished record, a
+/// key reused for another request).
+#[tokio::test(flavor = "current_thread")]
+async fn keys_never_appear_in_events_above_debug() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let seen = LoudEvents::default();
+    let events = std::sync::Arc::clone(&seen.0);
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(seen));
+    tracing::callsite::rebuild_interest_cache();
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), &options())
+        .await
+        .expect("connect");
+    let coordinator = Coordinator::builder(store).build().expect("coordinator");
+    let secret = "card-4242-4242-secret";
+    let hashed = format!("{secret}-hash");
+    server.cmd(&["HSET", &format!("idempotency:op:{hashed}"), "f", "v"]);
+    let unreadable = format!("{secret}-unreadable");
+    server.cmd(&[
+        "SET",
+        &format!("idempotency:op:{unreadable}"),
+        &format!(r#"{{"operation":"op","idempotency_key":"{unreadable}","result":"\ud83d","created_at":"2025-01-01T00:00:00Z","expires_at":"2999-01-01T00:00:00Z","status":"completed","fingerprint":null}}"#),
+    ]);
+    for key in [&hashed, &unreadable] {
+        let refused = coordinator
+            .call("op", Some(key))
+            .run(|| async { Ok::<_, IdempotencyError>(1u8) })
+            .await;
+        assert!(refused.is_err());
+    }
+    let reused = format!("{secret}-reused");
+    for fingerprint in ["one", "another"] {
+        let _ = coordinator
+            .call("op", Some(&reused))
+            .fingerprint(fingerprint)
+            .run(|| async { Ok::<_, IdempotencyError>(1u8) })
+            .await;
+    }
+    let events = events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    assert!(events.len() >= 3, "{events:#?}");
+    for event in &events {
+        assert!(
+            !event.contains(secret),
+            "a key reached an event above debug: {event}"
+        );
+    }
+    assert!(events.iter().any(|e| e.contains("key#")), "{events:#?}");
+}

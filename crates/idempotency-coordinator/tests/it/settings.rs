@@ -313,3 +313,24 @@ fn operation_ttls_are_checked_against_the_policy_in_use() {
             .expect_err("an unbounded lease");
     assert!(err.problems().iter().any(|p| p.field == "lease"), "{err}");
 }
+
+#[test]
+fn a_key_prefix_without_its_separator_is_refused() {
+    // `svc:t1` + `0op` and `svc:t10` + `op` would share `svc:t10op:…`.
+    let settings = idempotency_coordinator::IdempotencySettings {
+        key_prefix: "svc:t1".into(),
+        ..Default::default()
+    };
+    let refused = settings.validate().expect_err("a prefix without ':'");
+    assert!(
+        refused.problems().iter().any(|p| p.field == "key_prefix"),
+        "{refused}"
+    );
+    for fine in ["svc:t1:", "", "idempotency:"] {
+        let settings = idempotency_coordinator::IdempotencySettings {
+            key_prefix: fine.into(),
+            ..Default::default()
+        };
+        assert!(settings.validate().is_ok(), "{fine:?}");
+    }
+}
