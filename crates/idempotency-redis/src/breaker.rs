@@ -11,6 +11,7 @@
 //! it never opens the breaker. Writes after an action (complete, renew, release) are
 //! always tried.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -93,10 +94,14 @@ struct State {
 /// threshold and a successful probe (or any answered command); while open exactly one
 /// probe task runs (started by the failure that opened it, ended by the close or by the
 /// store being dropped).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Breaker {
     config: Option<FailFast>,
     state: Mutex<State>,
+    /// Whether there is anything in `state` to look at (open, or failures counted): the
+    /// claim path's check and reset read this flag only, and take the lock only when
+    /// it is set. Set under the lock before the state changes, cleared under it after.
+    troubled: AtomicBool,
 }
 
 impl Breaker {
@@ -107,6 +112,7 @@ impl Breaker {
         Self {
             config: (applies && config.failures > 0).then_some(config),
             state: Mutex::default(),
+            troubled: AtomicBool::new(false),
         }
     }
 
@@ -121,6 +127,9 @@ impl Breaker {
         let Some(config) = self.config else {
             return Ok(());
         };
+        if !self.troubled.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut state = self.state();
         if state.open {
             let now = std::time::Instant::now();
@@ -142,7 +151,7 @@ impl Breaker {
 
     /// The server answered (a value or an error reply).
     pub(crate) fn answered(&self) {
-        if self.config.is_none() {
+        if self.config.is_none() || !self.troubled.load(Ordering::Acquire) {
             return;
         }
         let mut state = self.state();
@@ -151,6 +160,7 @@ impl Breaker {
         }
         state.consecutive = 0;
         state.open = false;
+        self.troubled.store(false, Ordering::Release);
     }
 
     /// A command got no answer. Opens at the threshold, starting the probe on `client`
@@ -161,6 +171,7 @@ impl Breaker {
         };
         let opened = {
             let mut state = self.state();
+            self.troubled.store(true, Ordering::Release);
             state.consecutive = state.consecutive.saturating_add(1);
             state.last_cause = cause.to_string();
             let opens = !state.open && state.consecutive >= config.failures;
