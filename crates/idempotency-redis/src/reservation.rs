@@ -102,8 +102,8 @@ impl RedisStore {
 
 impl RedisStore {
     /// A claim the server answered with an error reply. A server that refuses writes
-    /// (`NOREPLICAS`, `OOM`, `MISCONF`, `READONLY`, …) still serves reads, so the key is
-    /// read: a finished record is found (replayed, fingerprint checked), a reservation is
+    /// (`NOREPLICAS`, `OOM`, `MISCONF`, `READONLY`) still serves reads, so the key is
+    /// read (`BUSY`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN` refuse the read too): a finished record is found (replayed, fingerprint checked), a reservation is
     /// found (the caller waits or is refused: a held key never fails open), an unreadable
     /// value refuses the call, and only an empty key (or a read that fails too) is a
     /// storage error, for the caller's `on_storage_error`. A configuration refusal
@@ -149,9 +149,7 @@ impl RedisStore {
             Err(unreadable) => Err(unreadable),
         }
     }
-}
 
-impl RedisStore {
     /// A claim's or takeover's reply that is not a value: nil is ours; anything else a
     /// broken reply.
     fn nil_or_unexpected(&self, id: &RecordId, value: &Value, takeovers: usize) -> Result<Claim> {
