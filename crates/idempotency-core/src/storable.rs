@@ -111,8 +111,9 @@ pub fn unstorable_reason(stored: &RawValue) -> Option<String> {
 
 /// Whether `bytes` are, by their structure alone, a finished record: a JSON object
 /// (after any whitespace and a UTF-8 byte-order mark) whose top-level `status` member is
-/// the string `"completed"` or `"stored_error"`, or that has no `status` member but a
-/// `result` one (the decoder reads a record without `status` as completed), whatever
+/// the string `"completed"` or `"stored_error"`, or a whole object with no `status`
+/// member but a `result` one (the decoder reads a record without `status` as completed),
+/// whatever
 /// else in it a decoder refuses. A claim never takes such a value over (its action ran),
 /// even when no decoder can read it. Reads without recursion, so any bytes are safe.
 ///
@@ -123,6 +124,7 @@ pub fn unstorable_reason(stored: &RawValue) -> Option<String> {
 /// assert!(looks_finished(br#"{"result":1,"expires_at":"2099-01-01T00:00:00"}"#));
 /// assert!(!looks_finished(br#"{"result":{"status":"completed"},"status":"pending"}"#));
 /// assert!(!looks_finished(b"not json"));
+/// assert!(!looks_finished(br#"{"operation":"op","result":"#)); // cut short: unknown
 /// ```
 pub fn looks_finished(bytes: &[u8]) -> bool {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
@@ -137,7 +139,7 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
     let mut expect_key = false;
     let mut after_colon = false;
     let mut key: &[u8] = b"";
-    let (mut has_status, mut has_result) = (false, false);
+    let (mut has_status, mut has_result, mut closed) = (false, false, false);
     let mut i = start.unwrap_or(0);
     while i < bytes.len() {
         match bytes[i] {
@@ -175,6 +177,7 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
             b'}' | b']' => {
                 depth = depth.saturating_sub(1);
                 if depth == 0 {
+                    closed = true;
                     break;
                 }
             }
@@ -188,6 +191,8 @@ pub fn looks_finished(bytes: &[u8]) -> bool {
         }
         i += 1;
     }
-    // No `status` at all: the decoder's default is `completed`.
-    !has_status && has_result
+    // No `status` at all in a whole object: the decoder's default is `completed`. (A value
+    // cut short says nothing: our writers put `status` after `result`, so a truncated
+    // reservation and a truncated completion look alike.)
+    closed && !has_status && has_result
 }

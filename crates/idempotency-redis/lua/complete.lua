@@ -25,9 +25,11 @@ if current then
   elseif string.find(current, '"status"%s*:%s*"completed"')
       or string.find(current, '"status"%s*:%s*"stored_error"')
       or (not string.find(current, '"status"', 1, true)
-          and string.find(current, '"result"', 1, true)) then
+          and string.find(current, '"result"', 1, true)
+          and string.find(current, '}%s*$')) then
     -- Not JSON to cjson (a lone surrogate escape, say) but by its shape a finished
-    -- record (a finished status, or no status and a result: read as completed): its
+    -- record (a finished status, or a whole object with a result and no status: read
+    -- as completed): its
     -- action ran, so it stands (as the claim never takes it over).
     return 0
   end
