@@ -580,7 +580,7 @@ impl ProtocolModel {
                 let reply = self.apply_head(s, c);
                 let req = s.clients[usize::from(c)].pipe.remove(0);
                 if reply == Reply::Refused {
-                    self.refused(s, c, req.op);
+                    self.unwritten(s, c, req.op);
                 }
                 if req.resent && matches!(req.op, Op::Complete(_)) {
                     s.clients[usize::from(c)].completion_resent = true;
@@ -592,18 +592,7 @@ impl ProtocolModel {
             Action::LoseRequest(c) => {
                 s.network_faults -= 1;
                 let req = s.clients[usize::from(c)].pipe.remove(0);
-                let ledger = &mut s.ledger[usize::from(self.key(c))];
-                match req.op {
-                    Op::Complete(_) | Op::Replace(_) => ledger.unstored += 1,
-                    // Python does not release after a failed completion: its
-                    // reservation waits for its TTL.
-                    Op::PySetCompleted(_) => {
-                        ledger.unstored += 1;
-                        ledger.releases_lost += 1;
-                    }
-                    Op::Release | Op::PyDel => ledger.releases_lost += 1,
-                    _ => {}
-                }
+                self.unwritten(s, c, req.op);
                 if req.awaited {
                     self.on_reply(s, c, req.op, None);
                 }
@@ -613,7 +602,7 @@ impl ProtocolModel {
                 let reply = self.apply_head(s, c);
                 let req = s.clients[usize::from(c)].pipe.remove(0);
                 if reply == Reply::Refused {
-                    self.refused(s, c, req.op);
+                    self.unwritten(s, c, req.op);
                 }
                 if req.awaited {
                     self.on_reply(s, c, req.op, None);
@@ -628,8 +617,9 @@ impl ProtocolModel {
         }
     }
 
-    /// A write the server refused for the last time (not re-sent): as lost on the way.
-    fn refused(&self, s: &mut State, c: ClientId, op: Op) {
+    /// A write that never landed (lost on the way, or refused for the last time and not
+    /// re-sent): counted in the key's ledger as what it leaves undone.
+    fn unwritten(&self, s: &mut State, c: ClientId, op: Op) {
         let ledger = &mut s.ledger[usize::from(self.key(c))];
         match op {
             Op::Complete(_) | Op::Replace(_) => ledger.unstored += 1,

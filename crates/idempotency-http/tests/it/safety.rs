@@ -32,6 +32,17 @@ async fn post_as(
     app.send("POST", path, &headers, b"{}").await
 }
 
+/// The test app's standard routes behind `builder`'s layer, on the in-memory store.
+async fn on_memory(builder: idempotency_http::IdempotencyLayerBuilder<MemoryStore>) -> App {
+    App::start_with(
+        builder,
+        Options::default(),
+        |_| Router::new(),
+        Keep(None, None),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_with_different_credentials_never_share_a_record() {
     let app = crate::common::Backend::memory()
@@ -91,13 +102,7 @@ async fn a_key_in_flight_for_one_client_is_no_conflict_for_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_key_space_is_an_explicit_opt_out() {
     let builder = IdempotencyLayer::builder(MemoryStore::new()).with_shared_key_space();
-    let app = App::start_with(
-        builder,
-        Options::default(),
-        |_| Router::new(),
-        Keep(None, None),
-    )
-    .await;
+    let app = on_memory(builder).await;
     let key = unique_key("opt-out");
     post_as(&app, "/orders", &key, Some("Bearer alice"), None).await;
     let bob = post_as(&app, "/orders", &key, Some("Bearer bob"), None).await;
@@ -107,13 +112,7 @@ async fn a_shared_key_space_is_an_explicit_opt_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_session_cookie_scopes_keys_and_other_cookies_do_not() {
     let builder = IdempotencyLayer::builder(MemoryStore::new()).with_session_cookies(["sid"]);
-    let app = App::start_with(
-        builder,
-        Options::default(),
-        |_| Router::new(),
-        Keep(None, None),
-    )
-    .await;
+    let app = on_memory(builder).await;
     let key = unique_key("cookie");
     post_as(&app, "/orders", &key, None, Some("sid=1; _ga=a")).await;
     let other = post_as(&app, "/orders", &key, None, Some("_ga=a; sid=2")).await;
