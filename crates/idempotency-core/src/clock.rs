@@ -41,6 +41,6 @@ impl Clock {
 
     /// Now, in UTC, truncated to microseconds (what a record can hold).
     pub fn now(self) -> OffsetDateTime {
-        crate::timestamp::to_micros(OffsetDateTime::now_utc() + self.offset)
+        crate::wire::timestamp::to_micros(OffsetDateTime::now_utc() + self.offset)
     }
 }

@@ -4,8 +4,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{IdempotencyError, Result};
-use crate::json_text::{FINGERPRINT_MAX_DEPTH, parse_python_json, write_canonical};
-use crate::python_floats::{CanonicalFormatter, NonFinite, Pending};
+use crate::wire::json_text::{FINGERPRINT_MAX_DEPTH, parse_python_json, write_canonical};
+use crate::wire::python_floats::{CanonicalFormatter, NonFinite, Pending};
 
 /// Hashes named values into a request fingerprint, equal to the Python library's
 /// `fingerprint_of(**values)` for the same values.

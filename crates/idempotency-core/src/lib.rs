@@ -36,40 +36,47 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod adapters;
+mod batch;
+mod cache_stats;
+mod claim;
 mod clock;
 pub mod constants;
 mod error;
 mod fingerprint;
-mod identifiers;
-mod json_text;
+mod identity;
+mod lease;
 mod memory;
+mod metric_labels;
+mod noop_metrics;
 mod policy;
-mod python_floats;
 mod record;
-mod storable;
-mod timestamp;
 pub mod traits;
 mod unfenced;
+pub mod wire;
 
+pub use adapters::{JsonAdapter, SerdeAdapter, VoidAdapter};
+pub use batch::{Batch, SaveManyOptions, bulk_outcome, validate_all};
+pub use cache_stats::LocalCacheStats;
+pub use claim::{Claim, Fence, Finished};
 pub use clock::Clock;
 pub use error::{BoxError, ErrorClass, FieldProblem, FieldProblems, IdempotencyError, Result};
 pub use fingerprint::{canonical_json, fingerprint_of};
-pub use identifiers::{Identifiers, RecordId, validate_identifiers, validate_key_prefix};
-pub use json_text::to_result_json;
+pub use identity::{Identifiers, RecordId, validate_identifiers, validate_key_prefix};
+pub use lease::{Lease, holds_lease, is_abandoned, new_owner_token};
 pub use memory::{MemoryLimits, MemoryStore, MemoryWatch};
+pub use metric_labels::{ErrorType, LatencyMethod};
+pub use noop_metrics::NoopMetrics;
 pub use policy::{IdempotencyDomainService, RecordOptions};
 pub use record::{IdempotencyRecord, RecordParts, RecordStatus};
 pub use serde_json::value::RawValue;
-pub use storable::{
-    check_storable, looks_finished, storable_form, unstorable_marker, unstorable_reason,
-};
-pub use traits::adapter::{JsonAdapter, ResultAdapter, SerdeAdapter, VoidAdapter};
-pub use traits::bulk::{Batch, BulkRepository, bulk_outcome, validate_all};
-pub use traits::local_cache::LocalCacheStats;
-pub use traits::metrics::{ErrorType, IdempotencyMetrics, LatencyMethod, NoopMetrics};
-pub use traits::reservation::{
-    Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, holds_lease, is_abandoned,
-    new_owner_token,
-};
-pub use traits::storage::{IdempotencyRepository, SaveManyOptions};
+pub use traits::adapter::ResultAdapter;
+pub use traits::bulk::BulkRepository;
+pub use traits::metrics::IdempotencyMetrics;
+pub use traits::reservation::{KeyWatch, ReservationStore};
+pub use traits::storage::IdempotencyRepository;
 pub use unfenced::{PollWatch, UNFENCED_POLL_INTERVAL, Unfenced};
+pub use wire::{
+    DecodeError, check_storable, looks_finished, storable_form, to_result_json, unstorable_marker,
+    unstorable_reason,
+};

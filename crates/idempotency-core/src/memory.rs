@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
+use crate::batch::{Batch, SaveManyOptions, bulk_outcome};
+use crate::claim::{Claim, Fence, Finished};
 use crate::error::{IdempotencyError, Result};
-use crate::identifiers::RecordId;
+use crate::identity::RecordId;
+use crate::lease::{Lease, completion_fence, holds_lease};
 use crate::record::IdempotencyRecord;
-use crate::traits::bulk::{Batch, BulkRepository, bulk_outcome};
-use crate::traits::reservation::{
-    Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, completion_fence, holds_lease,
-};
-use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
+use crate::traits::bulk::BulkRepository;
+use crate::traits::reservation::{KeyWatch, ReservationStore};
+use crate::traits::storage::IdempotencyRepository;
 
 /// `now + ttl`, or as far as the monotonic clock goes (a TTL beyond it never ends).
 fn deadline_after(now: Instant, ttl: Duration) -> Instant {
@@ -334,7 +335,7 @@ impl IdempotencyRepository for MemoryStore {
 
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = Self::write_ttl(record)?;
-        let id = record.id();
+        let id = record.id().clone();
         let mut state = self.lock();
         // Invariant: the check and the insert happen under one lock, so of any number of
         // concurrent saves of one key exactly one succeeds.
@@ -346,7 +347,7 @@ impl IdempotencyRepository for MemoryStore {
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = Self::write_ttl(record)?;
-        let id = record.id();
+        let id = record.id().clone();
         let mut state = self.lock();
         state.insert(id.clone(), record.clone(), ttl, Room::Write)?;
         if !record.is_pending() {
@@ -386,7 +387,7 @@ impl BulkRepository for MemoryStore {
             let now = Instant::now();
             let mut state = self.lock();
             for record in batch.records() {
-                let checked = Self::write_ttl(record).map(|ttl| (ttl, record.id()));
+                let checked = Self::write_ttl(record).map(|ttl| (ttl, record.id().clone()));
                 let (ttl, id) = match checked {
                     Ok(pair) => pair,
                     Err(e) => {

@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 
 use crate::constants::{DEFAULT_TTL, MAX_TTL_SECONDS, MIN_IN_FLIGHT_LEASE, MIN_TTL_SECONDS};
 use crate::error::{FieldProblem, IdempotencyError, Result};
-use crate::identifiers::validate_identifiers;
-use crate::json_text::to_result_json;
+use crate::identity::validate_identifiers;
 use crate::record::{IdempotencyRecord, RecordStatus, null_json};
+use crate::wire::json_text::to_result_json;
 
 /// Per-record options: a TTL override and a fingerprint.
 ///

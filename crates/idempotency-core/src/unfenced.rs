@@ -3,14 +3,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::batch::{Batch, SaveManyOptions};
+use crate::claim::{Claim, Fence, Finished};
 use crate::error::{IdempotencyError, Result};
-use crate::identifiers::RecordId;
+use crate::identity::RecordId;
+use crate::lease::{Lease, completion_fence, holds_lease};
 use crate::record::IdempotencyRecord;
-use crate::traits::bulk::{Batch, BulkRepository};
-use crate::traits::reservation::{
-    Claim, Fence, Finished, KeyWatch, Lease, ReservationStore, completion_fence, holds_lease,
-};
-use crate::traits::storage::{IdempotencyRepository, SaveManyOptions};
+use crate::traits::bulk::BulkRepository;
+use crate::traits::reservation::{KeyWatch, ReservationStore};
+use crate::traits::storage::IdempotencyRepository;
 
 /// How often a waiter on an [`Unfenced`] store re-reads the key (the Python library's
 /// interval).

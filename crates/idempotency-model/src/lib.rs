@@ -35,12 +35,14 @@
 //! ```
 
 pub mod config;
+pub mod defect;
 pub mod model;
 pub mod store;
 
 use stateright::{Checker, Model};
 
-pub use config::{Config, Defect, Failures, InFlight, Kind, Mode, OnStorageError};
+pub use config::{Config, Failures, InFlight, Kind, Mode, OnStorageError};
+pub use defect::Defect;
 pub use model::{Action, ProtocolModel, SAFETY, State};
 
 /// What one exhaustive run found.

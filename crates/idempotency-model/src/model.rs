@@ -4,7 +4,8 @@
 use idempotency_core::{RawValue, check_storable, unstorable_reason};
 use stateright::{Model, Property};
 
-use crate::config::{Config, Defect, Failures, InFlight, Kind, Mode, OnStorageError};
+use crate::config::{Config, Failures, InFlight, Kind, Mode, OnStorageError};
+use crate::defect::Defect;
 use crate::store::{
     ClientId, Finish, LEASE_SECS, Op, Reply, Stored, Writer, apply, result_text, server_now,
 };

@@ -16,7 +16,7 @@ use idempotency_core::{
 };
 use time::OffsetDateTime;
 
-use crate::config::Defect;
+use crate::defect::Defect;
 
 /// A client of the model (an index into the configuration's client list).
 pub type ClientId = u8;

@@ -441,7 +441,7 @@ impl IdempotencyRepository for RedisStore {
         let operation = record.operation();
         let ttl = self.write_ttl(record)?;
         let id = record.id();
-        let redis_key = self.redis_key(&id);
+        let redis_key = self.redis_key(id);
         let reply: Value = self
             .client()
             .set(
@@ -452,7 +452,7 @@ impl IdempotencyRepository for RedisStore {
                 false,
             )
             .await
-            .map_err(|e| self.fail_on(&id, e))?;
+            .map_err(|e| self.fail_on(id, e))?;
         if reply.is_null() {
             return Err(IdempotencyError::collision(
                 operation,
@@ -465,7 +465,7 @@ impl IdempotencyRepository for RedisStore {
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = self.write_ttl(record)?;
         let id = record.id();
-        let redis_key = self.redis_key(&id);
+        let redis_key = self.redis_key(id);
         self.client()
             .set::<Value, _, _>(
                 redis_key,
@@ -475,7 +475,7 @@ impl IdempotencyRepository for RedisStore {
                 false,
             )
             .await
-            .map_err(|e| self.fail_on(&id, e))?;
+            .map_err(|e| self.fail_on(id, e))?;
         Ok(())
     }
 
@@ -510,7 +510,7 @@ impl BulkRepository for RedisStore {
                     continue;
                 }
             };
-            let redis_key = self.redis_key(&record.id());
+            let redis_key = self.redis_key(record.id());
             let json = record.to_json();
             pipeline
                 .set::<(), _, _>(

@@ -3,24 +3,8 @@
 use std::future::Future;
 
 use crate::error::Result;
-use crate::identifiers::RecordId;
+use crate::identity::RecordId;
 use crate::record::IdempotencyRecord;
-
-/// Options of [`BulkRepository::save_many`](crate::BulkRepository::save_many).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SaveManyOptions {
-    /// Delete again the records this call wrote when any record of the batch failed.
-    pub rollback_on_error: bool,
-}
-
-impl SaveManyOptions {
-    /// With rollback on error.
-    pub fn rollback_on_error() -> Self {
-        Self {
-            rollback_on_error: true,
-        }
-    }
-}
 
 /// Where records live: the repository of the domain, one key at a time.
 ///

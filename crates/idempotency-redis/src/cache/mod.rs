@@ -204,13 +204,13 @@ impl IdempotencyRepository for CachedStore {
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let saved = self.store.save(record).await;
         // After the write, whatever it returned: a read sent before it must not fill.
-        self.invalidate(&record.id());
+        self.invalidate(record.id());
         saved
     }
 
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let replaced = self.store.replace(record).await;
-        self.invalidate(&record.id());
+        self.invalidate(record.id());
         replaced
     }
 
@@ -263,7 +263,7 @@ impl BulkRepository for CachedStore {
     async fn save_batch(&self, batch: Batch<'_>, options: SaveManyOptions) -> Result<()> {
         let saved = self.store.save_batch(batch, options).await;
         for record in batch.records() {
-            self.invalidate(&record.id());
+            self.invalidate(record.id());
         }
         saved
     }

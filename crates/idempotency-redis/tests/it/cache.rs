@@ -602,7 +602,7 @@ on_both!(the_cache_is_bounded_by_entries_and_by_bytes, |env| {
         .await
         .expect("save_many");
     for r in &records {
-        assert!(cached.get(&r.id()).await.expect("get").is_some());
+        assert!(cached.get(r.id()).await.expect("get").is_some());
     }
     let stats = cached.stats();
     assert!(stats.weight <= 64 * 1024, "{stats:?}");

@@ -13,11 +13,11 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 
 use super::check::parts_of;
-use super::heartbeat::{Beat, NodeBeat};
+use super::report::{HeartbeatReport, MasterLiveness};
 use super::retrack::RetrackFlags;
 use crate::cache::entries::Entries;
 
-pub(super) struct Applier {
+pub(super) struct InvalidationApplier {
     pub(super) entries: Arc<Entries>,
     pub(super) prefix: Vec<u8>,
     pub(super) staleness: Duration,
@@ -25,7 +25,7 @@ pub(super) struct Applier {
     pub(super) client: Client,
 }
 
-impl Applier {
+impl InvalidationApplier {
     pub(super) fn invalidate(&self, invalidation: &fred::types::client::Invalidation) {
         for key in &invalidation.keys {
             let Some(id) = key
@@ -53,7 +53,7 @@ impl Applier {
 
     /// `server`'s connection was re-made or its check failed: stop serving and drop its
     /// partitions, and switch tracking on again there at the next check. Without a
-    /// cluster (or a state that names it) this is [`Applier::lost`].
+    /// cluster (or a state that names it) this is [`InvalidationApplier::lost`].
     pub(super) fn node_lost(&self, server: Option<&Server>, parts: &[usize]) {
         if server.is_none() || parts.is_empty() || self.entries.partitions() == 1 {
             self.lost();
@@ -75,7 +75,7 @@ impl Applier {
         self.node_lost(Some(server), &parts);
     }
 
-    /// fred's cluster state changed (it reports every refresh, see `Check::run`).
+    /// fred's cluster state changed (it reports every refresh, see `LivenessCheck::run`).
     /// `Rebalance` (the same masters, slots maybe moved among them) needs nothing: every
     /// master announces writes to whatever keys it holds, and its connection is
     /// untouched. A master added (fred also reports a re-made connection as one) loses
@@ -96,7 +96,7 @@ impl Applier {
     }
 
     /// A check's answer from one master (every invalidation received before it applied).
-    pub(super) fn confirmed(&self, node: &NodeBeat) {
+    pub(super) fn confirmed(&self, node: &MasterLiveness) {
         // Invariant (freshness): a check begun before a loss of its master (or of
         // everything) freshens nothing; losses this very answer reports are recorded
         // below (`node_lost`), after this reading, and concern only its own master.
@@ -126,7 +126,7 @@ impl Applier {
             .fresh_until(&node.parts, node.sent, self.staleness);
     }
 
-    pub(super) fn flush_node(&self, node: &NodeBeat) {
+    pub(super) fn flush_node(&self, node: &MasterLiveness) {
         if node.server.is_none() || self.entries.partitions() == 1 {
             self.entries.flush();
         } else {
@@ -136,7 +136,7 @@ impl Applier {
 }
 
 /// What fred tells the invalidation task.
-pub(super) struct Events {
+pub(super) struct DriverEvents {
     pub(super) invalidations: tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
     /// A connection was re-made (tracking is off on it).
     pub(super) reconnects: tokio::sync::broadcast::Receiver<Server>,
@@ -145,8 +145,12 @@ pub(super) struct Events {
     pub(super) errors: tokio::sync::broadcast::Receiver<(fred::error::Error, Option<Server>)>,
 }
 
-pub(super) async fn apply(applier: Applier, events: Events, mut beats: mpsc::Receiver<Beat>) {
-    let Events {
+pub(super) async fn apply(
+    applier: InvalidationApplier,
+    events: DriverEvents,
+    mut beats: mpsc::Receiver<HeartbeatReport>,
+) {
+    let DriverEvents {
         mut invalidations,
         mut reconnects,
         mut cluster_changes,
@@ -210,9 +214,9 @@ pub(super) async fn apply(applier: Applier, events: Events, mut beats: mpsc::Rec
                     }
                 }
                 match beat {
-                    Beat::Answer(node) => applier.confirmed(&node),
-                    Beat::Late(parts) => applier.entries.unfresh(&parts),
-                    Beat::Unknown => applier.lost(),
+                    HeartbeatReport::MasterReply(node) => applier.confirmed(&node),
+                    HeartbeatReport::Late(parts) => applier.entries.unfresh(&parts),
+                    HeartbeatReport::Unknown => applier.lost(),
                 }
             }
         }

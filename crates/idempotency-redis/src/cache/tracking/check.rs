@@ -13,8 +13,8 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use fred::types::{Expiration, InfoKind, SetOptions};
 
-use super::heartbeat::NodeBeat;
-use super::retrack::{RetrackFlags, Stamp};
+use super::report::MasterLiveness;
+use super::retrack::{LossSnapshot, RetrackFlags};
 use crate::cache::CacheConfig;
 
 /// The start of every flush marker's key: outside the store's default prefix
@@ -29,7 +29,7 @@ const MARKER_TTL_FLOOR: Duration = Duration::from_secs(60);
 /// this connection (a connection fred re-made after a drop shows it off), and this
 /// process's flush marker must still be there (see the module's documentation).
 #[derive(Clone)]
-pub(super) struct Check {
+pub(super) struct LivenessCheck {
     pub(super) client: Client,
     prefix: String,
     pub(super) timeout: Duration,
@@ -46,15 +46,15 @@ pub(super) struct Check {
     sequence: Arc<AtomicU64>,
     /// Per master, the calls of `FLUSHALL`, `FLUSHDB` and `SWAPDB` it counted at its
     /// last answer (`INFO commandstats`).
-    flush_calls: Arc<Mutex<HashMap<Option<Server>, FlushCalls>>>,
+    flush_calls: Arc<Mutex<HashMap<Option<Server>, FlushCommandCalls>>>,
 }
 
 /// The calls of the commands that drop keys without naming them, as a master counts
 /// them (`cmdstat_flushall`, `cmdstat_flushdb`, `cmdstat_swapdb`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct FlushCalls([u64; 3]);
+struct FlushCommandCalls([u64; 3]);
 
-impl FlushCalls {
+impl FlushCommandCalls {
     /// Reads them from an `INFO commandstats` reply (a command never called is absent:
     /// 0).
     fn parse(info: &str) -> Self {
@@ -80,7 +80,7 @@ impl FlushCalls {
 }
 
 /// One master's answer to a check.
-struct Answer {
+struct MasterReply {
     /// The connection tracks in broadcast mode.
     tracking: bool,
     /// The marker set by the previous check was still there, as it was left, and the
@@ -88,7 +88,7 @@ struct Answer {
     marker_kept: bool,
 }
 
-impl Check {
+impl LivenessCheck {
     /// The check of the tracking `client` for keys under `prefix`, with `config`'s
     /// timings; every master is due for tracking at the first check.
     pub(super) fn new(client: Client, prefix: &str, config: &CacheConfig) -> Self {
@@ -140,7 +140,7 @@ impl Check {
 
     /// Asks `server` whether this connection tracks, and sets the flush marker there to
     /// `value`, reading what the previous check left.
-    async fn ask(&self, server: Option<&Server>, value: u64) -> Option<Answer> {
+    async fn ask(&self, server: Option<&Server>, value: u64) -> Option<MasterReply> {
         let key = self.marker_key(server)?;
         let node = self.on(server);
         let ttl = i64::try_from(self.marker_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -170,7 +170,7 @@ impl Check {
                 .unwrap_or_else(PoisonError::into_inner);
             match &stats {
                 Ok(text) => {
-                    let now = FlushCalls::parse(text);
+                    let now = FlushCommandCalls::parse(text);
                     known
                         .insert(server.cloned(), now)
                         .is_some_and(|before| before != now)
@@ -188,7 +188,7 @@ impl Check {
                 .insert(key, value);
         }
         match (info, previous, stats) {
-            (Ok(info), Ok(previous), Ok(_)) => Some(Answer {
+            (Ok(info), Ok(previous), Ok(_)) => Some(MasterReply {
                 tracking: broadcasting(&info),
                 marker_kept: !calls_changed
                     && expected.is_some()
@@ -246,7 +246,7 @@ impl Check {
     /// Plans one check of every master not `busy` with an earlier one (each master's
     /// checks run one at a time, so that no re-tracking of a master overlaps another
     /// check of it), or `None` when the masters are not known (a cluster without state).
-    pub(super) fn plan(&self, busy: &HashSet<Option<Server>>) -> Option<Vec<Job>> {
+    pub(super) fn plan(&self, busy: &HashSet<Option<Server>>) -> Option<Vec<MasterCheck>> {
         let Some(servers) = self.servers() else {
             self.retrack.all();
             return None;
@@ -267,7 +267,7 @@ impl Check {
             targets
                 .into_iter()
                 .zip(taken)
-                .map(|(server, (due, stamp))| Job {
+                .map(|(server, (due, stamp))| MasterCheck {
                     parts: parts_of(state.as_ref(), server.as_ref()),
                     server,
                     due,
@@ -279,8 +279,8 @@ impl Check {
     }
 
     /// One master's part of a check: tracking switched on first when due.
-    pub(super) async fn ask_one(&self, job: Job) -> NodeBeat {
-        let Job {
+    pub(super) async fn ask_one(&self, job: MasterCheck) -> MasterLiveness {
+        let MasterCheck {
             server,
             parts,
             due,
@@ -297,7 +297,7 @@ impl Check {
             // applier records the loss (`node_lost`) when it applies this very beat.
             self.retrack.mark(server.as_ref());
         }
-        NodeBeat {
+        MasterLiveness {
             sent,
             stamp,
             ok,
@@ -310,14 +310,14 @@ impl Check {
 }
 
 /// One master's part of a planned check.
-pub(super) struct Job {
+pub(super) struct MasterCheck {
     pub(super) server: Option<Server>,
     /// The partitions it holds.
     pub(super) parts: Vec<usize>,
     /// Tracking must be switched on again first.
     pub(super) due: bool,
     /// The losses that concerned it when the check was planned.
-    pub(super) stamp: Stamp,
+    pub(super) stamp: LossSnapshot,
     /// The marker's value for this check.
     pub(super) value: u64,
 }

@@ -10,42 +10,8 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Options, Server};
 use tokio::sync::mpsc;
 
-use super::check::{Check, parts_of};
-use super::retrack::Stamp;
-
-/// What the heartbeat task tells the invalidation task.
-pub(super) enum Beat {
-    /// One master's answer to a liveness check, sent as soon as it arrives (a slow
-    /// master delays no other's).
-    Answer(NodeBeat),
-    /// A master's check has been outstanding for a quarter of an interval: its
-    /// partitions stop being served until it answers (a flush it would report is not
-    /// served for longer than that).
-    Late(Vec<usize>),
-    /// The masters are not known (a cluster without state).
-    Unknown,
-}
-
-/// One master's answer to a liveness check.
-pub(super) struct NodeBeat {
-    /// When the check was sent to it (after tracking was switched on, if it was).
-    pub(super) sent: Instant,
-    /// The losses that concerned it when the check began.
-    pub(super) stamp: Stamp,
-    /// The master (`None`: the one server of a standalone or sentinel set-up).
-    pub(super) server: Option<Server>,
-    /// The partitions of the entries it holds when the check was sent.
-    pub(super) parts: Vec<usize>,
-    /// It answered that this connection tracks in broadcast mode.
-    pub(super) ok: bool,
-    /// Tracking was switched on again on it before the check.
-    pub(super) retracked: bool,
-    /// It dropped keys without naming them since its last answer (a `FLUSHALL`,
-    /// `FLUSHDB` or `SWAPDB`: this process's marker was not as it left it, or the
-    /// master's counts of those commands changed), or this process stalled past the
-    /// marker's lifetime.
-    pub(super) flushed: bool,
-}
+use super::check::{LivenessCheck, parts_of};
+use super::report::HeartbeatReport;
 
 /// Re-reads the cluster's routing when `node`'s view of the slots (`CLUSTER SLOTS` on
 /// that node's connection: a slow node delays only this) differs from the client's.
@@ -85,7 +51,11 @@ pub(super) async fn refresh_routing(client: Client, node: Server, timeout: Durat
 /// Checks every master every `every`, each answer sent to `beats` as it arrives. A
 /// master still answering an earlier check is skipped (its slow answer delays no other
 /// master's freshness; its own lapses, as it should).
-pub(super) async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender<Beat>) {
+pub(super) async fn heartbeat(
+    check: LivenessCheck,
+    every: Duration,
+    beats: mpsc::Sender<HeartbeatReport>,
+) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
@@ -131,7 +101,7 @@ pub(super) async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender
                         }
                     }
                     None => {
-                        if beats.send(Beat::Unknown).await.is_err() {
+                        if beats.send(HeartbeatReport::Unknown).await.is_err() {
                             return;
                         }
                     }
@@ -146,7 +116,7 @@ pub(super) async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender
                     if !*reported && since.elapsed() >= late_after {
                         *reported = true;
                         let parts = parts_of(state.as_ref(), server.as_ref());
-                        if beats.send(Beat::Late(parts)).await.is_err() {
+                        if beats.send(HeartbeatReport::Late(parts)).await.is_err() {
                             return;
                         }
                     }
@@ -155,7 +125,7 @@ pub(super) async fn heartbeat(check: Check, every: Duration, beats: mpsc::Sender
             Some(beat) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
                 busy.remove(&beat.server);
                 began.remove(&beat.server);
-                if beats.send(Beat::Answer(beat)).await.is_err() {
+                if beats.send(HeartbeatReport::MasterReply(beat)).await.is_err() {
                     return;
                 }
             }

@@ -27,6 +27,7 @@
 mod apply;
 mod check;
 mod heartbeat;
+mod report;
 mod retrack;
 
 use std::collections::HashSet;
@@ -39,9 +40,10 @@ use tokio::sync::mpsc;
 
 use super::CacheConfig;
 use super::entries::Entries;
-use apply::{Applier, Events, apply};
-use check::Check;
-use heartbeat::{NodeBeat, heartbeat};
+use apply::{DriverEvents, InvalidationApplier, apply};
+use check::LivenessCheck;
+use heartbeat::heartbeat;
+use report::MasterLiveness;
 
 /// How many invalidation messages fred buffers for the task before it lags (a lag
 /// flushes the whole cache).
@@ -92,7 +94,7 @@ pub(crate) async fn start(
         );
     let client = builder.build()?;
     // Subscribed before tracking is switched on: no invalidation can be missed.
-    let mut events = Events {
+    let mut events = DriverEvents {
         invalidations: client.invalidation_rx(),
         reconnects: client.reconnect_rx(),
         cluster_changes: client.cluster_change_rx(),
@@ -105,10 +107,10 @@ pub(crate) async fn start(
     while events.reconnects.try_recv().is_ok() {}
     while events.cluster_changes.try_recv().is_ok() {}
     while events.errors.try_recv().is_ok() {}
-    let check = Check::new(client.clone(), prefix, config);
+    let check = LivenessCheck::new(client.clone(), prefix, config);
     // The first check switches tracking on; the cache is served only after it.
     check.retrack.all();
-    let first: Vec<NodeBeat> = match check.plan(&HashSet::new()) {
+    let first: Vec<MasterLiveness> = match check.plan(&HashSet::new()) {
         Some(jobs) => {
             futures::future::join_all(jobs.into_iter().map(|job| check.ask_one(job))).await
         }
@@ -131,7 +133,7 @@ pub(crate) async fn start(
     let (beats_tx, beats) = mpsc::channel(4);
     let heartbeat = tokio::spawn(heartbeat(check.clone(), config.heartbeat(), beats_tx));
     let apply = tokio::spawn(apply(
-        Applier {
+        InvalidationApplier {
             entries,
             prefix: prefix.as_bytes().to_vec(),
             staleness: config.max_staleness,

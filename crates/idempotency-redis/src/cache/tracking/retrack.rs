@@ -9,7 +9,7 @@ use fred::types::config::Server;
 /// Which masters must have tracking switched on again before they are trusted, and
 /// the losses seen so far (a check begun before a loss of its master confirms nothing).
 #[derive(Debug, Default)]
-struct Retrack {
+struct RetrackState {
     /// Every master (at the start, and after a loss that cannot be pinned on one).
     all: bool,
     /// These masters (their connection was re-made or their check failed).
@@ -20,9 +20,9 @@ struct Retrack {
     losses: HashMap<Server, u64>,
 }
 
-impl Retrack {
-    fn stamp(&self, server: Option<&Server>) -> Stamp {
-        Stamp {
+impl RetrackState {
+    fn stamp(&self, server: Option<&Server>) -> LossSnapshot {
+        LossSnapshot {
             all: self.all_losses,
             server: server
                 .and_then(|s| self.losses.get(s))
@@ -34,17 +34,17 @@ impl Retrack {
 
 /// The losses that concern one master, as seen at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stamp {
+pub(super) struct LossSnapshot {
     all: u64,
     server: u64,
 }
 
 /// Shared by the check and the invalidation task.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RetrackFlags(Arc<Mutex<Retrack>>);
+pub(super) struct RetrackFlags(Arc<Mutex<RetrackState>>);
 
 impl RetrackFlags {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Retrack> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RetrackState> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -80,7 +80,7 @@ impl RetrackFlags {
     }
 
     /// The losses that concern `server` now.
-    pub(super) fn stamp(&self, server: Option<&Server>) -> Stamp {
+    pub(super) fn stamp(&self, server: Option<&Server>) -> LossSnapshot {
         self.lock().stamp(server)
     }
 
@@ -91,7 +91,7 @@ impl RetrackFlags {
         &self,
         targets: &[Option<Server>],
         busy: &HashSet<Option<Server>>,
-    ) -> Vec<(bool, Stamp)> {
+    ) -> Vec<(bool, LossSnapshot)> {
         let mut retrack = self.lock();
         let taken = targets
             .iter()
@@ -129,7 +129,8 @@ mod tests {
         flags.all();
         let a = Some(Server::new("127.0.0.1", 7000));
         let b = Some(Server::new("127.0.0.1", 7001));
-        let due = |taken: Vec<(bool, super::Stamp)>| taken.iter().map(|t| t.0).collect::<Vec<_>>();
+        let due =
+            |taken: Vec<(bool, super::LossSnapshot)>| taken.iter().map(|t| t.0).collect::<Vec<_>>();
         // The check takes what is due: everything, once.
         let taken = flags.take(&[a.clone(), b.clone()], &idle);
         let (stamp_a, stamp_b) = (taken[0].1, taken[1].1);

@@ -12,8 +12,10 @@
 use serde_json::value::RawValue;
 
 use crate::error::{IdempotencyError, Result};
-use crate::json_text::{PYDANTIC_MAX_DEPTH, parse_python_json, push_json_string, write_replayed};
-use crate::record::is_plain_value;
+use crate::wire::json_text::{
+    PYDANTIC_MAX_DEPTH, parse_python_json, push_json_string, write_replayed,
+};
+use crate::wire::plain::is_plain_value;
 
 /// The one member of a stored error that marks a result that could not be stored.
 const MARKER: &str = "idempotency_kit_result_not_storable";

@@ -16,7 +16,7 @@ use serde::ser::{
 };
 use serde_json::ser::Formatter;
 
-use crate::json_text::{FloatStyle, PythonFormatter};
+use crate::wire::json_text::{FloatStyle, PythonFormatter};
 
 /// The token to write instead of the next `null`, shared by [`NonFinite`] and
 /// [`CanonicalFormatter`].
