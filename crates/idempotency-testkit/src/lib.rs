@@ -17,9 +17,9 @@
 
 mod cluster;
 pub mod conformance;
-pub mod contract;
+
 pub mod history;
-pub mod json_eq;
+
 mod metrics;
 pub mod proxy;
 pub mod python;
@@ -30,6 +30,7 @@ mod shared;
 pub mod tls;
 
 pub use cluster::RedisCluster;
+pub use idempotency_contract::json_eq;
 pub use metrics::{RecordingMetrics, error_type};
 pub use server::{RedisServer, ServerOptions, free_port, require_redis};
 pub use shared::{shared_cluster, shared_server};

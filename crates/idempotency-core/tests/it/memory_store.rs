@@ -346,11 +346,14 @@ async fn delete_many_counts_what_it_deleted() {
     assert_eq!(store.len(), 1);
 }
 
-// The reservation contract, the same body the Redis stores run (see the testkit).
+// The store contract, the same suites every store runs (`idempotency-contract`).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_memory_store_keeps_the_reservation_contract() {
-    idempotency_testkit::contract::all(&MemoryStore::new()).await;
+async fn the_memory_store_keeps_the_store_contract() {
+    let store = MemoryStore::new();
+    idempotency_contract::repository::all(&store).await;
+    idempotency_contract::bulk::all(&store).await;
+    idempotency_contract::reservation::all(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,16 +362,20 @@ async fn the_unfenced_fallback_keeps_what_it_can_of_the_contract() {
     // writers; what holds one step at a time, it keeps. (Its TTLs come from the records'
     // timestamps, through `save`, so a skewed clock does change its TTLs.)
     let store = Unfenced::new(MemoryStore::new());
-    idempotency_testkit::contract::concurrent_claims_get_exactly_one_owner(&store).await;
-    idempotency_testkit::contract::a_repeated_claim_is_acquired_by_its_own_lease(&store).await;
-    idempotency_testkit::contract::a_claim_on_a_completed_key_returns_the_record(&store).await;
-    idempotency_testkit::contract::a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one(
+    idempotency_contract::repository::all(&store).await;
+    idempotency_contract::bulk::all(&store).await;
+    idempotency_contract::reservation::concurrent_claims_get_exactly_one_owner(&store).await;
+    idempotency_contract::reservation::a_repeated_claim_is_acquired_by_its_own_lease(&store).await;
+    idempotency_contract::reservation::a_claim_on_a_completed_key_returns_the_record(&store).await;
+    idempotency_contract::reservation::a_stale_owner_cannot_complete_renew_or_release_over_a_newer_one(
         &store,
     )
     .await;
-    idempotency_testkit::contract::the_owner_check_ignores_look_alike_text_in_the_result(&store)
-        .await;
-    idempotency_testkit::contract::complete_writes_into_an_empty_key(&store).await;
+    idempotency_contract::reservation::the_owner_check_ignores_look_alike_text_in_the_result(
+        &store,
+    )
+    .await;
+    idempotency_contract::reservation::complete_writes_into_an_empty_key(&store).await;
 }
 
 #[tokio::test]

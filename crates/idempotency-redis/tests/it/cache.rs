@@ -20,7 +20,6 @@ use idempotency_core::{
 };
 use idempotency_redis::cache::{CacheConfig, CachedStore};
 use idempotency_redis::{ConnectOptions, RedisStore};
-use idempotency_testkit::contract;
 use idempotency_testkit::resp::Reply;
 
 const OP: &str = "cache.op";
@@ -46,7 +45,9 @@ pub(crate) fn record(key: &str, result: &str) -> IdempotencyRecord {
 // memory, Redis and sentinel stores run).
 on_both!(the_cached_store_keeps_the_store_contract, |env| {
     let (cached, _writer, _prefix) = pair(&env, CacheConfig::default()).await;
-    contract::all(&cached).await;
+    idempotency_contract::repository::all(&cached).await;
+    idempotency_contract::bulk::all(&cached).await;
+    idempotency_contract::reservation::all(&cached).await;
 });
 
 /// A store on its own connection under `prefix`.

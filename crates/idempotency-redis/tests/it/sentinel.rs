@@ -10,7 +10,6 @@ use idempotency_core::{
     Claim, Clock, Fence, IdempotencyRepository, Lease, RawValue, RecordId, ReservationStore,
 };
 use idempotency_redis::{ConnectOptions, RedisStore};
-use idempotency_testkit::contract;
 use idempotency_testkit::resp::{self, Reply};
 use idempotency_testkit::sentinel::RedisSentinel;
 
@@ -94,7 +93,9 @@ async fn the_store_works_through_sentinel() {
     assert_eq!(done.result().get(), "{\"done\":true}");
 
     // And the whole store contract, through sentinel.
-    contract::all(&store).await;
+    idempotency_contract::repository::all(&store).await;
+    idempotency_contract::bulk::all(&store).await;
+    idempotency_contract::reservation::all(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

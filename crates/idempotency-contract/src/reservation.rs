@@ -1,7 +1,6 @@
-//! The reservation contract every store keeps (protocol v2), written once and run on
-//! each store: memory, Redis standalone, Redis cluster (and, for what it can promise,
-//! the unfenced fallback). Each function checks one rule of
-//! [`idempotency_core::ReservationStore`] and panics when it is broken.
+//! The reservation contract (protocol v2): what every [`ReservationStore`] keeps. Each
+//! function checks one rule and panics when it is broken; [`all`] runs them in turn.
+//! (The unfenced fallback keeps only part of it; its tests name the checks it runs.)
 
 use std::time::Duration;
 
@@ -9,13 +8,14 @@ use idempotency_core::{
     Claim, Clock, Fence, IdempotencyRecord, KeyWatch, Lease, RawValue, RecordId, ReservationStore,
 };
 
-use crate::unique_key;
+use crate::fresh_id;
+use crate::join::futures_join;
 
 const LONG: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(600);
 
 fn fresh(op: &str) -> RecordId {
-    RecordId::new(op, &unique_key("contract")).expect("valid identifiers")
+    fresh_id(op)
 }
 
 fn raw(text: &str) -> Box<RawValue> {
@@ -372,31 +372,4 @@ pub async fn a_waiter_is_woken_by_completion_and_by_release<S: ReservationStore>
         watch.changed(Duration::from_secs(5)).await,
         "woken by the completion"
     );
-}
-
-/// Awaits every future (concurrently, on the current task).
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|v| v.expect("ready")).collect()
 }
