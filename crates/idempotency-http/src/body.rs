@@ -122,6 +122,11 @@ impl Body for Replay {
     }
 }
 
+/// A response body of the handler the layer can buffer (to store it) or pass on.
+pub trait HandlerBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HandlerBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use idempotency_coordinator::{
 use tower_layer::Layer;
 
 use crate::config::{Config, KeyRequirement, LayerStats, StorageDown, WhileInFlight};
+use crate::decision::HttpIdempotency;
 use crate::fingerprint::FingerprintBy;
 use crate::scope::ClientScope;
 use crate::service::IdempotencyService;
@@ -114,11 +115,19 @@ impl<S: ReservationStore> IdempotencyLayer<S> {
     }
 }
 
+impl<S> IdempotencyLayer<S> {
+    /// The layer's decisions without tower: the framework-neutral core its services run
+    /// (see [`HttpIdempotency`]), for a handler of another framework.
+    pub fn decisions(&self) -> HttpIdempotency<S> {
+        HttpIdempotency::new(self.coordinator.clone(), Arc::clone(&self.config))
+    }
+}
+
 impl<S, I> Layer<I> for IdempotencyLayer<S> {
     type Service = IdempotencyService<I, S>;
 
     fn layer(&self, inner: I) -> Self::Service {
-        IdempotencyService::new(inner, self.coordinator.clone(), Arc::clone(&self.config))
+        IdempotencyService::new(inner, self.decisions())
     }
 }
 

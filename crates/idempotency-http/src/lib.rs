@@ -34,6 +34,7 @@
 mod body;
 mod config;
 pub mod constants;
+mod decision;
 mod encoding;
 mod fingerprint;
 mod key;
@@ -45,15 +46,16 @@ mod scope;
 mod service;
 mod stored;
 
-pub use body::{BoxError, ResponseBody};
+pub use body::{BoxError, HandlerBody, ResponseBody};
 pub use config::{
     DEFAULT_DENY_HEADERS, KeyRequirement, LayerStats, StorageDown, StorePolicyFn, WhileInFlight,
 };
 pub use constants::DEFAULT_PROBLEM_BASE;
+pub use decision::{Admission, Admitted, HttpIdempotency, Plan};
 pub use fingerprint::FingerprintFn;
 pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use outcome::HttpOutcome;
 pub use policy::store_by_default;
 pub use problem::Problem;
 pub use scope::TenantFn;
-pub use service::{Handler, HandlerBody, IdempotencyService, RequestBody, ResponseFuture};
+pub use service::{Handler, IdempotencyService, RequestBody, ResponseFuture};

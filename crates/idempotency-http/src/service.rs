@@ -1,41 +1,35 @@
-//! The service: key → scope → fingerprint → coordinator call → stored or replayed response.
+//! The tower service: the layer's decisions ([`HttpIdempotency`]) driven for a tower
+//! `Service`, which reads the request body and runs the wrapped service as the handler.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use idempotency_coordinator::{Coordinator, ErrorClass, IdempotencyError, ReservationStore};
+use idempotency_coordinator::ReservationStore;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::{BoxError, Buffered, ResponseBody, boxed, buffer};
-use crate::config::{Config, KeyRequirement};
-use crate::fingerprint::fingerprint_by;
-use crate::key::{KeyProblem, parse_key};
+use crate::body::{BoxError, HandlerBody, ResponseBody, boxed};
+use crate::decision::{Admission, HttpIdempotency, marked};
 use crate::outcome::HttpOutcome;
 use crate::problem::Problem;
-use crate::scope::{client_scope, operation_label, storage_key, unrouted_label};
-use crate::stored::StoredResponse;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer).
 pub struct IdempotencyService<I, S> {
     inner: I,
-    coordinator: Coordinator<S>,
-    config: Arc<Config>,
+    decisions: HttpIdempotency<S>,
 }
 
 impl<I: Clone, S> Clone for IdempotencyService<I, S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            coordinator: self.coordinator.clone(),
-            config: Arc::clone(&self.config),
+            decisions: self.decisions.clone(),
         }
     }
 }
@@ -44,41 +38,20 @@ impl<I: fmt::Debug, S> fmt::Debug for IdempotencyService<I, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService")
             .field("inner", &self.inner)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+            .field("decisions", &self.decisions)
+            .finish()
     }
 }
 
 impl<I, S> IdempotencyService<I, S> {
-    pub(crate) fn new(inner: I, coordinator: Coordinator<S>, config: Arc<Config>) -> Self {
-        Self {
-            inner,
-            coordinator,
-            config,
-        }
+    pub(crate) fn new(inner: I, decisions: HttpIdempotency<S>) -> Self {
+        Self { inner, decisions }
     }
 }
 
 /// The future of [`IdempotencyService`].
 pub type ResponseFuture<E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, E>> + Send + 'static>>;
-
-/// How the handler's run ended, as the coordinator sees it: `Ok` is stored, every `Err`
-/// releases the key.
-enum ActionError<E> {
-    /// The coordinator refused or failed the call.
-    Idempotency(IdempotencyError),
-    /// A response that is returned to this client but not stored.
-    NotStored(Response<ResponseBody>),
-    /// The inner service failed.
-    Service(E),
-}
-
-impl<E> From<IdempotencyError> for ActionError<E> {
-    fn from(e: IdempotencyError) -> Self {
-        Self::Idempotency(e)
-    }
-}
 
 /// The wrapped service as the layer drives it: it answers `Request<ReqB>` with a
 /// `Response<ResB>`, and it and its future move into a spawned task (the handler runs
@@ -112,11 +85,6 @@ impl<B> RequestBody for B where
 {
 }
 
-/// A response body of the handler the layer can buffer (to store it) or pass on.
-pub trait HandlerBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
-
-impl<B> HandlerBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
-
 impl<I, S, ReqB, ResB> Service<Request<ReqB>> for IdempotencyService<I, S>
 where
     // The `Service` bound names `ResB` for the impl (a bound's own parameters do not).
@@ -138,8 +106,7 @@ where
         // this request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let coordinator = self.coordinator.clone();
-        let config = Arc::clone(&self.config);
+        let decisions = self.decisions.clone();
         let span = tracing::info_span!(
             "idempotency_http",
             method = %request.method(),
@@ -147,7 +114,7 @@ where
         );
         Box::pin(
             async move {
-                let mut response = handle(inner, coordinator, config, request).await?;
+                let mut response = handle(inner, &decisions, request).await?;
                 let outcome = response
                     .extensions()
                     .get::<HttpOutcome>()
@@ -162,16 +129,11 @@ where
     }
 }
 
-/// A response carrying the layer's outcome as an extension.
-fn marked(mut response: Response<ResponseBody>, outcome: HttpOutcome) -> Response<ResponseBody> {
-    response.extensions_mut().insert(outcome);
-    response
-}
-
+/// The layer's steps on one request (see [`HttpIdempotency`]): admit, read the body,
+/// plan, run the handler under the coordinator.
 async fn handle<I, S, ReqB, ResB>(
     mut inner: I,
-    coordinator: Coordinator<S>,
-    config: Arc<Config>,
+    decisions: &HttpIdempotency<S>,
     request: Request<ReqB>,
 ) -> Result<Response<ResponseBody>, I::Error>
 where
@@ -180,152 +142,33 @@ where
     ReqB: RequestBody,
     ResB: HandlerBody,
 {
-    let problem = |p: Problem| {
-        Ok(marked(
-            p.response(&config.problem_base, config.retry_after),
-            p.outcome(),
-        ))
-    };
-    if !config.methods.contains(request.method()) {
-        return pass_through(inner, request).await;
-    }
-    let key = match parse_key(
-        &request.headers().get_all(&config.key_header),
-        config.max_key_chars,
-    ) {
-        Ok(Some(key)) => key,
-        Ok(None) => {
-            return match config.requirement {
-                KeyRequirement::Required => problem(Problem::KeyMissing),
-                KeyRequirement::Optional => pass_through(inner, request).await,
-            };
-        }
-        Err(KeyProblem::Repeated) => return problem(Problem::KeyRepeated),
-        Err(
-            KeyProblem::Empty | KeyProblem::TooLong | KeyProblem::NotUtf8 | KeyProblem::Malformed,
-        ) => {
-            return problem(Problem::KeyMalformed);
-        }
-    };
     let (mut parts, body) = request.into_parts();
-    let body = match Limited::new(body, config.max_request_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return problem(Problem::RequestTooLarge),
-        Err(e) => {
-            tracing::debug!(error = %e, "request body failed while being read");
-            return problem(Problem::KeyMalformed);
+    let admitted = match decisions.admit(&parts) {
+        Admission::Idempotent(admitted) => admitted,
+        Admission::Refuse(response) => return Ok(response),
+        Admission::Bypass => {
+            return pass_through(inner, Request::from_parts(parts, body)).await;
         }
     };
-    // The route: configured, or axum's matched route, both bounded sets; else the URI
-    // path, which is unbounded: it then decides the storage key (keys of two paths never
-    // meet) but not the label (metrics, the readable part of the Redis key).
-    let known_route = config.operation.clone().or_else(|| matched_path(&parts));
-    let operation = match &known_route {
-        Some(route) => operation_label(&parts.method, route),
-        None => unrouted_label(&parts.method),
+    let body = match read_body(body, decisions.max_request_body()).await {
+        Ok(body) => body,
+        Err(problem) => return Ok(decisions.refusal(problem)),
     };
-    let route = known_route.unwrap_or_else(|| parts.uri.path().to_owned());
-    let scope = client_scope(&config.scope, &parts);
-    let storage_key = storage_key(scope.as_deref(), &parts.method, &route, &key);
-    let fingerprint = fingerprint_by(
-        &config.fingerprint_by,
-        &parts,
-        &config.fingerprint_headers,
-        &body,
-    );
-    // What the handler sees: it runs only when the layer executes the request.
-    parts.extensions.insert(HttpOutcome::Executed);
+    let plan = decisions.plan(&mut parts, &admitted, &body);
     let request = Request::from_parts(parts, ReqB::from(body));
-
-    let action = {
-        let config = Arc::clone(&config);
-        move || async move { run_handler(&mut inner, request, &config).await }
-    };
-    let mut call = coordinator
-        .call(&operation, Some(&storage_key))
-        .fingerprint(fingerprint)
-        .in_flight(config.in_flight)
-        .on_storage_error(config.on_storage_error);
-    if let Some(ttl) = config.ttl {
-        call = call.ttl(ttl);
-    }
-    if let Some(max_wait) = config.max_wait {
-        call = call.max_wait(max_wait);
-    }
-    match call.run_detached_with_outcome(action).await {
-        Ok((stored, outcome)) => {
-            let outcome = HttpOutcome::from(outcome);
-            match stored.into_response(&config.replayed_header) {
-                Some(response) => {
-                    tracing::debug!(operation, %outcome, "idempotent response");
-                    Ok(marked(response, outcome))
-                }
-                None => {
-                    tracing::error!(operation, "stored response cannot be replayed");
-                    problem(Problem::Internal)
-                }
-            }
-        }
-        // Returned to this client, not stored: the handler ran.
-        Err(ActionError::NotStored(response)) => Ok(marked(response, HttpOutcome::Executed)),
-        Err(ActionError::Service(e)) => Err(e),
-        Err(ActionError::Idempotency(e)) => problem(match e.class() {
-            ErrorClass::Conflict => Problem::KeyInFlight,
-            ErrorClass::KeyReuse => Problem::KeyReused,
-            ErrorClass::Storage => Problem::StorageUnavailable,
-            _ => {
-                tracing::error!(operation, error = %e.log_message(), "idempotent request failed");
-                Problem::Internal
-            }
-        }),
-    }
+    decisions
+        .run(&plan, move || async move { inner.call(request).await })
+        .await
 }
 
-/// Runs the inner service and decides whether its response is stored.
-async fn run_handler<I, ReqB, ResB>(
-    inner: &mut I,
-    request: Request<ReqB>,
-    config: &Config,
-) -> Result<StoredResponse, ActionError<I::Error>>
-where
-    I: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: HandlerBody,
-{
-    let response = inner.call(request).await.map_err(ActionError::Service)?;
-    let (parts, body) = response.into_parts();
-    let storable = (config.store_policy)(parts.status);
-    match buffer(body, config.max_response_body).await {
-        Buffered::Complete(bytes) if storable => Ok(StoredResponse::new(
-            parts,
-            bytes,
-            &config.deny_headers,
-            &config.replayed_header,
-        )),
-        Buffered::Complete(bytes) => {
-            config.stats.count_not_stored(false);
-            tracing::debug!(
-                status = parts.status.as_u16(),
-                "response not stored by the policy; key released"
-            );
-            Err(ActionError::NotStored(Response::from_parts(
-                parts,
-                crate::body::full(bytes),
-            )))
-        }
-        Buffered::PassThrough(body) => {
-            config.stats.count_not_stored(true);
-            tracing::warn!(
-                limit = config.max_response_body,
-                "response body over the limit or with trailers: returned, not stored; key released"
-            );
-            Err(ActionError::NotStored(Response::from_parts(parts, body)))
-        }
-        Buffered::Failed(e) => {
-            config.stats.count_not_stored(false);
-            tracing::warn!(error = %e, "response body failed; key released");
-            Err(ActionError::NotStored(
-                Problem::Internal.response(&config.problem_base, config.retry_after),
-            ))
+/// The request body, read up to `limit` bytes (the fingerprint needs all of it).
+async fn read_body<ReqB: RequestBody>(body: ReqB, limit: usize) -> Result<Bytes, Problem> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(Problem::RequestTooLarge),
+        Err(e) => {
+            tracing::debug!(error = %e, "request body failed while being read");
+            Err(Problem::KeyMalformed)
         }
     }
 }
@@ -343,17 +186,4 @@ where
         inner.call(request).await?.map(boxed),
         HttpOutcome::Bypassed,
     ))
-}
-
-#[cfg(feature = "axum")]
-fn matched_path(parts: &http::request::Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-}
-
-#[cfg(not(feature = "axum"))]
-fn matched_path(_: &http::request::Parts) -> Option<String> {
-    None
 }

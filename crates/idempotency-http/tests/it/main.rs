@@ -11,3 +11,4 @@ mod faults;
 mod outcomes;
 mod safety;
 mod storage;
+mod without_tower;
