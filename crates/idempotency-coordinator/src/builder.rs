@@ -37,17 +37,25 @@ use crate::settings::{IdempotencySettings, operation_ttl_problems};
 /// # Ok(()) }
 /// ```
 pub struct CoordinatorBuilder<S> {
+    // Only typed fields: `settings()` translates a settings value into them once, and
+    // every setter writes the same fields, so the last call wins whatever its kind, and
+    // `build` checks one set of values.
     store: S,
     policy: IdempotencyDomainService,
+    // Why the policy of the last `settings()` could not be made (then `policy` is the
+    // one before); cleared by `policy()`.
+    policy_problems: Vec<FieldProblem>,
+    // The settings' problems no setter replaces (the key prefix).
+    settings_problems: Vec<FieldProblem>,
     metrics: Arc<dyn IdempotencyMetrics>,
-    settings: IdempotencySettings,
-    // Set by `lease()`; wins over the settings' whole seconds.
-    lease: Option<Duration>,
-    // Set by `operation_ttl()`, exactly; each wins over the settings' whole seconds.
+    enabled: bool,
+    in_flight: InFlight,
+    on_storage_error: OnStorageError,
+    lease: Duration,
+    // The field `lease` came from, for its problems: `lease` or the settings'
+    // `in_flight_lease_seconds`.
+    lease_field: LeaseField,
     operation_ttls: HashMap<String, Duration>,
-    // Whether `policy()` set the policy after the settings (then it is the one TTL
-    // bounds are checked against).
-    policy_given: bool,
     safety_poll: Duration,
     clock: Clock,
     on_record_created: Option<Arc<RecordCreatedHook>>,
@@ -60,8 +68,11 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CoordinatorBuilder<S> {
         f.debug_struct("CoordinatorBuilder")
             .field("store", &self.store)
             .field("policy", &self.policy)
-            .field("settings", &self.settings)
+            .field("enabled", &self.enabled)
+            .field("in_flight", &self.in_flight)
+            .field("on_storage_error", &self.on_storage_error)
             .field("lease", &self.lease)
+            .field("operation_ttls", &self.operation_ttls)
             .field("on_record_created", &self.on_record_created.is_some())
             .field("coalesce", &self.coalesce)
             .finish_non_exhaustive()
@@ -77,14 +88,19 @@ impl<S: ReservationStore> Coordinator<S> {
 
 impl<S: ReservationStore> CoordinatorBuilder<S> {
     fn new(store: S) -> Self {
+        let defaults = IdempotencySettings::default();
         Self {
             store,
             policy: IdempotencyDomainService::default(),
+            policy_problems: Vec::new(),
+            settings_problems: Vec::new(),
             metrics: Arc::new(NoopMetrics),
-            settings: IdempotencySettings::default(),
-            lease: None,
+            enabled: defaults.enabled,
+            in_flight: defaults.in_flight,
+            on_storage_error: defaults.on_storage_error,
+            lease: defaults.lease(),
+            lease_field: LeaseField::Settings,
             operation_ttls: HashMap::new(),
-            policy_given: false,
             safety_poll: WAIT_SAFETY_POLL,
             clock: Clock::system(),
             on_record_created: None,
@@ -135,21 +151,21 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     #[must_use]
     pub fn policy(mut self, policy: IdempotencyDomainService) -> Self {
         self.policy = policy;
-        self.policy_given = true;
+        self.policy_problems.clear();
         self
     }
 
     /// Turns the coordinator on or off (off: every call just runs its action).
     #[must_use]
     pub fn enabled(mut self, enabled: bool) -> Self {
-        self.settings.enabled = enabled;
+        self.enabled = enabled;
         self
     }
 
     /// What concurrent duplicates get (default [`InFlight::Wait`]).
     #[must_use]
     pub fn in_flight(mut self, mode: InFlight) -> Self {
-        self.settings.in_flight = mode;
+        self.in_flight = mode;
         self
     }
 
@@ -157,14 +173,15 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// refuses one under 1 s.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
+        self.lease = lease;
+        self.lease_field = LeaseField::Builder;
         self
     }
 
     /// What a call gets when the store fails before the action (default run).
     #[must_use]
     pub fn on_storage_error(mut self, mode: OnStorageError) -> Self {
-        self.settings.on_storage_error = mode;
+        self.on_storage_error = mode;
         self
     }
 
@@ -238,17 +255,30 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     }
 
     /// Takes every setting from `settings` (the key prefix and metrics switch belong to
-    /// the store and the wiring), the TTL policy and the lease included.
+    /// the store and the wiring), the TTL policy, the lease and the per-operation TTLs
+    /// included: each replaces what an earlier call set, and a later setter replaces it.
+    /// Invalid settings are reported by [`build`](Self::build), every problem at once.
     #[must_use]
     pub fn settings(mut self, settings: &IdempotencySettings) -> Self {
-        self.settings = settings.clone();
+        self.enabled = settings.enabled;
+        self.in_flight = settings.in_flight;
+        self.on_storage_error = settings.on_storage_error;
         self.coalesce = settings.coalesce;
-        self.lease = None;
-        self.operation_ttls.clear();
-        self.policy_given = false;
-        if let Ok(policy) = settings.domain_service() {
-            self.policy = policy;
+        match settings.domain_service() {
+            Ok(policy) => {
+                self.policy = policy;
+                self.policy_problems.clear();
+            }
+            Err(e) => self.policy_problems = e.problems().to_vec(),
         }
+        self.lease = settings.lease();
+        self.lease_field = LeaseField::Settings;
+        self.operation_ttls = settings
+            .operation_ttls
+            .iter()
+            .map(|(operation, secs)| (operation.clone(), Duration::from_secs(*secs)))
+            .collect();
+        self.settings_problems = settings.key_prefix_problems();
         self
     }
 
@@ -257,41 +287,15 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
     /// # Errors
     /// [`IdempotencyError::Validation`] listing every invalid setting.
     pub fn build(self) -> Result<Coordinator<S>> {
-        // One source of truth for TTL bounds: the policy the coordinator will use (the
-        // settings' own TTL fields only when they are that policy).
-        let mut problems = if self.policy_given {
-            self.settings
-                .operation_ttl_problems(self.policy.min_ttl(), self.policy.max_ttl())
-        } else {
-            match self.settings.validate() {
-                Ok(()) => Vec::new(),
-                Err(e) => e
-                    .problems()
-                    .iter()
-                    .filter(|p| p.field != "in_flight_lease_seconds")
-                    .cloned()
-                    .collect(),
-            }
-        };
+        let mut problems = self.settings_problems.clone();
+        problems.extend(self.policy_problems.iter().cloned());
+        // One source of truth for TTL bounds: the policy the coordinator will use.
         problems.extend(operation_ttl_problems(
             self.operation_ttls.iter().map(|(op, ttl)| (op, *ttl)),
             self.policy.min_ttl(),
             self.policy.max_ttl(),
         ));
-        match self.lease {
-            None => problems.extend(self.settings.lease_problems()),
-            Some(l) if l < MIN_IN_FLIGHT_LEASE => problems.push(FieldProblem::new(
-                "lease",
-                "greater_than_equal",
-                "must be at least 1 s",
-            )),
-            Some(l) if l > MAX_IN_FLIGHT_LEASE => problems.push(FieldProblem::new(
-                "lease",
-                "less_than_equal",
-                "must be at most a day",
-            )),
-            Some(_) => {}
-        }
+        problems.extend(self.lease_field.problems(self.lease));
         if !problems.is_empty() {
             return Err(IdempotencyError::validation(problems));
         }
@@ -300,24 +304,16 @@ impl<S: ReservationStore> CoordinatorBuilder<S> {
 
     /// Builds without validating: for settings known to be valid (the defaults).
     fn build_unchecked(self) -> Coordinator<S> {
-        let s = self.settings;
-        let lease = self.lease.unwrap_or_else(|| s.lease());
-        let operation_ttls: HashMap<String, Duration> = s
-            .operation_ttls
-            .into_iter()
-            .map(|(k, v)| (k, Duration::from_secs(v)))
-            .chain(self.operation_ttls)
-            .collect();
         Coordinator {
             inner: Arc::new(Inner {
                 store: self.store,
                 policy: self.policy,
                 metrics: self.metrics,
-                enabled: s.enabled,
-                in_flight: s.in_flight,
-                lease,
-                on_storage_error: s.on_storage_error,
-                operation_ttls,
+                enabled: self.enabled,
+                in_flight: self.in_flight,
+                lease: self.lease,
+                on_storage_error: self.on_storage_error,
+                operation_ttls: self.operation_ttls,
                 safety_poll: self.safety_poll,
                 clock: self.clock,
                 on_record_created: self.on_record_created,
@@ -333,5 +329,39 @@ impl Coordinator<MemoryStore> {
     /// default for tests and single-process services.
     pub fn in_memory() -> Self {
         CoordinatorBuilder::new(MemoryStore::new()).build_unchecked()
+    }
+}
+
+/// Where the lease came from, so its problems name the field the user set.
+#[derive(Debug, Clone, Copy)]
+enum LeaseField {
+    /// [`CoordinatorBuilder::lease`], to the millisecond.
+    Builder,
+    /// The settings' `in_flight_lease_seconds` (or the default).
+    Settings,
+}
+
+impl LeaseField {
+    /// The problems of `lease`: at least 1 s, at most a day.
+    fn problems(self, lease: Duration) -> Option<FieldProblem> {
+        let (field, low, high) = match self {
+            Self::Builder => (
+                "lease",
+                "must be at least 1 s",
+                "must be at most a day".to_owned(),
+            ),
+            Self::Settings => (
+                "in_flight_lease_seconds",
+                "must be at least 1",
+                format!("must be at most {}", MAX_IN_FLIGHT_LEASE.as_secs()),
+            ),
+        };
+        if lease < MIN_IN_FLIGHT_LEASE {
+            Some(FieldProblem::new(field, "greater_than_equal", low))
+        } else if lease > MAX_IN_FLIGHT_LEASE {
+            Some(FieldProblem::new(field, "less_than_equal", high))
+        } else {
+            None
+        }
     }
 }

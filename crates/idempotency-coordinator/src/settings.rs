@@ -85,13 +85,7 @@ impl IdempotencySettings {
             Ok(_) => Vec::new(),
             Err(e) => e.problems().to_vec(),
         };
-        if let Err(e) = idempotency_core::validate_key_prefix(&self.key_prefix) {
-            problems.push(idempotency_core::FieldProblem::new(
-                "key_prefix",
-                "value_error",
-                e.to_string(),
-            ));
-        }
+        problems.extend(self.key_prefix_problems());
         problems.extend(self.lease_problems());
         problems.extend(self.operation_ttl_problems(
             Duration::from_secs(self.min_ttl_seconds),
@@ -101,6 +95,18 @@ impl IdempotencySettings {
             Ok(())
         } else {
             Err(IdempotencyError::validation(problems))
+        }
+    }
+
+    /// The problems of the key prefix (see `validate_key_prefix`).
+    pub(crate) fn key_prefix_problems(&self) -> Vec<FieldProblem> {
+        match idempotency_core::validate_key_prefix(&self.key_prefix) {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![FieldProblem::new(
+                "key_prefix",
+                "value_error",
+                e.to_string(),
+            )],
         }
     }
 
