@@ -1,0 +1,26 @@
+//! The store's fixed names and bounds.
+
+use std::time::Duration;
+
+/// The table that holds the records (created by [`migrate`](crate::migrate)).
+pub const TABLE: &str = "idempotency_records";
+
+/// The `NOTIFY` channel completions, releases and deletes are announced on. The payload
+/// is the record's storage key: the store's key prefix, then `operation:key`.
+pub const NOTIFY_CHANNEL: &str = "idempotency_records";
+
+/// How many expired rows one [`PostgresStore::sweep_expired`](crate::PostgresStore::sweep_expired)
+/// call deletes at most, unless told otherwise.
+pub const DEFAULT_SWEEP_LIMIT: u32 = 1000;
+
+/// How long the pending row of a transactional call lives. Nobody else can see it while
+/// its transaction is open, so it only matters for a row left by a crash between
+/// statements of a non-transactional caller; kept short on purpose.
+pub const TRANSACTION_LEASE: Duration = Duration::from_secs(60);
+
+/// How often a claim re-runs its statement when it saw neither its own write nor a live
+/// row (a row committed by another claim after the statement took its snapshot).
+pub(crate) const MAX_CLAIM_ATTEMPTS: usize = 8;
+
+/// How often the listener task checks whether its store is gone.
+pub(crate) const LISTENER_CHECK_EVERY: Duration = Duration::from_secs(30);

@@ -1,0 +1,8 @@
+//! Integration tests of idempotency-postgres, against a Postgres server the testkit
+//! starts for this binary (a fresh database per test).
+
+mod claims;
+mod common;
+mod contract;
+mod repository;
+mod transactional;
