@@ -104,3 +104,8 @@ pub use transaction::{
     ActionFuture, FencingToken, InFlight, Outcome, RunError, TransactionOptions, TxContext,
 };
 pub use wake::PostgresWatch;
+
+// The README's example compiles (it needs a server to run).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -4,5 +4,6 @@
 mod claims;
 mod common;
 mod contract;
+mod coordinator;
 mod repository;
 mod transactional;
