@@ -13,11 +13,11 @@ WITH claimed AS (
             record = excluded.record, created_at = excluded.created_at,
             expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at
         WHERE r.expires_at <= statement_timestamp()
-    RETURNING r.record, r.fence, r.owner_token
+    RETURNING r.record, r.fence, r.status
 )
-SELECT true AS acquired, record, fence, owner_token FROM claimed
+SELECT true AS acquired, record, fence, status FROM claimed
 UNION ALL
-SELECT false, record, fence, owner_token FROM idempotency_records
+SELECT false, record, fence, status FROM idempotency_records
 WHERE key_prefix = $1 AND operation = $2 AND idempotency_key = $3
   AND expires_at > statement_timestamp()
   AND NOT EXISTS (SELECT 1 FROM claimed)

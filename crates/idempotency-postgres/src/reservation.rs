@@ -7,6 +7,8 @@
 //!   expiry there, on the server's clock;
 //! - a claim that found neither its own write nor a live row runs again (its snapshot
 //!   predates a row it waited for); it never answers from a stale read;
+//! - a pending row whose record no client can read is taken over only while it holds the
+//!   very text the claim read (compare and set); a finished one is never taken over;
 //! - `finish`, `renew` and `release` write only while the key holds the live pending
 //!   row carrying the lease's token (`finish` also into an empty or expired key).
 
@@ -44,7 +46,7 @@ impl PostgresStore {
     ) -> std::result::Result<Claimed, ClaimError> {
         // Any clock will do for the text: the statement writes the server's times.
         let pending = lease.pending_record(duration)?;
-        let text = RecordText::of(&pending)?;
+        let pending_text = RecordText::of(&pending)?;
         let operation = lease.operation();
         for _ in 0..MAX_CLAIM_ATTEMPTS {
             let row = self
@@ -54,8 +56,8 @@ impl PostgresStore {
                 .bind(lease.key())
                 .bind(lease.fingerprint())
                 .bind(lease.token())
-                .bind(&text.head)
-                .bind(&text.tail)
+                .bind(&pending_text.head)
+                .bind(&pending_text.tail)
                 .bind(micros(duration))
                 .fetch_optional(&mut *conn)
                 .await
@@ -64,12 +66,29 @@ impl PostgresStore {
             // claim we waited for); a new statement sees it.
             let Some(row) = row else { continue };
             let acquired: bool = row.try_get(0).map_err(ClaimError::Sql)?;
-            let record: String = row.try_get(1).map_err(ClaimError::Sql)?;
+            let text: String = row.try_get(1).map_err(ClaimError::Sql)?;
             let fence: i64 = row.try_get(2).map_err(ClaimError::Sql)?;
+            let status: String = row.try_get(3).map_err(ClaimError::Sql)?;
             if acquired {
                 return Ok(Claimed::Acquired(fence));
             }
-            let record = decode(&record, operation, lease.key())?;
+            let record = match decode(&text, operation, lease.key()) {
+                Ok(record) => record,
+                // A reservation nobody can read holds nothing: take it over, only if its
+                // text is still the one we read; else look again.
+                Err(_) if status == "pending" => {
+                    match self
+                        .take_over(conn, lease, duration, &pending_text, &text)
+                        .await?
+                    {
+                        Some(fence) => return Ok(Claimed::Acquired(fence)),
+                        None => continue,
+                    }
+                }
+                // A finished record that cannot be read is refused, never taken over: its
+                // action ran.
+                Err(e) => return Err(e.into()),
+            };
             // Our own live reservation (a claim sent again) is ours.
             return Ok(if holds_lease(&record, lease.token()) {
                 Claimed::Acquired(fence)
@@ -82,6 +101,34 @@ impl PostgresStore {
             "the claim found the key changing under it on every attempt",
         )
         .into())
+    }
+
+    /// Takes over the pending row that holds exactly `unreadable`; its fence when taken.
+    async fn take_over(
+        &self,
+        conn: &mut PgConnection,
+        lease: &Lease,
+        duration: Duration,
+        pending: &RecordText,
+        unreadable: &str,
+    ) -> std::result::Result<Option<i64>, ClaimError> {
+        let row = self
+            .query(statements::TAKEOVER)
+            .bind(self.prefix())
+            .bind(lease.operation())
+            .bind(lease.key())
+            .bind(lease.fingerprint())
+            .bind(lease.token())
+            .bind(&pending.head)
+            .bind(&pending.tail)
+            .bind(micros(duration))
+            .bind(unreadable)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(ClaimError::Sql)?;
+        row.map(|row| row.try_get(0))
+            .transpose()
+            .map_err(ClaimError::Sql)
     }
 
     /// The fenced write of a final record, on `conn`.

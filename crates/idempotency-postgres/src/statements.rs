@@ -13,13 +13,18 @@
 //!   deletes, and are delivered when its transaction commits.
 
 /// Params: 1 prefix, 2 operation, 3 key, 4 fingerprint, 5 owner token, 6 head, 7 tail,
-/// 8 lease (µs). Rows: `acquired`, `record`, `fence`, `owner_token`; none when the row
+/// 8 lease (µs). Rows: `acquired`, `record`, `fence`, `status`; none when the row
 /// that stopped the insert was committed after this statement's snapshot (run it again).
 ///
 /// Under READ COMMITTED the fallback read sees the statement's snapshot, which may miss
 /// a row another claim committed while this one waited on it; `ON CONFLICT` itself sees
 /// that row, so the statement returns nothing rather than a wrong answer.
 pub(crate) const CLAIM: &str = include_str!("../sql/claim.sql");
+
+/// Params: as [`CLAIM`], and 9 the record text a claim found and could not decode. Takes
+/// over a pending row holding exactly that text (nobody can hold a key through a record
+/// no client can read); a finished row is never taken over. A row (`fence`) when taken.
+pub(crate) const TAKEOVER: &str = include_str!("../sql/takeover.sql");
 
 /// Params: 1 prefix, 2 operation, 3 key, 4 owner token, 5 status, 6 fingerprint, 7 head,
 /// 8 tail, 9 TTL (µs), 10 channel, 11 payload. One row: `written` (0/1), `woken`,
@@ -63,8 +68,9 @@ pub(crate) const SWEEP: &str = include_str!("../sql/sweep.sql");
 
 /// Params: 1 the record's storage key. Waits for, or tries, the transaction-scoped
 /// advisory lock of a key (transactional calls only; released at commit or rollback).
-pub(crate) const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+/// The seed (`idem` in ASCII) keeps these lock numbers apart from an application's own.
+pub(crate) const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 1768187245))";
 
 /// Params: 1 the record's storage key. One row: `locked`.
 pub(crate) const TRY_LOCK_KEY: &str =
-    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked";
+    "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 1768187245)) AS locked";

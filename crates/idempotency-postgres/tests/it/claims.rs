@@ -317,3 +317,47 @@ async fn a_claim_is_one_statement() {
         "one statement per claim, acquired or found"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_reservation_is_taken_over_and_an_unreadable_result_never() {
+    let f = fixture().await;
+    let plant = |key: String, status: &'static str| {
+        let pool = f.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO idempotency_records VALUES ('idempotency:', 'claims.unreadable', $1,
+                 $2, NULL, 'someone', 1, '{\"cut short', statement_timestamp(),
+                 statement_timestamp() + interval '1 hour', NULL)",
+            )
+            .bind(key)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .expect("plant a row");
+        }
+    };
+    let pending = record_id("claims.unreadable", &unique_key("pending"));
+    plant(pending.key().to_owned(), "pending").await;
+    let (owners, found) = claim_from_many(&f.store, &pending, 16).await;
+    assert_eq!(owners.len(), 1, "taken over by exactly one");
+    assert!(found.iter().all(|r| r.owner() == Some(owners[0].token())));
+    let finished = record_id("claims.unreadable", &unique_key("finished"));
+    plant(finished.key().to_owned(), "completed").await;
+    let lease = Lease::new(finished.clone(), None, Clock::system());
+    let refused = f.store.claim(&lease, LEASE).await;
+    assert!(
+        matches!(
+            refused,
+            Err(idempotency_core::IdempotencyError::CorruptedRecord { .. })
+        ),
+        "{refused:?}"
+    );
+    let (status, _, text) = row_of(&f.pool, finished.operation(), finished.key())
+        .await
+        .expect("row");
+    assert_eq!(
+        (status.as_str(), text.as_str()),
+        ("completed", "{\"cut short"),
+        "left alone"
+    );
+}

@@ -24,3 +24,16 @@ async fn migrating_again_and_concurrently_changes_nothing() {
         .expect("versions");
     assert_eq!(versions, vec![idempotency_postgres::SCHEMA_VERSION]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_contract_holds_with_unnamed_statements_and_a_listener_of_its_own() {
+    // What a deployment behind a transaction-pooling PgBouncer configures.
+    let f = fixture().await;
+    let config = idempotency_postgres::StoreConfig::new()
+        .with_key_prefix("bouncer:")
+        .expect("prefix")
+        .with_statements(idempotency_postgres::Statements::Unnamed)
+        .with_listener(idempotency_postgres::ListenerSource::Url(f.db.url()));
+    let store = idempotency_postgres::PostgresStore::with_config(f.pool.clone(), config);
+    idempotency_testkit::contract::all(&store).await;
+}
