@@ -13,10 +13,11 @@ pub const NOTIFY_CHANNEL: &str = "idempotency_records";
 /// call deletes at most, unless told otherwise.
 pub const DEFAULT_SWEEP_LIMIT: u32 = 1000;
 
-/// How long the pending row of a transactional call lives. Nobody else can see it while
-/// its transaction is open, so it only matters for a row left by a crash between
-/// statements of a non-transactional caller; kept short on purpose.
-pub const TRANSACTION_LEASE: Duration = Duration::from_secs(60);
+/// How long the pending row of a transactional call lives: the longest lease the kit
+/// allows. The row is never committed as pending (the completion replaces it in the
+/// same transaction) and nobody else sees it while the transaction is open, so it must
+/// simply not expire under a long action: the completion checks that it still holds it.
+pub const TRANSACTION_LEASE: Duration = idempotency_core::constants::MAX_IN_FLIGHT_LEASE;
 
 /// How often a claim re-runs its statement when it saw neither its own write nor a live
 /// row (a row committed by another claim after the statement took its snapshot).

@@ -47,6 +47,14 @@ impl<'a> TxContext<'a> {
 }
 
 /// How a transactional call ended well.
+///
+/// # Examples
+/// ```
+/// use idempotency_postgres::Outcome;
+/// let replayed = Outcome::Replayed(7);
+/// assert!(replayed.is_replayed());
+/// assert_eq!(replayed.into_value(), 7);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
     /// The action ran; its writes and the record committed together.
@@ -82,6 +90,16 @@ impl<T> Outcome<T> {
 }
 
 /// Why a transactional call failed. In every case nothing of this call was committed.
+///
+/// # Examples
+/// ```
+/// use idempotency_core::IdempotencyError;
+/// use idempotency_postgres::RunError;
+/// let busy: RunError<std::io::Error> = IdempotencyError::in_progress("op", "k").into();
+/// assert!(busy.as_idempotency().is_some());
+/// let failed: RunError<&str> = RunError::Action("declined");
+/// assert_eq!(failed.into_action(), Some("declined"));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RunError<E> {
