@@ -30,8 +30,8 @@ impl Statements {
 /// Where the `LISTEN` connection of a store comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ListenerSource {
-    /// A connection taken from the store's pool and kept (right for direct connections
-    /// and session pooling).
+    /// A connection taken from the store's pool and kept for good (right for direct
+    /// connections and session pooling): size the pool one larger.
     #[default]
     Pool,
     /// A connection of its own to this URL: behind `PgBouncer` in transaction pooling,

@@ -111,6 +111,12 @@ async fn listen(mut listener: PgListener, dispatcher: Weak<Dispatcher>) {
             // The connection was lost; the next call reconnects and listens again.
             // Whatever was sent meanwhile is gone: every watch re-reads its key.
             Ok(Ok(None)) => dispatcher.wake_all(),
+            // The application closed the pool: no connection will come back. Waiters
+            // keep their safety poll (which then fails as every call on the pool does).
+            Ok(Err(sqlx::Error::PoolClosed)) => {
+                dispatcher.wake_all();
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the LISTEN connection failed; retrying in 1 s");
                 dispatcher.wake_all();

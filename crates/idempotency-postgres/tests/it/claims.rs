@@ -7,7 +7,7 @@ use idempotency_core::{
 };
 use idempotency_testkit::{record_id, unique_key};
 
-use crate::common::{expire, fixture, row_of};
+use crate::common::{executed, expire, fixture, logged_connection, row_of};
 
 const LEASE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(600);
@@ -263,34 +263,8 @@ async fn the_stored_text_is_the_record_encoders_and_fences_grow_per_owner() {
 async fn a_claim_is_one_statement() {
     let f = fixture().await;
     // Counted in the server's log: every statement a connection of our own executes.
-    sqlx::query(&format!(
-        "ALTER DATABASE {} SET log_statement = 'all'",
-        f.db.name()
-    ))
-    .execute(&f.pool)
-    .await
-    .expect("log statements");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(&f.db.url())
-        .await
-        .expect("connect");
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&pool)
-        .await
-        .expect("pid");
+    let (pool, pid) = logged_connection(&f).await;
     let store = idempotency_postgres::PostgresStore::new(pool);
-    let log = f.db.server().log_path();
-    let executed = || {
-        let text = std::fs::read_to_string(&log).expect("read the log");
-        let tag = format!("[{pid}] LOG:  ");
-        text.lines()
-            .filter(|l| {
-                l.contains(&tag) && (l.contains("LOG:  execute") || l.contains("LOG:  statement"))
-            })
-            .count()
-    };
     let warm = Lease::new(
         record_id("claims.count", &unique_key("warm")),
         None,
@@ -298,7 +272,7 @@ async fn a_claim_is_one_statement() {
     );
     store.claim(&warm, LEASE).await.expect("warm up");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = executed();
+    let before = executed(&f, pid).len();
     let id = record_id("claims.count", &unique_key("count"));
     let lease = Lease::new(id.clone(), None, Clock::system());
     assert_eq!(
@@ -312,7 +286,7 @@ async fn a_claim_is_one_statement() {
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        executed() - before,
+        executed(&f, pid).len() - before,
         2,
         "one statement per claim, acquired or found"
     );

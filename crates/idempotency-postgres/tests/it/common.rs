@@ -56,3 +56,36 @@ pub(crate) async fn expire(pool: &PgPool, operation: &str, key: &str) {
     .await
     .expect("expire the row");
 }
+
+/// A pool of one connection to the fixture's database whose statements the server logs,
+/// and that connection's backend pid.
+pub(crate) async fn logged_connection(f: &Fixture) -> (PgPool, i32) {
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET log_statement = 'all'",
+        f.db.name()
+    ))
+    .execute(&f.pool)
+    .await
+    .expect("log statements");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&f.db.url())
+        .await
+        .expect("connect");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("pid");
+    (pool, pid)
+}
+
+/// The statements the backend `pid` executed so far, as the server logged them.
+pub(crate) fn executed(f: &Fixture, pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(f.db.server().log_path()).expect("read the log");
+    let tag = format!("[{pid}] LOG:  ");
+    text.lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest.to_owned()))
+        .filter(|l| l.starts_with("execute") || l.starts_with("statement"))
+        .collect()
+}

@@ -37,3 +37,38 @@ async fn the_contract_holds_with_unnamed_statements_and_a_listener_of_its_own() 
     let store = idempotency_postgres::PostgresStore::with_config(f.pool.clone(), config);
     idempotency_testkit::contract::all(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unnamed_statements_are_never_prepared_by_name() {
+    let f = fixture().await;
+    let (pool, pid) = crate::common::logged_connection(&f).await;
+    let config = idempotency_postgres::StoreConfig::new()
+        .with_statements(idempotency_postgres::Statements::Unnamed);
+    let store = idempotency_postgres::PostgresStore::with_config(pool, config);
+    let lease = idempotency_core::Lease::new(
+        idempotency_testkit::record_id("contract.unnamed", &idempotency_testkit::unique_key("u")),
+        None,
+        idempotency_core::Clock::system(),
+    );
+    let long = std::time::Duration::from_secs(30);
+    idempotency_core::ReservationStore::claim(&store, &lease, long)
+        .await
+        .expect("claim");
+    idempotency_core::ReservationStore::renew(&store, &lease, long)
+        .await
+        .expect("renew");
+    idempotency_core::ReservationStore::release(&store, &lease)
+        .await
+        .expect("release");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let executed = crate::common::executed(&f, pid);
+    let ours: Vec<&String> = executed
+        .iter()
+        .filter(|l| !l.contains("pg_backend_pid"))
+        .collect();
+    assert_eq!(ours.len(), 3, "{executed:#?}");
+    assert!(
+        ours.iter().all(|l| l.starts_with("execute <unnamed>")),
+        "{ours:#?}"
+    );
+}
