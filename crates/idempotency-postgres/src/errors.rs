@@ -2,9 +2,9 @@
 
 use idempotency_core::IdempotencyError;
 
-/// SQLSTATE classes where the server answered but refused the statement for a reason
-/// of its own state (read-only, out of resources, …); anything else the server answers
-/// is refused as well, with its code.
+/// A failed statement as the kit's error: refused (the server answered with an error,
+/// named by its SQLSTATE: read-only, out of resources, a lock timeout, …) or a storage
+/// failure (no connection, I/O, a timeout of the pool).
 pub(crate) fn storage_error(operation: Option<&str>, error: sqlx::Error) -> IdempotencyError {
     match &error {
         sqlx::Error::Database(db) => {

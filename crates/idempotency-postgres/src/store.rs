@@ -10,7 +10,7 @@ use idempotency_core::{
 };
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgExecutor, PgPool, Postgres, Row};
 
 use crate::config::StoreConfig;
 use crate::constants::NOTIFY_CHANNEL;
@@ -182,8 +182,14 @@ impl Columns {
 }
 
 impl PostgresStore {
-    /// Inserts the records whose keys are free (or expired); returns the keys written.
-    async fn insert(&self, columns: Columns, operation: &str) -> Result<Vec<String>> {
+    /// Inserts the records whose keys are free (or expired), on `executor` (the pool,
+    /// or a transaction); returns the keys written.
+    async fn insert<'e>(
+        &self,
+        executor: impl PgExecutor<'e>,
+        columns: Columns,
+        operation: &str,
+    ) -> Result<Vec<String>> {
         let rows = self
             .query(statements::SAVE)
             .bind(self.prefix())
@@ -194,7 +200,7 @@ impl PostgresStore {
             .bind(columns.owners)
             .bind(columns.records)
             .bind(columns.ttls)
-            .fetch_all(self.pool())
+            .fetch_all(executor)
             .await
             .map_err(|e| storage_error(Some(operation), e))?;
         rows.iter()
@@ -243,7 +249,9 @@ impl IdempotencyRepository for PostgresStore {
     async fn save(&self, record: &IdempotencyRecord) -> Result<()> {
         let mut columns = Columns::default();
         columns.push(record, write_ttl(record)?);
-        let written = self.insert(columns, record.operation()).await?;
+        let written = self
+            .insert(self.pool(), columns, record.operation())
+            .await?;
         if written.is_empty() {
             return Err(IdempotencyError::collision(
                 record.operation(),
@@ -330,43 +338,19 @@ impl BulkRepository for PostgresStore {
         } else if options.rollback_on_error {
             // One transaction: on any trouble nothing this call wrote stays, and nothing
             // else was touched (the insert wrote only free or expired keys).
-            let mut tx = self
-                .pool()
-                .begin()
-                .await
-                .map_err(|e| storage_error(Some(operation), e))?;
-            let rows = self
-                .query(statements::SAVE)
-                .bind(self.prefix())
-                .bind(columns.operations)
-                .bind(columns.keys)
-                .bind(columns.statuses)
-                .bind(columns.fingerprints)
-                .bind(columns.owners)
-                .bind(columns.records)
-                .bind(columns.ttls)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| storage_error(Some(operation), e))?;
-            let saved: Vec<String> = rows
-                .iter()
-                .map(|row| row.try_get::<String, _>(0))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| row_error(Some(operation), e))?;
+            let fail = |e| storage_error(Some(operation), e);
+            let mut tx = self.pool().begin().await.map_err(fail)?;
+            let saved = self.insert(&mut *tx, columns, operation).await?;
             let trouble =
-                !invalid.is_empty() || saved.len() < wanted.len() || !collisions.is_empty();
+                !invalid.is_empty() || !collisions.is_empty() || saved.len() < wanted.len();
             if trouble {
-                tx.rollback()
-                    .await
-                    .map_err(|e| storage_error(Some(operation), e))?;
+                tx.rollback().await.map_err(fail)?;
             } else {
-                tx.commit()
-                    .await
-                    .map_err(|e| storage_error(Some(operation), e))?;
+                tx.commit().await.map_err(fail)?;
             }
             saved
         } else {
-            self.insert(columns, operation).await?
+            self.insert(self.pool(), columns, operation).await?
         };
         let written: HashSet<&str> = saved.iter().map(String::as_str).collect();
         collisions.extend(
