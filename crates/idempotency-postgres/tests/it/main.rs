@@ -7,3 +7,4 @@ mod contract;
 mod coordinator;
 mod repository;
 mod transactional;
+mod wake;
