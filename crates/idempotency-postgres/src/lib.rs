@@ -14,6 +14,8 @@
 //! - [`PostgresStore::run_in_transaction`]: the transactional mode, with
 //!   [`TransactionOptions`], [`InFlight`], [`Outcome`], [`RunError`], [`TxContext`] and
 //!   its [`FencingToken`];
+//! - [`PostgresStore::sweep_expired`] and [`PostgresStore::spawn_sweeper`] ([`Sweeper`]):
+//!   bounded removal of expired rows;
 //! - [`migrate`]: the schema (`migrations/*.sql`, embedded).
 //!
 //! # The schema
@@ -94,12 +96,14 @@ mod reservation;
 mod schema;
 mod statements;
 mod store;
+mod sweep;
 mod transaction;
 mod wake;
 
 pub use config::{ListenerSource, Statements, StoreConfig};
 pub use schema::{SCHEMA_VERSION, migrate};
 pub use store::PostgresStore;
+pub use sweep::Sweeper;
 pub use transaction::{
     ActionFuture, FencingToken, InFlight, Outcome, RunError, TransactionOptions, TxContext,
 };

@@ -87,31 +87,6 @@ impl PostgresStore {
         &self.inner.config
     }
 
-    /// Deletes up to `limit` expired rows (oldest expiry first) and returns how many.
-    /// Run it now and then (a timer, a cron job); claims never depend on it, since an
-    /// expired row counts as absent whether it was swept or not. It skips rows another
-    /// transaction holds, so it never waits for a claim.
-    ///
-    /// # Errors
-    /// Storage errors.
-    ///
-    /// # Examples
-    /// ```no_run
-    /// # async fn run(store: idempotency_postgres::PostgresStore) -> Result<(), idempotency_core::IdempotencyError> {
-    /// use idempotency_postgres::constants::DEFAULT_SWEEP_LIMIT;
-    /// while store.sweep_expired(DEFAULT_SWEEP_LIMIT).await? == u64::from(DEFAULT_SWEEP_LIMIT) {}
-    /// # Ok(()) }
-    /// ```
-    pub async fn sweep_expired(&self, limit: u32) -> Result<u64> {
-        let done = self
-            .query(statements::SWEEP)
-            .bind(i64::from(limit))
-            .execute(self.pool())
-            .await
-            .map_err(|e| storage_error(None, e))?;
-        Ok(done.rows_affected())
-    }
-
     /// A query of `sql` sent as the settings say (cached or unnamed).
     pub(crate) fn query<'q>(&self, sql: &'static str) -> Query<'q, Postgres, PgArguments> {
         sqlx::query(sql).persistent(self.inner.config.statements().persistent())

@@ -141,3 +141,43 @@ async fn the_sweep_deletes_expired_rows_in_bounded_batches_and_skips_locked_ones
         .expect("count");
     assert_eq!(left, 5, "live rows stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweeper_task_removes_expired_rows_until_dropped() {
+    let f = fixture().await;
+    let svc = IdempotencyDomainService::default();
+    for i in 0..25 {
+        let key = format!("swept-{i}");
+        f.store
+            .save(&svc.create_record("repo.sweeper", &key, &i).expect("record"))
+            .await
+            .expect("save");
+        expire(&f.pool, "repo.sweeper", &key).await;
+    }
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_records")
+            .fetch_one(&f.pool)
+            .await
+            .expect("count")
+    };
+    let sweeper = f.store.spawn_sweeper(Duration::from_millis(50), 10);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper removed every expired row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sweeper);
+    f.store
+        .save(
+            &svc.create_record("repo.sweeper", "late", &0)
+                .expect("record"),
+        )
+        .await
+        .expect("save");
+    expire(&f.pool, "repo.sweeper", "late").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count().await, 1, "a dropped sweeper sweeps no more");
+}
