@@ -1,7 +1,8 @@
 //! How a store names its keys and sends its statements.
 
-use idempotency_core::constants::DEFAULT_KEY_PREFIX;
 use idempotency_core::{Result, validate_key_prefix};
+
+use crate::constants::DEFAULT_KEY_PREFIX;
 
 /// How statements are sent to the server.
 ///

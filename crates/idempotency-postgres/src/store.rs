@@ -239,10 +239,8 @@ impl IdempotencyRepository for PostgresStore {
     async fn replace(&self, record: &IdempotencyRecord) -> Result<()> {
         let ttl = write_ttl(record)?;
         let operation = record.operation();
-        let mut payload = self.prefix().to_owned();
-        payload.push_str(operation);
-        payload.push(idempotency_core::constants::KEY_SEPARATOR);
-        payload.push_str(record.idempotency_key());
+        // The one call of `IdempotencyRecord::id` in this crate.
+        let payload = self.storage_key(&record.id());
         self.query(statements::REPLACE)
             .bind(self.prefix())
             .bind(operation)

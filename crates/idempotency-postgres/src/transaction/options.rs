@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use idempotency_core::constants::DEFAULT_TTL;
+use crate::constants::DEFAULT_TTL;
 
 /// What a transactional call does when another transaction holds its key (it claimed
 /// the key and has neither committed nor rolled back).
