@@ -8,9 +8,11 @@
 //! - [`resp`]: a tiny synchronous RESP client for inspecting servers from tests.
 //! - [`json_eq`]: JSON comparison by value that keeps integers of any size exact.
 //! - [`proxy`]: a loopback TCP proxy that can delay, drop or freeze traffic.
+//! - [`postgres`]: a throwaway Postgres server per test binary and a database per test
+//!   ([`postgres::TestDatabase`]).
 //!
-//! Where `redis-server` is missing, starting a server panics with an install hint: a
-//! test that needs Redis fails, it never passes by skipping.
+//! Where `redis-server` (or Postgres's `initdb`) is missing, starting a server panics
+//! with an install hint: a test that needs it fails, it never passes by skipping.
 
 // Test support panics by design: a failed set-up is a failed test.
 #![allow(clippy::missing_panics_doc)]
@@ -21,6 +23,7 @@ pub mod conformance;
 pub mod history;
 
 mod metrics;
+pub mod postgres;
 pub mod proxy;
 pub mod python;
 pub mod resp;

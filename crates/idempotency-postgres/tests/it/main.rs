@@ -1,0 +1,10 @@
+//! Integration tests of idempotency-postgres, against a Postgres server the testkit
+//! starts for this binary (a fresh database per test).
+
+mod claims;
+mod common;
+mod contract;
+mod coordinator;
+mod repository;
+mod transactional;
+mod wake;
