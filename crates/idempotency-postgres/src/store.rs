@@ -240,7 +240,7 @@ impl IdempotencyRepository for PostgresStore {
         let ttl = write_ttl(record)?;
         let operation = record.operation();
         // The one call of `IdempotencyRecord::id` in this crate.
-        let payload = self.storage_key(&record.id());
+        let payload = self.storage_key(record.id());
         self.query(statements::REPLACE)
             .bind(self.prefix())
             .bind(operation)

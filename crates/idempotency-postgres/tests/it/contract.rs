@@ -5,7 +5,9 @@ use crate::common::fixture;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_store_contract_holds() {
     let f = fixture().await;
-    idempotency_testkit::contract::all(&f.store).await;
+    idempotency_contract::repository::all(&f.store).await;
+    idempotency_contract::bulk::all(&f.store).await;
+    idempotency_contract::reservation::all(&f.store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,7 +37,9 @@ async fn the_contract_holds_with_unnamed_statements_and_a_listener_of_its_own() 
         .with_statements(idempotency_postgres::Statements::Unnamed)
         .with_listener(idempotency_postgres::ListenerSource::Url(f.db.url()));
     let store = idempotency_postgres::PostgresStore::with_config(f.pool.clone(), config);
-    idempotency_testkit::contract::all(&store).await;
+    idempotency_contract::repository::all(&store).await;
+    idempotency_contract::bulk::all(&store).await;
+    idempotency_contract::reservation::all(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
