@@ -34,6 +34,89 @@ pub async fn all<S: ReservationStore>(store: &S) {
     client_clocks_never_decide_liveness(store).await;
     a_waiter_is_woken_by_completion_and_by_release(store).await;
     every_storable_result_reads_back_as_a_record(store).await;
+    fencing_tokens_grow_with_every_new_owner(store).await;
+}
+
+/// Every owner of a key gets a fencing token larger than every earlier owner's, the same
+/// token each time it asks, and none once its reservation is gone (released, completed,
+/// or the key taken by another owner): a stalled owner cannot obtain a token that beats
+/// the newer owner's. Tokens keep growing after the key's records are deleted.
+pub async fn fencing_tokens_grow_with_every_new_owner<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.fence");
+    let first = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&first, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let a = store
+        .fencing_token(&first)
+        .await
+        .expect("fencing_token")
+        .expect("the owner gets a token");
+    assert_eq!(
+        store.fencing_token(&first).await.expect("fencing_token"),
+        Some(a),
+        "the same token each time the owner asks"
+    );
+    assert_eq!(store.renew(&first, LONG).await.expect("renew"), Fence::Held);
+    assert_eq!(
+        store.fencing_token(&first).await.expect("fencing_token"),
+        Some(a),
+        "a renewal keeps the token"
+    );
+    assert_eq!(store.release(&first).await.expect("release"), Fence::Held);
+    assert_eq!(
+        store.fencing_token(&first).await.expect("fencing_token"),
+        None,
+        "no token once the reservation is released"
+    );
+    let second = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store.claim(&second, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let b = store
+        .fencing_token(&second)
+        .await
+        .expect("fencing_token")
+        .expect("the new owner gets a token");
+    assert!(
+        b > a,
+        "a new owner's token ({b}) beats the earlier one ({a})"
+    );
+    assert_eq!(
+        store.fencing_token(&first).await.expect("fencing_token"),
+        None,
+        "the earlier owner gets none while another owns the key"
+    );
+    assert_eq!(
+        store
+            .complete(&second, &raw("1"), TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    assert_eq!(
+        store.fencing_token(&second).await.expect("fencing_token"),
+        None,
+        "no token once the key is completed"
+    );
+    assert!(store.delete(&id).await.expect("delete"));
+    let third = Lease::new(id, None, Clock::system());
+    assert_eq!(
+        store.claim(&third, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let c = store
+        .fencing_token(&third)
+        .await
+        .expect("fencing_token")
+        .expect("a token");
+    assert!(
+        c > b,
+        "tokens keep growing after the record was deleted ({c} > {b})"
+    );
+    assert_eq!(store.release(&third).await.expect("release"), Fence::Held);
 }
 
 /// Results at the edge of what a record can hold (`check_storable` accepts each): nesting

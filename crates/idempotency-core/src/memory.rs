@@ -10,6 +10,7 @@ use tokio::sync::futures::OwnedNotified;
 use crate::batch::{Batch, SaveManyOptions, bulk_outcome};
 use crate::claim::{Claim, Fence, Finished};
 use crate::error::{IdempotencyError, Result};
+use crate::fencing::FencingToken;
 use crate::identity::RecordId;
 use crate::lease::{Lease, completion_fence, holds_lease};
 use crate::record::IdempotencyRecord;
@@ -115,6 +116,9 @@ struct Entry {
     // This write's place in the deadline index, and the bytes it is counted for.
     seq: u64,
     size: usize,
+    // The fencing token issued to the pending record's owner, if one was asked for; kept
+    // while that owner's reservation is renewed.
+    fence: Option<u64>,
 }
 
 /// Invariants, enforced by `put` and `remove` (the only writers of `records`; `renew`
@@ -128,6 +132,9 @@ struct State {
     // How many entries are reservations (never evicted).
     pending: usize,
     seq: u64,
+    // The last fencing token issued, for any key: tokens of one key then grow with every
+    // owner (a store-wide counter is monotonic per key too).
+    fences: u64,
     limits: MemoryLimits,
     evicted: u64,
     // Keys somebody watches; notified on completion or release.
@@ -220,6 +227,13 @@ impl State {
 
     fn put(&mut self, id: RecordId, record: IdempotencyRecord, ttl: Duration) {
         let now = Instant::now();
+        // A renewal keeps its owner's token; any other write ends it.
+        let fence = self
+            .records
+            .get(&id)
+            .filter(|e| record.is_pending() && e.record.is_pending())
+            .filter(|e| e.record.owner().is_some() && e.record.owner() == record.owner())
+            .and_then(|e| e.fence);
         self.remove(&id);
         let deadline = deadline_after(now, ttl);
         self.seq += 1;
@@ -234,6 +248,7 @@ impl State {
                 deadline,
                 seq: self.seq,
                 size,
+                fence,
             },
         );
     }
@@ -530,6 +545,19 @@ impl ReservationStore for MemoryStore {
         state.remove(lease.id());
         state.wake(lease.id());
         Ok(Fence::Held)
+    }
+
+    async fn fencing_token(&self, lease: &Lease) -> Result<Option<FencingToken>> {
+        let mut state = self.lock();
+        // Invariant: the owner check and the issue happen under one lock, so a token is
+        // only ever issued to the key's current owner, and a later owner's is larger.
+        let next = state.fences + 1;
+        let issued = match state.live(lease.id(), Instant::now()) {
+            Some(e) if holds_lease(&e.record, lease.token()) => *e.fence.get_or_insert(next),
+            _ => return Ok(None),
+        };
+        state.fences = state.fences.max(issued);
+        Ok(Some(FencingToken::new(issued)))
     }
 
     async fn watch(&self, id: &RecordId) -> Result<MemoryWatch> {

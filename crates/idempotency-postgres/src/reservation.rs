@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use idempotency_core::{
-    Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId, ReservationStore,
-    Result, holds_lease,
+    Claim, Fence, FencingToken, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId,
+    ReservationStore, Result, holds_lease,
 };
 use sqlx::{PgConnection, Row};
 
@@ -259,6 +259,24 @@ impl ReservationStore for PostgresStore {
             .map_err(|e| storage_error(Some(operation), e))?;
         let gone: i64 = row.try_get(0).map_err(|e| row_error(Some(operation), e))?;
         Ok(if gone > 0 { Fence::Held } else { Fence::Lost })
+    }
+
+    async fn fencing_token(&self, lease: &Lease) -> Result<Option<FencingToken>> {
+        let operation = lease.operation();
+        let row = self
+            .query(statements::FENCING_TOKEN)
+            .bind(self.prefix())
+            .bind(operation)
+            .bind(lease.key())
+            .bind(lease.token())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(|e| storage_error(Some(operation), e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let fence: i64 = row.try_get(0).map_err(|e| row_error(Some(operation), e))?;
+        Ok(Some(FencingToken::new(fence.unsigned_abs())))
     }
 
     async fn watch(&self, id: &RecordId) -> Result<PostgresWatch> {

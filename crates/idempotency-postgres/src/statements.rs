@@ -74,3 +74,7 @@ pub(crate) const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended
 /// Params: 1 the record's storage key. One row: `locked`.
 pub(crate) const TRY_LOCK_KEY: &str =
     "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 1768187245)) AS locked";
+
+/// Params: 1 prefix, 2 operation, 3 key, 4 owner token. A row (`fence`) while the key
+/// holds the owner's live pending record.
+pub(crate) const FENCING_TOKEN: &str = include_str!("../sql/fencing_token.sql");

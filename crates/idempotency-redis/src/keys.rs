@@ -14,6 +14,41 @@ pub(crate) fn record_key(prefix: &str, id: &RecordId) -> String {
     s
 }
 
+/// Per cluster hash slot, a short tag (a decimal number) whose `{tag}` puts any key in
+/// that slot: how a key's fence counter lands in its record's slot whatever the record
+/// key holds (braces included), so one script reads both on a cluster.
+#[derive(Debug)]
+pub(crate) struct SlotTags(Vec<u32>);
+
+impl SlotTags {
+    /// The table, by trying numbers in turn until every slot has one (about 160,000
+    /// CRC16s of short strings: a few milliseconds, once per store).
+    pub(crate) fn new() -> Self {
+        const SLOTS: usize = 16_384;
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut left = SLOTS;
+        let mut n: u32 = 0;
+        while left > 0 {
+            let slot = usize::from(fred::util::redis_keyslot(n.to_string().as_bytes()));
+            if tags[slot] == u32::MAX {
+                tags[slot] = n;
+                left -= 1;
+            }
+            n += 1;
+        }
+        Self(tags)
+    }
+
+    /// The key of the fence counter of `record_key`: `{tag}fence:` then the record key,
+    /// in the record key's slot. It starts with `{`, so a scan of the prefix never lists
+    /// it as a record.
+    pub(crate) fn fence_key(&self, record_key: &str) -> String {
+        let slot = usize::from(fred::util::redis_keyslot(record_key.as_bytes()));
+        let tag = self.0.get(slot).copied().unwrap_or_default();
+        format!("{{{tag}}}fence:{record_key}")
+    }
+}
+
 /// Groups item indexes by the cluster hash slot of their Redis key, so each group can go
 /// to one node in one command without CROSSSLOT errors.
 pub(crate) fn group_by_slot(keys: &[String]) -> BTreeMap<u16, Vec<usize>> {
@@ -46,6 +81,28 @@ mod tests {
             record_key("svc:idem:", &id("user.create", "rec-prefix")),
             "svc:idem:user.create:rec-prefix"
         );
+    }
+
+    #[test]
+    fn a_fence_counter_lands_in_its_record_keys_slot_whatever_the_key_holds() {
+        let tags = SlotTags::new();
+        for key in ["a", "{tenant-7}abc", "a}b", "{}x", "{x", "}{y}z", "k\u{e9}"] {
+            let record = record_key("idempotency:", &id("op", key));
+            let fence = tags.fence_key(&record);
+            assert_eq!(
+                fred::util::redis_keyslot(fence.as_bytes()),
+                fred::util::redis_keyslot(record.as_bytes()),
+                "{record} and {fence}"
+            );
+            assert!(fence.starts_with('{') && fence.ends_with(&record));
+        }
+        // Every slot has a tag, and each tag hashes to its own slot.
+        for (slot, tag) in tags.0.iter().enumerate() {
+            assert_eq!(
+                usize::from(fred::util::redis_keyslot(tag.to_string().as_bytes())),
+                slot
+            );
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions, Value};
 use idempotency_core::{
-    Claim, Fence, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId, ReservationStore,
-    Result, holds_lease, is_abandoned, looks_finished,
+    Claim, Fence, FencingToken, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId,
+    ReservationStore, Result, holds_lease, is_abandoned, looks_finished,
 };
 
 use crate::errors::{Refusal, label, refusal};
@@ -25,6 +25,10 @@ use crate::wake::RedisWatch;
 /// How many unreadable values one claim takes over before giving up: each round needs
 /// another writer to plant a new unreadable value between our read and our script.
 const TAKEOVER_ROUNDS: usize = 3;
+
+/// How long a key's fence counter lives after its last token: tokens carry the server's
+/// clock in microseconds, so one issued after the counter expired is still larger.
+const FENCE_COUNTER_LIFETIME: Duration = Duration::from_secs(7 * 86_400);
 
 /// A fenced script's reply: 1 written over our reservation, 2 (`complete.lua` only)
 /// written though our reservation was gone, anything else nothing written.
@@ -320,6 +324,34 @@ impl ReservationStore for RedisStore {
     async fn release(&self, lease: &Lease) -> Result<Fence> {
         let args = vec![Value::from(lease.token())];
         self.fenced(&self.inner.scripts.release, lease, args).await
+    }
+
+    async fn fencing_token(&self, lease: &Lease) -> Result<Option<FencingToken>> {
+        let redis_key = self.redis_key(lease.id());
+        let fence_key = self
+            .inner
+            .slot_tags
+            .get_or_init(crate::keys::SlotTags::new)
+            .fence_key(&redis_key);
+        let args = vec![
+            Value::from(lease.token()),
+            Value::from(millis(FENCE_COUNTER_LIFETIME)),
+        ];
+        let reply = self
+            .inner
+            .scripts
+            .fence
+            .run_on(
+                self.client_for(&redis_key),
+                vec![redis_key, fence_key],
+                args,
+            )
+            .await
+            .map_err(|e| self.fail_on(lease.id(), e))?;
+        Ok(match reply {
+            Value::Integer(n) if n > 0 => Some(FencingToken::new(n.unsigned_abs())),
+            _ => None,
+        })
     }
 
     async fn watch(&self, id: &RecordId) -> Result<RedisWatch> {

@@ -18,6 +18,24 @@ impl Script {
         }
     }
 
+    /// Runs the script on several keys of one hash slot, as [`Script::run`] does.
+    pub(crate) async fn run_on(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, Error> {
+        match client
+            .evalsha::<Value, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval(self.source, keys, args).await
+            }
+            other => other,
+        }
+    }
+
     /// Runs the script on one key: `EVALSHA`, then `EVAL` (which caches it again) when the
     /// server answers `NOSCRIPT`. One round trip in the common case.
     pub(crate) async fn run(
@@ -47,6 +65,7 @@ pub(crate) struct Scripts {
     pub(crate) release: Script,
     pub(crate) takeover: Script,
     pub(crate) delete_if_equal: Script,
+    pub(crate) fence: Script,
 }
 
 impl Scripts {
@@ -58,12 +77,13 @@ impl Scripts {
             release: Script::new(include_str!("../lua/release.lua")),
             takeover: Script::new(include_str!("../lua/takeover.lua")),
             delete_if_equal: Script::new(include_str!("../lua/delete_if_equal.lua")),
+            fence: Script::new(include_str!("../lua/fence.lua")),
         }
     }
 }
 
 impl Scripts {
-    pub(crate) fn sources(&self) -> [&'static str; 6] {
+    pub(crate) fn sources(&self) -> [&'static str; 7] {
         [
             self.claim.source,
             self.complete.source,
@@ -71,13 +91,14 @@ impl Scripts {
             self.release.source,
             self.takeover.source,
             self.delete_if_equal.source,
+            self.fence.source,
         ]
     }
 }
 
 /// Loads every script on every primary `client` reaches (`SCRIPT LOAD`); failures are
 /// left to the `NOSCRIPT` fallback of [`Script::run`].
-async fn load_everywhere(client: &Client, sources: [&'static str; 6]) {
+async fn load_everywhere(client: &Client, sources: [&'static str; 7]) {
     for source in sources {
         let loaded: Result<Value, Error> = if client.is_clustered() {
             client.script_load_cluster(source).await
@@ -101,7 +122,7 @@ async fn load_everywhere(client: &Client, sources: [&'static str; 6]) {
 /// event channel closes and the listener ends.
 pub(crate) fn preload(
     clients: &[Client],
-    sources: [&'static str; 6],
+    sources: [&'static str; 7],
     store_client: impl Fn() -> Option<Client> + Clone + Send + Sync + 'static,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -139,6 +139,7 @@ impl RedisStoreBuilder {
                 native_claim: AtomicBool::new(true),
                 server_clock,
                 breaker: Arc::new(Breaker::new(self.fail_fast, one_server)),
+                slot_tags: std::sync::OnceLock::new(),
             }),
         };
         let sources = store.inner.scripts.sources();
@@ -192,6 +193,8 @@ pub(crate) struct Inner {
     pub(crate) server_clock: ServerClock,
     /// Fails claims and reads fast while Redis cannot be reached.
     pub(crate) breaker: Arc<Breaker>,
+    /// The slot tags of the fence counters' keys, made on the first fencing token.
+    pub(crate) slot_tags: std::sync::OnceLock<crate::keys::SlotTags>,
 }
 
 impl RedisStore {

@@ -26,7 +26,8 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::claim::{Claim, Fence, Finished};
-use crate::error::Result;
+use crate::error::{IdempotencyError, Result};
+use crate::fencing::FencingToken;
 use crate::identity::RecordId;
 use crate::lease::Lease;
 #[cfg(doc)]
@@ -140,6 +141,28 @@ pub trait ReservationStore: IdempotencyRepository {
     /// # Errors
     /// Storage errors.
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<Fence>> + Send;
+
+    /// The fencing token of the lease's run: larger than that of every earlier owner of
+    /// the key on this store, and the same for every call with the same lease. `None`
+    /// when the key no longer holds the lease's pending record (the lease was lost: the
+    /// action must not start). A coordinator asks for it only for actions that take one
+    /// (`Call::run_fenced`), one round trip before the action starts.
+    ///
+    /// The default answers with a configuration error: a store that gives no tokens
+    /// (the kit's stores all give them; the store contract checks it).
+    ///
+    /// # Errors
+    /// Storage errors; a configuration error from a store without tokens.
+    fn fencing_token(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<Option<FencingToken>>> + Send {
+        let _ = lease;
+        std::future::ready(Err(IdempotencyError::configuration(
+            "this store gives no fencing tokens",
+            None,
+        )))
+    }
 
     /// Subscribes to completion and release of the key.
     ///

@@ -35,8 +35,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
+pub use idempotency_core::FencingToken;
 pub use options::{InFlight, TransactionOptions};
-pub use outcome::{FencingToken, Outcome, RunError, TxContext};
+pub use outcome::{Outcome, RunError, TxContext};
 
 use crate::constants::TRANSACTION_LEASE;
 use crate::errors::storage_error;
@@ -87,7 +88,7 @@ impl PostgresStore {
     ///                 "INSERT INTO orders (amount, fence) VALUES ($1, $2) RETURNING id",
     ///             )
     ///             .bind(42_i64)
-    ///             .bind(ctx.fence().get())
+    ///             .bind(ctx.fence().as_i64())
     ///             .fetch_one(&mut *conn)
     ///             .await?;
     ///             Ok::<_, sqlx::Error>(order_id)
@@ -128,7 +129,7 @@ impl PostgresStore {
             .await
             .map_err(|e| RunError::Idempotency(e.into_kit(operation)));
         let fence = match claimed {
-            Ok(Claimed::Acquired(fence)) => FencingToken::new(fence),
+            Ok(Claimed::Acquired(fence)) => FencingToken::new(fence.unsigned_abs()),
             Ok(Claimed::Found(record)) => {
                 rollback(tx).await;
                 return replay(&record, fingerprint);

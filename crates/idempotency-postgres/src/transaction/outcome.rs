@@ -3,24 +3,7 @@
 use std::error::Error;
 use std::fmt;
 
-use idempotency_core::{IdempotencyError, RawValue, RecordId};
-
-/// The fencing token of a claim: drawn from a sequence by every new owner of a key, so
-/// it grows with each owner. An action can write it next to its effects (or compare it
-/// with one stored there) to refuse a write from an older owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FencingToken(i64);
-
-impl FencingToken {
-    pub(crate) fn new(value: i64) -> Self {
-        Self(value)
-    }
-
-    /// The token's value (positive).
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
+use idempotency_core::{FencingToken, IdempotencyError, RawValue, RecordId};
 
 /// What the action of a transactional call is told. It borrows the call's identity for
 /// `'a`, which also lets the action's future borrow what lives that long.

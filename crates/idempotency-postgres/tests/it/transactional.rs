@@ -42,7 +42,7 @@ async fn place_order(
                     "INSERT INTO orders (idem_key, fence) VALUES ($1, $2) RETURNING id",
                 )
                 .bind(ctx.id().key())
-                .bind(ctx.fence().get())
+                .bind(ctx.fence().as_i64())
                 .fetch_one(&mut *conn)
                 .await?;
                 Ok(order)
@@ -62,7 +62,7 @@ async fn an_action_error_commits_nothing_and_the_retry_runs() {
             Box::pin(async move {
                 sqlx::query("INSERT INTO orders (idem_key, fence) VALUES ($1, $2)")
                     .bind(ctx.id().key())
-                    .bind(ctx.fence().get())
+                    .bind(ctx.fence().as_i64())
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -112,7 +112,7 @@ async fn a_connection_killed_before_commit_leaves_nothing_and_the_retry_runs_onc
                     Box::pin(async move {
                         sqlx::query("INSERT INTO orders (idem_key, fence) VALUES ($1, $2)")
                             .bind(ctx.id().key())
-                            .bind(ctx.fence().get())
+                            .bind(ctx.fence().as_i64())
                             .execute(&mut *conn)
                             .await?;
                         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -168,7 +168,7 @@ async fn a_call_dropped_mid_action_leaves_nothing() {
         Box::pin(async move {
             sqlx::query("INSERT INTO orders (idem_key, fence) VALUES ($1, $2)")
                 .bind(ctx.id().key())
-                .bind(ctx.fence().get())
+                .bind(ctx.fence().as_i64())
                 .execute(&mut *conn)
                 .await?;
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -206,7 +206,7 @@ async fn a_committed_call_is_replayed_without_running() {
         .expect("fence");
     assert_eq!(
         stored_fence,
-        fence.get(),
+        fence.as_i64(),
         "the action saw the claim's fence"
     );
     for _ in 0..3 {

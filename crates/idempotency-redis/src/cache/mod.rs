@@ -42,8 +42,9 @@ use std::time::Duration;
 use fred::interfaces::ClientLike as _;
 
 use idempotency_core::{
-    Batch, BulkRepository, Claim, Fence, Finished, IdempotencyError, IdempotencyRecord,
-    IdempotencyRepository, Lease, RecordId, ReservationStore, Result, SaveManyOptions,
+    Batch, BulkRepository, Claim, Fence, FencingToken, Finished, IdempotencyError,
+    IdempotencyRecord, IdempotencyRepository, Lease, RecordId, ReservationStore, Result,
+    SaveManyOptions,
 };
 
 pub use config::CacheConfig;
@@ -309,6 +310,10 @@ impl ReservationStore for CachedStore {
         let fence = self.store.release(lease).await;
         self.invalidate(lease.id());
         fence
+    }
+
+    async fn fencing_token(&self, lease: &Lease) -> Result<Option<FencingToken>> {
+        self.store.fencing_token(lease).await
     }
 
     async fn watch(&self, id: &RecordId) -> Result<RedisWatch> {
