@@ -4,18 +4,23 @@
 
 use std::future::Future;
 
-use idempotency_core::{RawValue, Result, ResultAdapter};
+use idempotency_core::{FencingToken, RawValue, Result, ResultAdapter};
 
 use crate::error_policy::ErrorPolicy;
 
-/// What a call runs at most once: `FnOnce() -> impl Future<Output = Result<T, E>>`.
-/// Implemented for every such closure.
+/// What a call runs at most once: `FnOnce() -> impl Future<Output = Result<T, E>>`
+/// (implemented for every such closure), or a [`Fenced`] one that takes its run's
+/// fencing token.
 pub(crate) trait Action<T, E> {
     /// The future doing the work.
     type Fut: Future<Output = std::result::Result<T, E>>;
 
-    /// Starts the work.
-    fn start(self) -> Self::Fut;
+    /// Whether the action takes a fencing token (then the store is asked for one before
+    /// it starts).
+    const FENCED: bool;
+
+    /// Starts the work; `fence` is the run's token (`None`: unprotected, or not asked).
+    fn start(self, fence: Option<FencingToken>) -> Self::Fut;
 }
 
 impl<T, E, F, Fut> Action<T, E> for F
@@ -24,9 +29,26 @@ where
     Fut: Future<Output = std::result::Result<T, E>>,
 {
     type Fut = Fut;
+    const FENCED: bool = false;
 
-    fn start(self) -> Fut {
+    fn start(self, _: Option<FencingToken>) -> Fut {
         self()
+    }
+}
+
+/// An action that takes its run's fencing token: `FnOnce(Option<FencingToken>) -> …`.
+pub(crate) struct Fenced<F>(pub(crate) F);
+
+impl<T, E, F, Fut> Action<T, E> for Fenced<F>
+where
+    F: FnOnce(Option<FencingToken>) -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    type Fut = Fut;
+    const FENCED: bool = true;
+
+    fn start(self, fence: Option<FencingToken>) -> Fut {
+        (self.0)(fence)
     }
 }
 
@@ -86,8 +108,12 @@ pub(crate) trait Job<T, E> {
     /// How the outcome is stored (to replay a record before the action runs).
     fn codec(&self) -> Self::Codec;
 
-    /// Starts the action.
-    fn start(self) -> Self::Fut;
+    /// Whether the action takes a fencing token.
+    fn fenced(&self) -> bool;
+
+    /// Starts the action with its run's fencing token (`None`: unprotected, or not
+    /// asked for).
+    fn start(self, fence: Option<FencingToken>) -> Self::Fut;
 }
 
 /// The parts of one call: its adapter and error policy, and its action.
@@ -109,7 +135,11 @@ where
         self.storing
     }
 
-    fn start(self) -> F::Fut {
-        self.action.start()
+    fn fenced(&self) -> bool {
+        F::FENCED
+    }
+
+    fn start(self, fence: Option<FencingToken>) -> F::Fut {
+        self.action.start(fence)
     }
 }

@@ -4,9 +4,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotency_core::{IdempotencyError, ReservationStore, ResultAdapter, SerdeAdapter};
+use idempotency_core::{
+    FencingToken, IdempotencyError, ReservationStore, ResultAdapter, SerdeAdapter,
+};
 
-use crate::action::{Parts, Storing};
+use crate::action::{Action, Fenced, Parts, Storing};
 use crate::coordinator::{CallOptions, Coordinator};
 use crate::drain::Refused;
 use crate::error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
@@ -188,6 +190,73 @@ impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.run_action(action).await
+    }
+
+    /// [`Call::run`] of an action that takes its run's fencing token: a number larger
+    /// than that of every earlier owner of the key (see [`FencingToken`]), for the action
+    /// to make its downstream writes conditional on, so an owner that stalled past its
+    /// lease cannot overwrite a newer owner's effect. The token costs one round trip
+    /// before the action starts. `None` when the action runs unprotected (no key, a
+    /// disabled coordinator, fail-open after a storage error); a reservation lost before
+    /// the action starts does not run it (the call fails with
+    /// [`IdempotencyError::InProgress`]).
+    ///
+    /// # Errors
+    /// As [`Call::run`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotency_coordinator::IdempotencyError> {
+    /// use idempotency_coordinator::{Coordinator, FencingToken};
+    ///
+    /// let coordinator = Coordinator::in_memory();
+    /// let token = coordinator
+    ///     .call("ledger.post", Some("k-1"))
+    ///     .run_fenced(|fence: Option<FencingToken>| async move {
+    ///         // e.g. UPDATE ledger SET …, fence = $n WHERE id = $id AND fence < $n
+    ///         Ok::<_, idempotency_coordinator::IdempotencyError>(fence.map(FencingToken::get))
+    ///     })
+    ///     .await?;
+    /// assert!(token.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_fenced<T, E, F, Fut>(self, action: F) -> Result<T, E>
+    where
+        A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
+        E: From<IdempotencyError>,
+        F: FnOnce(Option<FencingToken>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_action(Fenced(action))
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// [`Call::run_fenced`], also returning how the call got its value.
+    ///
+    /// # Errors
+    /// As [`Call::run`].
+    pub async fn run_fenced_with_outcome<T, E, F, Fut>(self, action: F) -> Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
+        E: From<IdempotencyError>,
+        F: FnOnce(Option<FencingToken>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_action(Fenced(action)).await
+    }
+
+    async fn run_action<T, E, F>(self, action: F) -> Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T>,
+        P: ErrorPolicy<E>,
+        E: From<IdempotencyError>,
+        F: Action<T, E>,
+    {
         let storing = Storing {
             adapter: &self.adapter,
             errors: &self.errors,
@@ -252,6 +321,35 @@ impl<S: ReservationStore, A, P> Call<'_, S, A, P> {
         E: From<IdempotencyError> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawn_action(action).await
+    }
+
+    /// [`Call::run_detached`] of an action that takes its run's fencing token (see
+    /// [`Call::run_fenced`]).
+    ///
+    /// # Errors
+    /// As [`Call::run_detached`].
+    pub async fn run_detached_fenced<T, E, F, Fut>(self, action: F) -> Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T> + Send + Sync + 'static,
+        P: ErrorPolicy<E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: From<IdempotencyError> + Send + 'static,
+        F: FnOnce(Option<FencingToken>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.spawn_action(Fenced(action)).await
+    }
+
+    async fn spawn_action<T, E, F>(self, action: F) -> Result<(T, Outcome), E>
+    where
+        A: ResultAdapter<T> + Send + Sync + 'static,
+        P: ErrorPolicy<E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: From<IdempotencyError> + Send + 'static,
+        F: Action<T, E> + Send + 'static,
+        F::Fut: Send + 'static,
     {
         let coordinator = self.coordinator.clone();
         let operation = self.operation.to_owned();

@@ -211,7 +211,10 @@ impl<S: ReservationStore> Coordinator<S> {
         E: From<IdempotencyError>,
     {
         let Some(key) = key.filter(|_| self.inner.enabled) else {
-            return job.start().await.map(|value| (value, Outcome::Bypassed));
+            return job
+                .start(None)
+                .await
+                .map(|value| (value, Outcome::Bypassed));
         };
         // The one validation of the call: everything below carries the typed identity.
         let id = RecordId::new(operation, key)?;

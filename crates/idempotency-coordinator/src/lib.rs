@@ -71,11 +71,11 @@ pub use drain::Drained;
 pub use error_policy::{ErrorPolicy, ReleaseOnError, StoreErrors};
 pub use hook::{RecordCreated, RecordCreatedHook};
 pub use idempotency_core::{
-    BulkRepository, Claim, Clock, ErrorClass, ErrorType, Fence, IdempotencyDomainService,
-    IdempotencyError, IdempotencyMetrics, IdempotencyRecord, IdempotencyRepository, JsonAdapter,
-    KeyWatch, LatencyMethod, Lease, MemoryStore, NoopMetrics, RawValue, RecordId, RecordOptions,
-    RecordStatus, ReservationStore, ResultAdapter, SaveManyOptions, SerdeAdapter, Unfenced,
-    VoidAdapter, canonical_json, fingerprint_of,
+    BulkRepository, Claim, Clock, ErrorClass, ErrorType, Fence, FencingToken,
+    IdempotencyDomainService, IdempotencyError, IdempotencyMetrics, IdempotencyRecord,
+    IdempotencyRepository, JsonAdapter, KeyWatch, LatencyMethod, Lease, MemoryStore, NoopMetrics,
+    RawValue, RecordId, RecordOptions, RecordStatus, ReservationStore, ResultAdapter,
+    SaveManyOptions, SerdeAdapter, Unfenced, VoidAdapter, canonical_json, fingerprint_of,
 };
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]

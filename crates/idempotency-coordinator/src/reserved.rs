@@ -282,15 +282,33 @@ impl<S: ReservationStore> Coordinator<S> {
         mut ticket: Option<Ticket<'_>>,
     ) -> std::result::Result<T, Failed<E>> {
         let codec = job.codec();
+        // A fenced action gets its run's token before it starts (one round trip); a
+        // reservation that is gone by then (taken over) does not run it.
+        let fence = match holding {
+            Holding::Lease if job.fenced() => {
+                match self.inner.store.fencing_token(guard.lease()).await {
+                    Ok(Some(token)) => Some(token),
+                    Ok(None) => {
+                        let lease = guard.lease();
+                        return Err(Failed::Library(IdempotencyError::in_progress(
+                            lease.operation(),
+                            lease.key(),
+                        )));
+                    }
+                    Err(e) => return Err(Failed::Library(e)),
+                }
+            }
+            Holding::Lease | Holding::Unconfirmed => None,
+        };
         let (outcome, loss) = match holding {
             Holding::Lease => {
                 // A renewal that fails or finds the lease lost ends the flight: local
                 // callers then go to the store, which lets one of them take the key over
                 // once the lease runs out, as a caller in another process would.
                 let doubt = || drop(ticket.take());
-                run_renewing(&self.inner, guard.lease(), job.start(), doubt).await
+                run_renewing(&self.inner, guard.lease(), job.start(fence), doubt).await
             }
-            Holding::Unconfirmed => (job.start().await, LeaseLoss::NotSeen),
+            Holding::Unconfirmed => (job.start(fence).await, LeaseLoss::NotSeen),
         };
         let lease = guard.lease();
         // Encoded before any await, so the call's future holds no `&T` or `&E` across one

@@ -50,7 +50,7 @@ impl<S: ReservationStore> Coordinator<S> {
                 outcome = Outcome::Unprotected;
             }
         }
-        let done = job.start().await;
+        let done = job.start(None).await;
         // Encoded before the write, so no `&T` is held across an await.
         let (raw, status) = match &done {
             Ok(value) => match self.encode(operation, &codec, value) {

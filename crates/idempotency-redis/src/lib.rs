@@ -41,6 +41,7 @@ mod breaker;
 pub mod cache;
 mod config;
 mod errors;
+mod fenced_write;
 mod keys;
 mod reservation;
 mod scripts;
@@ -50,6 +51,7 @@ mod wake;
 
 pub use breaker::{FailFast, Unreachable};
 pub use config::{ConnectOptions, connect_client};
+pub use fenced_write::set_if_newer;
 pub use fred;
 pub use store::{Connection, RedisStore, RedisStoreBuilder};
 pub use wake::RedisWatch;

@@ -8,6 +8,7 @@ mod coalescing;
 mod drain;
 mod failover;
 mod faults;
+mod fencing;
 mod future_size;
 mod history;
 mod liveness;
