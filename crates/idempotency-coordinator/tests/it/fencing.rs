@@ -40,9 +40,8 @@ async fn child(url: &str, key: &str) {
         .build()
         .expect("coordinator");
     let ledger = ledger(key);
-    let outcome = coordinator
-        .call("ledger.post", Some(key))
-        .run_fenced(|fence: Option<FencingToken>| async move {
+    let outcome = Box::pin(coordinator.call("ledger.post", Some(key)).run_fenced(
+        |fence: Option<FencingToken>| async move {
             let fence = fence.expect("a claimed run has a token");
             println!("FENCE {}", fence.get());
             std::io::stdout().flush().expect("flush");
@@ -52,15 +51,16 @@ async fn child(url: &str, key: &str) {
             println!("WRITE {written}");
             std::io::stdout().flush().expect("flush");
             Ok::<_, IdempotencyError>(written)
-        })
-        .await;
+        },
+    ))
+    .await;
     println!("CALL {}", outcome.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_owner_cannot_overwrite_the_newer_owners_effect() {
     if let (Ok(url), Ok(key)) = (std::env::var(CHILD_URL), std::env::var(CHILD_KEY)) {
-        return child(&url, &key).await;
+        return Box::pin(child(&url, &key)).await;
     }
     let server = shared_server();
     let key = unique_key("fence");
@@ -111,14 +111,14 @@ async fn a_stalled_owner_cannot_overwrite_the_newer_owners_effect() {
     let fresh = loop {
         let ledger = ledger.clone();
         let client = client.clone();
-        let run = coordinator
-            .call("ledger.post", Some(&key))
-            .run_fenced(|fence: Option<FencingToken>| async move {
+        let run = Box::pin(coordinator.call("ledger.post", Some(&key)).run_fenced(
+            |fence: Option<FencingToken>| async move {
                 let fence = fence.expect("a claimed run has a token");
                 let written = set_if_newer(&client, &ledger, "new owner", fence).await?;
                 Ok::<_, IdempotencyError>((fence.get(), written))
-            })
-            .await;
+            },
+        ))
+        .await;
         match run {
             Ok(done) => break done,
             Err(IdempotencyError::InProgress { .. }) if Instant::now() < deadline => {
