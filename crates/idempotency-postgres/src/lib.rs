@@ -92,9 +92,11 @@ mod config;
 pub mod constants;
 mod errors;
 mod record_text;
+mod replay;
 mod reservation;
 mod schema;
 mod statements;
+mod steps;
 mod store;
 mod sweep;
 mod transaction;
@@ -102,6 +104,7 @@ mod wake;
 
 pub use config::{ListenerSource, Statements, StoreConfig};
 pub use schema::{SCHEMA_VERSION, migrate};
+pub use steps::{StepContext, StepKey, StepRun, StepsError, StepsOptions};
 pub use store::PostgresStore;
 pub use sweep::Sweeper;
 pub use transaction::{
