@@ -296,6 +296,38 @@ async fn a_run_dropped_after_the_first_phase_resumes_at_the_second_step_once_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_that_panics_after_the_first_phase_resumes_at_the_second_step_once_its_lease_ends() {
+    let f = fixture().await;
+    with_tables(&f.pool).await;
+    let id = record_id("steps.panic", &unique_key("panic"));
+    let world = Arc::new(World::default());
+    let panics: Hook = Box::new(|point| {
+        Box::pin(async move {
+            assert_ne!(point, Point::BeforeCharge, "the process dies here");
+            Ok(())
+        })
+    });
+    let attempt = {
+        let (store, id, world) = (f.store.clone(), id.clone(), Arc::clone(&world));
+        tokio::spawn(
+            async move { take_ride(&store, &id, StepsOptions::new(), &world, &panics).await },
+        )
+    };
+    assert!(attempt.await.expect_err("it panicked").is_panic());
+    assert_eq!(
+        recovery_point(&f.pool, &id).await.as_deref(),
+        Some("create_ride")
+    );
+    end_lease(&f.pool, &id).await;
+    let no_wait = StepsOptions::new().with_in_flight(InFlight::Fail);
+    let outcome = take_ride(&f.store, &id, no_wait, &world, &no_hook())
+        .await
+        .expect("the retry resumes");
+    assert_eq!(outcome.value(), "ch_1");
+    assert_one_ride(&f, &id, &world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_killed_mid_phase_rolls_the_phase_back_and_the_retry_resumes_there() {
     let f = fixture().await;
     with_tables(&f.pool).await;
