@@ -32,8 +32,8 @@ use crate::transaction::{ActionFuture, FencingToken, rollback};
 /// - [`StepRun::phase`]: database work in a transaction of its own, committed together
 ///   with the run's recovery point;
 /// - [`StepRun::external`]: a call outside the database (a payment provider), given the
-///   step's [`StepKey`] to deduplicate by; its output is committed with the next phase
-///   (or the completion);
+///   step's [`StepKey`] to deduplicate by; its output is committed with the next
+///   phase (after the last phase, the completed record ends the run);
 /// - a step committed by an earlier attempt is not run again: it returns the output
 ///   that attempt committed.
 ///
@@ -245,8 +245,9 @@ impl<'a> StepRun<'a> {
 
     /// Runs the external call `step`: `call` gets the step's [`StepKey`], the same on
     /// every attempt of this run, to pass to the provider so it deduplicates the call.
-    /// Its output is committed with the next phase (or the completion); until then a
-    /// crash makes the retry call again, with the same key. When an earlier attempt
+    /// Its output is committed with the next phase; until then a crash makes the
+    /// retry call again, with the same key (after the last phase, the completed record
+    /// ends the run). When an earlier attempt
     /// committed `step`, `call` does not run and the committed output is returned.
     ///
     /// Make the lease longer than the call, or [`renew`](StepRun::renew) it during a
