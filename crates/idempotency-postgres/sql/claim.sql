@@ -11,7 +11,8 @@ WITH claimed AS (
         SET status = 'pending', fingerprint = excluded.fingerprint,
             owner_token = excluded.owner_token, fence = excluded.fence,
             record = excluded.record, created_at = excluded.created_at,
-            expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at
+            expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at,
+            run_id = NULL, recovery_point = NULL, step_state = NULL
         WHERE r.expires_at <= statement_timestamp()
     RETURNING r.record, r.fence, r.status
 )

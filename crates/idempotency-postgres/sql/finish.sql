@@ -18,7 +18,8 @@ written AS (
             fence = CASE WHEN r.expires_at > statement_timestamp() THEN r.fence
                          ELSE excluded.fence END,
             record = excluded.record, created_at = excluded.created_at,
-            expires_at = excluded.expires_at, lease_expires_at = NULL
+            expires_at = excluded.expires_at, lease_expires_at = NULL,
+            run_id = NULL, recovery_point = NULL, step_state = NULL
         WHERE r.expires_at <= statement_timestamp()
            OR (r.status = 'pending' AND r.owner_token = excluded.owner_token)
     RETURNING r.fence

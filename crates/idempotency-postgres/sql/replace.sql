@@ -9,7 +9,8 @@ WITH written AS (
         SET status = excluded.status, fingerprint = excluded.fingerprint,
             owner_token = excluded.owner_token, fence = excluded.fence,
             record = excluded.record, created_at = excluded.created_at,
-            expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at
+            expires_at = excluded.expires_at, lease_expires_at = excluded.lease_expires_at,
+            run_id = NULL, recovery_point = NULL, step_state = NULL
     RETURNING r.status
 ),
 woken AS (SELECT pg_notify($9, $10) FROM written WHERE status <> 'pending')

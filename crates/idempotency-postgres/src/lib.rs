@@ -14,6 +14,11 @@
 //! - [`PostgresStore::run_in_transaction`]: the transactional mode, with
 //!   [`TransactionOptions`], [`InFlight`], [`Outcome`], [`RunError`], [`TxContext`] and
 //!   its [`FencingToken`];
+//! - [`PostgresStore::run_steps`]: multi-step runs with recovery points, for actions
+//!   that call out of the database between their writes: each phase commits once with
+//!   the run's recovery point, a retry resumes after the last one, and external calls
+//!   get a [`StepKey`] for the provider to deduplicate by; with [`StepsOptions`],
+//!   [`StepRun`], [`StepContext`] and [`StepsError`];
 //! - [`PostgresStore::sweep_expired`] and [`PostgresStore::spawn_sweeper`] ([`Sweeper`]):
 //!   bounded removal of expired rows;
 //! - [`migrate`]: the schema (`migrations/*.sql`, embedded).
@@ -35,8 +40,12 @@
 //! | `created_at` | `timestamptz` | when the row was written (server time) |
 //! | `expires_at` | `timestamptz` | when the row stops counting (server time) |
 //! | `lease_expires_at` | `timestamptz` | pending rows: the end of the lease; else `NULL` |
+//! | `run_id` | `text` | multi-step runs: the run's id, kept by every owner that resumes it |
+//! | `recovery_point` | `text` | multi-step runs: `started`, then the last committed phase |
+//! | `step_state` | `text` | multi-step runs: the committed steps and their outputs (JSON) |
 //!
-//! plus the sequence `idempotency_fence_seq`, an index on `expires_at`, the function
+//! (the last three from migration 0002, `NULL` on rows of other calls), plus the
+//! sequence `idempotency_fence_seq`, an index on `expires_at`, the function
 //! `idempotency_record_time(timestamptz)` (a time spelt as the record JSON spells it) and
 //! `idempotency_schema_versions`.
 //!
@@ -92,9 +101,11 @@ mod config;
 pub mod constants;
 mod errors;
 mod record_text;
+mod replay;
 mod reservation;
 mod schema;
 mod statements;
+mod steps;
 mod store;
 mod sweep;
 mod transaction;
@@ -102,6 +113,7 @@ mod wake;
 
 pub use config::{ListenerSource, Statements, StoreConfig};
 pub use schema::{SCHEMA_VERSION, migrate};
+pub use steps::{StepContext, StepKey, StepRun, StepsError, StepsOptions};
 pub use store::PostgresStore;
 pub use sweep::Sweeper;
 pub use transaction::{
@@ -113,3 +125,8 @@ pub use wake::PostgresWatch;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+// So do the guide's (docs/postgres.md; outside the package, read only by doctests).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/postgres.md")]
+struct GuideDoctests;

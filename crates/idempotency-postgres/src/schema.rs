@@ -6,15 +6,20 @@ use sqlx::{Executor, PgPool};
 use crate::errors::storage_error;
 
 /// The migrations in order: version, SQL. Each is applied once per database.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_records.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_records.sql")),
+    (2, include_str!("../migrations/0002_recovery_points.sql")),
+];
 
 /// The advisory lock that serialises concurrent migrations (transaction-scoped, so
 /// `PgBouncer`-safe): "idem" "pg" in ASCII.
 const MIGRATION_LOCK: i64 = 0x6964_656d_0070_6701;
 
 /// Creates or updates the store's schema in the pool's database: the
-/// `idempotency_records` table, its sequence, index and time-spelling function, and the
-/// `idempotency_schema_versions` table that records what was applied.
+/// `idempotency_records` table (with the recovery-point columns of multi-step runs,
+/// version 2), its sequence, index and time-spelling function, and the
+/// `idempotency_schema_versions` table that records what was applied. A database
+/// migrated by an earlier version of this crate gets only what it lacks.
 ///
 /// Idempotent: every migration runs once per database, in one transaction, under a
 /// transaction-scoped advisory lock, so concurrent callers (many instances starting at
@@ -67,4 +72,4 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 }
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;

@@ -78,3 +78,37 @@ pub(crate) const TRY_LOCK_KEY: &str =
 /// Params: 1 prefix, 2 operation, 3 key, 4 owner token. A row (`fence`) while the key
 /// holds the owner's live pending record.
 pub(crate) const FENCING_TOKEN: &str = include_str!("../sql/fencing_token.sql");
+
+/// Params: 1 prefix, 2 operation, 3 key, 4 fingerprint, 5 owner token, 6 head, 7 tail,
+/// 8 lease (µs), 9 retention (µs). Starts a multi-step run on a free or expired key (a
+/// new `run_id`, no committed step), or resumes the run on a live pending row whose
+/// lease ended on the server's clock and whose fingerprint does not differ (its
+/// `run_id`, `recovery_point` and `step_state` kept); either way the row gets this
+/// owner's token and a new fence. Rows: `acquired`, `fence`, `run_id`, `step_state`
+/// (when acquired), `status`, `fingerprint`, `record` (the live row that holds the key
+/// otherwise); none when that row was committed after this statement's snapshot (run
+/// it again, as [`CLAIM`]).
+///
+/// A resume is an `ON CONFLICT … DO UPDATE … WHERE` as a takeover is: the newest version
+/// of the row is locked and judged there, so of concurrent resumers exactly one wins,
+/// and a phase committing meanwhile (which locks the row and renews the lease) makes
+/// the others find a live lease.
+pub(crate) const STEPS_CLAIM: &str = include_str!("../sql/steps_claim.sql");
+
+/// Params: 1 prefix, 2 operation, 3 key, 4 owner token, 5 fence, 6 recovery point,
+/// 7 step state, 8 lease (µs). Sent inside a phase's transaction, after the phase's own
+/// work: writes the recovery point and the steps, and renews the lease, only while the
+/// row is pending under this owner's token and fence. A row (`fence`) when written;
+/// none when another owner took the run over (the phase then rolls back). The row lock
+/// it takes is held until the phase commits, so no claim takes the run over between
+/// this check and the commit.
+pub(crate) const STEPS_COMMIT: &str = include_str!("../sql/steps_commit.sql");
+
+/// Params: 1 prefix, 2 operation, 3 key, 4 owner token, 5 fence, 6 lease (µs). Renews
+/// the lease of this owner's run. A row (`fence`) when renewed.
+pub(crate) const STEPS_RENEW: &str = include_str!("../sql/steps_renew.sql");
+
+/// Params: 1 prefix, 2 operation, 3 key, 4 owner token, 5 fence, 6 channel, 7 payload.
+/// Ends this owner's lease now (the committed steps stay), so a retry resumes at once;
+/// wakes waiters. One row: `released` (0/1), `woken`.
+pub(crate) const STEPS_RELEASE: &str = include_str!("../sql/steps_release.sql");

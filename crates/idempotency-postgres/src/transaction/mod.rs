@@ -29,7 +29,7 @@ use std::pin::Pin;
 
 use idempotency_core::{
     Clock, Fence, Finished, IdempotencyError, IdempotencyRecord, Lease, RecordId, ResultAdapter,
-    SerdeAdapter, unstorable_reason,
+    SerdeAdapter,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,6 +41,7 @@ pub use outcome::{Outcome, RunError, TxContext};
 
 use crate::constants::TRANSACTION_LEASE;
 use crate::errors::storage_error;
+use crate::replay::{Replay, replay};
 use crate::reservation::Claimed;
 use crate::statements;
 use crate::store::PostgresStore;
@@ -132,7 +133,7 @@ impl PostgresStore {
             Ok(Claimed::Acquired(fence)) => FencingToken::new(fence.unsigned_abs()),
             Ok(Claimed::Found(record)) => {
                 rollback(tx).await;
-                return replay(&record, fingerprint);
+                return replayed(&record, fingerprint);
             }
             Err(e) => {
                 rollback(tx).await;
@@ -205,46 +206,19 @@ impl PostgresStore {
 
 /// Rolls back; a failure leaves the same (the connection is dropped, so the server
 /// rolls back), so it is only logged.
-async fn rollback(tx: Transaction<'_, Postgres>) {
+pub(crate) async fn rollback(tx: Transaction<'_, Postgres>) {
     if let Err(e) = tx.rollback().await {
         tracing::debug!(error = %e, "rollback failed; the server rolls back on disconnect");
     }
 }
 
-/// The answer of a key that holds a record: a live reservation of a non-transactional
-/// caller is in progress; a finished record is checked against the fingerprint and
-/// replayed.
-fn replay<T: Serialize + DeserializeOwned, E>(
+/// The answer of a key that holds a record (see [`replay`]).
+fn replayed<T: Serialize + DeserializeOwned, E>(
     record: &IdempotencyRecord,
     fingerprint: Option<&str>,
 ) -> Result<Outcome<T>, RunError<E>> {
-    if record.is_pending() {
-        return Err(
-            IdempotencyError::in_progress(record.operation(), record.idempotency_key()).into(),
-        );
+    match replay(record, fingerprint)? {
+        Replay::Value(value) => Ok(Outcome::Replayed(value)),
+        Replay::StoredError(raw) => Err(RunError::StoredError(raw)),
     }
-    if let (Some(stored), Some(given)) = (record.fingerprint(), fingerprint)
-        && stored != given
-    {
-        return Err(IdempotencyError::KeyReuse {
-            operation: record.operation().to_owned(),
-            key: record.idempotency_key().to_owned(),
-            stored: stored.to_owned(),
-            given: given.to_owned(),
-        }
-        .into());
-    }
-    if record.is_stored_error() {
-        if let Some(reason) = unstorable_reason(record.result()) {
-            return Err(IdempotencyError::ResultNotStorable {
-                operation: record.operation().to_owned(),
-                key: record.idempotency_key().to_owned(),
-                reason,
-            }
-            .into());
-        }
-        return Err(RunError::StoredError(record.result().to_owned()));
-    }
-    let value = ResultAdapter::<T>::decode(&SerdeAdapter, record.result())?;
-    Ok(Outcome::Replayed(value))
 }

@@ -29,7 +29,7 @@ impl<'a> TxContext<'a> {
     }
 }
 
-/// How a transactional call ended well.
+/// How a transactional call or a multi-step run ended well.
 ///
 /// # Examples
 /// ```
@@ -40,14 +40,15 @@ impl<'a> TxContext<'a> {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
-    /// The action ran; its writes and the record committed together.
+    /// The action ran (a multi-step run: resumed or from its start) and its record
+    /// is committed (a transactional call: together with its writes).
     Ran {
         /// What the action returned.
         value: T,
-        /// The fencing token the action was given.
+        /// The fencing token the action was given (a multi-step run: this owner's).
         fence: FencingToken,
     },
-    /// An earlier call had committed: its result, replayed; the action did not run.
+    /// An earlier call had completed: its result, replayed; the action did not run.
     Replayed(T),
 }
 

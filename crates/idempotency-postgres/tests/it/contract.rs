@@ -1,4 +1,4 @@
-//! The store contract every reservation store keeps, and the schema's migration.
+//! The store contract every reservation store keeps.
 
 use crate::common::fixture;
 
@@ -8,23 +8,6 @@ async fn the_store_contract_holds() {
     idempotency_contract::repository::all(&f.store).await;
     idempotency_contract::bulk::all(&f.store).await;
     idempotency_contract::reservation::all(&f.store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn migrating_again_and_concurrently_changes_nothing() {
-    let f = fixture().await;
-    let runs = (0..4).map(|_| {
-        let pool = f.pool.clone();
-        tokio::spawn(async move { idempotency_postgres::migrate(&pool).await })
-    });
-    for run in runs {
-        run.await.expect("join").expect("migrate again");
-    }
-    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM idempotency_schema_versions")
-        .fetch_all(&f.pool)
-        .await
-        .expect("versions");
-    assert_eq!(versions, vec![idempotency_postgres::SCHEMA_VERSION]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,6 +5,8 @@ mod claims;
 mod common;
 mod contract;
 mod coordinator;
+mod migration;
+mod recovery;
 mod repository;
 mod transactional;
 mod wake;
