@@ -35,6 +35,86 @@ pub async fn all<S: ReservationStore>(store: &S) {
     a_waiter_is_woken_by_completion_and_by_release(store).await;
     every_storable_result_reads_back_as_a_record(store).await;
     fencing_tokens_grow_with_every_new_owner(store).await;
+    a_stored_error_is_found_as_a_stored_error(store).await;
+    an_expired_reservation_is_taken_and_its_stale_owner_fenced_out(store).await;
+}
+
+/// `complete_with_error` writes a finished record of status `stored_error` (replayed to
+/// retries as the error), under the same fence as `complete`.
+pub async fn a_stored_error_is_found_as_a_stored_error<S: ReservationStore>(store: &S) {
+    let id = fresh("contract.stored-error");
+    let lease = Lease::new(id.clone(), Some("fp"), Clock::system());
+    assert_eq!(
+        store.claim(&lease, LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let error = raw(r#"{"code":"card_declined"}"#);
+    assert_eq!(
+        store
+            .complete_with_error(&lease, &error, TTL)
+            .await
+            .expect("complete_with_error"),
+        Fence::Held
+    );
+    let next = Lease::new(id, Some("fp"), Clock::system());
+    let Claim::Found(record) = store.claim(&next, LONG).await.expect("claim") else {
+        panic!("a stored error is a finished record: the next claim finds it");
+    };
+    assert!(record.is_stored_error(), "{record:?}");
+    assert!(crate::json_eq::same_value(
+        record.result().get(),
+        error.get()
+    ));
+    assert_eq!(record.fingerprint(), Some("fp"));
+}
+
+/// A reservation whose lease ran out on the store is taken by the next claim, and its
+/// stale owner can then neither complete, renew nor release over the new owner.
+pub async fn an_expired_reservation_is_taken_and_its_stale_owner_fenced_out<S: ReservationStore>(
+    store: &S,
+) {
+    let id = fresh("contract.expiry");
+    let stale = Lease::new(id.clone(), None, Clock::system());
+    assert_eq!(
+        store
+            .claim(&stale, Duration::from_secs(1))
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    let fresh_owner = Lease::new(id.clone(), None, Clock::system());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.claim(&fresh_owner, LONG).await.expect("claim") {
+            Claim::Acquired => break,
+            Claim::Found(record) => {
+                assert_eq!(record.owner(), Some(stale.token()), "{record:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a reservation 4 s past its 1 s lease still holds the key"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert_eq!(store.renew(&stale, LONG).await.expect("renew"), Fence::Lost);
+    assert_eq!(
+        store
+            .complete(&stale, &raw("\"stale\""), TTL)
+            .await
+            .expect("complete"),
+        Fence::Lost
+    );
+    assert_eq!(store.release(&stale).await.expect("release"), Fence::Lost);
+    assert_eq!(
+        store
+            .complete(&fresh_owner, &raw("\"fresh\""), TTL)
+            .await
+            .expect("complete"),
+        Fence::Held
+    );
+    let record = store.get(&id).await.expect("get").expect("completed");
+    assert_eq!(record.result().get(), "\"fresh\"");
 }
 
 /// Every owner of a key gets a fencing token larger than every earlier owner's, the same

@@ -52,6 +52,7 @@ mod metric_labels;
 mod noop_metrics;
 mod policy;
 mod record;
+mod sync;
 pub mod traits;
 mod unfenced;
 pub mod wire;

@@ -1,11 +1,8 @@
 //! The in-memory store: the embedded default for tests and single-process services.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
 
 use crate::batch::{Batch, SaveManyOptions, bulk_outcome};
 use crate::claim::{Claim, Fence, Finished};
@@ -14,6 +11,7 @@ use crate::fencing::FencingToken;
 use crate::identity::RecordId;
 use crate::lease::{Lease, completion_fence, holds_lease};
 use crate::record::IdempotencyRecord;
+use crate::sync::{Mutex, MutexGuard, Notify, OwnedNotified, timeout};
 use crate::traits::bulk::BulkRepository;
 use crate::traits::reservation::{KeyWatch, ReservationStore};
 use crate::traits::storage::IdempotencyRepository;
@@ -455,13 +453,11 @@ pub struct MemoryWatch {
 }
 
 impl KeyWatch for MemoryWatch {
-    async fn changed(&mut self, timeout: Duration) -> bool {
+    async fn changed(&mut self, wait: Duration) -> bool {
         let notified = self
             .notified
             .get_or_insert_with(|| Box::pin(Arc::clone(&self.notify).notified_owned()));
-        let woken = tokio::time::timeout(timeout, notified.as_mut())
-            .await
-            .is_ok();
+        let woken = timeout(wait, notified.as_mut()).await.is_ok();
         if woken {
             // Re-armed at once, so a change after this wake-up and before the next call
             // (while the caller re-reads the key) is not missed.

@@ -11,6 +11,7 @@ mod coalesce;
 mod defects;
 mod in_process;
 mod lua_agreement;
+mod memory_as_shipped;
 mod protocol;
 mod wake;
 
