@@ -43,11 +43,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use idempotency_core::{IdempotencyRecord, RecordId};
-use tokio::sync::watch;
+
+// The only primitives used here (see `sync.rs`: the model swaps them for shuttle's).
+use crate::sync::{Mutex, MutexGuard, watch};
 
 /// How many independent locks the map is split into.
 const SHARDS: usize = 16;
@@ -139,7 +141,7 @@ impl Coalescer {
         }
     }
 
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard> {
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         // A panic while a shard was locked cannot leave a slot half-made (every update
         // is one map operation), so a poisoned lock is still consistent.
         self.shards[shard]

@@ -54,6 +54,7 @@ mod modes;
 mod outcome;
 mod reserved;
 mod settings;
+mod sync;
 mod unreserved;
 mod wait;
 #[cfg(feature = "redis")]

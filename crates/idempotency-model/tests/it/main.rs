@@ -8,11 +8,19 @@
 //! - `wake`: the Redis store's wake-up registry under shuttle.
 
 mod coalesce;
+mod coalesce_as_shipped;
+// The coordinator's `coalesce.rs` as it ships, against shuttle's primitives (`crate::sync`
+// here is `shuttle_sync.rs`; in the coordinator it is std's and tokio's).
 mod defects;
 mod in_process;
 mod lua_agreement;
 mod memory_as_shipped;
 mod protocol;
+#[path = "../../../idempotency-coordinator/src/coalesce.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod shipped_coalesce;
+#[path = "shuttle_sync.rs"]
+mod sync;
 mod wake;
 
 /// The seed of every shuttle exploration: a fixed seed makes each run explore the same
