@@ -2,6 +2,10 @@
 //! scheduler: lost wake-ups, a follower stranded when its leader is dropped, and more
 //! than one leader (one store claim) per key at a time.
 //!
+//! The shipped module is checked as it is in `coalesce_as_shipped.rs`; this restatement
+//! stays for its broken variants (each must fail), which the shipped code cannot be
+//! made to show.
+//!
 //! RESTATED, not the real code: the coalescer's registry uses `std::sync::Mutex` and
 //! tokio's `watch` channel, which shuttle cannot schedule, and it lives inside the
 //! coordinator's private flow. What is restated here, line for line against the real

@@ -12,6 +12,9 @@
 //! nothing included. Variants that take the ticket after the re-read, or forget to
 //! disarm after the explicit release, are shown to fail.
 //!
+//! The shipped memory store is checked as it is in `memory_as_shipped.rs` (a build with
+//! `--cfg shuttle`); this restatement stays for its broken variants and the release guard.
+//!
 //! RESTATED, not the real code (keep in step with `idempotency-core/src/memory.rs` and
 //! `idempotency-coordinator/src/lease.rs`): the fence's three decisions, the change
 //! counter that stands for `Notify`, and the guard's arm/disarm/drop.
