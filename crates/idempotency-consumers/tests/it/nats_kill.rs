@@ -19,10 +19,15 @@ async fn killed_transactional_consumers_apply_each_message_exactly_once() {
     let db = TestDatabase::create();
     let pool = sqlx::PgPool::connect(&db.url()).await.expect("connect");
     idempotency_postgres::migrate(&pool).await.expect("migrate");
-    sqlx::query("CREATE TABLE effects (key text NOT NULL, fence bigint, attempt bigint)")
-        .execute(&pool)
-        .await
-        .expect("create effects");
+    for table in [
+        "CREATE TABLE effects (key text NOT NULL, fence bigint, attempt bigint)",
+        "CREATE TABLE outcomes (key text NOT NULL, outcome text NOT NULL, attempt bigint)",
+    ] {
+        sqlx::query(table)
+            .execute(&pool)
+            .await
+            .expect("create a table");
+    }
     let (js, consumer) = setup(&server, "kill", Duration::from_secs(2), 200).await;
     let env = [
         ("IDEM_NATS_URL", server.url()),
@@ -78,10 +83,15 @@ async fn killed_transactional_consumers_apply_each_message_exactly_once() {
         duplicated.is_empty(),
         "effects applied twice: {duplicated:?}"
     );
-    let info = consumer.clone().get_info().await.expect("info");
+    let report: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT outcome || CASE WHEN attempt > 1 THEN ' (redelivery)' ELSE '' END, count(*) \
+         FROM outcomes GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("outcomes");
     eprintln!(
-        "nats kill test: {messages} messages, {kills} kills, {} redelivered, {:?}",
-        info.num_redelivered,
+        "nats kill test: {messages} messages, {kills} kills, {:?}; outcomes: {report:?}",
         started.elapsed()
     );
     assert!(kills >= 10);

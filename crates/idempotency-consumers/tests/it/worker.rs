@@ -86,9 +86,10 @@ fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
 }
 
-/// Holds an executed delivery for a moment before its ack: a kill there lands between
-/// the committed effect and the acknowledgement.
-struct Lingering<P>(P);
+/// Holds an executed delivery for a moment before its ack (a kill there lands between
+/// the committed effect and the acknowledgement) and notes every outcome in the
+/// `outcomes` table, for the test's report.
+struct Lingering<P>(P, sqlx::PgPool);
 
 impl<P: Process> Process for Lingering<P> {
     fn operation(&self) -> &str {
@@ -101,7 +102,15 @@ impl<P: Process> Process for Lingering<P> {
 
     fn process(&self, delivery: Delivery) -> impl Future<Output = DeliveryOutcome> + Send {
         async move {
+            let key = delivery.key().unwrap_or_default().to_owned();
+            let attempt = delivery.attempt().number().map(|n| n as i64);
             let outcome = self.0.process(delivery).await;
+            let _ = sqlx::query("INSERT INTO outcomes (key, outcome, attempt) VALUES ($1, $2, $3)")
+                .bind(key)
+                .bind(outcome.as_str())
+                .bind(attempt)
+                .execute(&self.1)
+                .await;
             if outcome == DeliveryOutcome::Executed {
                 tokio::time::sleep(Duration::from_millis(jitter(15))).await;
             }
@@ -153,11 +162,9 @@ async fn pg_store() -> PostgresStore {
 }
 
 async fn nats_pg() {
-    let process = Lingering(Transactional::new(
-        pg_store().await,
-        "kill",
-        transactional(),
-    ));
+    let store = pg_store().await;
+    let pool = store.pool().clone();
+    let process = Lingering(Transactional::new(store, "kill", transactional()), pool);
     let client = async_nats::connect(var("IDEM_NATS_URL"))
         .await
         .expect("connect to nats");
