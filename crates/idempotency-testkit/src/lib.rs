@@ -11,7 +11,7 @@
 //! - [`postgres`]: a throwaway Postgres server per test binary and a database per test
 //!   ([`postgres::TestDatabase`]).
 //! - [`nats`]: a throwaway `nats-server -js` ([`nats::NatsServer`]).
-//! - [`rabbitmq`]: a virtual host per test on the local RabbitMQ broker
+//! - [`rabbitmq`]: a virtual host per test on the local `RabbitMQ` broker
 //!   ([`rabbitmq::RabbitVhost`]), removed on drop.
 //!
 //! Where `redis-server` (or Postgres's `initdb`, `nats-server`, `rabbitmqctl`) is missing, starting a server panics

@@ -1,5 +1,5 @@
 //! Throwaway `nats-server -js` processes: one per call, on a free loopback port, its
-//! JetStream store in a temporary directory. Stopped and the directory removed when
+//! `JetStream` store in a temporary directory. Stopped and the directory removed when
 //! dropped; a watchdog shell kills it once the test process is gone, however that
 //! process ended.
 
@@ -43,7 +43,7 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a JetStream server on a free port and waits until it accepts connections.
+    /// Starts a `JetStream` server on a free port and waits until it accepts connections.
     ///
     /// # Panics
     /// When `nats-server` is missing (with an install hint) or does not come up.

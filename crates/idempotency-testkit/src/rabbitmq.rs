@@ -1,4 +1,4 @@
-//! A fresh RabbitMQ virtual host per test on the machine's local broker
+//! A fresh `RabbitMQ` virtual host per test on the machine's local broker
 //! (127.0.0.1:5672, guest/guest), made and removed with `rabbitmqctl` (the management
 //! plugin is not needed). Removing the virtual host removes its queues and exchanges,
 //! so nothing is left behind, also when the test panics (a drop guard).

@@ -1,4 +1,4 @@
-//! JetStream consumers SIGKILLed at random points (mid-handler, between the committed
+//! `JetStream` consumers killed (`SIGKILL`) at random points (mid-handler, between the committed
 //! effect and the ack, while a duplicate is in flight) and restarted.
 
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The worker processes of the kill tests: this test binary re-run with
 //! `IDEM_CONSUMER_WORKER` set to a role, consuming until it is killed.
 
-use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +33,7 @@ pub(crate) fn spawn(role: &str, env: &[(&str, String)]) -> Child {
     cmd.spawn().expect("spawn a worker")
 }
 
-/// Worker processes, SIGKILLed when dropped (also when the test fails).
+/// Worker processes, killed (`SIGKILL`) when dropped (also when the test fails).
 #[derive(Debug, Default)]
 pub(crate) struct Workers(pub(crate) Vec<Child>);
 
@@ -100,8 +99,8 @@ impl<P: Process> Process for Lingering<P> {
         self.0.record_ttl()
     }
 
-    fn process(&self, delivery: Delivery) -> impl Future<Output = DeliveryOutcome> + Send {
-        async move {
+    async fn process(&self, delivery: Delivery) -> DeliveryOutcome {
+        {
             let key = delivery.key().unwrap_or_default().to_owned();
             let attempt = delivery.attempt().number().map(|n| n as i64);
             let outcome = self.0.process(delivery).await;
