@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-/// The headers of a delivery, as text (values that are not text are left out).
+/// The headers of a delivery, as text (AMQP integers in decimal; other values that are
+/// not text are left out).
 ///
 /// # Examples
 /// ```

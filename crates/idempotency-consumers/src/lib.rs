@@ -41,12 +41,14 @@
 //! ```
 //!
 //! # Features
-//! - `nats`: [`JetStreamConsumer`] on `async-nats` pull consumers.
+//! - `nats`: `JetStreamConsumer` on `async-nats` pull consumers.
 //! - `amqp`: `AmqpConsumer` on `lapin`.
 //! - `postgres`: `Transactional`, the handler in the record's transaction.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod constants;
 mod delivery;
 mod driver;
@@ -64,6 +66,9 @@ mod nats;
 #[cfg(feature = "postgres")]
 mod transactional;
 
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use amqp::AmqpConsumer;
 pub use constants::{
     DEFAULT_CONCURRENCY, DEFAULT_FAILURE_DELAY, DEFAULT_IN_FLIGHT_DELAY, DEFAULT_RECORD_TTL,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_STORAGE_DELAY, NATS_MSG_ID, X_DELIVERY_COUNT,

@@ -3,6 +3,7 @@
 //! test kit. The kill tests re-run this binary as worker processes
 //! (`IDEM_CONSUMER_WORKER` set), which they SIGKILL and restart.
 
+mod amqp;
 mod common;
 mod nats;
 mod nats_kill;
