@@ -5,8 +5,8 @@
 
 mod amqp;
 mod common;
+mod kill;
 mod nats;
-mod nats_kill;
 mod worker;
 
 /// The entry point of a worker process: a no-op in a normal test run.

@@ -5,10 +5,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idempotency_consumers::{
-    ConsumerOptions, Delays, Delivery, DeliveryOutcome, JetStreamConsumer, KeySource, Process,
-    Transactional,
+    AmqpConsumer, ConsumerOptions, Delays, Delivery, DeliveryOutcome, Idempotent,
+    JetStreamConsumer, KeySource, Process, Transactional,
 };
+use idempotency_coordinator::Coordinator;
 use idempotency_postgres::PostgresStore;
+use idempotency_redis::{ConnectOptions, RedisStore};
 
 /// The variable naming a worker's role.
 pub(crate) const ROLE_VAR: &str = "IDEM_CONSUMER_WORKER";
@@ -63,10 +65,7 @@ pub(crate) fn run(role: &str) {
         .expect("a runtime");
     runtime.block_on(async {
         tokio::spawn(exit_with_parent());
-        match role {
-            "nats-pg" => nats_pg().await,
-            other => panic!("unknown worker role {other:?}"),
-        }
+        consume_as(role).await;
     });
 }
 
@@ -118,20 +117,30 @@ impl<P: Process> Process for Lingering<P> {
     }
 }
 
-pub(crate) fn kill_options() -> ConsumerOptions {
+/// The options of a kill-test worker: keys from `Event-Id` on NATS (JetStream itself
+/// drops a repeated `Nats-Msg-Id`), from `message-id` on AMQP.
+pub(crate) fn kill_options(broker: &str) -> ConsumerOptions {
+    let key = if broker == "nats" {
+        KeySource::header(crate::nats::EVENT_ID)
+    } else {
+        KeySource::MessageId
+    };
     ConsumerOptions::new()
-        .with_key(KeySource::header(crate::nats::EVENT_ID))
+        .with_key(key)
         .with_delays(
             Delays::default()
                 .with_in_flight(Duration::from_millis(100))
                 .with_failure(Duration::from_millis(100))
                 .with_storage(Duration::from_millis(200)),
         )
-        .with_concurrency(8)
+        .with_concurrency(KILL_CONCURRENCY)
 }
 
-/// The effect: a row per run in `effects`, inserted in the record's transaction, with a
-/// pause inside the transaction where a kill lands mid-handler.
+/// How many deliveries each kill-test worker runs at once.
+pub(crate) const KILL_CONCURRENCY: usize = 8;
+
+/// The effect in the record's transaction: a row per run in `effects`, with a pause
+/// inside the transaction where a kill lands mid-handler.
 fn transactional()
 -> impl Fn(&mut sqlx::PgConnection, Delivery) -> idempotency_consumers::TxHandlerFuture<'_, sqlx::Error>
 + Send
@@ -151,32 +160,87 @@ fn transactional()
     }
 }
 
-async fn pg_store() -> PostgresStore {
-    let pool = sqlx::postgres::PgPoolOptions::new()
+async fn pg_pool() -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
         .max_connections(12)
         .connect(&var("IDEM_PG_URL"))
         .await
-        .expect("connect to postgres");
-    PostgresStore::new(pool)
+        .expect("connect to postgres")
 }
 
-async fn nats_pg() {
-    let store = pg_store().await;
-    let pool = store.pool().clone();
-    let process = Lingering(Transactional::new(store, "kill", transactional()), pool);
-    let client = async_nats::connect(var("IDEM_NATS_URL"))
-        .await
-        .expect("connect to nats");
-    let js = async_nats::jetstream::new(client);
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(var("IDEM_STREAM"))
-        .await
-        .expect("the stream")
-        .get_consumer("workers")
-        .await
-        .expect("the consumer");
-    let _ = JetStreamConsumer::new(consumer, process, kill_options())
-        .with_fetch_wait(Duration::from_millis(500))
-        .run(std::future::pending())
-        .await;
+/// Runs the worker `broker-store` until killed.
+async fn consume_as(role: &str) {
+    let (broker, store) = role.split_once('-').expect("a role is broker-store");
+    let pool = pg_pool().await;
+    match store {
+        "pg" => {
+            let process =
+                Transactional::new(PostgresStore::new(pool.clone()), "kill", transactional());
+            consume(broker, Lingering(process, pool)).await;
+        }
+        "redis" => {
+            let redis = RedisStore::connect(&var("IDEM_REDIS_URL"), &ConnectOptions::default())
+                .await
+                .expect("connect to redis");
+            let coordinator = Coordinator::builder(redis)
+                .lease(Duration::from_secs(2))
+                .build()
+                .expect("a coordinator");
+            let effects = pool.clone();
+            // The effect outside the record: committed at once, on its own.
+            let handler = move |d: Delivery| {
+                let effects = effects.clone();
+                async move {
+                    sqlx::query("INSERT INTO effects (key, fence, attempt) VALUES ($1, NULL, $2)")
+                        .bind(d.key().unwrap_or_default())
+                        .bind(d.attempt().number().map(|n| n as i64))
+                        .execute(&effects)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(jitter(10))).await;
+                    Ok::<_, sqlx::Error>(())
+                }
+            };
+            consume(
+                broker,
+                Lingering(Idempotent::new(coordinator, "kill", handler), pool),
+            )
+            .await;
+        }
+        other => panic!("unknown store {other:?}"),
+    }
+}
+
+async fn consume<P: Process>(broker: &str, process: P) {
+    match broker {
+        "nats" => {
+            let client = async_nats::connect(var("IDEM_NATS_URL"))
+                .await
+                .expect("connect to nats");
+            let js = async_nats::jetstream::new(client);
+            let consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_stream(var("IDEM_STREAM"))
+                .await
+                .expect("the stream")
+                .get_consumer("workers")
+                .await
+                .expect("the consumer");
+            let _ = JetStreamConsumer::new(consumer, process, kill_options(broker))
+                .with_fetch_wait(Duration::from_millis(500))
+                .run(std::future::pending())
+                .await;
+        }
+        "amqp" => {
+            let connection = lapin::Connection::connect(
+                &var("IDEM_AMQP_URL"),
+                lapin::ConnectionProperties::default(),
+            )
+            .await
+            .expect("connect to rabbitmq");
+            let channel = connection.create_channel().await.expect("a channel");
+            let _ = AmqpConsumer::new(channel, var("IDEM_QUEUE"), process, kill_options(broker))
+                .run(std::future::pending())
+                .await;
+        }
+        other => panic!("unknown broker {other:?}"),
+    }
 }
