@@ -30,7 +30,7 @@ enum Broker {
     Nats {
         server: NatsServer,
         js: Context,
-        consumer: PullConsumer,
+        consumer: Box<PullConsumer>,
     },
     Amqp {
         vhost: RabbitVhost,
@@ -49,7 +49,7 @@ impl Broker {
                 Self::Nats {
                     server,
                     js,
-                    consumer,
+                    consumer: Box::new(consumer),
                 }
             }
             _ => {
