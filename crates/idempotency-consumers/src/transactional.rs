@@ -75,8 +75,16 @@ impl<H> fmt::Debug for Transactional<H> {
 
 impl<H> Transactional<H> {
     /// Runs `handler` in transactions on `store` under `operation`, keeping records for
-    /// the kit's default TTL (30 minutes).
-    pub fn new(store: PostgresStore, operation: impl Into<String>, handler: H) -> Self {
+    /// the kit's default TTL (30 minutes). (The bound here lets a closure be written in
+    /// place: it makes the compiler give it the signature for every borrow.)
+    pub fn new<E>(store: PostgresStore, operation: impl Into<String>, handler: H) -> Self
+    where
+        H: for<'c> Fn(&'c mut PgConnection, Delivery) -> TxHandlerFuture<'c, E>
+            + Send
+            + Sync
+            + 'static,
+        E: fmt::Display + Send,
+    {
         Self {
             store,
             operation: operation.into(),
