@@ -145,20 +145,16 @@ impl<P: Process> JetStreamConsumer<P> {
         let mut stopped = Stopped::default();
         let shutdown = std::pin::pin!(shutdown);
         let mut shutdown = shutdown;
+        // Each pull asks for a full `concurrency` of messages, whatever runs: waiting
+        // for free slots before asking would turn a busy consumer into one round trip
+        // per message. A received message waits for a slot in hand (at most one batch
+        // beyond what runs), and a shutdown sends it back.
         'fetch: loop {
             while running.try_join_next().is_some() {}
-            let free = concurrency.saturating_sub(running.len());
-            if free == 0 {
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => break 'fetch,
-                    _ = running.join_next() => continue 'fetch,
-                }
-            }
             let request = self
                 .consumer
                 .batch()
-                .max_messages(free)
+                .max_messages(concurrency)
                 .expires(self.fetch_wait)
                 .messages();
             let batch = tokio::select! {
@@ -175,10 +171,10 @@ impl<P: Process> JetStreamConsumer<P> {
                 }
             };
             loop {
-                tokio::select! {
+                let message = tokio::select! {
                     biased;
                     () = &mut shutdown => {
-                        stopped.returned = return_rest(&mut batch, self.fetch_wait).await;
+                        stopped.returned += return_rest(&mut batch, self.fetch_wait).await;
                         break 'fetch;
                     }
                     next = batch.next() => match next {
@@ -187,12 +183,26 @@ impl<P: Process> JetStreamConsumer<P> {
                             tracing::debug!(error = %e, "batch ended");
                             break;
                         }
-                        Some(Ok(message)) => {
-                            context.get_or_insert_with(|| message.context.clone());
-                            running.spawn(settle(Arc::clone(&self.shared), message));
-                        }
+                        Some(Ok(message)) => message,
                     },
+                };
+                context.get_or_insert_with(|| message.context.clone());
+                while running.try_join_next().is_some() {}
+                // Invariant: at most `concurrency` handlers run; the message waits here.
+                while running.len() >= concurrency {
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => {
+                            if message.ack_with(AckKind::Nak(None)).await.is_ok() {
+                                stopped.returned += 1;
+                            }
+                            stopped.returned += return_rest(&mut batch, self.fetch_wait).await;
+                            break 'fetch;
+                        }
+                        _ = running.join_next() => {}
+                    }
                 }
+                running.spawn(settle(Arc::clone(&self.shared), message));
             }
         }
         let grace = tokio::time::sleep(self.shared.options.shutdown_grace);

@@ -4,6 +4,7 @@
 //! (`IDEM_CONSUMER_WORKER` set), which they SIGKILL and restart.
 
 mod amqp;
+mod bench;
 mod common;
 mod kill;
 mod nats;
