@@ -120,3 +120,51 @@ impl fmt::Display for Retention {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Retention;
+    use crate::outcome::Delays;
+
+    const fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn backoff_entries_replace_ack_wait_and_the_last_one_repeats() {
+        let delays = Delays::default().with_storage(secs(1));
+        // 5 deliveries with backoff [2, 10]: 2 + 10 + 10 + 10 + 10.
+        let retention = Retention::jetstream(secs(60), 5, secs(30), &[secs(2), secs(10)], &delays);
+        assert_eq!(
+            retention,
+            Retention::Covered {
+                ttl: secs(60),
+                horizon: secs(42)
+            }
+        );
+        let short = Retention::jetstream(secs(40), 5, secs(30), &[secs(2), secs(10)], &delays);
+        assert!(short.is_short());
+    }
+
+    #[test]
+    fn a_longer_nak_delay_stretches_each_wait() {
+        let delays = Delays::default().with_in_flight(secs(20));
+        let retention = Retention::jetstream(secs(3600), 3, secs(5), &[], &delays);
+        assert_eq!(
+            retention,
+            Retention::Covered {
+                ttl: secs(3600),
+                horizon: secs(60)
+            }
+        );
+    }
+
+    #[test]
+    fn unlimited_deliveries_are_never_covered() {
+        let retention = Retention::jetstream(secs(86_400), -1, secs(30), &[], &Delays::default());
+        assert_eq!(retention, Retention::Unbounded { ttl: secs(86_400) });
+        assert!(retention.is_short());
+    }
+}

@@ -334,3 +334,60 @@ async fn shutdown_lets_running_handlers_finish_and_acknowledges_them() {
     assert_eq!(counts.count(DeliveryOutcome::Executed), 20);
     assert!(runs.lock().expect("runs").values().all(|r| r.len() == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_key_is_nats_msg_id_and_a_late_republication_replays() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    // A short duplicate window, so that JetStream stores the second publication.
+    let stream = js
+        .create_stream(stream::Config {
+            name: "msgid".to_owned(),
+            subjects: vec!["msgid.>".to_owned()],
+            duplicate_window: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("workers".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    for _ in 0..2 {
+        let mut headers = HeaderMap::new();
+        headers.insert(idempotency_consumers::NATS_MSG_ID, "order-1");
+        js.publish_with_headers("msgid.x", headers, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let runs = Runs::default();
+    let counts = Arc::new(DeliveryCounts::default());
+    let process = Idempotent::new(
+        Coordinator::in_memory(),
+        "msgid",
+        recording(&runs, Duration::ZERO),
+    );
+    let options = ConsumerOptions::new().with_metrics(Arc::clone(&counts) as _);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        JetStreamConsumer::new(consumer.clone(), process, options).run(async move {
+            let _ = stopped.await;
+        }),
+    );
+    assert!(eventually(Duration::from_secs(20), || drained(&consumer)).await);
+    let _ = stop.send(());
+    task.await.expect("join").expect("run");
+    assert_eq!(
+        runs.lock().expect("runs").get("order-1").map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(counts.count(DeliveryOutcome::Executed), 1);
+    assert_eq!(counts.count(DeliveryOutcome::Replayed), 1);
+}
