@@ -82,7 +82,7 @@ pub use metrics::{ConsumerMetrics, DeliveryCounts, NoConsumerMetrics};
 pub use nats::JetStreamConsumer;
 pub use options::ConsumerOptions;
 pub use outcome::{Delays, DeliveryOutcome, Settlement};
-pub use process::{Idempotent, Process};
+pub use process::{Idempotent, Process, ReleaseErrors, StoreErrorsWhen};
 pub use retention::Retention;
 pub use shutdown::Stopped;
 #[cfg(feature = "postgres")]

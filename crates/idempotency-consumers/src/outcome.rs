@@ -19,6 +19,10 @@ pub enum DeliveryOutcome {
     /// The store failed (or the record could not be read or written): sent back with a
     /// delay, never acknowledged.
     StorageError,
+    /// The handler failed with an error its policy stores
+    /// ([`Idempotent::with_stored_errors`](crate::Idempotent::with_stored_errors)), or a
+    /// stored error was replayed: acknowledged, the error is the message's answer.
+    StoredError,
     /// No key (under [`MissingKey::Reject`](crate::MissingKey::Reject)), an invalid key,
     /// or a key reused for another payload: rejected (dead-letter), the handler never ran.
     Rejected,
@@ -30,12 +34,13 @@ pub enum DeliveryOutcome {
 
 impl DeliveryOutcome {
     /// Every outcome, for pre-registering label values.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Executed,
         Self::Replayed,
         Self::RequeuedInFlight,
         Self::Failed,
         Self::StorageError,
+        Self::StoredError,
         Self::Rejected,
         Self::Unprotected,
         Self::Returned,
@@ -55,6 +60,7 @@ impl DeliveryOutcome {
             Self::RequeuedInFlight => "requeued_in_flight",
             Self::Failed => "failed",
             Self::StorageError => "storage_error",
+            Self::StoredError => "stored_error",
             Self::Rejected => "rejected",
             Self::Unprotected => "unprotected",
             Self::Returned => "returned",
@@ -64,7 +70,9 @@ impl DeliveryOutcome {
     /// What the consumer answers the broker for this outcome, given its delays.
     pub fn settlement(self, delays: &Delays) -> Settlement {
         match self {
-            Self::Executed | Self::Replayed | Self::Unprotected => Settlement::Ack,
+            Self::Executed | Self::Replayed | Self::StoredError | Self::Unprotected => {
+                Settlement::Ack
+            }
             Self::RequeuedInFlight => Settlement::Retry(delays.in_flight),
             Self::Failed => Settlement::Retry(delays.failure),
             Self::StorageError => Settlement::Retry(delays.storage),

@@ -9,6 +9,9 @@ use idempotency_coordinator::{
     Coordinator, ErrorClass, IdempotencyError, InFlight, OnStorageError, Outcome, ReservationStore,
 };
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use crate::constants::DEFAULT_RECORD_TTL;
 use crate::delivery::Delivery;
 use crate::outcome::DeliveryOutcome;
@@ -67,14 +70,25 @@ pub(crate) fn outcome_of_error(error: &IdempotencyError) -> DeliveryOutcome {
 /// assert_eq!(process.process(delivery).await, DeliveryOutcome::Replayed);
 /// # }
 /// ```
-pub struct Idempotent<S, H> {
+pub struct Idempotent<S, H, W = ReleaseErrors> {
     coordinator: Coordinator<S>,
     operation: String,
     ttl: Duration,
     handler: H,
+    errors: W,
 }
 
-impl<S, H> fmt::Debug for Idempotent<S, H> {
+/// The default error policy of [`Idempotent`]: every handler error releases the key and
+/// the delivery comes back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseErrors;
+
+/// The error policy set by [`Idempotent::with_stored_errors`]: the errors `when` selects
+/// are stored under the key and the delivery is acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreErrorsWhen<F>(F);
+
+impl<S, H, W> fmt::Debug for Idempotent<S, H, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Idempotent")
             .field("operation", &self.operation)
@@ -92,15 +106,59 @@ impl<S, H> Idempotent<S, H> {
             operation: operation.into(),
             ttl: DEFAULT_RECORD_TTL,
             handler,
+            errors: ReleaseErrors,
         }
     }
+}
 
+impl<S, H, W> Idempotent<S, H, W> {
     /// How long finished records are kept (within the coordinator's TTL bounds; an
     /// operation TTL set on the coordinator wins, so set the same value there).
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
+    }
+
+    /// Stores the handler errors `when` selects (errors that are answers, such as a
+    /// rejected order, not accidents such as a timeout): the record keeps the error (as
+    /// JSON, the error type being serde-serializable), the delivery is acknowledged
+    /// ([`DeliveryOutcome::StoredError`]), and a redelivery or duplicate replays it
+    /// without running the handler. Other errors release the key as before.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use idempotency_consumers::{Delivery, DeliveryOutcome, Headers, Idempotent, Process};
+    /// use idempotency_coordinator::Coordinator;
+    ///
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    /// enum OrderError { OutOfStock, Timeout }
+    /// impl std::fmt::Display for OrderError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") }
+    /// }
+    ///
+    /// let process = Idempotent::new(Coordinator::in_memory(), "orders.reserve", |_: Delivery| async {
+    ///     Err::<(), _>(OrderError::OutOfStock)
+    /// })
+    /// .with_stored_errors(|e: &OrderError| matches!(e, OrderError::OutOfStock));
+    /// let delivery = Delivery::new("orders", "{}".into(), Headers::default()).with_key("o-1");
+    /// assert_eq!(process.process(delivery.clone()).await, DeliveryOutcome::StoredError);
+    /// assert_eq!(process.process(delivery).await, DeliveryOutcome::StoredError);
+    /// # }
+    /// ```
+    pub fn with_stored_errors<E, F>(self, when: F) -> Idempotent<S, H, StoreErrorsWhen<F>>
+    where
+        F: Fn(&E) -> bool,
+    {
+        Idempotent {
+            coordinator: self.coordinator,
+            operation: self.operation,
+            ttl: self.ttl,
+            handler: self.handler,
+            errors: StoreErrorsWhen(when),
+        }
     }
 }
 
@@ -116,7 +174,54 @@ impl<E> From<IdempotencyError> for Failure<E> {
     }
 }
 
-impl<S, H, Fut, E> Process for Idempotent<S, H>
+// A stored error is the handler's: the library's own errors are never selected for
+// storing (the predicate sees handler errors only), so they never reach these.
+impl<E: Serialize> Serialize for Failure<E> {
+    fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        match self {
+            Self::Handler(e) => e.serialize(serializer),
+            Self::Kit(_) => Err(serde::ser::Error::custom(
+                "the library's errors are never stored",
+            )),
+        }
+    }
+}
+
+impl<'de, E: Deserialize<'de>> Deserialize<'de> for Failure<E> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        E::deserialize(deserializer).map(Self::Handler)
+    }
+}
+
+impl<S, H, W> Idempotent<S, H, W> {
+    /// What a finished call means for the delivery.
+    fn outcome_of<E: fmt::Display>(
+        &self,
+        result: Result<((), Outcome), Failure<E>>,
+        stored: impl Fn(&E) -> bool,
+    ) -> DeliveryOutcome {
+        match result {
+            Ok(((), Outcome::Executed | Outcome::TookOver)) => DeliveryOutcome::Executed,
+            Ok(((), Outcome::Replayed | Outcome::WaitedThenReplayed)) => DeliveryOutcome::Replayed,
+            // `Raise` never runs unprotected; `Bypassed` is the keyless run.
+            Ok(((), _)) => DeliveryOutcome::Unprotected,
+            Err(Failure::Handler(e)) if stored(&e) => {
+                tracing::info!(operation = %self.operation, error = %e, "handler error stored");
+                DeliveryOutcome::StoredError
+            }
+            Err(Failure::Handler(e)) => {
+                tracing::warn!(operation = %self.operation, error = %e, "handler failed; the key is released");
+                DeliveryOutcome::Failed
+            }
+            Err(Failure::Kit(e)) => {
+                tracing::warn!(operation = %self.operation, error = %e, "delivery not run");
+                outcome_of_error(&e)
+            }
+        }
+    }
+}
+
+impl<S, H, Fut, E> Process for Idempotent<S, H, ReleaseErrors>
 where
     S: ReservationStore,
     H: Fn(Delivery) -> Fut + Send + Sync + 'static,
@@ -142,19 +247,39 @@ where
             .on_storage_error(OnStorageError::Raise)
             .run_with_outcome(|| async move { handler(delivery).await.map_err(Failure::Handler) })
             .await;
-        match result {
-            Ok(((), Outcome::Executed | Outcome::TookOver)) => DeliveryOutcome::Executed,
-            Ok(((), Outcome::Replayed | Outcome::WaitedThenReplayed)) => DeliveryOutcome::Replayed,
-            // `Raise` never runs unprotected; `Bypassed` is the keyless run.
-            Ok(((), _)) => DeliveryOutcome::Unprotected,
-            Err(Failure::Handler(e)) => {
-                tracing::warn!(operation = %self.operation, error = %e, "handler failed; the key is released");
-                DeliveryOutcome::Failed
-            }
-            Err(Failure::Kit(e)) => {
-                tracing::warn!(operation = %self.operation, error = %e, "delivery not run");
-                outcome_of_error(&e)
-            }
-        }
+        self.outcome_of(result, |_| false)
+    }
+}
+
+impl<S, H, Fut, E, F> Process for Idempotent<S, H, StoreErrorsWhen<F>>
+where
+    S: ReservationStore,
+    H: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: fmt::Display + Serialize + DeserializeOwned + Send,
+    F: Fn(&E) -> bool + Send + Sync + 'static,
+{
+    fn operation(&self) -> &str {
+        &self.operation
+    }
+
+    fn record_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    async fn process(&self, delivery: Delivery) -> DeliveryOutcome {
+        let key = delivery.key().map(str::to_owned);
+        let handler = &self.handler;
+        let when = &self.errors.0;
+        let result = self
+            .coordinator
+            .call(&self.operation, key.as_deref())
+            .ttl(self.ttl)
+            .in_flight(InFlight::Raise)
+            .on_storage_error(OnStorageError::Raise)
+            .store_errors(|failure: &Failure<E>| matches!(failure, Failure::Handler(e) if when(e)))
+            .run_with_outcome(|| async move { handler(delivery).await.map_err(Failure::Handler) })
+            .await;
+        self.outcome_of(result, when)
     }
 }

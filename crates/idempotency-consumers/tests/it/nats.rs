@@ -391,3 +391,36 @@ async fn the_default_key_is_nats_msg_id_and_a_late_republication_replays() {
     assert_eq!(counts.count(DeliveryOutcome::Executed), 1);
     assert_eq!(counts.count(DeliveryOutcome::Replayed), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_handler_error_is_acknowledged_and_replayed_to_the_duplicate() {
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, "stored", Duration::from_secs(5), 5).await;
+    publish(&js, "stored.x", Some("k"), "{}").await;
+    publish(&js, "stored.x", Some("k"), "{}").await;
+    let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&ran);
+    let process = Idempotent::new(Coordinator::in_memory(), "stored", move |_: Delivery| {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async { Err::<(), String>("out of stock".to_owned()) }
+    })
+    .with_stored_errors(|e: &String| e == "out of stock");
+    let counts = Arc::new(DeliveryCounts::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        JetStreamConsumer::new(
+            consumer.clone(),
+            process,
+            options(&counts).with_concurrency(1),
+        )
+        .run(async move {
+            let _ = stopped.await;
+        }),
+    );
+    assert!(eventually(Duration::from_secs(20), || drained(&consumer)).await);
+    let _ = stop.send(());
+    task.await.expect("join").expect("run");
+    assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(counts.count(DeliveryOutcome::StoredError), 2);
+    assert_eq!(counts.count(DeliveryOutcome::Failed), 0);
+}
