@@ -146,7 +146,7 @@ where
             Ok(outcome) if outcome.is_replayed() => DeliveryOutcome::Replayed,
             Ok(_) => DeliveryOutcome::Executed,
             // Written by a non-transactional caller under an error policy: durable, final.
-            Err(RunError::StoredError(_)) => DeliveryOutcome::Replayed,
+            Err(RunError::StoredError(_)) => DeliveryOutcome::StoredError,
             Err(RunError::Action(e)) => {
                 tracing::warn!(operation = %self.operation, error = %e, "handler failed; rolled back");
                 DeliveryOutcome::Failed
