@@ -20,6 +20,7 @@ pub enum ConsumerError {
 }
 
 impl ConsumerError {
+    #[cfg(any(feature = "nats", feature = "amqp"))]
     pub(crate) fn broker(
         broker: &'static str,
         source: impl Into<Box<dyn Error + Send + Sync>>,

@@ -51,6 +51,7 @@
 mod amqp;
 mod constants;
 mod delivery;
+#[cfg(any(feature = "nats", feature = "amqp"))]
 mod driver;
 mod error;
 mod key;
