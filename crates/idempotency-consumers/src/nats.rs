@@ -18,9 +18,9 @@
 //! ends.
 //!
 //! Concurrency invariant: a message is settled exactly once, by the task that ran it
-//! (or, at shutdown, by the loop that never started it); a handler running past
-//! `ack_wait` is redelivered meanwhile, and that duplicate finds the key in flight and
-//! is sent back, never run next to it.
+//! (or, at shutdown, by the loop that never started it). A running handler's message is
+//! kept by `+WPI` every half `ack_wait`; a redelivery that comes all the same finds the
+//! key in flight and is sent back, never run next to it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -108,19 +108,31 @@ impl<P: Process> JetStreamConsumer<P> {
     /// # Errors
     /// [`ConsumerError::Broker`] when the consumer's info cannot be read.
     pub async fn check_retention(&self) -> Result<Retention, ConsumerError> {
+        Ok(self.read_config().await?.0)
+    }
+
+    /// The retention, and how often a running handler tells JetStream it is still at
+    /// work: half the shortest wait before a redelivery (`ack_wait`, or the first
+    /// `backoff` entry).
+    async fn read_config(&self) -> Result<(Retention, Duration), ConsumerError> {
         let info = self
             .consumer
             .get_info()
             .await
             .map_err(|e| ConsumerError::broker(BROKER, e))?;
         let config = &info.config;
-        Ok(Retention::jetstream(
+        let retention = Retention::jetstream(
             self.shared.process.record_ttl(),
             config.max_deliver,
             config.ack_wait,
             &config.backoff,
             &self.shared.options.delays,
-        ))
+        );
+        let shortest = config
+            .backoff
+            .first()
+            .map_or(config.ack_wait, |first| (*first).min(config.ack_wait));
+        Ok((retention, shortest / 2))
     }
 
     /// Fetches and runs messages until `shutdown` completes, then stops fetching, sends
@@ -136,9 +148,8 @@ impl<P: Process> JetStreamConsumer<P> {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Stopped, ConsumerError> {
-        self.check_retention()
-            .await?
-            .warn_if_short(self.shared.process.operation());
+        let (retention, progress) = self.read_config().await?;
+        retention.warn_if_short(self.shared.process.operation());
         let concurrency = self.shared.options.concurrency;
         let mut running: JoinSet<()> = JoinSet::new();
         let mut context: Option<Context> = None;
@@ -202,7 +213,7 @@ impl<P: Process> JetStreamConsumer<P> {
                         _ = running.join_next() => {}
                     }
                 }
-                running.spawn(settle(Arc::clone(&self.shared), message));
+                running.spawn(settle(Arc::clone(&self.shared), message, progress));
             }
         }
         let grace = tokio::time::sleep(self.shared.options.shutdown_grace);
@@ -265,9 +276,26 @@ fn delivery_of(message: &Message, options: &ConsumerOptions) -> Delivery {
 }
 
 /// Runs one message and answers the broker.
-async fn settle<P: Process>(shared: Arc<Shared<P>>, message: Message) {
+///
+/// While the handler runs, `+WPI` (work in progress) every `progress` keeps JetStream
+/// from redelivering the message to another consumer meanwhile (which would only be
+/// sent back, but would use up one of its deliveries).
+async fn settle<P: Process>(shared: Arc<Shared<P>>, message: Message, progress: Duration) {
     let delivery = delivery_of(&message, &shared.options);
-    let outcome = drive(&shared.process, delivery, &shared.options, BROKER).await;
+    let run = drive(&shared.process, delivery, &shared.options, BROKER);
+    tokio::pin!(run);
+    let mut ticks = tokio::time::interval(progress.max(Duration::from_millis(10)));
+    ticks.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = ticks.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress not sent");
+                }
+            }
+        }
+    };
     let kind = match outcome.settlement(&shared.options.delays) {
         Settlement::Ack => AckKind::Ack,
         Settlement::Retry(delay) if delay.is_zero() => AckKind::Nak(None),

@@ -424,3 +424,31 @@ async fn a_stored_handler_error_is_acknowledged_and_replayed_to_the_duplicate() 
     assert_eq!(counts.count(DeliveryOutcome::StoredError), 2);
     assert_eq!(counts.count(DeliveryOutcome::Failed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_running_past_ack_wait_keeps_its_message() {
+    let server = NatsServer::start();
+    let (js, consumer) = setup(&server, "slow", Duration::from_secs(1), 10).await;
+    publish(&js, "slow.x", Some("k"), "{}").await;
+    let runs = Runs::default();
+    let counts = Arc::new(DeliveryCounts::default());
+    let process = Idempotent::new(
+        Coordinator::in_memory(),
+        "slow",
+        recording(&runs, Duration::from_millis(3500)),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        JetStreamConsumer::new(consumer.clone(), process, options(&counts)).run(async move {
+            let _ = stopped.await;
+        }),
+    );
+    let done = || async { counts.count(DeliveryOutcome::Executed) == 1 };
+    assert!(eventually(Duration::from_secs(20), done).await);
+    assert!(eventually(Duration::from_secs(5), || drained(&consumer)).await);
+    let _ = stop.send(());
+    task.await.expect("join").expect("run");
+    // Without the progress signals, JetStream would have redelivered it every second.
+    assert_eq!(counts.count(DeliveryOutcome::RequeuedInFlight), 0);
+    assert_eq!(runs.lock().expect("runs").get("k").map(Vec::len), Some(1));
+}
