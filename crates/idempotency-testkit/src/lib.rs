@@ -10,8 +10,11 @@
 //! - [`proxy`]: a loopback TCP proxy that can delay, drop or freeze traffic.
 //! - [`postgres`]: a throwaway Postgres server per test binary and a database per test
 //!   ([`postgres::TestDatabase`]).
+//! - [`nats`]: a throwaway `nats-server -js` ([`nats::NatsServer`]).
+//! - [`rabbitmq`]: a virtual host per test on the local `RabbitMQ` broker
+//!   ([`rabbitmq::RabbitVhost`]), removed on drop.
 //!
-//! Where `redis-server` (or Postgres's `initdb`) is missing, starting a server panics
+//! Where `redis-server` (or Postgres's `initdb`, `nats-server`, `rabbitmqctl`) is missing, starting a server panics
 //! with an install hint: a test that needs it fails, it never passes by skipping.
 
 // Test support panics by design: a failed set-up is a failed test.
@@ -23,9 +26,11 @@ pub mod conformance;
 pub mod history;
 
 mod metrics;
+pub mod nats;
 pub mod postgres;
 pub mod proxy;
 pub mod python;
+pub mod rabbitmq;
 pub mod resp;
 pub mod sentinel;
 mod server;
