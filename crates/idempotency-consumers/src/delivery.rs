@@ -1,6 +1,7 @@
 //! What a handler is given: one delivery, broker-neutral.
 
 use bytes::Bytes;
+use idempotency_coordinator::FencingToken;
 
 /// The headers of a delivery, as text (AMQP integers in decimal; other values that are
 /// not text are left out).
@@ -109,7 +110,7 @@ pub struct Delivery {
     headers: Headers,
     key: Option<String>,
     attempt: Attempt,
-    fence: Option<i64>,
+    fence: Option<FencingToken>,
 }
 
 impl Delivery {
@@ -142,7 +143,7 @@ impl Delivery {
 
     /// Sets the fencing token of the claim the handler runs under.
     #[must_use]
-    pub fn with_fence(mut self, fence: i64) -> Self {
+    pub fn with_fence(mut self, fence: FencingToken) -> Self {
         self.fence = Some(fence);
         self
     }
@@ -175,8 +176,9 @@ impl Delivery {
 
     /// The fencing token of the claim (grows with every new owner of the key): present
     /// in the transactional PostgreSQL mode, where the handler can write it next to its
-    /// effects. The coordinator mode does not hand its fence to actions: `None`.
-    pub fn fence(&self) -> Option<i64> {
+    /// effects. Both modes hand it over (the coordinator mode asks the store for it before
+    /// the handler runs: one round trip); `None` only for a delivery run unprotected.
+    pub fn fence(&self) -> Option<FencingToken> {
         self.fence
     }
 }

@@ -245,7 +245,13 @@ where
             .ttl(self.ttl)
             .in_flight(InFlight::Raise)
             .on_storage_error(OnStorageError::Raise)
-            .run_with_outcome(|| async move { handler(delivery).await.map_err(Failure::Handler) })
+            .run_fenced_with_outcome(|fence| async move {
+                let delivery = match fence {
+                    Some(fence) => delivery.with_fence(fence),
+                    None => delivery,
+                };
+                handler(delivery).await.map_err(Failure::Handler)
+            })
             .await;
         self.outcome_of(result, |_| false)
     }
@@ -278,7 +284,13 @@ where
             .in_flight(InFlight::Raise)
             .on_storage_error(OnStorageError::Raise)
             .store_errors(|failure: &Failure<E>| matches!(failure, Failure::Handler(e) if when(e)))
-            .run_with_outcome(|| async move { handler(delivery).await.map_err(Failure::Handler) })
+            .run_fenced_with_outcome(|fence| async move {
+                let delivery = match fence {
+                    Some(fence) => delivery.with_fence(fence),
+                    None => delivery,
+                };
+                handler(delivery).await.map_err(Failure::Handler)
+            })
             .await;
         self.outcome_of(result, when)
     }

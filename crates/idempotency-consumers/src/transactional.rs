@@ -42,12 +42,13 @@ pub type TxHandlerFuture<'c, E> = Pin<Box<dyn Future<Output = Result<(), E>> + S
 /// ```no_run
 /// # async fn run(store: idempotency_postgres::PostgresStore) {
 /// use idempotency_consumers::{Delivery, Transactional};
+/// use idempotency_coordinator::FencingToken;
 ///
 /// let process = Transactional::new(store, "orders.record", |conn: &mut sqlx::PgConnection, d: Delivery| {
 ///     Box::pin(async move {
 ///         sqlx::query("INSERT INTO shipments (order_key, fence) VALUES ($1, $2)")
 ///             .bind(d.key().unwrap_or_default())
-///             .bind(d.fence())
+///             .bind(d.fence().map(FencingToken::as_i64))
 ///             .execute(&mut *conn)
 ///             .await?;
 ///         Ok::<_, sqlx::Error>(())
@@ -139,7 +140,7 @@ where
         let result = self
             .store
             .run_in_transaction(&id, None, options, move |conn, ctx| {
-                handler(conn, delivery.with_fence(ctx.fence().get()))
+                handler(conn, delivery.with_fence(ctx.fence()))
             })
             .await;
         match result {

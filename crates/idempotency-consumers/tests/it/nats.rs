@@ -189,7 +189,7 @@ async fn in_flight_duplicate_is_sent_back_and_never_runs_next_to_the_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_handler_releases_the_key_and_the_redelivery_sees_its_attempt() {
+async fn failed_handler_releases_the_key_and_the_redelivery_sees_its_attempt_and_a_newer_fence() {
     let server = NatsServer::start();
     let (js, consumer) = setup(&server, "fail", Duration::from_secs(5), 5).await;
     publish(&js, "fail.x", Some("k"), "{}").await;
@@ -199,7 +199,11 @@ async fn failed_handler_releases_the_key_and_the_redelivery_sees_its_attempt() {
         let seen = Arc::clone(&seen);
         async move {
             let attempt = d.attempt().number().unwrap_or(0);
-            seen.lock().expect("attempts").push(attempt);
+            let fence = d
+                .fence()
+                .expect("a claimed run has its fencing token")
+                .get();
+            seen.lock().expect("attempts").push((attempt, fence));
             if attempt < 2 {
                 Err("first attempt fails")
             } else {
@@ -217,7 +221,12 @@ async fn failed_handler_releases_the_key_and_the_redelivery_sees_its_attempt() {
     assert!(eventually(Duration::from_secs(20), || drained(&consumer)).await);
     let _ = stop.send(());
     task.await.expect("join").expect("run");
-    assert_eq!(*attempts.lock().expect("attempts"), vec![1, 2]);
+    let seen = attempts.lock().expect("attempts").clone();
+    assert_eq!(seen.iter().map(|(a, _)| *a).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(
+        seen[1].1 > seen[0].1,
+        "the redelivery's owner has a newer fence: {seen:?}"
+    );
     assert_eq!(counts.count(DeliveryOutcome::Failed), 1);
     assert_eq!(counts.count(DeliveryOutcome::Executed), 1);
 }

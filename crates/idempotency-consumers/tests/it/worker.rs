@@ -150,7 +150,7 @@ fn transactional()
         Box::pin(async move {
             sqlx::query("INSERT INTO effects (key, fence, attempt) VALUES ($1, $2, $3)")
                 .bind(d.key().unwrap_or_default())
-                .bind(d.fence())
+                .bind(d.fence().map(idempotency_coordinator::FencingToken::as_i64))
                 .bind(d.attempt().number().map(|n| n as i64))
                 .execute(&mut *conn)
                 .await?;
