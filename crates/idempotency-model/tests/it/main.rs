@@ -3,6 +3,7 @@
 //! - `defects`: each known defect put back is found;
 //! - `lua_agreement`: the model's store step against the real scripts on a real
 //!   redis-server;
+//! - `postgres`: the Postgres model holds, and its broken variant is caught;
 //! - `in_process`: the memory store's fence, wake-up and release guard under shuttle;
 //! - `coalesce`: the coordinator's in-process coalescing registry under shuttle;
 //! - `wake`: the Redis store's wake-up registry under shuttle.
@@ -11,6 +12,7 @@ mod coalesce;
 mod defects;
 mod in_process;
 mod lua_agreement;
+mod postgres;
 mod protocol;
 mod wake;
 
