@@ -5,9 +5,9 @@
 //! cargo run --release -p idempotency-bench                 # its own redis-server
 //! cargo run --release -p idempotency-bench -- --cluster    # its own 3+3 cluster
 //! REDIS_URL=redis://… cargo run --release -p idempotency-bench   # a server no one else uses
-//! options: --calls N (default 20000)  --no-python  --quick  --coalesce
-//!          --only throughput,contended,storm,bulk,cache,cpu,scale (sections; scale is
-//!          skipped by --quick)
+//! options: --calls N (default 20000)  --no-python  --no-postgres  --quick  --coalesce
+//!          --only throughput,contended,storm,bulk,cache,cpu,scale,postgres (sections;
+//!          scale is skipped by --quick; postgres starts its own throwaway server)
 //! ```
 //!
 //! The last lines are a summary: the hot-key storm, then the hit, miss, cached-hit and
@@ -52,6 +52,8 @@ bench_modules! {
     cpu,
     // A million live records, and memory per record (src/scale.rs).
     scale,
+    // Postgres against its raw statements, plain transactions and Redis (src/postgres.rs).
+    postgres,
 }
 
 use std::time::Duration;
@@ -68,6 +70,8 @@ pub(crate) struct Options {
     pub(crate) cluster: bool,
     pub(crate) calls: u64,
     pub(crate) python: bool,
+    /// Whether the Postgres section runs (`--no-postgres`: not).
+    pub(crate) postgres: WithPostgres,
     pub(crate) contended_keys: u64,
     pub(crate) bulk_rounds: u64,
     /// Storm rounds (one key each) per setting.
@@ -79,6 +83,15 @@ pub(crate) struct Options {
     pub(crate) only: Option<Vec<String>>,
     /// `--quick`: fewer calls, and the slow sections skipped.
     pub(crate) pace: Pace,
+}
+
+/// Whether the Postgres section runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WithPostgres {
+    /// On a throwaway server (skipped, saying why, when Postgres is not installed).
+    Run,
+    /// `--no-postgres`.
+    Skip,
 }
 
 /// How long the run may take.
@@ -104,6 +117,7 @@ fn options() -> Options {
         cluster: false,
         calls: 20_000,
         python: true,
+        postgres: WithPostgres::Run,
         contended_keys: 50,
         bulk_rounds: 20,
         storm_rounds: 10,
@@ -116,6 +130,7 @@ fn options() -> Options {
         match a.as_str() {
             "--cluster" => o.cluster = true,
             "--no-python" => o.python = false,
+            "--no-postgres" => o.postgres = WithPostgres::Skip,
             "--coalesce" => o.coalesce = true,
             "--quick" => {
                 o.pace = Pace::Quick;
@@ -287,6 +302,12 @@ fn summary(sections: &[Section], storm: Option<&storm::StormStats>) -> String {
         ("scale miss", "miss@64 with 1M records / empty"),
         ("get_many", "get_many Rust/raw"),
         ("save_many", "save_many Rust/raw"),
+        ("pg hit/raw", "Postgres hit/raw SELECT"),
+        (
+            "pg tx/plain",
+            "Postgres transactional call/plain transaction",
+        ),
+        ("pg/redis hit", "hit Postgres/Redis"),
     ] {
         match ratio(prefix) {
             Some((_, value)) => {

@@ -24,6 +24,10 @@
 //! and the coordinator use; what the Lua scripts do around them is restated in [`store::apply`],
 //! and a test runs the real scripts on a real redis-server against it.
 //!
+//! The Postgres store's protocol (the claim, the takeover and the transactional commit,
+//! with a client crash between any two steps) is a model of its own:
+//! [`postgres::PostgresModel`], checked with [`postgres::check_postgres`].
+//!
 //! The properties ([`model::SAFETY`]) and the known defects that the checker finds when
 //! put back ([`Defect`]) are described in `docs/reliability.md` ("The model").
 //!
@@ -37,6 +41,7 @@
 pub mod config;
 pub mod defect;
 pub mod model;
+pub mod postgres;
 pub mod store;
 
 use stateright::{Checker, Model};

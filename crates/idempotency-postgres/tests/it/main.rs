@@ -5,6 +5,7 @@ mod claims;
 mod common;
 mod contract;
 mod coordinator;
+mod crash;
 mod migration;
 mod recovery;
 mod repository;
