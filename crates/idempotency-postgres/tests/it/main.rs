@@ -9,5 +9,6 @@ mod crash;
 mod migration;
 mod recovery;
 mod repository;
+mod stalled_owner;
 mod transactional;
 mod wake;
