@@ -1,4 +1,4 @@
-//! Fencing tokens on PostgreSQL against a stalled owner: a real process stopped
+//! Fencing tokens on `PostgreSQL` against a stalled owner: a real process stopped
 //! (SIGSTOP) past its lease, not a sleep inside the action (a stopped process renews
 //! nothing). One test, two roles: run normally it is the parent; the child it starts
 //! (this test binary again, with `STALLED_OWNER_DB` set) is the owner that stalls. The
