@@ -82,6 +82,11 @@ pub async fn an_expired_reservation_is_taken_and_its_stale_owner_fenced_out<S: R
             .expect("claim"),
         Claim::Acquired
     );
+    let stale_token = store
+        .fencing_token(&stale)
+        .await
+        .expect("fencing_token")
+        .expect("the owner's token");
     let fresh_owner = Lease::new(id.clone(), None, Clock::system());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -97,6 +102,20 @@ pub async fn an_expired_reservation_is_taken_and_its_stale_owner_fenced_out<S: R
             }
         }
     }
+    let fresh_token = store
+        .fencing_token(&fresh_owner)
+        .await
+        .expect("fencing_token")
+        .expect("the new owner's token");
+    assert!(
+        fresh_token > stale_token,
+        "the owner after an expiry gets a larger token ({fresh_token} > {stale_token})"
+    );
+    assert_eq!(
+        store.fencing_token(&stale).await.expect("fencing_token"),
+        None,
+        "the expired owner gets no token"
+    );
     assert_eq!(store.renew(&stale, LONG).await.expect("renew"), Fence::Lost);
     assert_eq!(
         store
