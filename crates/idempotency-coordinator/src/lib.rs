@@ -3,7 +3,7 @@
 //! twice.
 //!
 //! [`Coordinator`] combines a store (in memory, Redis through `idempotency-redis`, or
-//! PostgreSQL through `idempotency-postgres`),
+//! Postgres through `idempotency-postgres`),
 //! the TTL policy and a metrics collector. A call reserves its key while the action runs
 //! (renewing the lease), concurrent duplicates wait for the result and are woken when it
 //! lands, a key reused for a different request is refused, and storage trouble degrades

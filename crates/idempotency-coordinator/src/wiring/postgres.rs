@@ -1,4 +1,4 @@
-//! The stack on PostgreSQL: a sqlx pool.
+//! The stack on Postgres: a sqlx pool.
 
 use std::sync::Arc;
 

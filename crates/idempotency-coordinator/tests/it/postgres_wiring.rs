@@ -1,4 +1,4 @@
-//! The one-call wiring on PostgreSQL: a coordinator built from settings and a pool runs
+//! The one-call wiring on Postgres: a coordinator built from settings and a pool runs
 //! the action once, replays it, and keeps its rows under the settings' key prefix.
 
 use std::sync::Arc;
