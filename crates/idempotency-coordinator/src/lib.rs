@@ -37,8 +37,9 @@
 //! - `macros` (default): the `#[idempotent]` attribute.
 //! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
 //! - `postgres` (default, as `redis`): [`postgres_coordinator`], wiring the stack on a
-//!   sqlx `PgPool`, and re-exports `PostgresStore`, `StoreConfig` and `migrate` (the
-//!   transactional mode, `PostgresStore::run_in_transaction`, comes with the store).
+//!   sqlx `PgPool`; re-exports `PostgresStore`, `StoreConfig` and `migrate`, and the
+//!   whole store crate as [`postgres`] (the transactional mode's `TransactionOptions`
+//!   and `RunError`, the sweeper, the admin API).
 //! - `prometheus` (default): re-exports `PrometheusMetrics`, the collector to hand the
 //!   wiring.
 
@@ -87,6 +88,11 @@ pub use idempotency_macros::idempotent;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub use idempotency_metrics::PrometheusMetrics;
+/// The Postgres store crate whole: its transactional mode (`TransactionOptions`,
+/// `RunError`, …), multi-step runs, the sweeper and the admin API.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use idempotency_postgres as postgres;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use idempotency_postgres::{PostgresStore, StoreConfig, migrate};
