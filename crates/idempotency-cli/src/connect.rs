@@ -1,14 +1,34 @@
-//! Where the CLI connects: `--url`, `REDIS_URL` or the settings file, with a short timeout.
+//! Where the CLI connects: `--url`, `REDIS_URL` or `DATABASE_URL`, with the key prefix
+//! of `--prefix` or the settings file, within a short timeout. The URL's scheme chooses
+//! the backend: Redis (and Valkey) schemes, or `postgres`/`postgresql`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use idempotency_coordinator::IdempotencySettings;
 use idempotency_core::IdempotencyError;
+use idempotency_postgres::{ListenerSource, PostgresStore, StoreConfig};
 use idempotency_redis::admin::Admin;
 use idempotency_redis::{ConnectOptions, RedisStore, connect_client};
+use sqlx::postgres::PgPoolOptions;
 
 use crate::failure::{Failure, chain};
+
+/// The admin API of the store the URL names.
+#[derive(Debug)]
+pub(crate) enum Backend {
+    /// `idempotency_redis::admin`.
+    Redis(Admin),
+    /// `idempotency_postgres::admin`.
+    Postgres(idempotency_postgres::admin::Admin),
+}
+
+/// The Postgres URL schemes (libpq's, as sqlx reads them).
+const POSTGRES_SCHEMES: [&str; 2] = ["postgres", "postgresql"];
+
+/// Connections the CLI opens to Postgres at most: one for statements, one kept for
+/// `LISTEN` (watch).
+const POSTGRES_CONNECTIONS: u32 = 2;
 
 /// The connection settings of one run.
 #[derive(Debug)]
@@ -53,14 +73,23 @@ const SCHEMES: [&str; 14] = [
     "valkey+unix",
 ];
 
-/// Refuses a URL whose scheme is not a Redis one before anything is tried.
-fn check_scheme(url: &str) -> Result<(), Failure> {
+/// Which backend a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Redis,
+    Postgres,
+}
+
+/// The backend of `url`, or a usage error before anything is tried.
+fn check_scheme(url: &str) -> Result<Scheme, Failure> {
     match url.split_once("://") {
-        Some((scheme, _)) if SCHEMES.contains(&scheme) => Ok(()),
+        Some((scheme, _)) if SCHEMES.contains(&scheme) => Ok(Scheme::Redis),
+        Some((scheme, _)) if POSTGRES_SCHEMES.contains(&scheme) => Ok(Scheme::Postgres),
         _ => Err(Failure::Usage(format!(
-            "bad Redis URL {}: expected a scheme among {}",
+            "bad Redis or PostgreSQL URL {}: expected a scheme among {}, {}",
             redact(url),
-            SCHEMES.join(", ")
+            SCHEMES.join(", "),
+            POSTGRES_SCHEMES.join(", ")
         ))),
     }
 }
@@ -100,7 +129,7 @@ fn settings_prefix(path: &Path) -> Result<String, Failure> {
 
 impl Target<'_> {
     /// Connects (within the timeout) and returns the admin API on the store.
-    pub(crate) async fn connect(&self) -> Result<Admin, Failure> {
+    pub(crate) async fn connect(&self) -> Result<Backend, Failure> {
         let prefix = match (self.prefix, self.settings) {
             (Some(p), _) => Some(p.to_owned()),
             (None, Some(path)) => Some(settings_prefix(path)?),
@@ -114,12 +143,20 @@ impl Target<'_> {
         }
         let Some(url) = self.url else {
             return Err(Failure::Usage(
-                "no Redis URL: pass --url or set REDIS_URL (the settings file has no Redis URL \
-                 field; only its key_prefix is used)"
+                "no URL: pass --url, or set REDIS_URL or DATABASE_URL (the settings file has \
+                 no URL field; only its key_prefix is used)"
                     .to_owned(),
             ));
         };
-        check_scheme(url)?;
+        if check_scheme(url)? == Scheme::Postgres {
+            if self.cluster {
+                return Err(Failure::Usage(format!(
+                    "--cluster needs a redis:// or rediss:// URL, got {}",
+                    redact(url)
+                )));
+            }
+            return self.connect_postgres(url, prefix).await;
+        }
         let url = if self.cluster {
             cluster_url(url)?
         } else {
@@ -137,7 +174,38 @@ impl Target<'_> {
             builder = builder.key_prefix(prefix);
         }
         let store = builder.build().map_err(|e| Failure::Usage(e.to_string()))?;
-        Ok(Admin::new(store))
+        Ok(Backend::Redis(Admin::new(store)))
+    }
+
+    /// A small pool on a `postgres://` URL (one connection opened now, so a bad address
+    /// fails here), the store under the prefix.
+    async fn connect_postgres(
+        &self,
+        url: &str,
+        prefix: Option<String>,
+    ) -> Result<Backend, Failure> {
+        let mut config = StoreConfig::new().with_listener(ListenerSource::Pool);
+        if let Some(prefix) = prefix {
+            config = config
+                .with_key_prefix(&prefix)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+        }
+        let shown = redact(url);
+        let pool = PgPoolOptions::new()
+            .max_connections(POSTGRES_CONNECTIONS)
+            .acquire_timeout(self.timeout)
+            .connect(url)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Configuration(_) => Failure::Usage(format!(
+                    "bad PostgreSQL URL or connection settings ({shown}): {}",
+                    chain(&e)
+                )),
+                _ => Failure::Connection(format!("cannot connect to {shown}: {}", chain(&e))),
+            })?;
+        Ok(Backend::Postgres(idempotency_postgres::admin::Admin::new(
+            PostgresStore::with_config(pool, config),
+        )))
     }
 }
 

@@ -17,7 +17,7 @@ pub(crate) enum Failure {
     /// Exit 2: bad arguments or configuration (a bad URL, no URL, an unreadable settings
     /// file, an invalid operation or key).
     Usage(String),
-    /// Exit 3: Redis refused the connection, timed out or failed a command.
+    /// Exit 3: the store refused the connection, timed out or failed a command.
     Connection(String),
     /// Exit 4: the key holds a value that is not a record (inspect, watch).
     Data(String),
@@ -37,11 +37,11 @@ impl Failure {
         })
     }
 
-    /// A kit error from a Redis command or an identity check.
+    /// A kit error from a store command or an identity check.
     pub(crate) fn from_kit(e: &IdempotencyError) -> Self {
         let text = chain(e);
         if e.is_storage() {
-            Self::Connection(format!("redis command failed: {text}"))
+            Self::Connection(format!("store command failed: {text}"))
         } else if e.is_validation() {
             Self::Usage(format!("invalid operation or key: {text}"))
         } else {

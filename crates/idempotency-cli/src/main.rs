@@ -1,5 +1,6 @@
 //! `idempotency`: the operator tool of idempotency-kit for Rust, over the admin API of
-//! `idempotency-redis` ([`idempotency_redis::admin`]).
+//! `idempotency-redis` ([`idempotency_redis::admin`]) for Redis URLs and of
+//! `idempotency-postgres` ([`idempotency_postgres::admin`]) for `postgres://` ones.
 //!
 //! ```text
 //! idempotency [--url URL] [--settings FILE] [--prefix P] [--cluster] [--json] <command>
@@ -13,10 +14,13 @@
 //! Exit codes: 0 ok; 1 not found, or evict refused; 2 usage or configuration (a bad URL
 //! included); 3 connection or Redis failure; 4 a value that is not a record; 5 watch
 //! timed out. See `docs/operations.md`.
+//!
+//! `--url` falls back to `REDIS_URL`, then `DATABASE_URL`.
 
 mod connect;
 mod escape;
 mod failure;
+mod postgres;
 mod render;
 
 use std::io::Write as _;
@@ -28,15 +32,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use idempotency_core::{RecordId, RecordStatus};
 use idempotency_redis::admin::{Admin, Eviction, ListFilter, StatsOptions, WatchOutcome};
 
-use crate::connect::Target;
+use crate::connect::{Backend, Target};
 use crate::failure::Failure;
 
 /// Inspect, list, evict, count and watch idempotency records in Redis (records of
-/// idempotency-kit for Rust and of the Python idempotency-kit 0.5.0).
+/// idempotency-kit for Rust and of the Python idempotency-kit 0.5.0) or Postgres.
 #[derive(Debug, Parser)]
 #[command(name = "idempotency", version)]
 struct Cli {
-    /// Redis URL: redis://, rediss://, redis-cluster://host:port?node=host:port, redis-sentinel://
+    /// Redis URL (redis://, rediss://, redis-cluster://host:port?node=host:port,
+    /// redis-sentinel://) or Postgres URL (postgres://, postgresql://); else `REDIS_URL`,
+    /// else `DATABASE_URL`.
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     url: Option<String>,
     /// The services' settings file (JSON, as the services load it): only its key prefix
@@ -95,7 +101,8 @@ enum Command {
         /// Only this operation.
         #[arg(long)]
         operation: Option<String>,
-        /// Examine at most this many keys; past it the output says it is a sample.
+        /// Examine at most this many keys; past it the output says it is a sample (Redis;
+        /// Postgres counts every row exactly).
         #[arg(long, default_value_t = 10_000, value_name = "N")]
         sample: usize,
     },
@@ -169,8 +176,10 @@ fn err(line: &str) {
 }
 
 async fn run(cli: &Cli) -> Result<(), Failure> {
+    // `--url`, else `REDIS_URL` (clap), else `DATABASE_URL`.
+    let database_url = std::env::var("DATABASE_URL").ok();
     let target = Target {
-        url: cli.url.as_deref(),
+        url: cli.url.as_deref().or(database_url.as_deref()),
         settings: cli.settings.as_deref(),
         prefix: cli.prefix.as_deref(),
         cluster: cli.cluster,
@@ -180,28 +189,40 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Inspect { operation, key } => {
             let id = id(operation, key)?;
-            inspect(&target.connect().await?, &id, cli.json).await
+            match target.connect().await? {
+                Backend::Redis(admin) => inspect(&admin, &id, cli.json).await,
+                Backend::Postgres(admin) => postgres::inspect(&admin, &id, cli.json).await,
+            }
         }
         Command::List {
             operation,
             status,
             limit,
         } => {
-            let mut filter = ListFilter::new();
-            if let Some(op) = operation {
-                filter = filter.operation(op.clone());
+            let status = status.map(|status| match status {
+                StatusArg::Pending => RecordStatus::Pending,
+                StatusArg::Completed => RecordStatus::Completed,
+                StatusArg::StoredError => RecordStatus::StoredError,
+            });
+            match target.connect().await? {
+                Backend::Redis(admin) => {
+                    let mut filter = ListFilter::new();
+                    if let Some(op) = operation {
+                        filter = filter.operation(op.clone());
+                    }
+                    if let Some(status) = status {
+                        filter = filter.status(status);
+                    }
+                    if let Some(limit) = limit {
+                        filter = filter.limit(*limit);
+                    }
+                    list(&admin, filter, cli.json).await
+                }
+                Backend::Postgres(admin) => {
+                    let filter = postgres::filter(operation.as_deref(), status, *limit);
+                    postgres::list(&admin, filter, cli.json).await
+                }
             }
-            if let Some(status) = status {
-                filter = filter.status(match status {
-                    StatusArg::Pending => RecordStatus::Pending,
-                    StatusArg::Completed => RecordStatus::Completed,
-                    StatusArg::StoredError => RecordStatus::StoredError,
-                });
-            }
-            if let Some(limit) = limit {
-                filter = filter.limit(*limit);
-            }
-            list(&target.connect().await?, filter, cli.json).await
         }
         Command::Evict {
             operation,
@@ -209,25 +230,32 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             force,
         } => {
             let id = id(operation, key)?;
-            evict(&target.connect().await?, &id, *force, cli.json).await
-        }
-        Command::Stats { operation, sample } => {
-            let mut options = StatsOptions::new().max_keys(*sample);
-            if let Some(op) = operation {
-                options = options.operation(op.clone());
+            match target.connect().await? {
+                Backend::Redis(admin) => evict(&admin, &id, *force, cli.json).await,
+                Backend::Postgres(admin) => postgres::evict(&admin, &id, *force, cli.json).await,
             }
-            let admin = target.connect().await?;
-            let stats = admin
-                .stats(&options)
-                .await
-                .map_err(|e| Failure::from_kit(&e))?;
-            if cli.json {
-                out(&stats.to_json().to_string());
-            } else {
-                out(render::stats(&stats, options.max_keys_value()).trim_end());
-            }
-            Ok(())
         }
+        Command::Stats { operation, sample } => match target.connect().await? {
+            Backend::Redis(admin) => {
+                let mut options = StatsOptions::new().max_keys(*sample);
+                if let Some(op) = operation {
+                    options = options.operation(op.clone());
+                }
+                let stats = admin
+                    .stats(&options)
+                    .await
+                    .map_err(|e| Failure::from_kit(&e))?;
+                if cli.json {
+                    out(&stats.to_json().to_string());
+                } else {
+                    out(render::stats(&stats, options.max_keys_value()).trim_end());
+                }
+                Ok(())
+            }
+            Backend::Postgres(admin) => {
+                postgres::stats(&admin, operation.as_deref(), cli.json).await
+            }
+        },
         Command::Watch {
             operation,
             key,
@@ -235,7 +263,10 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         } => {
             let id = id(operation, key)?;
             let timeout = seconds(*timeout, "--timeout")?;
-            watch(&target.connect().await?, &id, timeout, cli.json).await
+            match target.connect().await? {
+                Backend::Redis(admin) => watch(&admin, &id, timeout, cli.json).await,
+                Backend::Postgres(admin) => postgres::watch(&admin, &id, timeout, cli.json).await,
+            }
         }
     }
 }

@@ -46,6 +46,7 @@ fn cli(url: &str, args: &[&str]) -> Run {
             .arg(url)
             .args(args)
             .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
             .output()
             .expect("run the binary"),
     )
@@ -779,17 +780,22 @@ fn a_bad_url_exits_2() {
     for url in ["not a url", "http://127.0.0.1:1"] {
         let run = cli(url, &["inspect", "order.create", "k"]);
         assert_eq!(run.code, 2, "{url}: {}", run.stderr);
-        assert!(run.stderr.contains("bad Redis URL"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("bad Redis or PostgreSQL URL"),
+            "{}",
+            run.stderr
+        );
     }
     let run = finished(
         Command::new(BIN)
             .args(["inspect", "order.create", "k"])
             .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
             .output()
             .expect("run"),
     );
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("no Redis URL"), "{}", run.stderr);
+    assert!(run.stderr.contains("no URL"), "{}", run.stderr);
     let usage = cli("redis://127.0.0.1:1", &["list", "--status", "running"]);
     assert_eq!(usage.code, 2, "clap usage error: {}", usage.stderr);
 }
@@ -810,4 +816,283 @@ fn a_refused_connection_exits_3_without_hanging() {
         "{:?}",
         start.elapsed()
     );
+}
+
+// ------------------------------------------------------------------------- PostgreSQL
+
+/// A migrated database of its own on the testkit's throwaway server, and its store.
+struct Pg {
+    store: idempotency_postgres::PostgresStore,
+    pool: sqlx::PgPool,
+    // Dropped last: the database goes once the pool is closed.
+    db: idempotency_testkit::postgres::TestDatabase,
+}
+
+impl Pg {
+    async fn new() -> Self {
+        let db = tokio::task::spawn_blocking(idempotency_testkit::postgres::TestDatabase::create)
+            .await
+            .expect("create a database");
+        let pool = sqlx::PgPool::connect(&db.url()).await.expect("connect");
+        idempotency_postgres::migrate(&pool).await.expect("migrate");
+        let store = idempotency_postgres::PostgresStore::new(pool.clone());
+        Self { store, pool, db }
+    }
+
+    fn url(&self) -> String {
+        self.db.url()
+    }
+
+    async fn rows(&self, operation: &str, key: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM idempotency_records WHERE operation = $1 AND idempotency_key = $2",
+        )
+        .bind(operation)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .expect("count")
+    }
+
+    async fn claim(&self, operation: &str, key: &str) -> Lease {
+        let lease = Lease::new(record_id(operation, key), None, Clock::system());
+        let claimed = self
+            .store
+            .claim(&lease, Duration::from_secs(120))
+            .await
+            .expect("claim");
+        assert!(matches!(claimed, Claim::Acquired), "the key was free");
+        lease
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_inspect_shows_a_record_completed_by_our_coordinator() {
+    let pg = Pg::new().await;
+    let key = unique_key("pg-coord");
+    let coordinator = Coordinator::builder(pg.store.clone())
+        .build()
+        .expect("coordinator");
+    coordinator
+        .call("order.create", Some(&key))
+        .adapter(JsonAdapter)
+        .run(|| async { Ok::<_, IdempotencyError>(json!({"order": 7, "név": "ü"})) })
+        .await
+        .expect("run");
+
+    let table = cli(&pg.url(), &["inspect", "order.create", &key]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("status       completed"),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("\"order\": 7"), "{}", table.stdout);
+    assert!(
+        table
+            .stdout
+            .contains(&format!("idempotency:order.create:{key}")),
+        "{}",
+        table.stdout
+    );
+
+    let json = cli(&pg.url(), &["--json", "inspect", "order.create", &key]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(json.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["result"], json!({"order": 7, "név": "ü"}));
+    assert_eq!(v["expired"], false);
+    let ttl = v["ttl_ms"].as_u64().expect("a lifetime left");
+    assert!(
+        ttl > 0 && ttl <= 30 * 60 * 1000,
+        "the coordinator's 30 min TTL: {ttl}"
+    );
+    assert!(v["fence"].as_i64().is_some_and(|f| f > 0), "{v}");
+    assert!(v["row_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+
+    let missing = cli(&pg.url(), &["inspect", "order.create", "absent-key"]);
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no record under"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_list_filters_by_operation_and_status() {
+    let pg = Pg::new().await;
+    let done = unique_key("pg-list-done");
+    let pending = unique_key("pg-list-pending");
+    let lease = pg.claim("order.list", &done).await;
+    let raw = RawValue::from_string("1".to_owned()).expect("raw JSON");
+    pg.store
+        .complete(&lease, &raw, Duration::from_secs(600))
+        .await
+        .expect("complete");
+    let live = pg.claim("order.list", &pending).await;
+    pg.claim("other.op", &unique_key("pg-list-other")).await;
+
+    let all = cli(&pg.url(), &["--json", "list", "--operation", "order.list"]);
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let rows = json_lines(&all.stdout);
+    let keys: Vec<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys.len(), 2, "only order.list: {rows:?}");
+    assert!(keys.contains(&done.as_str()) && keys.contains(&pending.as_str()));
+
+    let only_pending = cli(
+        &pg.url(),
+        &[
+            "--json",
+            "list",
+            "--operation",
+            "order.list",
+            "--status",
+            "pending",
+        ],
+    );
+    assert_eq!(only_pending.code, 0, "{}", only_pending.stderr);
+    let rows = json_lines(&only_pending.stdout);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["key"], pending.as_str());
+    assert_eq!(rows[0]["owner"], live.token());
+
+    let limited = cli(&pg.url(), &["list", "--limit", "1"]);
+    assert_eq!(limited.code, 0, "{}", limited.stderr);
+    assert!(
+        limited.stdout.contains("1 record(s) (limit reached)"),
+        "{}",
+        limited.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_evict_refuses_a_live_reservation_then_forces() {
+    let pg = Pg::new().await;
+    let key = unique_key("pg-evict-live");
+    let lease = pg.claim("order.pay", &key).await;
+
+    let refused = cli(&pg.url(), &["evict", "order.pay", &key]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("live reservation") && refused.stderr.contains(lease.token()),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(pg.rows("order.pay", &key).await, 1, "nothing was removed");
+
+    let forced = cli(
+        &pg.url(),
+        &["--json", "evict", "order.pay", &key, "--force"],
+    );
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    let v: Value = serde_json::from_str(forced.stdout.trim()).expect("JSON");
+    assert_eq!(
+        (v["evicted"].clone(), v["forced"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(pg.rows("order.pay", &key).await, 0, "the row is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_evict_removes_completed_and_unreadable_records() {
+    let pg = Pg::new().await;
+    let key = unique_key("pg-evict-done");
+    let lease = pg.claim("order.create", &key).await;
+    let raw = RawValue::from_string(r#"{"id":1}"#.to_owned()).expect("raw JSON");
+    pg.store
+        .complete(&lease, &raw, Duration::from_secs(600))
+        .await
+        .expect("complete");
+    let run = cli(&pg.url(), &["evict", "order.create", &key]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("evicted "), "{}", run.stdout);
+    assert_eq!(pg.rows("order.create", &key).await, 0);
+    let again = cli(&pg.url(), &["evict", "order.create", &key]);
+    assert_eq!(again.code, 1, "nothing left: {}", again.stderr);
+
+    // A row another program wrote, whose record text the kit cannot read.
+    let bad = unique_key("pg-evict-bad");
+    sqlx::query(
+        "INSERT INTO idempotency_records (key_prefix, operation, idempotency_key, status, fence, \
+         record, created_at, expires_at) VALUES ('idempotency:', 'order.create', $1, 'completed', \
+         nextval('idempotency_fence_seq'), 'not json', now(), now() + interval '1 hour')",
+    )
+    .bind(&bad)
+    .execute(&pg.pool)
+    .await
+    .expect("insert");
+    let inspected = cli(&pg.url(), &["inspect", "order.create", &bad]);
+    assert_eq!(inspected.code, 4, "{}", inspected.stderr);
+    assert!(
+        inspected.stdout.contains("unreadable"),
+        "{}",
+        inspected.stdout
+    );
+    let run = cli(&pg.url(), &["evict", "order.create", &bad]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(pg.rows("order.create", &bad).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stats_counts_by_status_exactly() {
+    let pg = Pg::new().await;
+    pg.claim("stats.op", &unique_key("pg-stats-a")).await;
+    pg.claim("stats.op", &unique_key("pg-stats-b")).await;
+    let lease = pg.claim("stats.op", &unique_key("pg-stats-c")).await;
+    let raw = RawValue::from_string("3".to_owned()).expect("raw JSON");
+    pg.store
+        .complete(&lease, &raw, Duration::from_secs(600))
+        .await
+        .expect("complete");
+    let run = cli(&pg.url(), &["--json", "stats"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    assert_eq!(
+        v["counts"]["stats.op"],
+        json!({"pending": 2, "completed": 1})
+    );
+    assert_eq!(v["rows"], 3);
+    assert_eq!(v["expired_rows"], 0);
+    let table = cli(&pg.url(), &["stats"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("counted all 3 rows"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_watch_returns_when_the_owner_completes() {
+    let pg = Pg::new().await;
+    let key = unique_key("pg-watch");
+    let lease = pg.claim("order.create", &key).await;
+    let url = pg.url();
+    let k = key.clone();
+    let child = tokio::task::spawn_blocking(move || spawn_watch(&url, "order.create", &k, "120"))
+        .await
+        .expect("spawned");
+    let raw = RawValue::from_string(r#"{"done":1}"#.to_owned()).expect("raw JSON");
+    pg.store
+        .complete(&lease, &raw, Duration::from_secs(600))
+        .await
+        .expect("complete");
+    let run = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joined");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("completed after"), "{}", run.stdout);
+    assert!(run.stdout.contains("\"done\": 1"), "{}", run.stdout);
+}
+
+#[test]
+fn postgres_refused_connection_exits_3() {
+    let port = free_port();
+    let run = cli(
+        &format!("postgres://postgres@127.0.0.1:{port}/none"),
+        &["--connect-timeout", "2", "inspect", "order.create", "k"],
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
 }

@@ -2,7 +2,8 @@
 //! retry: a client retry, a redelivered message or a double-click never charges a card
 //! twice.
 //!
-//! [`Coordinator`] combines a store (in memory, or Redis through `idempotency-redis`),
+//! [`Coordinator`] combines a store (in memory, Redis through `idempotency-redis`, or
+//! Postgres through `idempotency-postgres`),
 //! the TTL policy and a metrics collector. A call reserves its key while the action runs
 //! (renewing the lease), concurrent duplicates wait for the result and are woken when it
 //! lands, a key reused for a different request is refused, and storage trouble degrades
@@ -35,6 +36,10 @@
 //! # Features
 //! - `macros` (default): the `#[idempotent]` attribute.
 //! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
+//! - `postgres` (default, as `redis`): [`postgres_coordinator`], wiring the stack on a
+//!   sqlx `PgPool`; re-exports `PostgresStore`, `StoreConfig` and `migrate`, and the
+//!   whole store crate as [`postgres`] (the transactional mode's `TransactionOptions`
+//!   and `RunError`, the sweeper, the admin API).
 //! - `prometheus` (default): re-exports `PrometheusMetrics`, the collector to hand the
 //!   wiring.
 
@@ -57,7 +62,7 @@ mod settings;
 mod sync;
 mod unreserved;
 mod wait;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 mod wiring;
 
 #[doc(hidden)]
@@ -84,12 +89,23 @@ pub use idempotency_macros::idempotent;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub use idempotency_metrics::PrometheusMetrics;
+/// The Postgres store crate whole: its transactional mode (`TransactionOptions`,
+/// `RunError`, …), multi-step runs, the sweeper and the admin API.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use idempotency_postgres as postgres;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use idempotency_postgres::{PostgresStore, StoreConfig, migrate};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotency_redis::{ConnectOptions, Connection, RedisStore, connect_client};
 pub use modes::{InFlight, OnStorageError};
 pub use outcome::Outcome;
 pub use settings::IdempotencySettings;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use wiring::postgres_coordinator;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use wiring::redis_coordinator;

@@ -21,7 +21,9 @@
 //!   [`StepRun`], [`StepContext`] and [`StepsError`];
 //! - [`PostgresStore::sweep_expired`] and [`PostgresStore::spawn_sweeper`] ([`Sweeper`]):
 //!   bounded removal of expired rows;
-//! - [`migrate`]: the schema (`migrations/*.sql`, embedded).
+//! - [`migrate`]: the schema (`migrations/*.sql`, embedded);
+//! - [`admin`]: operator tools (inspect, list, evict, stats, watch), what the
+//!   `idempotency` command-line tool runs for `postgres://` URLs.
 //!
 //! # The schema
 //! One table, `idempotency_records`, primary key `(key_prefix, operation,
@@ -97,6 +99,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 mod config;
 pub mod constants;
 mod errors;

@@ -112,3 +112,20 @@ pub(crate) const STEPS_RENEW: &str = include_str!("../sql/steps_renew.sql");
 /// Ends this owner's lease now (the committed steps stay), so a retry resumes at once;
 /// wakes waiters. One row: `released` (0/1), `woken`.
 pub(crate) const STEPS_RELEASE: &str = include_str!("../sql/steps_release.sql");
+
+/// Params: 1 prefix, 2 operation, 3 key. The row (expired or not) as the admin API reads
+/// it: `operation`, `idempotency_key`, `status`, `fence`, `owner_token`, `record`,
+/// `ttl_seconds`, `expired`, `row_bytes`.
+pub(crate) const ADMIN_INSPECT: &str = include_str!("../sql/admin_inspect.sql");
+
+/// Params: 1 prefix, 2 operation, 3 status (both nullable), 4 and 5 the last
+/// (operation, key) seen, 6 page size. Rows as [`ADMIN_INSPECT`], in key order.
+pub(crate) const ADMIN_LIST: &str = include_str!("../sql/admin_list.sql");
+
+/// Params: 1 prefix, 2 operation, 3 key, 4 fence, 5 record, 6 channel, 7 force. One
+/// row: `removed` (0/1), `woken`.
+pub(crate) const ADMIN_EVICT: &str = include_str!("../sql/admin_evict.sql");
+
+/// Params: 1 prefix, 2 operation (nullable). Rows: `operation`, `status`, `bucket`,
+/// `rows`, `bytes`.
+pub(crate) const ADMIN_STATS: &str = include_str!("../sql/admin_stats.sql");

@@ -18,6 +18,7 @@ mod mixed_fleet;
 mod modes_and_stored_errors;
 mod outcomes;
 mod ownership;
+mod postgres_wiring;
 mod refused_writes;
 mod security;
 mod sentinel;

@@ -1,6 +1,7 @@
 //! Integration tests of idempotency-postgres, against a Postgres server the testkit
 //! starts for this binary (a fresh database per test).
 
+mod admin;
 mod claims;
 mod common;
 mod contract;

@@ -1,11 +1,11 @@
-//! One call that wires the whole stack from settings and a fred client: the role the
-//! Python library's Dishka providers play.
+//! The stack on Redis: a fred client or pool.
 
 use std::sync::Arc;
 
-use idempotency_core::{IdempotencyError, IdempotencyMetrics, NoopMetrics, Result};
+use idempotency_core::{IdempotencyMetrics, Result};
 use idempotency_redis::{Connection, RedisStore};
 
+use super::chosen_metrics;
 use crate::coordinator::Coordinator;
 use crate::settings::IdempotencySettings;
 
@@ -16,9 +16,9 @@ use crate::settings::IdempotencySettings;
 /// no process-wide registry is used.
 ///
 /// # Errors
-/// [`IdempotencyError::Validation`] for invalid settings;
-/// [`IdempotencyError::Configuration`] when `metrics_enabled` is set and no collector is
-/// given.
+/// [`IdempotencyError::Validation`](crate::IdempotencyError::Validation) for invalid
+/// settings; [`IdempotencyError::Configuration`](crate::IdempotencyError::Configuration)
+/// when `metrics_enabled` is set and no collector is given.
 ///
 /// # Examples
 /// ```no_run
@@ -39,16 +39,7 @@ pub fn redis_coordinator(
     metrics: Option<Arc<dyn IdempotencyMetrics>>,
 ) -> Result<Coordinator<RedisStore>> {
     settings.validate()?;
-    let metrics: Arc<dyn IdempotencyMetrics> = match (settings.metrics_enabled, metrics) {
-        (true, Some(metrics)) => metrics,
-        (true, None) => {
-            return Err(IdempotencyError::configuration(
-                "metrics_enabled is set but no metrics collector was given",
-                None,
-            ));
-        }
-        (false, _) => Arc::new(NoopMetrics),
-    };
+    let metrics = chosen_metrics(settings, metrics)?;
     let store = RedisStore::builder(connection)
         .key_prefix(settings.key_prefix.clone())
         .metrics(Arc::clone(&metrics))
