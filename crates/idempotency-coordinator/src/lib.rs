@@ -36,7 +36,7 @@
 //! # Features
 //! - `macros` (default): the `#[idempotent]` attribute.
 //! - `redis` (default): [`redis_coordinator`], wiring the stack on a fred client.
-//! - `postgres` (default, as `redis`): [`postgres_coordinator`], wiring the stack on a
+//! - `postgres` (off by default: it brings sqlx): [`postgres_coordinator`], wiring the stack on a
 //!   sqlx `PgPool`; re-exports `PostgresStore`, `StoreConfig` and `migrate`, and the
 //!   whole store crate as [`postgres`] (the transactional mode's `TransactionOptions`
 //!   and `RunError`, the sweeper, the admin API).
