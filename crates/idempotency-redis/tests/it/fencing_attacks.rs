@@ -279,3 +279,49 @@ on_both!(a_counter_above_2_pow_53_never_issues_a_smaller_token, |env| {
     assert_eq!(env.store.release(&second).await.expect("release"), Fence::Held);
     assert!(b > planted, "a token after {planted} must beat it: got {b}");
 });
+
+#[cfg(feature = "local-cache")]
+mod cached {
+    use super::*;
+    use idempotency_core::IdempotencyRepository;
+
+    // A coordinator over the caching store: the run gets a token, the replay (served by the
+    // cache) runs nothing, and once another store deletes the record (the caches are told),
+    // the next run gets a larger token; a prefix with a hash tag keeps the counter in slot.
+    on_both!(a_caching_store_fences_runs_after_an_invalidation, |env| {
+        use idempotency_coordinator::{Coordinator, Outcome};
+        use idempotency_redis::cache::{CacheConfig, CachedStore};
+        let prefix = format!("{{{}}}:", unique("fence-cache"));
+        let (cached, writer) =
+            crate::cache::pair_at(&env.url, &prefix, CacheConfig::default()).await;
+        let coordinator = Coordinator::builder(cached.clone()).build().expect("coordinator");
+        let key = unique("k");
+        let run = |coordinator: Coordinator<CachedStore>, key: String| async move {
+            coordinator
+                .call("fence.cached", Some(&key))
+                .run_fenced_with_outcome(|fence: Option<FencingToken>| async move {
+                    Ok::<_, idempotency_core::IdempotencyError>(fence.map(FencingToken::get))
+                })
+                .await
+                .expect("call")
+        };
+        let (a, outcome) = run(coordinator.clone(), key.clone()).await;
+        assert_eq!(outcome, Outcome::Executed);
+        let a = a.expect("a token");
+        let (again, outcome) = run(coordinator.clone(), key.clone()).await;
+        assert_eq!((again, outcome), (Some(a), Outcome::Replayed));
+        assert!(writer.delete(&id("fence.cached", &key)).await.expect("delete"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (b, outcome) = run(coordinator.clone(), key.clone()).await;
+            if outcome == Outcome::Executed {
+                let b = b.expect("a token");
+                assert!(b > a, "{b} > {a}");
+                break;
+            }
+            assert_eq!(b, Some(a), "a replay holds the first run's value");
+            assert!(std::time::Instant::now() < deadline, "the cache was never told");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
