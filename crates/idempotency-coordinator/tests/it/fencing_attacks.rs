@@ -23,6 +23,8 @@ struct Fencing<S> {
     inner: S,
     /// Claims fail with a storage error.
     claim_fails: Arc<AtomicBool>,
+    /// Renewals fail with a storage error (the owner stalls: its lease runs out).
+    renew_fails: Arc<AtomicBool>,
     /// `fencing_token` fails with a storage error.
     fence_fails: Arc<AtomicBool>,
     /// Before answering `fencing_token`, another owner takes the key (once).
@@ -37,6 +39,7 @@ impl<S> Fencing<S> {
         Self {
             inner,
             claim_fails: Arc::default(),
+            renew_fails: Arc::default(),
             fence_fails: Arc::default(),
             steal_before_fence: Arc::default(),
             thief: Arc::default(),
@@ -77,6 +80,9 @@ impl<S: ReservationStore> ReservationStore for Fencing<S> {
         self.inner.finish(lease, finished, ttl).await
     }
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Fence> {
+        if self.renew_fails.load(Ordering::SeqCst) {
+            return Err(storage(lease.operation()));
+        }
         self.inner.renew(lease, duration).await
     }
     async fn release(&self, lease: &Lease) -> Result<Fence> {
@@ -325,4 +331,61 @@ on_all!(a_failed_token_read_releases_the_reservation, |env| {
     );
     assert!(v.is_some());
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+});
+
+// Two coordinators (two processes) on one store: the first owner's renewals fail, its
+// lease runs out while its action still runs, the second caller takes the key over with
+// a larger token; the stale owner's later completion does not stand. Detached calls.
+on_all!(a_stalled_owner_is_outnumbered_by_the_taker, |env| {
+    let stalled_store = store_of(&env);
+    stalled_store.renew_fails.store(true, Ordering::SeqCst);
+    let stalled = Coordinator::builder(stalled_store.clone())
+        .lease(Duration::from_secs(1))
+        .build()
+        .expect("coordinator");
+    let taker = Coordinator::builder(store_of(&env))
+        .lease(Duration::from_secs(1))
+        .build()
+        .expect("coordinator");
+    let key = unique("fence-stall");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            stalled
+                .call("fence.stall", Some(&key))
+                .run_detached_fenced(|fence: Option<FencingToken>| async move {
+                    let fence = fence.expect("a token").get();
+                    started_tx.send(fence).expect("send");
+                    let _ = go_rx.await;
+                    Ok::<_, IdempotencyError>(fence)
+                })
+                .await
+        })
+    };
+    let a = started_rx.await.expect("started");
+    let (b, outcome) = taker
+        .call("fence.stall", Some(&key))
+        .max_wait(Duration::from_secs(20))
+        .run_detached_fenced(|fence: Option<FencingToken>| async move {
+            Ok::<_, IdempotencyError>(fence.expect("a token").get())
+        })
+        .await
+        .expect("taker");
+    assert!(
+        matches!(outcome, Outcome::Executed | Outcome::TookOver),
+        "{outcome:?}"
+    );
+    assert!(b > a, "the taker's token {b} beats the stalled owner's {a}");
+    go_tx.send(()).expect("go");
+    let _ = first.await.expect("task");
+    let (replayed, outcome) = taker
+        .call("fence.stall", Some(&key))
+        .run_fenced_with_outcome(|_fence: Option<FencingToken>| async move {
+            Ok::<_, IdempotencyError>(0)
+        })
+        .await
+        .expect("replay");
+    assert_eq!((replayed, outcome), (b, Outcome::Replayed), "the taker's value stands");
 });
