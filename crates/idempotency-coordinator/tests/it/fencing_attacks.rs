@@ -122,7 +122,9 @@ type Res<T> = std::result::Result<T, IdempotencyError>;
 // share its value (coalesced or replayed), never running the action.
 on_all!(coalesced_fenced_calls_run_once_with_one_token, |env| {
     let store = store_of(&env);
-    let coordinator = Coordinator::builder(store.clone()).build().expect("coordinator");
+    let coordinator = Coordinator::builder(store.clone())
+        .build()
+        .expect("coordinator");
     let key = unique("fence-coalesce");
     let runs = Arc::new(AtomicUsize::new(0));
     let mut calls = Vec::new();
@@ -151,14 +153,19 @@ on_all!(coalesced_fenced_calls_run_once_with_one_token, |env| {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one run");
     assert_eq!(executed, 1);
     assert_eq!(values.len(), 1, "one value: {values:?}");
-    assert!(values.iter().next().expect("one").is_some(), "the run had a token");
+    assert!(
+        values.iter().next().expect("one").is_some(),
+        "the run had a token"
+    );
 });
 
 // Run after run of one key (each run's error is not stored, so the next call runs
 // again): every run's token beats the one before, then a success is replayed unrun.
 on_all!(every_new_run_of_a_key_gets_a_larger_token, |env| {
     let store = store_of(&env);
-    let coordinator = Coordinator::builder(store.clone()).build().expect("coordinator");
+    let coordinator = Coordinator::builder(store.clone())
+        .build()
+        .expect("coordinator");
     let key = unique("fence-runs");
     let mut last = 0u64;
     for _ in 0..5 {
@@ -216,7 +223,9 @@ on_all!(unprotected_runs_get_no_token, |env| {
         .expect("coordinator");
     let (v, _) = fenced(disabled, Some(unique("fence-off"))).await;
     assert_eq!(v, None, "a disabled coordinator");
-    let plain = Coordinator::builder(store.clone()).build().expect("coordinator");
+    let plain = Coordinator::builder(store.clone())
+        .build()
+        .expect("coordinator");
     let (v, _) = fenced(plain.clone(), None).await;
     assert_eq!(v, None, "no key");
 
@@ -264,32 +273,45 @@ on_all!(unprotected_runs_get_no_token, |env| {
 // The reservation lost between the claim and the token (another owner took the key):
 // the action does not run, the call fails with InProgress, and the newer owner's
 // reservation is left alone (our release is fenced).
-on_all!(a_reservation_lost_before_the_start_does_not_run_the_action, |env| {
-    let store = store_of(&env);
-    let coordinator = Coordinator::builder(store.clone()).build().expect("coordinator");
-    let key = unique("fence-stolen");
-    store.steal_before_fence.store(true, Ordering::SeqCst);
-    let ran = Arc::new(AtomicBool::new(false));
-    let r = ran.clone();
-    let got: Res<u32> = coordinator
-        .call("fence.stolen", Some(&key))
-        .run_fenced(|_fence: Option<FencingToken>| async move {
-            r.store(true, Ordering::SeqCst);
-            Ok(1)
-        })
-        .await;
-    assert!(!ran.load(Ordering::SeqCst), "the action must not run");
-    assert!(
-        matches!(got, Err(IdempotencyError::InProgress { .. })),
-        "{got:?}"
-    );
-    let thief = store.thief.lock().expect("lock").clone().expect("stolen");
-    assert!(
-        store.inner.fencing_token(&thief).await.expect("token").is_some(),
-        "the newer owner still holds the key"
-    );
-    assert_eq!(store.inner.release(&thief).await.expect("release"), Fence::Held);
-});
+on_all!(
+    a_reservation_lost_before_the_start_does_not_run_the_action,
+    |env| {
+        let store = store_of(&env);
+        let coordinator = Coordinator::builder(store.clone())
+            .build()
+            .expect("coordinator");
+        let key = unique("fence-stolen");
+        store.steal_before_fence.store(true, Ordering::SeqCst);
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let got: Res<u32> = coordinator
+            .call("fence.stolen", Some(&key))
+            .run_fenced(|_fence: Option<FencingToken>| async move {
+                r.store(true, Ordering::SeqCst);
+                Ok(1)
+            })
+            .await;
+        assert!(!ran.load(Ordering::SeqCst), "the action must not run");
+        assert!(
+            matches!(got, Err(IdempotencyError::InProgress { .. })),
+            "{got:?}"
+        );
+        let thief = store.thief.lock().expect("lock").clone().expect("stolen");
+        assert!(
+            store
+                .inner
+                .fencing_token(&thief)
+                .await
+                .expect("token")
+                .is_some(),
+            "the newer owner still holds the key"
+        );
+        assert_eq!(
+            store.inner.release(&thief).await.expect("release"),
+            Fence::Held
+        );
+    }
+);
 
 // The token cannot be read (a storage error after a successful claim) while the policy
 // is fail-open: the action does not run (fail-closed: no token, no run), and the
@@ -330,7 +352,11 @@ on_all!(a_failed_token_read_releases_the_reservation, |env| {
         "{outcome:?}"
     );
     assert!(v.is_some());
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 });
 
 // Two coordinators (two processes) on one store: the first owner's renewals fail, its
@@ -387,5 +413,9 @@ on_all!(a_stalled_owner_is_outnumbered_by_the_taker, |env| {
         })
         .await
         .expect("replay");
-    assert_eq!((replayed, outcome), (b, Outcome::Replayed), "the taker's value stands");
+    assert_eq!(
+        (replayed, outcome),
+        (b, Outcome::Replayed),
+        "the taker's value stands"
+    );
 });

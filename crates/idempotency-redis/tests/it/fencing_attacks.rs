@@ -42,7 +42,10 @@ fn fence_key_of(env: &crate::common::Env, redis_key: &str) -> String {
         Reply::Array(items) => {
             let keys: Vec<String> = items
                 .iter()
-                .filter_map(|r| r.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()))
+                .filter_map(|r| {
+                    r.as_bytes()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                })
                 .filter(|k| k.ends_with(&format!("}}fence:{redis_key}")))
                 .collect();
             assert_eq!(keys.len(), 1, "one counter for {redis_key}: {keys:?}");
@@ -58,7 +61,9 @@ on_both!(a_taken_over_abandoned_owner_gets_no_token, |env| {
     let rid = id("fence.attack", &unique("abandoned"));
     let redis_key = env.store.redis_key(&rid);
     let stale = acquire(&env.store, &rid, LONG).await;
-    let a = token(&env.store, &stale).await.expect("stale owner's token");
+    let a = token(&env.store, &stale)
+        .await
+        .expect("stale owner's token");
     // The owner's record, its lease two hours past, with no expiry: abandoned.
     let raw = env.raw(&redis_key, &[b"GET", redis_key.as_bytes()]);
     let mut record: serde_json::Value =
@@ -70,33 +75,54 @@ on_both!(a_taken_over_abandoned_owner_gets_no_token, |env| {
     let text = serde_json::to_vec(&record).expect("json");
     env.raw(&redis_key, &[b"SET", redis_key.as_bytes(), &text]);
     assert_eq!(
-        env.raw(&redis_key, &[b"PTTL", redis_key.as_bytes()]).as_int(),
+        env.raw(&redis_key, &[b"PTTL", redis_key.as_bytes()])
+            .as_int(),
         Some(-1)
     );
     let fresh = acquire(&env.store, &rid, LONG).await;
-    assert_eq!(token(&env.store, &stale).await, None, "stale owner after takeover");
+    assert_eq!(
+        token(&env.store, &stale).await,
+        None,
+        "stale owner after takeover"
+    );
     let b = token(&env.store, &fresh).await.expect("new owner's token");
     assert!(b > a, "{b} > {a}");
     assert_eq!(token(&env.store, &stale).await, None);
     assert_eq!(token(&env.store, &fresh).await, Some(b));
-    assert_eq!(env.store.release(&fresh).await.expect("release"), Fence::Held);
+    assert_eq!(
+        env.store.release(&fresh).await.expect("release"),
+        Fence::Held
+    );
 });
 
 // An unreadable value planted over a fenced owner's record is taken over: the old owner
 // gets none, the taker a larger token.
-on_both!(a_takeover_of_an_unreadable_value_issues_a_larger_token, |env| {
-    let rid = id("fence.attack", &unique("unreadable"));
-    let redis_key = env.store.redis_key(&rid);
-    let stale = acquire(&env.store, &rid, LONG).await;
-    let a = token(&env.store, &stale).await.expect("token");
-    env.raw(&redis_key, &[b"SET", redis_key.as_bytes(), b"\xff\xfenot json"]);
-    assert_eq!(token(&env.store, &stale).await, None, "unreadable: not ours");
-    let fresh = acquire(&env.store, &rid, LONG).await;
-    let b = token(&env.store, &fresh).await.expect("token");
-    assert!(b > a, "{b} > {a}");
-    assert_eq!(token(&env.store, &stale).await, None);
-    assert_eq!(env.store.release(&fresh).await.expect("release"), Fence::Held);
-});
+on_both!(
+    a_takeover_of_an_unreadable_value_issues_a_larger_token,
+    |env| {
+        let rid = id("fence.attack", &unique("unreadable"));
+        let redis_key = env.store.redis_key(&rid);
+        let stale = acquire(&env.store, &rid, LONG).await;
+        let a = token(&env.store, &stale).await.expect("token");
+        env.raw(
+            &redis_key,
+            &[b"SET", redis_key.as_bytes(), b"\xff\xfenot json"],
+        );
+        assert_eq!(
+            token(&env.store, &stale).await,
+            None,
+            "unreadable: not ours"
+        );
+        let fresh = acquire(&env.store, &rid, LONG).await;
+        let b = token(&env.store, &fresh).await.expect("token");
+        assert!(b > a, "{b} > {a}");
+        assert_eq!(token(&env.store, &stale).await, None);
+        assert_eq!(
+            env.store.release(&fresh).await.expect("release"),
+            Fence::Held
+        );
+    }
+);
 
 // The counter lost (its 7-day lifetime, an eviction, a FLUSH of it): the next owner's
 // token still beats the last one (the server's clock carries it).
@@ -106,85 +132,123 @@ on_both!(a_lost_counter_still_gives_a_larger_token, |env| {
     let first = acquire(&env.store, &rid, LONG).await;
     let a = token(&env.store, &first).await.expect("token");
     let fence_key = fence_key_of(&env, &redis_key);
-    assert_eq!(env.store.release(&first).await.expect("release"), Fence::Held);
-    assert_eq!(env.raw(&fence_key, &[b"DEL", fence_key.as_bytes()]).as_int(), Some(1));
+    assert_eq!(
+        env.store.release(&first).await.expect("release"),
+        Fence::Held
+    );
+    assert_eq!(
+        env.raw(&fence_key, &[b"DEL", fence_key.as_bytes()])
+            .as_int(),
+        Some(1)
+    );
     let second = acquire(&env.store, &rid, LONG).await;
     let b = token(&env.store, &second).await.expect("token");
     assert!(b > a, "{b} > {a}");
     // The same owner keeps its token across renewals, also after the counter is lost
     // mid-reservation? No: a lost counter mid-reservation issues a new (larger) one.
-    assert_eq!(env.store.renew(&second, LONG).await.expect("renew"), Fence::Held);
-    assert_eq!(token(&env.store, &second).await, Some(b), "kept across a renewal");
-    assert_eq!(env.store.release(&second).await.expect("release"), Fence::Held);
+    assert_eq!(
+        env.store.renew(&second, LONG).await.expect("renew"),
+        Fence::Held
+    );
+    assert_eq!(
+        token(&env.store, &second).await,
+        Some(b),
+        "kept across a renewal"
+    );
+    assert_eq!(
+        env.store.release(&second).await.expect("release"),
+        Fence::Held
+    );
 });
 
 // Record keys full of braces (hash tags that are not, empty ones, unbalanced ones): the
 // counter lands in the record's slot (no CROSSSLOT on the cluster) and tokens grow.
-on_both!(braces_in_keys_and_operations_keep_the_counter_in_the_slot, |env| {
-    for (op, key) in [
-        ("fence.attack", "{a}b"),
-        ("{op}", "x"),
-        ("fence.attack", "}{"),
-        ("{}", "{}{z}"),
-        ("{fence}", "{0}fence"),
-    ] {
-        let rid = id(op, &format!("{key}{}", unique("-br")));
-        let first = acquire(&env.store, &rid, LONG).await;
-        let a = token(&env.store, &first).await.expect("token");
-        assert_eq!(env.store.release(&first).await.expect("release"), Fence::Held);
-        let second = acquire(&env.store, &rid, LONG).await;
-        let b = token(&env.store, &second).await.expect("token");
-        assert!(b > a, "{op}/{key}: {b} > {a}");
-        assert_eq!(env.store.release(&second).await.expect("release"), Fence::Held);
+on_both!(
+    braces_in_keys_and_operations_keep_the_counter_in_the_slot,
+    |env| {
+        for (op, key) in [
+            ("fence.attack", "{a}b"),
+            ("{op}", "x"),
+            ("fence.attack", "}{"),
+            ("{}", "{}{z}"),
+            ("{fence}", "{0}fence"),
+        ] {
+            let rid = id(op, &format!("{key}{}", unique("-br")));
+            let first = acquire(&env.store, &rid, LONG).await;
+            let a = token(&env.store, &first).await.expect("token");
+            assert_eq!(
+                env.store.release(&first).await.expect("release"),
+                Fence::Held
+            );
+            let second = acquire(&env.store, &rid, LONG).await;
+            let b = token(&env.store, &second).await.expect("token");
+            assert!(b > a, "{op}/{key}: {b} > {a}");
+            assert_eq!(
+                env.store.release(&second).await.expect("release"),
+                Fence::Held
+            );
+        }
     }
-});
+);
 
 // A completed key whose record ran out (its TTL) is claimed again: a larger token.
-on_both!(a_completed_key_claimed_again_after_its_ttl_gets_a_larger_token, |env| {
-    let rid = id("fence.attack", &unique("ttl"));
-    let first = acquire(&env.store, &rid, LONG).await;
-    let a = token(&env.store, &first).await.expect("token");
-    let raw = RawValue::from_string("1".to_owned()).expect("raw");
-    assert_eq!(
-        env.store
-            .complete(&first, &raw, Duration::from_secs(1))
-            .await
-            .expect("complete"),
-        Fence::Held
-    );
-    assert_eq!(token(&env.store, &first).await, None, "completed");
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let second = acquire(&env.store, &rid, LONG).await;
-    let b = token(&env.store, &second).await.expect("token");
-    assert!(b > a, "{b} > {a}");
-    assert_eq!(token(&env.store, &first).await, None);
-    assert_eq!(env.store.release(&second).await.expect("release"), Fence::Held);
-});
+on_both!(
+    a_completed_key_claimed_again_after_its_ttl_gets_a_larger_token,
+    |env| {
+        let rid = id("fence.attack", &unique("ttl"));
+        let first = acquire(&env.store, &rid, LONG).await;
+        let a = token(&env.store, &first).await.expect("token");
+        let raw = RawValue::from_string("1".to_owned()).expect("raw");
+        assert_eq!(
+            env.store
+                .complete(&first, &raw, Duration::from_secs(1))
+                .await
+                .expect("complete"),
+            Fence::Held
+        );
+        assert_eq!(token(&env.store, &first).await, None, "completed");
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        let second = acquire(&env.store, &rid, LONG).await;
+        let b = token(&env.store, &second).await.expect("token");
+        assert!(b > a, "{b} > {a}");
+        assert_eq!(token(&env.store, &first).await, None);
+        assert_eq!(
+            env.store.release(&second).await.expect("release"),
+            Fence::Held
+        );
+    }
+);
 
 // Many owners in a row, each asking from several tasks at once: one token per owner, all
 // askers agree, and each owner's beats every earlier one.
-on_both!(concurrent_askers_of_one_owner_agree_and_owners_grow, |env| {
-    let rid = id("fence.attack", &unique("race"));
-    let mut last = 0u64;
-    for _ in 0..20 {
-        let lease = acquire(&env.store, &rid, LONG).await;
-        let mut tasks = Vec::new();
-        for _ in 0..6 {
-            let store = env.store.clone();
-            let lease = lease.clone();
-            tasks.push(tokio::spawn(async move { token(&store, &lease).await }));
+on_both!(
+    concurrent_askers_of_one_owner_agree_and_owners_grow,
+    |env| {
+        let rid = id("fence.attack", &unique("race"));
+        let mut last = 0u64;
+        for _ in 0..20 {
+            let lease = acquire(&env.store, &rid, LONG).await;
+            let mut tasks = Vec::new();
+            for _ in 0..6 {
+                let store = env.store.clone();
+                let lease = lease.clone();
+                tasks.push(tokio::spawn(async move { token(&store, &lease).await }));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for t in tasks {
+                seen.insert(t.await.expect("task").expect("token"));
+            }
+            assert_eq!(seen.len(), 1, "one token per owner: {seen:?}");
+            let t = *seen.iter().next().expect("one");
+            assert!(t > last, "{t} > {last}");
+            last = t;
+            assert_eq!(
+                env.store.release(&lease).await.expect("release"),
+                Fence::Held
+            );
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for t in tasks {
-            seen.insert(t.await.expect("task").expect("token"));
-        }
-        assert_eq!(seen.len(), 1, "one token per owner: {seen:?}");
-        let t = *seen.iter().next().expect("one");
-        assert!(t > last, "{t} > {last}");
-        last = t;
-        assert_eq!(env.store.release(&lease).await.expect("release"), Fence::Held);
     }
-});
+);
 
 // Concurrent fenced writes: the write of the largest token is the one left, whatever
 // order they land in, and an equal token is refused.
@@ -246,10 +310,13 @@ on_both!(an_empty_prefix_does_not_list_the_fence_counter, |env| {
     let mut pages = admin.list(ListFilter::new().operation(operation.to_owned()));
     let mut listed = Vec::new();
     while let Some(page) = pages.next_page().await.expect("page") {
-        listed.extend(
-            page.into_iter()
-                .map(|f| (f.id.operation().to_owned(), f.id.key().to_owned(), f.status_label())),
-        );
+        listed.extend(page.into_iter().map(|f| {
+            (
+                f.id.operation().to_owned(),
+                f.id.key().to_owned(),
+                f.status_label(),
+            )
+        }));
     }
     assert_eq!(store.release(&lease).await.expect("release"), Fence::Held);
     assert!(
@@ -262,23 +329,37 @@ on_both!(an_empty_prefix_does_not_list_the_fence_counter, |env| {
 // state gets there: the server clock in µs reaches 2^53 in the year 2255) makes the next
 // owner's token `last + 1` computed in doubles: 2^53 + 2 rounds to itself, fine, but
 // 2^53 + 1 read back is 2^53 and `+ 1` rounds to 2^53: smaller than the counter's text.
-on_both!(a_counter_above_2_pow_53_never_issues_a_smaller_token, |env| {
-    let rid = id("fence.attack", &unique("precision"));
-    let redis_key = env.store.redis_key(&rid);
-    let first = acquire(&env.store, &rid, LONG).await;
-    token(&env.store, &first).await.expect("token");
-    let fence_key = fence_key_of(&env, &redis_key);
-    assert_eq!(env.store.release(&first).await.expect("release"), Fence::Held);
-    let planted: u64 = (1 << 53) + 1;
-    env.raw(
-        &fence_key,
-        &[b"HSET", fence_key.as_bytes(), b"n", planted.to_string().as_bytes()],
-    );
-    let second = acquire(&env.store, &rid, LONG).await;
-    let b = token(&env.store, &second).await.expect("token");
-    assert_eq!(env.store.release(&second).await.expect("release"), Fence::Held);
-    assert!(b > planted, "a token after {planted} must beat it: got {b}");
-});
+on_both!(
+    a_counter_above_2_pow_53_never_issues_a_smaller_token,
+    |env| {
+        let rid = id("fence.attack", &unique("precision"));
+        let redis_key = env.store.redis_key(&rid);
+        let first = acquire(&env.store, &rid, LONG).await;
+        token(&env.store, &first).await.expect("token");
+        let fence_key = fence_key_of(&env, &redis_key);
+        assert_eq!(
+            env.store.release(&first).await.expect("release"),
+            Fence::Held
+        );
+        let planted: u64 = (1 << 53) + 1;
+        env.raw(
+            &fence_key,
+            &[
+                b"HSET",
+                fence_key.as_bytes(),
+                b"n",
+                planted.to_string().as_bytes(),
+            ],
+        );
+        let second = acquire(&env.store, &rid, LONG).await;
+        let b = token(&env.store, &second).await.expect("token");
+        assert_eq!(
+            env.store.release(&second).await.expect("release"),
+            Fence::Held
+        );
+        assert!(b > planted, "a token after {planted} must beat it: got {b}");
+    }
+);
 
 #[cfg(feature = "local-cache")]
 mod cached {
@@ -294,7 +375,9 @@ mod cached {
         let prefix = format!("{{{}}}:", unique("fence-cache"));
         let (cached, writer) =
             crate::cache::pair_at(&env.url, &prefix, CacheConfig::default()).await;
-        let coordinator = Coordinator::builder(cached.clone()).build().expect("coordinator");
+        let coordinator = Coordinator::builder(cached.clone())
+            .build()
+            .expect("coordinator");
         let key = unique("k");
         let run = |coordinator: Coordinator<CachedStore>, key: String| async move {
             coordinator
@@ -310,7 +393,12 @@ mod cached {
         let a = a.expect("a token");
         let (again, outcome) = run(coordinator.clone(), key.clone()).await;
         assert_eq!((again, outcome), (Some(a), Outcome::Replayed));
-        assert!(writer.delete(&id("fence.cached", &key)).await.expect("delete"));
+        assert!(
+            writer
+                .delete(&id("fence.cached", &key))
+                .await
+                .expect("delete")
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let (b, outcome) = run(coordinator.clone(), key.clone()).await;
@@ -320,7 +408,10 @@ mod cached {
                 break;
             }
             assert_eq!(b, Some(a), "a replay holds the first run's value");
-            assert!(std::time::Instant::now() < deadline, "the cache was never told");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cache was never told"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
