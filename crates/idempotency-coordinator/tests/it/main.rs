@@ -9,6 +9,7 @@ mod drain;
 mod failover;
 mod faults;
 mod fencing;
+mod fencing_attacks;
 mod future_size;
 mod history;
 mod liveness;

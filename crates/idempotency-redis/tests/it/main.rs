@@ -8,6 +8,7 @@ mod cache;
 mod cache_attacks;
 mod cache_server_events;
 mod conformance;
+mod fencing_attacks;
 mod fleet_decode;
 mod hostile;
 mod races;
