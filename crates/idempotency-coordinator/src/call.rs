@@ -198,9 +198,11 @@ impl<'a, S: ReservationStore, A, P> Call<'a, S, A, P> {
     /// to make its downstream writes conditional on, so an owner that stalled past its
     /// lease cannot overwrite a newer owner's effect. The token costs one round trip
     /// before the action starts. `None` when the action runs unprotected (no key, a
-    /// disabled coordinator, fail-open after a storage error); a reservation lost before
-    /// the action starts does not run it (the call fails with
-    /// [`IdempotencyError::InProgress`]).
+    /// disabled coordinator, fail-open after the claim failed on storage); a reservation
+    /// lost before the action starts does not run it (the call fails with
+    /// [`IdempotencyError::InProgress`]), and neither does a token the store fails to
+    /// give (the call fails with that error, whatever `on_storage_error` says: the
+    /// action asked for a fence).
     ///
     /// # Errors
     /// As [`Call::run`].

@@ -15,6 +15,12 @@ if not ok or type(record) ~= 'table' or record['status'] ~= 'pending'
   return 0
 end
 local last = redis.call('HMGET', KEYS[2], 'n', 'o')
+-- Lua numbers are doubles: from 2^53 on, last + 1 may round back to last. A counter that
+-- high (a corrupt counter, or a server clock past the year 2255) fails closed: no token,
+-- so no fenced action runs, rather than a token that does not grow.
+if last[1] and tonumber(last[1]) >= 9007199254740991 then
+  return redis.error_reply('ERR idempotency fence counter at 2^53: no larger token can be issued')
+end
 if last[1] and last[2] == ARGV[1] then
   return tonumber(last[1])
 end
